@@ -1,0 +1,1 @@
+"""Scientific command-line applications that caesar-rest runs as jobs."""
