@@ -108,7 +108,6 @@ def test_pure_noise_finds_nothing(tmp_path):
 
 
 def test_deblend_splits_close_pair(tmp_path):
-    pytest.importorskip("skimage", reason="photutils deblending needs scikit-image")
     pair = [(100.0, 100.0, 50.0, 2.0), (106.0, 100.0, 50.0, 2.0)]
     image = make_image(tmp_path / "pair.fits", sources=pair, seed=3)
     code, rows, _ = run(tmp_path, image, "--no-preview")

@@ -1,0 +1,32 @@
+# caesar-rest: `make run` (embedded service, no server needed) and `make test` (whole suite on real peers).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+EXTRAS ?= test,postgres
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench services clean
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/caesar-rest run --host 127.0.0.1 --port 8080
+
+services:
+	bash scripts/services.sh
+
+test: install services
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install services
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

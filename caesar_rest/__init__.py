@@ -1,0 +1,52 @@
+"""caesar-rest: a REST job service that runs registered scientific applications on whatever compute there is."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+__version__ = "1.0.0"
+API_PREFIX = "/caesar/api/v1.0"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The Flask app: settings in the fixed order (defaults, file, env, `config`), then blueprints."""
+    from . import db, errors
+    from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api
+    from .apps import Registry
+    from .celery_app import make_celery
+    from .config import load_settings
+
+    settings = load_settings(config)
+    app = Flask(__name__)
+    app.request_class = files_api.CaesarRequest
+    app.config.update(settings)
+    app.config.update(
+        API_TITLE="caesar-rest", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/", OPENAPI_JSON_PATH="openapi.json",
+        # Multipart framing adds a little to the file itself.
+        MAX_CONTENT_LENGTH=int(settings["MAX_UPLOAD_BYTES"]) + 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "kombu.connection"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for sub in ("DATA_DIR", "JOBS_DIR"):
+        Path(settings[sub]).mkdir(parents=True, exist_ok=True)
+    if settings.get("AUTO_MIGRATE", True):
+        db.upgrade(settings["DATABASE_URL"])
+    app.extensions["caesar_registry"] = Registry(settings["APPS_DIR"])
+    app.extensions["celery"] = make_celery(settings)
+
+    api = Api(app)
+    for module in (files_api, apps_api, jobs_api):
+        api.register_blueprint(module.blp, url_prefix=API_PREFIX)
+    api.register_blueprint(ops_api.blp)
+    app.teardown_request(files_api.discard_uploads)
+    errors.register(app)
+    return app

@@ -1,0 +1,129 @@
+"""Data files: upload (streamed to disk), list, download, delete."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from flask import Request, jsonify, request, send_file
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from .. import storage
+from ..auth import current_owner, is_admin
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedFormat
+from ..jobs import file_in_use, get_file
+from ..models import File, utcnow
+from .common import session, settings
+
+blp = Blueprint("files", __name__, description="Upload, list, download and delete data files")
+
+UPLOAD_DIR_KEY = "caesar.upload_dir"
+SINKS_KEY = "caesar.upload_sinks"
+
+
+class CaesarRequest(Request):
+    """Multipart file parts of /upload stream straight into the user's data directory."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        target = self.environ.get(UPLOAD_DIR_KEY)
+        if target is None:
+            return tempfile.SpooledTemporaryFile(max_size=512 * 1024)
+        sink = storage.UploadSink(Path(target))
+        self.environ.setdefault(SINKS_KEY, []).append(sink)
+        return sink
+
+
+def discard_uploads(_exc=None) -> None:
+    """Remove any part file a request left behind (errors, extra parts, aborted requests)."""
+    for sink in request.environ.pop(SINKS_KEY, []):
+        sink.discard()
+
+
+@blp.route("/upload", methods=["POST"])
+@blp.doc(summary="Upload a file (multipart field 'file', optional 'tag')",
+         requestBody={"content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+             "file": {"type": "string", "format": "binary"}, "tag": {"type": "string"}}}}}})
+@blp.response(200, description="The stored file's record (uuid, path, size_bytes, sha256...)")
+def upload():
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedFormat(f"Upload with Content-Type multipart/form-data (curl -F 'file=@name'), "
+                                f"not {request.mimetype or 'no content type'}")
+    cfg = settings()
+    owner = current_owner()
+    data_dir = storage.user_dir(cfg["DATA_DIR"], owner)
+    request.environ[UPLOAD_DIR_KEY] = str(data_dir)
+    parts = request.files.getlist("file")
+    if not parts:
+        raise BadRequest("No file in the request: send it in the multipart field 'file' (curl -F 'file=@name')",
+                         field="file")
+    if len(parts) > 1:
+        raise BadRequest("Send one file per upload in the field 'file'", field="file")
+    part = parts[0]
+    sink = part.stream
+    if not isinstance(sink, storage.UploadSink):
+        raise BadRequest("The multipart field 'file' must be a file part (curl -F 'file=@name')", field="file")
+    name = storage.check_filename(part.filename)
+    if sink.size > cfg["MAX_UPLOAD_BYTES"]:
+        raise PayloadTooLarge(f"The file is larger than the {cfg['MAX_UPLOAD_BYTES']} bytes this server accepts")
+    if sink.size == 0 and sink.error is None:
+        raise BadRequest(f"The file {name!r} is empty", field="file")
+    fmt = storage.file_format(name)
+    allowed = cfg.get("ALLOWED_FORMATS")
+    if allowed and fmt not in allowed:
+        raise UnsupportedFormat(f"Files of format {fmt!r} are not accepted; allowed: {', '.join(allowed)}",
+                                format=fmt)
+    tag = request.form.get("tag")
+    if tag is not None and (len(tag) > 255 or "\x00" in tag):
+        raise BadRequest("'tag' must be at most 255 characters without NUL", field="tag")
+    final = data_dir / f"{sink.uuid}.{fmt}"
+    sink.commit(final)
+    try:
+        with session() as s:
+            record = File(uuid=sink.uuid, owner=owner, filename_orig=name, format=fmt, path=str(final),
+                          size_bytes=sink.size, sha256=sink.sha256, tag=tag, created_at=utcnow())
+            s.add(record)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+    request.environ[SINKS_KEY].remove(sink)
+    return {**record.to_dict(), "status": "File uploaded with success"}
+
+
+@blp.route("/fileids", methods=["GET"])
+@blp.doc(summary="List your uploaded files")
+def fileids():
+    with session() as s:
+        query = select(File).order_by(File.created_at)
+        if not is_admin():
+            query = query.where(File.owner == current_owner())
+        if request.args.get("tag") is not None:
+            query = query.where(File.tag == request.args["tag"])
+        records = s.scalars(query).all()
+        return jsonify([r.to_dict() for r in records])
+
+
+@blp.route("/download-id/<file_id>", methods=["GET", "POST"])
+@blp.doc(summary="Download a file by uuid")
+def download(file_id: str):
+    with session() as s:
+        record = get_file(s, current_owner(), file_id)
+        path, name = record.path, record.filename_orig
+    if not os.path.exists(path):
+        raise NotFound(f"File with uuid {file_id} is registered but its data is missing on the server")
+    return send_file(path, as_attachment=True, download_name=name, conditional=True, max_age=0)
+
+
+@blp.route("/delete/<file_id>", methods=["POST", "DELETE"])
+@blp.doc(summary="Delete a file (refused while an active job uses it)")
+def delete(file_id: str):
+    with session() as s:
+        record = get_file(s, current_owner(), file_id)
+        job_id = file_in_use(s, record.uuid)
+        if job_id:
+            raise Conflict(f"File {file_id} is used by job {job_id}, which has not finished; "
+                           "delete it after the job ends or cancel the job", job_id=job_id)
+        path = record.path
+        s.delete(record)
+    Path(path).unlink(missing_ok=True)
+    return {"uuid": file_id, "status": f"File with uuid {file_id} deleted"}

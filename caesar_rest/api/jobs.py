@@ -1,0 +1,162 @@
+"""Jobs: submit, list, status, cancel, output tarball, logs, metadata."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Response, jsonify, request, stream_with_context
+from flask_smorest import Blueprint
+from sqlalchemy import func, select
+
+from .. import jobs as service
+from ..auth import current_owner, is_admin
+from ..celery_app import publish_run
+from ..errors import BadRequest, Conflict, ServiceUnavailable
+from ..models import ALL_STATES, Job
+from ..tarball import stream_tar_gz
+from .common import celery, int_arg, json_body, registry, session, settings
+
+blp = Blueprint("jobs", __name__, description="Submit jobs and follow them")
+log = logging.getLogger(__name__)
+
+JOB_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["app"], "properties": {
+    "app": {"type": "string"}, "job_inputs": {"type": "object"}, "tag": {"type": "string"},
+    "backend": {"type": "string"},
+    "data_inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}}}}
+
+
+def _owner_filter():
+    return None if is_admin() else current_owner()
+
+
+@blp.route("/job", methods=["POST"])
+@blp.doc(summary="Submit a job: an app name plus its options", requestBody=JOB_BODY)
+@blp.response(202, description="The accepted job, state PENDING")
+def submit():
+    body = json_body()
+    cfg = settings()
+    with session() as s:
+        job = service.create_job(s, cfg, registry(), current_owner(), body)
+        answer = {**service.to_summary(job), "status": "Job submitted with success"}
+        job_id, backend = job.id, job.backend
+    try:
+        publish_run(celery(), cfg, job_id, backend)
+    except Exception as exc:
+        # Nothing half-created: a job the broker did not take is removed and the client told to retry.
+        log.error("broker refused job %s: %s", job_id, exc.__class__.__name__)
+        with session() as s:
+            s.execute(Job.__table__.delete().where(Job.id == job_id))
+        raise ServiceUnavailable("The job queue is unavailable; the job was not accepted, try again shortly") from exc
+    response = jsonify(answer)
+    response.status_code = 202
+    response.headers["Location"] = f"{request.script_root}{request.path}/{job_id}/status"
+    return response
+
+
+@blp.route("/jobs", methods=["GET"])
+@blp.doc(summary="List your jobs (paginated; filter by state, app, tag)")
+def list_jobs():
+    page = int_arg("page", 1, 1, 10**9)
+    per_page = int_arg("per_page", settings()["JOBS_PAGE_SIZE"], 1, 1000)
+    query = select(Job)
+    owner = _owner_filter()
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    state = request.args.get("state")
+    if state is not None:
+        states = [x.strip().upper() for x in state.split(",")]
+        bad = [x for x in states if x not in ALL_STATES]
+        if bad:
+            raise BadRequest(f"Unknown state {bad[0]!r}; states are {', '.join(ALL_STATES)}", parameter="state")
+        query = query.where(Job.state.in_(states))
+    for name in ("app", "tag", "backend"):
+        if request.args.get(name) is not None:
+            query = query.where(getattr(Job, name) == request.args[name])
+    with session() as s:
+        total = s.scalar(select(func.count()).select_from(query.subquery()))
+        rows = s.scalars(query.order_by(Job.submit_date.desc(), Job.id).offset((page - 1) * per_page).limit(per_page)).all()
+        return jsonify({"jobs": [service.to_summary(j) for j in rows], "page": page, "per_page": per_page,
+                        "total": total, "pages": (total + per_page - 1) // per_page})
+
+
+@blp.route("/job/<job_id>", methods=["GET"])
+@blp.doc(summary="A job's summary")
+def get(job_id: str):
+    with session() as s:
+        return jsonify(service.to_summary(service.get_job(s, _owner_filter(), job_id)))
+
+
+@blp.route("/job/<job_id>/status", methods=["GET"])
+@blp.doc(summary="A job's state, status message, exit status, elapsed time and pid")
+def status(job_id: str):
+    with session() as s:
+        return jsonify(service.to_status(service.get_job(s, _owner_filter(), job_id)))
+
+
+@blp.route("/job/<job_id>/cancel", methods=["GET", "POST"])
+@blp.doc(summary="Cancel a job wherever it runs")
+def cancel(job_id: str):
+    with session() as s:
+        job = service.get_job(s, _owner_filter(), job_id)
+        message = service.request_cancel(s, job)
+    try:
+        celery().control.revoke(job_id)
+    except Exception as exc:   # the worker sees the DB flag anyway; revoke only spares a queued message
+        log.warning("revoke of %s not sent: %s", job_id, exc.__class__.__name__)
+    with session() as s:
+        job = service.get_job(s, _owner_filter(), job_id)
+        return jsonify({**service.to_status(job), "status": message if not job.finished else job.status})
+
+
+@blp.route("/job/<job_id>/output", methods=["GET"])
+@blp.doc(summary="The job directory as a streamed tar.gz, once the job has finished")
+def output(job_id: str):
+    cfg = settings()
+    with session() as s:
+        job = service.get_job(s, _owner_filter(), job_id)
+        if not job.finished:
+            raise Conflict(f"Job {job_id} is {job.state}; its output is available once it has finished",
+                           state=job.state)
+        workdir = Path(job.workdir)
+    if not workdir.is_dir():
+        raise Conflict(f"Job {job_id} ended ({job.state}) without a job directory: {job.status}", state=job.state)
+    exclude = () if cfg["OUTPUT_INCLUDE_INPUTS"] else ("inputs",)
+    body = stream_tar_gz(workdir, f"job_{job_id}", level=int(cfg["OUTPUT_GZIP_LEVEL"]),
+                         chunk=int(cfg["UPLOAD_CHUNK_BYTES"]), exclude=exclude)
+    response = Response(stream_with_context(body), mimetype="application/gzip", direct_passthrough=True)
+    response.headers["Content-Disposition"] = f'attachment; filename="job_{job_id}.tar.gz"'
+    return response
+
+
+def _tail(path: Path, lines: int | None, max_bytes: int = 1024 * 1024) -> str:
+    if not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - max_bytes))
+        data = fh.read()
+    text = data.decode("utf-8", "replace")
+    if lines is not None:
+        text = "\n".join(text.splitlines()[-lines:]) if lines else ""
+    return text
+
+
+@blp.route("/job/<job_id>/logs", methods=["GET"])
+@blp.doc(summary="The job's stdout and stderr (?tail=N lines)")
+def logs(job_id: str):
+    tail = int_arg("tail", -1, 0, 10**7)
+    with session() as s:
+        job = service.get_job(s, _owner_filter(), job_id)
+        workdir = Path(job.workdir)
+        state = job.state
+    lines = None if tail < 0 else tail
+    return jsonify({"job_id": job_id, "state": state, "stdout": _tail(workdir / "stdout.log", lines),
+                    "stderr": _tail(workdir / "stderr.log", lines)})
+
+
+@blp.route("/job/<job_id>/metadata", methods=["GET"])
+@blp.doc(summary="Provenance: app and version, options, argv, backend, host, timings, exit code, input checksums")
+def metadata(job_id: str):
+    with session() as s:
+        return jsonify(service.to_metadata(service.get_job(s, _owner_filter(), job_id)))

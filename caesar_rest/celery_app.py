@@ -1,0 +1,69 @@
+"""Celery, built once from the settings; the API only publishes by task name and never imports the tasks."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from .config import queue_name
+
+RUN_TASK = "caesar.run_job"
+POLL_TASK = "caesar.poll_job"
+REAP_TASK = "caesar.reap"
+
+
+def broker_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    url = settings["BROKER_URL"]
+    if url.startswith("filesystem://"):
+        base = Path(settings["ROOT"]) / "broker"
+        folders = {"data_folder_in": base / "queue", "data_folder_out": base / "queue",
+                   "processed_folder": base / "processed", "control_folder": base / "control"}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return {**{k: str(v) for k, v in folders.items()}, "store_processed": False, "polling_interval": 0.05}
+    if url.startswith("amqp") or url.startswith("pyamqp"):
+        return {"confirm_publish": True, "max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+    return {"max_retries": 2}
+
+
+def make_celery(settings: Mapping[str, Any]) -> Celery:
+    celery = Celery("caesar_rest", include=["workers.tasks"])
+    result_backend = settings["RESULT_BACKEND"]
+    if result_backend.startswith("file://"):
+        Path(result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
+    queues = [Queue(queue_name(settings, name), routing_key=queue_name(settings, name)) for name in settings["BACKENDS"]]
+    celery.conf.update(
+        broker_url=settings["BROKER_URL"],
+        result_backend=result_backend,
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_queues=queues,
+        task_default_queue=queue_name(settings, settings["DEFAULT_BACKEND"]),
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_expires=3600,
+        task_ignore_result=True,
+        # A job message is acknowledged when the task returns, so a worker that dies mid-job has it
+        # redelivered; the task itself makes redelivery safe (atomic claim, lost-worker detection).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        beat_schedule={"reap": {"task": REAP_TASK, "schedule": float(settings["REAPER_INTERVAL"]),
+                                "options": {"queue": queue_name(settings, settings["DEFAULT_BACKEND"])}}},
+        beat_schedule_filename=str(Path(settings["ROOT"]) / "celerybeat-schedule"),
+        caesar_settings=dict(settings),
+    )
+    return celery
+
+
+def publish_run(celery: Celery, settings: Mapping[str, Any], job_id: str, backend: str) -> None:
+    """Send a job to its backend's worker pool. Raises kombu/amqp errors when the broker is down."""
+    celery.send_task(RUN_TASK, args=[job_id], queue=queue_name(settings, backend),
+                     routing_key=queue_name(settings, backend), task_id=job_id, retry=True,
+                     retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1})

@@ -1,0 +1,105 @@
+"""`caesar-rest` command: run the embedded service (API + worker), serve the API, migrate, show settings."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .config import DEFAULTS, load_settings, queue_name
+
+
+def _worker_cmd(settings: dict, queues: list[str], concurrency: int, beat: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
+           "-Q", ",".join(queue_name(settings, q) for q in queues), "--concurrency", str(concurrency),
+           "--hostname", f"caesar-{'-'.join(queues)}@%h", "--without-gossip", "--without-mingle"]
+    if beat:
+        cmd += ["--beat", "--schedule", os.path.join(settings["ROOT"], "celerybeat-schedule")]
+    return cmd
+
+
+def serve(settings_overrides: dict, host: str, port: int) -> None:
+    """The API on a threaded WSGI server (use uWSGI or gunicorn in production)."""
+    from werkzeug.serving import run_simple
+
+    from . import create_app
+
+    app = create_app(settings_overrides)
+    run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """API + one worker with beat, on the embedded default unless CAESAR_* says otherwise. Ctrl-C stops both."""
+    settings = load_settings()
+    env = {**os.environ, "CAESAR_ROOT": settings["ROOT"]}
+    os.makedirs(settings["ROOT"], exist_ok=True)
+    from . import db
+    db.upgrade(settings["DATABASE_URL"])          # once, before the two processes start
+    worker = subprocess.Popen(_worker_cmd(settings, list(settings["BACKENDS"]), args.concurrency, beat=True),
+                              env=env, start_new_session=True)
+    api = subprocess.Popen([sys.executable, "-m", "caesar_rest.cli", "serve", "--host", args.host,
+                            "--port", str(args.port)], env=env, start_new_session=True)
+    print(f"caesar-rest: API on http://{args.host}:{args.port}/caesar/api/v1.0 , worker pid {worker.pid}, "
+          f"state in {settings['ROOT']} (Ctrl-C stops)", flush=True)
+
+    stopping = False
+
+    def stop(*_a) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        if worker.poll() is not None or api.poll() is not None:
+            print("caesar-rest: a process exited; stopping", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.3)
+    for proc in (api, worker):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in (api, worker):
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print("caesar-rest: stopped", flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caesar-rest", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="API and a worker on the embedded default (or CAESAR_* settings)")
+    p_run.add_argument("--host", default="127.0.0.1")
+    p_run.add_argument("--port", type=int, default=8080)
+    p_run.add_argument("--concurrency", type=int, default=2)
+    p_serve = sub.add_parser("serve", help="the API only, on a threaded development server")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8080)
+    sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    sub.add_parser("settings", help="print every setting with its value and meaning")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    if args.command == "serve":
+        serve({}, args.host, args.port)
+        return 0
+    settings = load_settings()
+    if args.command == "migrate":
+        from . import db
+        db.upgrade(settings["DATABASE_URL"])
+        print(f"database at {settings['DATABASE_URL'].split('@')[-1]} is up to date")
+        return 0
+    for key, (_default, doc) in DEFAULTS.items():
+        print(f"{key} = {settings[key]!r}\n    {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Settings: defaults in code, then a YAML file named by CAESAR_CONFIG, then CAESAR_* env vars, then a mapping."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+#: Each default with a one-line description; `caesar-rest settings` prints them.
+DEFAULTS: dict[str, tuple[Any, str]] = {
+    "ROOT": ("var", "Directory holding data/, jobs/, the embedded database and broker folders."),
+    "DATABASE_URL": (None, "SQLAlchemy URL of the job database; default sqlite:///<ROOT>/caesar.db."),
+    "BROKER_URL": ("filesystem://", "Celery broker: filesystem:// (embedded), amqp://..., redis://..."),
+    "RESULT_BACKEND": (None, "Celery result store; default file://<ROOT>/results (embedded). Job state never lives only here."),
+    "QUEUE_PREFIX": ("", "Prefix for every Celery queue name (lets several deployments share one broker)."),
+    "APPS_DIR": (str(PROJECT_DIR / "config" / "apps"), "Directory of app YAML files, one app each."),
+    "MAX_UPLOAD_BYTES": (64 * 1024**3, "Largest accepted upload (413 above)."),
+    "ALLOWED_FORMATS": (None, "List of accepted upload extensions (415 otherwise); null accepts any."),
+    "UPLOAD_CHUNK_BYTES": (1024 * 1024, "Read size while streaming uploads and downloads."),
+    "DEFAULT_BACKEND": ("local", "Backend used when an app names none."),
+    "BACKENDS": ({"local": {}}, "Enabled backends and their settings, by name."),
+    "JOB_POLL_INTERVAL": (0.25, "Seconds between checks of a running in-slot job (cancel flag, time limit)."),
+    "REMOTE_POLL_INTERVAL": (2.0, "Seconds between polls of a remote (non-blocking) job."),
+    "REMOTE_UNREACHABLE_TIMEOUT": (300.0, "Seconds a remote backend may stay unreachable before its jobs fail."),
+    "HEARTBEAT_INTERVAL": (5.0, "Seconds between heartbeats of a running job."),
+    "STALE_AFTER": (60.0, "A running job with no heartbeat for this long is declared lost by the reaper."),
+    "PENDING_REPUBLISH_AFTER": (600.0, "A PENDING job older than this is published again (claims are atomic)."),
+    "REAPER_INTERVAL": (15.0, "Seconds between reaper runs (celery beat)."),
+    "CANCEL_GRACE": (1.0, "Seconds between SIGTERM and SIGKILL when stopping a job."),
+    "DEFAULT_TIME_LIMIT": (86400, "Time limit (s) for apps that declare none."),
+    "OUTPUT_GZIP_LEVEL": (6, "gzip level of the streamed job tarball (1 fastest, 9 smallest)."),
+    "OUTPUT_INCLUDE_INPUTS": (False, "Include the staged inputs/ directory in the job tarball."),
+    "JOBS_PAGE_SIZE": (50, "Default page size of GET /jobs."),
+    "DEFAULT_USER": ("anonymous", "Owner of every file and job when authentication is off."),
+    "LOG_LEVEL": ("INFO", "Python log level."),
+}
+
+
+def _env_value(raw: str) -> Any:
+    """Env values are JSON when they parse as JSON (numbers, lists, objects, true/false), else strings."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the settings mapping in the fixed order: defaults, file, environment, overrides."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {key: value for key, (value, _doc) in DEFAULTS.items()}
+    path = environ.get("CAESAR_CONFIG")
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            settings.update({k.upper(): v for k, v in (yaml.safe_load(fh) or {}).items()})
+    for key, raw in environ.items():
+        if key.startswith("CAESAR_") and key != "CAESAR_CONFIG":
+            settings[key[len("CAESAR_"):]] = _env_value(raw)
+    if overrides:
+        settings.update({k.upper(): v for k, v in overrides.items()})
+    return finish(settings)
+
+
+def finish(settings: dict[str, Any]) -> dict[str, Any]:
+    """Derive the settings that depend on ROOT; paths become absolute."""
+    root = Path(settings["ROOT"]).expanduser().resolve()
+    settings["ROOT"] = str(root)
+    settings["DATA_DIR"] = str(root / "data")
+    settings["JOBS_DIR"] = str(root / "jobs")
+    if not settings.get("DATABASE_URL"):
+        settings["DATABASE_URL"] = f"sqlite:///{root / 'caesar.db'}"
+    if not settings.get("RESULT_BACKEND"):
+        settings["RESULT_BACKEND"] = f"file://{root / 'results'}"
+    settings["APPS_DIR"] = str(Path(settings["APPS_DIR"]).expanduser().resolve())
+    backends = settings.get("BACKENDS") or {}
+    if isinstance(backends, list):
+        backends = {name: {} for name in backends}
+    settings["BACKENDS"] = backends
+    return settings
+
+
+def queue_name(settings: Mapping[str, Any], backend: str) -> str:
+    """The Celery queue a backend's worker pool consumes."""
+    return f"{settings.get('QUEUE_PREFIX', '')}{backend}"

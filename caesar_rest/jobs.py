@@ -1,0 +1,211 @@
+"""The job service shared by every HTTP surface and the workers: create, transition, cancel, describe."""
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import storage
+from .apps import App, Registry, ResolvedFile, render
+from .errors import BadRequest, Conflict, InvalidOption, NotFound
+from .models import (ACTIVE_STATES, CANCELED, PENDING, TERMINAL_STATES, File, Job, JobEvent, JobInput, utcnow)
+
+UUID_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+TAG_MAX = 255
+
+
+def transition(session: Session, job_id: str, state: str, message: str = "",
+               from_states: tuple[str, ...] = ACTIVE_STATES, **fields: Any) -> bool:
+    """Move a job to `state` only if it is in one of from_states (atomic), recording the event.
+    Returns False when another actor got there first (e.g. a cancel raced a finish)."""
+    values: dict[str, Any] = {"state": state, "status": message, **fields}
+    now = utcnow()
+    if state in TERMINAL_STATES:
+        values.setdefault("end_date", now)
+    result = session.execute(update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(**values)
+                             .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        return False
+    session.add(JobEvent(job_id=job_id, state=state, message=message, at=now))
+    return True
+
+
+def get_file(session: Session, owner: str, file_uuid: str) -> File:
+    if not isinstance(file_uuid, str) or not UUID_HEX_RE.match(file_uuid):
+        raise BadRequest(f"{file_uuid!r} is not a file uuid (32 lower-case hex digits)")
+    record = session.get(File, file_uuid)
+    if record is None or record.owner != owner:
+        raise NotFound(f"File with uuid {file_uuid} not found on the system!")
+    return record
+
+
+def get_job(session: Session, owner: str | None, job_id: str) -> Job:
+    """A job of owner (any owner when None: admins). Another user's job is a 404 like a missing one."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise BadRequest(f"{job_id!r} is not a job id (a UUID like 69ca62d7-5098-4fe7-a675-63895a2d06b1)")
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        raise NotFound(f"Job {job_id} not found")
+    return job
+
+
+def _file_resolver(session: Session, settings: Mapping[str, Any], owner: str):
+    data_dir = storage.user_dir(settings["DATA_DIR"], owner)
+
+    def resolve(value: str, option: str) -> ResolvedFile:
+        if UUID_HEX_RE.match(value):
+            record = session.get(File, value)
+            if record is None or record.owner != owner:
+                raise InvalidOption(f"Option {option!r}: no uploaded file with uuid {value}", option=option)
+        else:
+            real = storage.within(data_dir, value)
+            if real is None:
+                raise InvalidOption(f"Option {option!r}: {value!r} is outside your data directory; "
+                                    "give the uuid or the path returned by /upload", option=option)
+            record = session.scalar(select(File).where(File.path == str(real), File.owner == owner))
+            if record is None:
+                raise InvalidOption(f"Option {option!r}: {value!r} is not an uploaded file", option=option)
+        return ResolvedFile(uuid=record.uuid, path=record.path, filename=record.filename_orig,
+                            size_bytes=record.size_bytes, sha256=record.sha256)
+
+    return resolve
+
+
+def create_job(session: Session, settings: Mapping[str, Any], registry: Registry, owner: str,
+               body: Any) -> Job:
+    """Validate a caesar-rest job request and insert the PENDING job (the caller commits and publishes)."""
+    if not isinstance(body, dict):
+        raise BadRequest("The job request must be a JSON object with 'app' and 'job_inputs'")
+    known = {"app", "job_inputs", "data_inputs", "tag", "backend"}
+    extra = sorted(set(body) - known)
+    if extra:
+        raise BadRequest(f"Unknown field {extra[0]!r} in the job request; expected {sorted(known)}", field=extra[0])
+    name = body.get("app")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("The job request needs 'app', the name of a registered app (see /apps)", field="app")
+    app = registry.get(name)
+    if app is None:
+        raise NotFound(f"Unknown app {name!r}; GET /apps lists the registered apps", field="app")
+    tag = body.get("tag")
+    if tag is not None and (not isinstance(tag, str) or len(tag) > TAG_MAX or "\x00" in tag):
+        raise BadRequest(f"'tag' must be a string of at most {TAG_MAX} characters", field="tag")
+    backend = _pick_backend(settings, app, body.get("backend"))
+    rendered = render(app, body.get("job_inputs"), _file_resolver(session, settings, owner))
+    data_inputs = body.get("data_inputs")
+    extra_files: list[tuple[str, ResolvedFile, str]] = []
+    if data_inputs is not None:
+        ids = [data_inputs] if isinstance(data_inputs, str) else data_inputs
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BadRequest("'data_inputs' must be a file uuid or a list of file uuids", field="data_inputs")
+        resolve = _file_resolver(session, settings, owner)
+        taken = {rel for _o, _f, rel in rendered.files}
+        for i in ids:
+            if not UUID_HEX_RE.match(i):
+                raise BadRequest(f"'data_inputs': {i!r} is not a file uuid", field="data_inputs")
+            resolved = resolve(i, "data_inputs")
+            rel = f"inputs/{resolved.filename}"
+            if rel not in taken:
+                taken.add(rel)
+                extra_files.append(("data_inputs", resolved, rel))
+    job_id = str(uuidlib.uuid4())
+    workdir = storage.user_dir(settings["JOBS_DIR"], owner) / job_id
+    job = Job(id=job_id, owner=owner, kind="app", app=app.name, app_version=app.version, backend=backend, tag=tag,
+              job_inputs=rendered.inputs, argv=rendered.argv, workdir=str(workdir), state=PENDING,
+              status="Job submitted with success", submit_date=utcnow(), spec=app_spec(app), extra={})
+    session.add(job)
+    seen: set[tuple[str, str]] = set()
+    for option, resolved, rel in rendered.files + extra_files:
+        if (resolved.uuid, option) in seen:
+            continue
+        seen.add((resolved.uuid, option))
+        job.inputs.append(JobInput(file_uuid=resolved.uuid, option=option, relpath=rel,
+                                   sha256=resolved.sha256, size_bytes=resolved.size_bytes))
+    session.add(JobEvent(job_id=job_id, state=PENDING, message="Job submitted", at=job.submit_date))
+    return job
+
+
+def app_spec(app: App) -> dict[str, Any]:
+    return {"image": app.image, "image_pull": app.image_pull, "cpus": app.cpus, "memory_mb": app.memory_mb,
+            "time_limit": app.time_limit, "outputs": app.outputs, "env": {}}
+
+
+def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
+    if requested is None:
+        backend = app.default_backend
+    elif not isinstance(requested, str) or requested not in app.backends:
+        raise BadRequest(f"App {app.name!r} runs on {app.backends}, not {requested!r}", field="backend")
+    else:
+        backend = requested
+    if backend not in settings["BACKENDS"]:
+        raise BadRequest(f"Backend {backend!r} of app {app.name!r} is not enabled on this server "
+                         f"(enabled: {sorted(settings['BACKENDS'])})", field="backend")
+    return backend
+
+
+def request_cancel(session: Session, job: Job) -> str:
+    """Flag the job for cancel; a PENDING job is CANCELED at once. Returns the message for the user."""
+    if job.state in TERMINAL_STATES:
+        raise Conflict(f"Job {job.id} already finished ({job.state}); nothing to cancel", state=job.state)
+    session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True)
+                    .execution_options(synchronize_session=False))
+    if transition(session, job.id, CANCELED, "Job canceled by user before it started", from_states=(PENDING,)):
+        return "Job canceled"
+    return "Cancel requested; the job will stop shortly"
+
+
+def elapsed(job: Job) -> float | None:
+    if job.run_date is None:
+        return job.elapsed
+    end = job.end_date or utcnow()
+    return round((end - job.run_date).total_seconds(), 3)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def to_summary(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "app": job.app, "job_inputs": job.job_inputs, "submit_date": _iso(job.submit_date),
+            "state": job.state, "status": job.status, "tag": job.tag, "backend": job.backend,
+            "end_date": _iso(job.end_date)}
+
+
+def to_status(job: Job) -> dict[str, Any]:
+    e = elapsed(job)
+    return {"job_id": job.id, "state": job.state, "status": job.status, "exit_status": job.exit_status,
+            "elapsed_time": None if e is None else str(e), "pid": None if job.pid is None else str(job.pid),
+            "cancel_requested": job.cancel_requested}
+
+
+def to_metadata(job: Job) -> dict[str, Any]:
+    """Provenance of a job, as a user citing a result would want it."""
+    return {
+        "job_id": job.id, "app": job.app, "app_version": job.app_version, "kind": job.kind,
+        "job_inputs": job.job_inputs, "argv": job.argv, "backend": job.backend, "host": job.host,
+        "handle": job.handle, "state": job.state, "status": job.status, "exit_status": job.exit_status,
+        "attempts": job.attempts, "tag": job.tag, "owner": job.owner,
+        "resources": {k: job.spec.get(k) for k in ("cpus", "memory_mb", "time_limit")},
+        "image": job.spec.get("image"),
+        "timings": {"submitted": _iso(job.submit_date), "started": _iso(job.start_date),
+                    "running": _iso(job.run_date), "finished": _iso(job.end_date), "elapsed_time": elapsed(job)},
+        "inputs": [{"option": i.option, "uuid": i.file_uuid, "path": i.relpath, "sha256": i.sha256,
+                    "size_bytes": i.size_bytes} for i in job.inputs],
+        "events": [{"state": ev.state, "message": ev.message, "at": _iso(ev.at)} for ev in job.events],
+    }
+
+
+def file_in_use(session: Session, file_uuid: str) -> str | None:
+    """Id of an active job reading the file, if any."""
+    return session.scalar(select(Job.id).join(JobInput).where(JobInput.file_uuid == file_uuid,
+                                                               Job.state.in_(ACTIVE_STATES)).limit(1))
+
+
+def job_dir(job: Job) -> Path:
+    return Path(job.workdir)

@@ -1,0 +1,119 @@
+"""ORM models: files, jobs, their inputs and the state history. The database is the one source of truth."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Job states (the original caesar-rest names, plus PENDING and CANCELED).
+PENDING, STARTED, RUNNING = "PENDING", "STARTED", "RUNNING"
+SUCCESS, FAILURE, TIMED_OUT, CANCELED, ABORTED = "SUCCESS", "FAILURE", "TIMED-OUT", "CANCELED", "ABORTED"
+ACTIVE_STATES = (PENDING, STARTED, RUNNING)
+TERMINAL_STATES = (SUCCESS, FAILURE, TIMED_OUT, CANCELED, ABORTED)
+ALL_STATES = ACTIVE_STATES + TERMINAL_STATES
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class File(Base):
+    __tablename__ = "files"
+
+    uuid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    filename_orig: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    tag: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "filename_orig": self.filename_orig,
+            "format": self.format,
+            "size": self.size_bytes / 1024**2,   # MB, as the original caesar-rest reported it
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "date": self.created_at.isoformat(),
+            "path": self.path,
+            "tag": self.tag,
+            "owner": self.owner,
+        }
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="app")       # "app" or "tes"
+    app: Mapped[str] = mapped_column(String(128), index=True)
+    app_version: Mapped[str] = mapped_column(String(64), default="")
+    backend: Mapped[str] = mapped_column(String(64), index=True)
+    tag: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    job_inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    argv: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)   # resources, image, env, backend options
+    state: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
+    status: Mapped[str] = mapped_column(Text, default="")
+    exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    handle: Mapped[str | None] = mapped_column(Text, nullable=True)    # backend's id for the running job
+    workdir: Mapped[str] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    submit_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    start_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    run_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    end_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    unreachable_since: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    elapsed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # TES request and logs, etc.
+
+    events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan")
+    inputs: Mapped[list[JobInput]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class JobEvent(Base):
+    """One row per state transition (and per notable event), with its time."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class JobInput(Base):
+    """A registered file a job reads: blocks deleting the file while the job is active."""
+
+    __tablename__ = "job_inputs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    file_uuid: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    option: Mapped[str] = mapped_column(String(128), primary_key=True)
+    relpath: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+    job: Mapped[Job] = relationship(back_populates="inputs")

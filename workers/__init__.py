@@ -1,0 +1,9 @@
+"""Celery worker entry point: `celery -A workers worker -Q <pool>`; settings come from CAESAR_* / CAESAR_CONFIG."""
+from __future__ import annotations
+
+from caesar_rest.celery_app import make_celery
+from caesar_rest.config import load_settings
+
+settings = load_settings()
+celery = make_celery(settings)
+app = celery

@@ -1,0 +1,130 @@
+"""Local backend: argv as a child process of the worker, in its own process group, in the job directory."""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .base import EXITED, LOST, RUNNING, BackendError, BackendStatus, JobSpec
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _child_setup(memory_mb: int | None, cpu_seconds: int | None):
+    def setup() -> None:
+        # Die with the worker process that started us, so a killed worker leaves no orphan job behind.
+        if _libc is not None:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if memory_mb:
+            limit = int(memory_mb) * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if cpu_seconds:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    return setup
+
+
+def process_alive(pid: int, job_id: str | None = None) -> bool:
+    """True if pid runs; with job_id, only if it is that job's process (guards against pid reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if job_id is None:
+        return True
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"CAESAR_JOB_ID={job_id}".encode() in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def kill_group(pgid: int, grace: float) -> None:
+    """SIGTERM the whole process group, then SIGKILL whatever is left after `grace` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class LocalBackend:
+    name: ClassVar[str] = "local"
+    blocking: ClassVar[bool] = True
+
+    def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.grace = float(options.get("cancel_grace", settings.get("CANCEL_GRACE", 1.0)))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.host = socket.gethostname()
+
+    def submit(self, job: JobSpec) -> str:
+        workdir = Path(job.workdir)
+        bindir = os.path.dirname(sys.executable)   # the venv's console scripts (caesar-sfinder...) come first
+        env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+               "HOME": str(workdir), "LANG": os.environ.get("LANG", "C.UTF-8"), "TMPDIR": str(workdir / "tmp"),
+               "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))),
+               **job.env, "CAESAR_JOB_ID": job.job_id}
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
+            try:
+                proc = subprocess.Popen(job.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=err, start_new_session=True, close_fds=True,
+                                        preexec_fn=_child_setup(job.memory_mb, None))
+            except FileNotFoundError as exc:
+                raise BackendError(f"Command {job.argv[0]!r} not found on {self.host}") from exc
+            except PermissionError as exc:
+                raise BackendError(f"Command {job.argv[0]!r} is not executable on {self.host}") from exc
+        handle = str(proc.pid)
+        self.procs[handle] = proc
+        return handle
+
+    def poll(self, handle: str) -> BackendStatus:
+        proc = self.procs.get(handle)
+        if proc is None:
+            return BackendStatus(LOST, reason=f"process {handle} is not a child of this worker")
+        rc = proc.poll()
+        if rc is None:
+            return BackendStatus(RUNNING, pid=proc.pid, host=self.host)
+        return BackendStatus(EXITED, exit_code=rc, pid=proc.pid, host=self.host)
+
+    def cancel(self, handle: str) -> None:
+        proc = self.procs.get(handle)
+        kill_group(int(handle), self.grace)
+        if proc is not None:
+            try:
+                proc.wait(timeout=self.grace + 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def fetch_outputs(self, handle: str, dest: Path) -> None:
+        """Outputs are already in the job directory."""
+
+    def cleanup(self, handle: str) -> None:
+        # The app's own background children must not outlive the job.
+        try:
+            os.killpg(int(handle), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc = self.procs.pop(handle, None)
+        if proc is not None and proc.poll() is None:
+            proc.wait(timeout=5)

@@ -1,0 +1,346 @@
+"""Around every backend, once: claim, stage, submit, follow, cancel, time limits, finish, lost-job detection."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from caesar_rest import storage
+from caesar_rest.db import session_scope
+from caesar_rest.jobs import to_metadata, transition
+from caesar_rest.models import (ABORTED, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
+                                TIMED_OUT, Job, utcnow)
+
+from .backends import get_backend
+from .backends.base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, BackendError, BackendStatus, BackendUnavailable,
+                            InputFile, JobSpec)
+from .backends.base import RUNNING as B_RUNNING
+from .backends.local import kill_group, process_alive
+
+log = logging.getLogger("caesar.runner")
+HOST = socket.gethostname()
+
+
+class Runner:
+    """Drives one job through its backend; the state machine lives here, backends stay small."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = settings
+        self.url = settings["DATABASE_URL"]
+
+    # ---- entry points ---------------------------------------------------------------------------------
+    def run(self, job_id: str) -> str:
+        """Task body of caesar.run_job. Returns what happened (for the task result and logs)."""
+        claimed = self._claim(job_id)
+        if claimed is None:
+            return self._on_redelivery(job_id)
+        job = claimed
+        try:
+            backend = get_backend(self.settings, job.backend)
+        except BackendError as exc:
+            self._end(job_id, ABORTED, f"Backend {job.backend!r} unavailable on worker {HOST}: {exc}")
+            return ABORTED
+        try:
+            spec = self._stage(job)
+        except Exception as exc:
+            self._end(job_id, ABORTED, f"Staging the inputs failed: {exc}")
+            return ABORTED
+        if self._cancel_requested(job_id):
+            self._end(job_id, CANCELED, "Job canceled by user before it ran")
+            return CANCELED
+        try:
+            handle = backend.submit(spec)
+        except BackendError as exc:
+            self._end(job_id, ABORTED, f"The {job.backend} backend did not start the job: {exc}")
+            return ABORTED
+        except Exception as exc:
+            log.exception("submit of %s failed", job_id)
+            self._end(job_id, ABORTED, f"The {job.backend} backend did not start the job: {exc.__class__.__name__}: {exc}")
+            return ABORTED
+        with session_scope(self.url) as s:
+            pid = int(handle) if handle.isdigit() and job.backend == "local" else None
+            s.execute(update(Job).where(Job.id == job_id).values(handle=handle, pid=pid, heartbeat_at=utcnow()))
+            if backend.blocking:
+                transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,), run_date=utcnow())
+        if backend.blocking:
+            return self._follow_blocking(job_id, backend, handle, spec.time_limit_s)
+        return self.poll_once(job_id)
+
+    def poll_once(self, job_id: str) -> str:
+        """One poll of a non-blocking (remote) job. Returns the state, or 'poll' when it must be polled again."""
+        with session_scope(self.url) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state in TERMINAL_STATES:
+                return job.state if job else "missing"
+            handle, backend_name, started = job.handle, job.backend, job.run_date or job.start_date
+            limit = job.spec.get("time_limit") or self.settings["DEFAULT_TIME_LIMIT"]
+            cancel = job.cancel_requested
+            unreachable_since = job.unreachable_since
+        backend = get_backend(self.settings, backend_name)
+        if cancel:
+            self._stop(backend, handle)
+            return self._finish(job_id, backend, handle, BackendStatus(CANCELLED), canceled=True)
+        try:
+            status = backend.poll(handle)
+        except BackendUnavailable as exc:
+            now = utcnow()
+            if unreachable_since is None:
+                with session_scope(self.url) as s:
+                    s.execute(update(Job).where(Job.id == job_id).values(unreachable_since=now, heartbeat_at=now))
+                return "poll"
+            down = (now - unreachable_since).total_seconds()
+            if down > float(self.settings["REMOTE_UNREACHABLE_TIMEOUT"]):
+                return self._finish(job_id, backend, handle, BackendStatus(
+                    LOST, reason=f"the {backend_name} backend was unreachable for {down:.0f} s ({exc})"))
+            with session_scope(self.url) as s:
+                s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+            return "poll"
+        with session_scope(self.url) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), unreachable_since=None))
+            if status.state == B_RUNNING:
+                transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,), run_date=utcnow())
+        if status.state in (QUEUED, B_RUNNING):
+            if started and (utcnow() - started).total_seconds() > float(limit):
+                self._stop(backend, handle)
+                return self._finish(job_id, backend, handle, status, timed_out=float(limit))
+            return "poll"
+        return self._finish(job_id, backend, handle, status)
+
+    # ---- claim and redelivery ---------------------------------------------------------------------------
+    def _claim(self, job_id: str) -> Job | None:
+        with session_scope(self.url) as s:
+            ok = transition(s, job_id, STARTED, f"Worker {HOST} took the job; staging inputs", from_states=(PENDING,),
+                            start_date=utcnow(), host=HOST, heartbeat_at=utcnow(), attempts=Job.attempts + 1)
+            if not ok:
+                return None
+            job = s.get(Job, job_id)
+            job.extra = {**(job.extra or {}), "worker_pid": os.getpid()}
+            s.flush()
+            s.refresh(job)
+            _ = job.inputs
+            return job
+
+    def _on_redelivery(self, job_id: str) -> str:
+        """The message came again (broker redelivery after a worker died, or a republish)."""
+        with session_scope(self.url) as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return "missing"
+            if job.state in TERMINAL_STATES:
+                return job.state            # finished: never run twice
+            worker_pid = (job.extra or {}).get("worker_pid")
+            same_host_dead = job.host == HOST and worker_pid and not process_alive(int(worker_pid))
+            stale = job.heartbeat_at is None or (utcnow() - job.heartbeat_at).total_seconds() > float(self.settings["STALE_AFTER"])
+        if same_host_dead or stale:
+            return self.declare_lost(job_id, "the worker running it died")
+        return "duplicate"                  # another live worker runs it
+
+    def declare_lost(self, job_id: str, why: str) -> str:
+        with session_scope(self.url) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state in TERMINAL_STATES:
+                return job.state if job else "missing"
+            if job.backend == "local" and job.pid and job.host == HOST and process_alive(job.pid, job_id):
+                kill_group(job.pid, float(self.settings["CANCEL_GRACE"]))   # an orphan of the dead worker
+            backend_name, handle = job.backend, job.handle
+        try:
+            backend = get_backend(self.settings, backend_name)
+        except BackendError:
+            backend = None
+        if backend is not None and handle and not backend.blocking:
+            # The remote job may well be alive: only its follower was lost. Keep following it.
+            return "poll"
+        self._end(job_id, FAILURE, f"Job lost: {why} while it was {job.state} (worker {job.host}); "
+                  "it was not re-run")
+        return FAILURE
+
+    # ---- staging ----------------------------------------------------------------------------------------
+    def _stage(self, job: Job) -> JobSpec:
+        workdir = Path(job.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        inputs: list[InputFile] = []
+        for item in job.inputs:
+            from caesar_rest.models import File
+            with session_scope(self.url) as s:
+                record = s.get(File, item.file_uuid)
+                if record is None:
+                    raise BackendError(f"input file {item.file_uuid} ({item.option}) was deleted")
+                src = record.path
+            dest = workdir / item.relpath
+            if storage.within(workdir, dest) is None and not dest.parent.exists():
+                raise BackendError(f"input path {item.relpath!r} leaves the job directory")
+            if not dest.exists():
+                storage.stage(src, dest)
+            if self.settings.get("VERIFY_INPUTS", True):
+                actual = storage.sha256_of(dest)
+                if actual != item.sha256:
+                    raise BackendError(f"input file {item.relpath} (uuid {item.file_uuid}) no longer matches its "
+                                       f"sha256 {item.sha256[:12]}…; it changed on disk since upload")
+            inputs.append(InputFile(relpath=item.relpath, uuid=item.file_uuid, size_bytes=item.size_bytes,
+                                    sha256=item.sha256))
+        spec = job.spec or {}
+        return JobSpec(job_id=job.id, owner=job.owner, app=job.app, argv=list(job.argv), workdir=workdir,
+                       inputs=inputs, image=spec.get("image"), env=dict(spec.get("env") or {}),
+                       cpus=float(spec.get("cpus") or 1), memory_mb=spec.get("memory_mb"),
+                       time_limit_s=int(spec.get("time_limit") or self.settings["DEFAULT_TIME_LIMIT"]),
+                       options={"image_pull": spec.get("image_pull"), **(spec.get("backend_options") or {}),
+                                "tes": job.extra.get("tes") if job.kind == "tes" else None})
+
+    # ---- following an in-slot job -------------------------------------------------------------------------
+    def _follow_blocking(self, job_id: str, backend, handle: str, time_limit: int | None) -> str:
+        interval = float(self.settings["JOB_POLL_INTERVAL"])
+        beat_every = float(self.settings["HEARTBEAT_INTERVAL"])
+        start = time.monotonic()
+        last_beat = start
+        while True:
+            try:
+                status = backend.poll(handle)
+            except BackendUnavailable as exc:
+                status = BackendStatus(B_RUNNING, reason=str(exc))
+            if status.state not in (QUEUED, B_RUNNING):
+                return self._finish(job_id, backend, handle, status)
+            now = time.monotonic()
+            if self._cancel_requested(job_id):
+                self._stop(backend, handle)
+                return self._finish(job_id, backend, handle, status, canceled=True)
+            if time_limit and now - start > time_limit:
+                self._stop(backend, handle)
+                return self._finish(job_id, backend, handle, status, timed_out=float(time_limit))
+            if now - last_beat >= beat_every:
+                last_beat = now
+                with session_scope(self.url) as s:
+                    s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+            time.sleep(interval)
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        with session_scope(self.url) as s:
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def _stop(self, backend, handle: str) -> None:
+        try:
+            backend.cancel(handle)
+        except Exception:
+            # Never swallow a failed stop silently: the job's status will say so.
+            log.exception("cancel of %s on %s failed", handle, backend.name)
+            raise
+
+    # ---- the end --------------------------------------------------------------------------------------------
+    def _finish(self, job_id: str, backend, handle: str, status: BackendStatus, canceled: bool = False,
+                timed_out: float | None = None) -> str:
+        with session_scope(self.url) as s:
+            job = s.get(Job, job_id)
+            workdir = Path(job.workdir)
+        problems = []
+        try:
+            backend.fetch_outputs(handle, workdir)
+        except Exception as exc:
+            log.exception("fetching outputs of %s failed", job_id)
+            problems.append(f"fetching outputs failed: {exc}")
+        try:
+            backend.cleanup(handle)
+        except Exception as exc:
+            log.exception("cleanup of %s failed", job_id)
+            problems.append(f"cleanup failed: {exc}")
+        rc = status.exit_code
+        if canceled:
+            state, message = CANCELED, "Job canceled by user"
+        elif timed_out is not None:
+            state, message = TIMED_OUT, f"Job exceeded its time limit of {timed_out:g} s and was stopped"
+        elif status.state == EXITED and rc == 0 and not problems:
+            state, message = SUCCESS, "Process terminated with success"
+        elif status.state == EXITED:
+            state, message = FAILURE, _exit_message(rc, status, workdir)
+        elif status.state == CANCELLED:
+            state, message = CANCELED, status.reason or "Job was removed on the backend"
+        elif status.state == LOST:
+            state, message = FAILURE, f"The {backend.name} backend lost the job: {status.reason}"
+        else:
+            state, message = FAILURE, status.reason or f"The {backend.name} backend failed the job"
+        if problems and state == SUCCESS:
+            state = FAILURE
+        if problems:
+            message = f"{message}; {'; '.join(problems)}"
+        self._end(job_id, state, message, exit_status=rc, pid=status.pid)
+        return state
+
+    def _end(self, job_id: str, state: str, message: str, **fields: Any) -> None:
+        with session_scope(self.url) as s:
+            job = s.get(Job, job_id)
+            now = utcnow()
+            if job is not None and job.run_date is not None:
+                fields.setdefault("elapsed", round((now - job.run_date).total_seconds(), 3))
+            fields = {k: v for k, v in fields.items() if v is not None or k == "exit_status"}
+            if not transition(s, job_id, state, message, end_date=now, **fields):
+                return
+        with session_scope(self.url) as s:
+            job = s.get(Job, job_id)
+            workdir = Path(job.workdir)
+            if workdir.is_dir():
+                shutil.rmtree(workdir / "tmp", ignore_errors=True)
+                with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
+                    json.dump(to_metadata(job), fh, indent=2)
+
+
+def _exit_message(rc: int | None, status: BackendStatus, workdir: Path) -> str:
+    if status.oom_killed:
+        return f"Process killed: memory limit exceeded (exit status {rc})"
+    if rc is not None and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"Process killed by {name}"
+    message = f"Process exited with status {rc}"
+    last = _last_line(workdir / "stderr.log")
+    if last:
+        if "MemoryError" in last or "Cannot allocate memory" in last:
+            message += " (memory limit exceeded?)"
+        message += f": {last[:300]}"
+    return message
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = [ln for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+    except OSError:
+        return ""
+
+
+def reap(settings: Mapping[str, Any], publish, follow) -> dict[str, int]:
+    """Nothing lost: stale running jobs are declared lost (or re-followed), old PENDING ones re-published."""
+    url = settings["DATABASE_URL"]
+    now = utcnow()
+    stale_cut = now - timedelta(seconds=float(settings["STALE_AFTER"]))
+    pending_cut = now - timedelta(seconds=float(settings["PENDING_REPUBLISH_AFTER"]))
+    with session_scope(url) as s:
+        stale = s.execute(select(Job.id, Job.host, Job.extra).where(Job.state.in_((STARTED, RUNNING)),
+                                                                    Job.heartbeat_at < stale_cut)).all()
+        pending = s.execute(select(Job.id, Job.backend).where(Job.state == PENDING, Job.submit_date < pending_cut)).all()
+        local_dead = s.execute(select(Job.id, Job.extra).where(Job.state.in_((STARTED, RUNNING)), Job.host == HOST)).all()
+    runner = Runner(settings)
+    lost = 0
+    dead = {jid for jid, extra in local_dead
+            if (extra or {}).get("worker_pid") and not process_alive(int(extra["worker_pid"]))}
+    for job_id in {jid for jid, _h, _e in stale} | dead:
+        why = "the worker running it died" if job_id in dead else "no heartbeat from its worker"
+        if runner.declare_lost(job_id, why) == "poll":
+            follow(job_id)
+        else:
+            lost += 1
+    for job_id, backend in pending:
+        publish(job_id, backend)
+    return {"lost": lost, "republished": len(pending)}

@@ -1,0 +1,74 @@
+"""Celery tasks: one path for every job (run → follow or poll → finish), plus the reaper."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_process_init, worker_ready
+
+from caesar_rest.celery_app import POLL_TASK, REAP_TASK, RUN_TASK, publish_run
+from caesar_rest.config import queue_name
+from caesar_rest.db import dispose_all, session_scope
+from caesar_rest.models import Job
+from sqlalchemy import select
+
+from .runner import Runner, reap
+
+log = logging.getLogger("caesar.tasks")
+
+
+def _settings(task) -> dict:
+    return task.app.conf["caesar_settings"]
+
+
+def schedule_poll(app, job_id: str, countdown: float | None = None) -> None:
+    """Queue the next poll of a remote job on its backend's pool."""
+    settings = app.conf["caesar_settings"]
+    with session_scope(settings["DATABASE_URL"]) as s:
+        backend = s.scalar(select(Job.backend).where(Job.id == job_id)) or settings["DEFAULT_BACKEND"]
+    app.send_task(POLL_TASK, args=[job_id], queue=queue_name(settings, backend),
+                  countdown=settings["REMOTE_POLL_INTERVAL"] if countdown is None else countdown)
+
+
+def _reap(app) -> dict:
+    settings = app.conf["caesar_settings"]
+    return reap(settings, publish=lambda job_id, backend: publish_run(app, settings, job_id, backend),
+                follow=lambda job_id: schedule_poll(app, job_id, countdown=0))
+
+
+@shared_task(name=RUN_TASK, bind=True)
+def run_job(self, job_id: str) -> str:
+    outcome = Runner(_settings(self)).run(job_id)
+    if outcome == "poll":
+        schedule_poll(self.app, job_id)
+    return outcome
+
+
+@shared_task(name=POLL_TASK, bind=True)
+def poll_job(self, job_id: str) -> str:
+    """Follows a remote job without holding a worker slot: one poll, then re-scheduled with a countdown."""
+    outcome = Runner(_settings(self)).poll_once(job_id)
+    if outcome == "poll":
+        schedule_poll(self.app, job_id)
+    return outcome
+
+
+@shared_task(name=REAP_TASK, bind=True, ignore_result=True)
+def reap_jobs(self) -> dict:
+    return _reap(self.app)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_kwargs) -> None:
+    # Pooled DB connections must not be shared across the fork.
+    dispose_all()
+
+
+@worker_ready.connect
+def _reap_on_start(sender=None, **_kwargs) -> None:
+    """A restarted worker settles the jobs its dead predecessor on this host left running."""
+    try:
+        result = _reap(sender.app)
+        log.info("reaper at start: %s", result)
+    except Exception:
+        log.exception("reaper at worker start failed")
