@@ -1,0 +1,34 @@
+"""Fixtures: an embedded-default app and client (Flask tutorial style), and the production stack's database."""
+from __future__ import annotations
+
+import pytest
+
+from caesar_rest import create_app
+from caesar_rest.db import dispose_all
+
+from .support import create_pg_database, drop_pg_database, embedded_settings
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return embedded_settings(tmp_path / "var")
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    dispose_all()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database on the local server for this test session, dropped at the end."""
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)

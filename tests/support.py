@@ -1,0 +1,174 @@
+"""Test helpers: stacks (embedded / production), real worker and API processes, waiting for job states."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+API = "/caesar/api/v1.0"
+TERMINAL = ("SUCCESS", "FAILURE", "TIMED-OUT", "CANCELED", "ABORTED")
+RABBIT = os.environ.get("CAESAR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS = os.environ.get("CAESAR_TEST_REDIS", "redis://127.0.0.1:6379/14")
+PG_ADMIN = os.environ.get("CAESAR_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def embedded_settings(root: Path, **extra: Any) -> dict[str, Any]:
+    """The embedded default: SQLite + filesystem broker + file result store, all under root."""
+    return {"ROOT": str(root), "JOB_POLL_INTERVAL": 0.1, "REMOTE_POLL_INTERVAL": 0.5, **extra}
+
+
+def create_pg_database() -> str:
+    """A fresh PostgreSQL database for one test session; returns its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"caesar_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    import psycopg
+
+    from caesar_rest.db import dispose_all
+
+    dispose_all()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def production_settings(root: Path, database_url: str, **extra: Any) -> dict[str, Any]:
+    """RabbitMQ + Redis + PostgreSQL, with queue names unique to this run so parallel runs never mix."""
+    return {"ROOT": str(root), "BROKER_URL": RABBIT, "RESULT_BACKEND": REDIS, "DATABASE_URL": database_url,
+            "QUEUE_PREFIX": f"t{uuid.uuid4().hex[:8]}.", "JOB_POLL_INTERVAL": 0.1, "REMOTE_POLL_INTERVAL": 0.5,
+            **extra}
+
+
+def settings_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """CAESAR_* environment for child processes (worker, API) equal to a settings mapping."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAESAR_")}
+    for key, value in settings.items():
+        if key in ("DATA_DIR", "JOBS_DIR"):
+            continue
+        env[f"CAESAR_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    env["PYTHONPATH"] = str(REPO)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+class Proc:
+    """A child process (worker or API server) with its log, stopped on exit."""
+
+    def __init__(self, cmd: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.popen = subprocess.Popen(cmd, env=dict(env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+
+
+def start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int = 2,
+                 beat: bool = False, name: str | None = None) -> Proc:
+    prefix = settings.get("QUEUE_PREFIX", "")
+    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-Q",
+           ",".join(prefix + q for q in queues), "--concurrency", str(concurrency), "--without-gossip",
+           "--without-mingle", "--hostname", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h"]
+    if beat:
+        cmd += ["--beat", "--schedule", str(Path(settings["ROOT"]) / "beat-schedule")]
+    proc = Proc(cmd, settings_env(settings), log)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if "ready." in proc.log():
+            return proc
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"worker exited at start:\n{proc.log()}")
+        time.sleep(0.2)
+    proc.stop()
+    raise RuntimeError(f"worker not ready in 60 s:\n{proc.log()}")
+
+
+def start_api(settings: Mapping[str, Any], log: Path, port: int | None = None) -> tuple[Proc, str]:
+    """The API over real HTTP (threaded server) in its own process; returns (process, base URL)."""
+    port = port or free_port()
+    proc = Proc([sys.executable, "-m", "caesar_rest.cli", "serve", "--port", str(port)], settings_env(settings), log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            requests.get(base + "/health", timeout=1)
+            return proc, base
+        except requests.ConnectionError:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"API exited at start:\n{proc.log()}")
+            time.sleep(0.2)
+    proc.stop()
+    raise RuntimeError(f"API not up in 60 s:\n{proc.log()}")
+
+
+def wait_state(get_status, job_id: str, states: Iterable[str] = TERMINAL, timeout: float = 60) -> dict:
+    """Poll a status getter (job_id -> dict) until the state is one of states."""
+    states = tuple(states)
+    deadline = time.time() + timeout
+    last: dict = {}
+    while time.time() < deadline:
+        last = get_status(job_id)
+        if last.get("state") in states:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s; last status {last}")
+
+
+def client_status(client):
+    return lambda job_id: client.get(f"{API}/job/{job_id}/status").get_json()
+
+
+def http_status(base: str):
+    return lambda job_id: requests.get(f"{base}{API}/job/{job_id}/status", timeout=10).json()
+
+
+def upload(client, content: bytes, name: str = "data.txt", tag: str | None = None) -> dict:
+    data: dict[str, Any] = {"file": (io.BytesIO(content), name)}
+    if tag is not None:
+        data["tag"] = tag
+    response = client.post(f"{API}/upload", data=data, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
