@@ -67,6 +67,7 @@ class App:
     memory_mb: int | None = None
     time_limit: int | None = None
     outputs: list[str] = field(default_factory=list)
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)   # per backend name
     source: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -146,7 +147,8 @@ def load_app(path: Path) -> App:
                command=command, options=options, backends=backends, default_backend=default_backend,
                image=raw.get("image"), image_pull=image_pull, cpus=float(resources.get("cpus", 1)),
                memory_mb=resources.get("memory_mb"), time_limit=resources.get("time_limit"),
-               outputs=list(raw.get("outputs") or []), source=str(path))
+               outputs=list(raw.get("outputs") or []), backend_options=dict(raw.get("backend_options") or {}),
+               source=str(path))
 
 
 class Registry:

@@ -83,7 +83,7 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     """Validate a caesar-rest job request and insert the PENDING job (the caller commits and publishes)."""
     if not isinstance(body, dict):
         raise BadRequest("The job request must be a JSON object with 'app' and 'job_inputs'")
-    known = {"app", "job_inputs", "data_inputs", "tag", "backend"}
+    known = {"app", "job_inputs", "data_inputs", "tag", "backend", "backend_options"}
     extra = sorted(set(body) - known)
     if extra:
         raise BadRequest(f"Unknown field {extra[0]!r} in the job request; expected {sorted(known)}", field=extra[0])
@@ -97,6 +97,8 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     if tag is not None and (not isinstance(tag, str) or len(tag) > TAG_MAX or "\x00" in tag):
         raise BadRequest(f"'tag' must be a string of at most {TAG_MAX} characters", field="tag")
     backend = _pick_backend(settings, app, body.get("backend"))
+    backend_options = {**app.backend_options.get(backend, {}),
+                       **_check_backend_options(settings, backend, body.get("backend_options"))}
     rendered = render(app, body.get("job_inputs"), _file_resolver(session, settings, owner))
     data_inputs = body.get("data_inputs")
     extra_files: list[tuple[str, ResolvedFile, str]] = []
@@ -118,7 +120,8 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     workdir = storage.user_dir(settings["JOBS_DIR"], owner) / job_id
     job = Job(id=job_id, owner=owner, kind="app", app=app.name, app_version=app.version, backend=backend, tag=tag,
               job_inputs=rendered.inputs, argv=rendered.argv, workdir=str(workdir), state=PENDING,
-              status="Job submitted with success", submit_date=utcnow(), spec=app_spec(app), extra={})
+              status="Job submitted with success", submit_date=utcnow(),
+              spec={**app_spec(app), "backend_options": backend_options}, extra={})
     session.add(job)
     seen: set[tuple[str, str]] = set()
     for option, resolved, rel in rendered.files + extra_files:
@@ -147,6 +150,28 @@ def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
         raise BadRequest(f"Backend {backend!r} of app {app.name!r} is not enabled on this server "
                          f"(enabled: {sorted(settings['BACKENDS'])})", field="backend")
     return backend
+
+
+def _check_backend_options(settings: Mapping[str, Any], backend: str, options: Any) -> dict[str, Any]:
+    """Per-job backend options (e.g. which Pulsar server); each backend class lists the names it takes."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadRequest("'backend_options' must be a JSON object", field="backend_options")
+    from workers.backends import backend_class
+
+    cls = backend_class(backend, settings["BACKENDS"].get(backend))
+    allowed = set(getattr(cls, "job_options", ()))
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BadRequest(f"Backend {backend!r} takes no option {unknown[0]!r}"
+                         f"{'; it takes ' + ', '.join(sorted(allowed)) if allowed else ''}", field="backend_options")
+    checker = getattr(cls, "check_job_options", None)
+    if checker is not None:
+        problem = checker(settings["BACKENDS"].get(backend) or {}, options)
+        if problem:
+            raise BadRequest(problem, field="backend_options")
+    return options
 
 
 def request_cancel(session: Session, job: Job) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 
@@ -72,6 +73,12 @@ class Backend(Protocol):
     # True: the job runs inside the worker slot and is polled in a loop there (local, container).
     # False: submit returns at once; a self-rescheduling task polls (pulsar, condor, batch).
     blocking: ClassVar[bool]
+    # Names a job may set in its request's "backend_options" (validated by the API); optionally
+    # `check_job_options(backend_settings, options) -> str | None` (a message when invalid) as a staticmethod.
+    job_options: ClassVar[tuple[str, ...]]
+
+    def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        """settings: the whole settings mapping; options: settings["BACKENDS"][name]."""
 
     def submit(self, job: JobSpec) -> str:
         """Start the job; return an opaque handle stored with the job."""

@@ -71,6 +71,7 @@ def kill_group(pgid: int, grace: float) -> None:
 class LocalBackend:
     name: ClassVar[str] = "local"
     blocking: ClassVar[bool] = True
+    job_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.grace = float(options.get("cancel_grace", settings.get("CANCEL_GRACE", 1.0)))
