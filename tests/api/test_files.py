@@ -1,0 +1,123 @@
+"""Upload, list, download and delete: streamed to disk, checksums, limits, and nothing half-stored."""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+
+from caesar_rest import create_app
+
+from ..support import API, upload
+
+
+def data_files(settings) -> list[Path]:
+    root = Path(settings["ROOT"]) / "data"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_upload_records_size_and_sha256_and_download_roundtrip(client, settings):
+    content = b"SIMPLE  = T" + bytes(range(256)) * 1000
+    rec = upload(client, content, "VGPS_cont_MOS017.fits", tag="survey")
+    for key in ("uuid", "filename_orig", "format", "size", "date", "status", "path", "tag", "size_bytes", "sha256"):
+        assert key in rec
+    assert rec["filename_orig"] == "VGPS_cont_MOS017.fits" and rec["format"] == "fits" and rec["tag"] == "survey"
+    assert rec["size_bytes"] == len(content) and rec["sha256"] == hashlib.sha256(content).hexdigest()
+    assert rec["status"] == "File uploaded with success"
+    assert Path(rec["path"]).read_bytes() == content
+    assert Path(rec["path"]).name == f"{rec['uuid']}.fits"
+    got = client.get(f"{API}/download-id/{rec['uuid']}")
+    assert got.status_code == 200 and got.data == content
+    assert "VGPS_cont_MOS017.fits" in got.headers["Content-Disposition"]
+    assert client.post(f"{API}/download-id/{rec['uuid']}").data == content
+    listed = client.get(f"{API}/fileids").get_json()
+    assert [f["uuid"] for f in listed] == [rec["uuid"]]
+    assert client.get(f"{API}/fileids?tag=other").get_json() == []
+
+
+def test_no_temporary_part_file_is_left(client, settings):
+    upload(client, b"x" * 100_000, "a.dat")
+    names = [p.name for p in data_files(settings)]
+    assert len(names) == 1 and not any(n.startswith(".upload-") for n in names)
+
+
+def test_download_unknown_uuid_is_404_json(client):
+    r = client.get(f"{API}/download-id/67a49bf7555b41739095681bf52a1f99")
+    assert r.status_code == 404
+    assert r.get_json()["status"] == "File with uuid 67a49bf7555b41739095681bf52a1f99 not found on the system!"
+
+
+def test_download_malformed_uuid_is_400(client):
+    r = client.get(f"{API}/download-id/not-a-uuid")
+    assert r.status_code == 400 and "uuid" in r.get_json()["message"]
+
+
+def test_delete_removes_record_and_data(client, settings):
+    rec = upload(client, b"abc", "a.txt")
+    r = client.delete(f"{API}/delete/{rec['uuid']}")
+    assert r.status_code == 200
+    assert not Path(rec["path"]).exists()
+    assert client.get(f"{API}/fileids").get_json() == []
+    assert client.post(f"{API}/delete/{rec['uuid']}").status_code == 404
+
+
+def test_delete_refused_while_a_pending_job_uses_the_file(client):
+    rec = upload(client, b"abc", "a.txt")
+    job = client.post(f"{API}/job", json={"app": "checksum", "job_inputs": {"inputfile": rec["uuid"]}}).get_json()
+    r = client.delete(f"{API}/delete/{rec['uuid']}")
+    assert r.status_code == 409 and job["job_id"] in r.get_json()["message"]
+    assert Path(rec["path"]).exists()
+    client.post(f"{API}/job/{job['job_id']}/cancel")
+    assert client.delete(f"{API}/delete/{rec['uuid']}").status_code == 200
+
+
+def test_size_limit_is_413_and_stores_nothing(tmp_path):
+    settings = {"ROOT": str(tmp_path / "var"), "MAX_UPLOAD_BYTES": 1000}
+    client = create_app(settings).test_client()
+    r = client.post(f"{API}/upload", data={"file": (io.BytesIO(b"x" * 5000), "big.txt")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 413 and r.get_json()["code"] == 413
+    assert data_files(settings | {"ROOT": str(tmp_path / "var")}) == []
+    assert client.get(f"{API}/fileids").get_json() == []
+
+
+def test_allowed_formats_is_415(tmp_path):
+    settings = {"ROOT": str(tmp_path / "var"), "ALLOWED_FORMATS": ["fits", "csv"]}
+    client = create_app(settings).test_client()
+    r = client.post(f"{API}/upload", data={"file": (io.BytesIO(b"x"), "a.exe")}, content_type="multipart/form-data")
+    assert r.status_code == 415 and "'exe'" in r.get_json()["message"]
+    assert data_files(settings) == []
+    assert upload(client, b"1,2\n", "t.csv")["format"] == "csv"
+
+
+@pytest.mark.parametrize("name, fmt", [("a.FITS", "fits"), ("img.fits.gz", "fits.gz"), ("noext", "bin"),
+                                       ("archive.tar.gz", "tar.gz")])
+def test_formats(client, name, fmt):
+    assert upload(client, b"data", name)["format"] == fmt
+
+
+@pytest.mark.parametrize("body, kwargs, status, words", [
+    ({}, {"content_type": "multipart/form-data"}, 400, "field 'file'"),
+    ({"other": (io.BytesIO(b"x"), "a.txt")}, {"content_type": "multipart/form-data"}, 400, "field 'file'"),
+    ({"file": "not a file"}, {"content_type": "multipart/form-data"}, 400, "field 'file'"),
+    ({"file": (io.BytesIO(b""), "empty.txt")}, {"content_type": "multipart/form-data"}, 400, "empty"),
+    ({"file": (io.BytesIO(b"x"), "../etc/passwd")}, {"content_type": "multipart/form-data"}, 400, "plain name"),
+    ({"file": (io.BytesIO(b"x"), "..")}, {"content_type": "multipart/form-data"}, 400, "plain name"),
+    ({"file": (io.BytesIO(b"x"), "a\x00b.txt")}, {"content_type": "multipart/form-data"}, 400, "NUL"),
+    (None, {"data": b"raw bytes", "content_type": "application/octet-stream"}, 415, "multipart/form-data"),
+    (None, {"json": {"file": "x"}}, 415, "multipart/form-data"),
+])
+def test_bad_uploads_are_4xx_and_store_nothing(client, settings, body, kwargs, status, words):
+    r = client.post(f"{API}/upload", data=body, **kwargs) if body is not None else client.post(f"{API}/upload", **kwargs)
+    assert r.status_code == status, r.get_json()
+    assert words in r.get_json()["message"]
+    assert data_files(settings) == []
+    assert client.get(f"{API}/fileids").get_json() == []
+
+
+def test_two_file_parts_are_refused(client, settings):
+    r = client.post(f"{API}/upload", data={"file": [(io.BytesIO(b"a"), "a.txt"), (io.BytesIO(b"b"), "b.txt")]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 400
+    assert data_files(settings) == []
