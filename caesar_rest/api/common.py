@@ -33,12 +33,12 @@ def session() -> Iterator[Session]:
 
 def json_body() -> Any:
     """The request's JSON document, or a 400/415 that says what is wrong with it."""
-    if not request.data and not request.is_json:
-        raise BadRequest("The request body is empty; send a JSON document with Content-Type: application/json")
     mimetype = request.mimetype or ""
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         from ..errors import UnsupportedFormat
         raise UnsupportedFormat(f"Content-Type must be application/json, not {mimetype}")
+    if not request.get_data(cache=True):
+        raise BadRequest("The request body is empty; send a JSON document with Content-Type: application/json")
     try:
         return request.get_json(force=True)
     except Exception:
