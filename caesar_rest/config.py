@@ -38,6 +38,18 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "JOBS_PAGE_SIZE": (50, "Default page size of GET /jobs."),
     "DEFAULT_USER": ("anonymous", "Owner of every file and job when authentication is off."),
     "LOG_LEVEL": ("INFO", "Python log level."),
+    "AUTH_MODE": ("none", "none (one anonymous user), token (Bearer API tokens), basic (HTTP Basic) or oidc (JWT bearer)."),
+    "AUTH_USERS": ({}, "Users for token/basic modes: {name: {password_hash, tokens_sha256: [...], admin, max_active_jobs, max_stored_bytes}}."),
+    "OIDC_ISSUER": (None, "Expected 'iss' of OIDC bearer tokens."),
+    "OIDC_AUDIENCE": (None, "Expected 'aud' of OIDC bearer tokens."),
+    "OIDC_JWKS_URL": (None, "URL of the issuer's JSON Web Key Set."),
+    "OIDC_ALGORITHMS": (["RS256", "ES256"], "Accepted JWT signature algorithms (asymmetric only)."),
+    "OIDC_USERNAME_CLAIM": ("preferred_username", "Claim that names the user."),
+    "OIDC_ROLES_CLAIM": ("roles", "Claim listing the user's roles."),
+    "OIDC_ADMIN_ROLE": ("caesar-admin", "Role that makes a user an admin (sees and cancels every job)."),
+    "OIDC_LEEWAY": (30, "Seconds of clock skew tolerated on exp/nbf/iat."),
+    "MAX_ACTIVE_JOBS_PER_USER": (None, "Queued + running jobs a user may have at once (429 above); null: no limit."),
+    "MAX_STORED_BYTES_PER_USER": (None, "Bytes of uploaded files a user may keep (507 above); null: no limit."),
 }
 
 

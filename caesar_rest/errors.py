@@ -50,6 +50,10 @@ class UnsupportedFormat(ApiError):
     code, error = 415, "unsupported_format"
 
 
+class TooManyRequests(ApiError):
+    code, error = 429, "too_many_requests"
+
+
 class ServiceUnavailable(ApiError):
     code, error = 503, "service_unavailable"
 
@@ -78,6 +82,8 @@ def _http_error(exc: wexc.HTTPException):
                 body["status"] = body["message"] = f"Invalid request: {_flatten(messages)}"
     response = jsonify(body)
     response.status_code = body["code"]
+    if getattr(exc, "www_authenticate", None):
+        response.headers["WWW-Authenticate"] = exc.www_authenticate
     if isinstance(exc, wexc.MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response

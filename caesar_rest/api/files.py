@@ -7,11 +7,11 @@ from pathlib import Path
 
 from flask import Request, jsonify, request, send_file
 from flask_smorest import Blueprint
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .. import storage
-from ..auth import current_owner, is_admin
-from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedFormat
+from ..auth import current_owner, owner_filter, user_setting
+from ..errors import BadRequest, Conflict, InsufficientStorage, NotFound, PayloadTooLarge, UnsupportedFormat
 from ..jobs import file_in_use, get_file
 from ..models import File, utcnow
 from .common import session, settings
@@ -76,10 +76,17 @@ def upload():
     tag = request.form.get("tag")
     if tag is not None and (len(tag) > 255 or "\x00" in tag):
         raise BadRequest("'tag' must be at most 255 characters without NUL", field="tag")
+    quota = user_setting(owner, "max_stored_bytes", cfg.get("MAX_STORED_BYTES_PER_USER"))
     final = data_dir / f"{sink.uuid}.{fmt}"
     sink.commit(final)
     try:
         with session() as s:
+            if quota is not None:
+                used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
+                if used + sink.size > int(quota):
+                    raise InsufficientStorage(f"Storing {sink.size} more bytes would exceed your quota of {quota} "
+                                              f"bytes ({used} used); delete files first", used_bytes=used,
+                                              quota_bytes=int(quota))
             record = File(uuid=sink.uuid, owner=owner, filename_orig=name, format=fmt, path=str(final),
                           size_bytes=sink.size, sha256=sink.sha256, tag=tag, created_at=utcnow())
             s.add(record)
@@ -95,8 +102,9 @@ def upload():
 def fileids():
     with session() as s:
         query = select(File).order_by(File.created_at)
-        if not is_admin():
-            query = query.where(File.owner == current_owner())
+        owner = owner_filter()
+        if owner is not None:
+            query = query.where(File.owner == owner)
         if request.args.get("tag") is not None:
             query = query.where(File.tag == request.args["tag"])
         records = s.scalars(query).all()
@@ -107,7 +115,7 @@ def fileids():
 @blp.doc(summary="Download a file by uuid")
 def download(file_id: str):
     with session() as s:
-        record = get_file(s, current_owner(), file_id)
+        record = get_file(s, owner_filter(), file_id)
         path, name = record.path, record.filename_orig
     if not os.path.exists(path):
         raise NotFound(f"File with uuid {file_id} is registered but its data is missing on the server")
@@ -118,7 +126,7 @@ def download(file_id: str):
 @blp.doc(summary="Delete a file (refused while an active job uses it)")
 def delete(file_id: str):
     with session() as s:
-        record = get_file(s, current_owner(), file_id)
+        record = get_file(s, owner_filter(), file_id)
         job_id = file_in_use(s, record.uuid)
         if job_id:
             raise Conflict(f"File {file_id} is used by job {job_id}, which has not finished; "

@@ -9,10 +9,10 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
 from .. import jobs as service
-from ..auth import current_owner, is_admin
+from ..auth import current_owner, owner_filter, user_setting
 from ..celery_app import publish_run
-from ..errors import BadRequest, Conflict, ServiceUnavailable
-from ..models import ALL_STATES, Job
+from ..errors import BadRequest, Conflict, ServiceUnavailable, TooManyRequests
+from ..models import ACTIVE_STATES, ALL_STATES, Job
 from ..tarball import stream_tar_gz
 from .common import celery, int_arg, json_body, registry, session, settings
 
@@ -26,7 +26,7 @@ JOB_BODY = {"content": {"application/json": {"schema": {"type": "object", "requi
 
 
 def _owner_filter():
-    return None if is_admin() else current_owner()
+    return owner_filter()
 
 
 @blp.route("/job", methods=["POST"])
@@ -35,8 +35,16 @@ def _owner_filter():
 def submit():
     body = json_body()
     cfg = settings()
+    owner = current_owner()
+    limit = user_setting(owner, "max_active_jobs", cfg.get("MAX_ACTIVE_JOBS_PER_USER"))
     with session() as s:
-        job = service.create_job(s, cfg, registry(), current_owner(), body)
+        if limit is not None:
+            active = s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner,
+                                                                          Job.state.in_(ACTIVE_STATES)))
+            if active >= int(limit):
+                raise TooManyRequests(f"You have {active} queued or running jobs, the most allowed; "
+                                      "wait for some to finish or cancel them", active_jobs=active, limit=int(limit))
+        job = service.create_job(s, cfg, registry(), owner, body)
         answer = {**service.to_summary(job), "status": "Job submitted with success"}
         job_id, backend = job.id, job.backend
     try:
