@@ -39,6 +39,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for sub in ("DATA_DIR", "JOBS_DIR"):
         Path(settings[sub]).mkdir(parents=True, exist_ok=True)
+    from .storage import remove_stale_uploads
+    remove_stale_uploads(settings["DATA_DIR"], float(settings["STALE_UPLOAD_AFTER"]))
     if settings.get("AUTO_MIGRATE", True):
         db.upgrade(settings["DATABASE_URL"])
     app.extensions["caesar_registry"] = Registry(settings["APPS_DIR"])

@@ -144,3 +144,19 @@ def stage(src: str | Path, dest: Path) -> None:
         os.link(src, dest)
     except OSError:
         shutil.copyfile(src, dest)
+
+
+def remove_stale_uploads(data_dir: str | Path, older_than: float) -> int:
+    """Delete part files of uploads that never finished (the API died mid-upload); returns how many."""
+    import time
+
+    cutoff = time.time() - older_than
+    removed = 0
+    for part in Path(data_dir).glob("*/.upload-*.part"):
+        try:
+            if part.stat().st_mtime <= cutoff:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -343,4 +343,5 @@ def reap(settings: Mapping[str, Any], publish, follow) -> dict[str, int]:
             lost += 1
     for job_id, backend in pending:
         publish(job_id, backend)
-    return {"lost": lost, "republished": len(pending)}
+    stale_parts = storage.remove_stale_uploads(settings["DATA_DIR"], float(settings["STALE_UPLOAD_AFTER"]))
+    return {"lost": lost, "republished": len(pending), "stale_uploads_removed": stale_parts}
