@@ -17,6 +17,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The Flask app: settings in the fixed order (defaults, file, env, `config`), then blueprints."""
     from . import auth, db, errors
     from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api
+    from .api import tes as tes_api
     from .apps import Registry
     from .celery_app import make_celery
     from .config import load_settings
@@ -50,6 +51,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for module in (files_api, apps_api, jobs_api):
         api.register_blueprint(module.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops_api.blp)
+    tes_api.register(api, app)
     app.before_request(auth.authenticate)
     app.teardown_request(files_api.discard_uploads)
     errors.register(app)

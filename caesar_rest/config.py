@@ -51,6 +51,20 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "OIDC_LEEWAY": (30, "Seconds of clock skew tolerated on exp/nbf/iat."),
     "MAX_ACTIVE_JOBS_PER_USER": (None, "Queued + running jobs a user may have at once (429 above); null: no limit."),
     "MAX_STORED_BYTES_PER_USER": (None, "Bytes of uploaded files a user may keep (507 above); null: no limit."),
+    "TES_HOST_RUNTIME": (None, "TES executors run as host processes on the local backend (image recorded, not used); null: when the container backend is not enabled."),
+    "TES_FILE_ROOTS": ([], "Directories TES file:// inputs may be read from and outputs written to; empty: no file:// URLs."),
+    "TES_TIME_LIMIT": (None, "Time limit (s) of a TES task's executors when its backend_parameters give no time_limit; null: DEFAULT_TIME_LIMIT."),
+    "TES_MAX_CONTENT_BYTES": (1024 * 1024, "Largest inline 'content' of one TES input (the spec asks for at least 128 KiB)."),
+    "TES_MAX_TASK_BYTES": (16 * 1024 * 1024, "Largest TES task document accepted (413 above)."),
+    "TES_MAX_CPU_CORES": (64, "Largest cpu_cores a TES task may request."),
+    "TES_PAGE_SIZE": (256, "Default page_size of the TES task list."),
+    "TES_LOG_TAIL_BYTES": (64 * 1024, "Bytes of each TES executor's stdout and stderr kept for the FULL view (the tail)."),
+    "TES_TRANSFER_TIMEOUT": (60.0, "Seconds a TES input/output transfer may wait on the network before failing."),
+    "TES_ORGANIZATION": ({"name": "caesar-rest", "url": "https://github.com/SKA-INAF/caesar-rest"}, "Organization named by the TES service-info."),
+    "S3_ENDPOINT_URL": (None, "S3 endpoint (MinIO, moto, Ceph...); null: AWS."),
+    "S3_ACCESS_KEY_ID": (None, "S3 access key; null: boto3's usual credential chain."),
+    "S3_SECRET_ACCESS_KEY": (None, "S3 secret key; null: boto3's usual credential chain."),
+    "S3_REGION": ("us-east-1", "S3 region."),
 }
 
 

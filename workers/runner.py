@@ -45,6 +45,9 @@ class Runner:
         if claimed is None:
             return self._on_redelivery(job_id)
         job = claimed
+        if job.kind == "tes":               # GA4GH TES tasks: executors from the request (workers/tes.py)
+            from .tes import run_task
+            return run_task(self, job)
         try:
             backend = get_backend(self.settings, job.backend)
         except BackendError as exc:

@@ -1,0 +1,133 @@
+"""GA4GH TES v1.1: service-info, create, list, get and cancel tasks (served under /ga4gh/tes/v1 and /v1)."""
+from __future__ import annotations
+
+import logging
+
+from flask import jsonify, request
+from flask_smorest import Blueprint
+from sqlalchemy import func, select
+
+from .. import __version__
+from .. import jobs as jobs_service
+from .. import tes as service
+from ..auth import current_owner, owner_filter, user_setting
+from ..celery_app import publish_run
+from ..errors import BadRequest, PayloadTooLarge, ServiceUnavailable, TooManyRequests
+from ..models import ACTIVE_STATES, Job
+from .common import celery, int_arg, json_body, session, settings
+
+blp = Blueprint("tes", __name__, description="GA4GH Task Execution Service v1.1")
+log = logging.getLogger(__name__)
+PREFIX = "/ga4gh/tes/v1"
+ALIAS_PREFIX = "/v1"          # Nextflow and older clients call /v1/tasks
+
+VIEW_PARAM = {"name": "view", "in": "query", "schema": {"type": "string", "enum": list(service.VIEWS)}}
+TASK_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["executors"]}}},
+             "description": "A tesTask (see the TES v1.1 specification)"}
+
+
+def _view(default: str) -> str:
+    view = request.args.get("view", default)
+    if view not in service.VIEWS:
+        raise BadRequest(f"'view' must be one of {', '.join(service.VIEWS)}, not {view!r}", field="view")
+    return view
+
+
+@blp.route("/service-info", methods=["GET"])
+@blp.doc(summary="GetServiceInfo: this service, the storage it reaches and the backend parameters it takes")
+def service_info():
+    cfg = settings()
+    storage = [f"file://{root}" for root in service.file_roots(cfg)]
+    storage += ["http://", "https://", "ftp://", "s3://"]
+    org = cfg.get("TES_ORGANIZATION") or {}
+    return jsonify({
+        "id": cfg.get("TES_SERVICE_ID") or "org.caesar-rest.tes",
+        "name": "caesar-rest TES",
+        "type": {"group": "org.ga4gh", "artifact": "tes", "version": service.TES_VERSION},
+        "description": "GA4GH TES v1.1 on the caesar-rest job engine "
+                       f"({'host processes' if service.host_runtime(cfg) else 'containers'})",
+        "organization": {"name": str(org.get("name") or "caesar-rest"), "url": str(org.get("url") or "https://github.com/SKA-INAF/caesar-rest")},
+        "version": __version__,
+        "storage": storage,
+        "tesResources_backend_parameters": service.supported_parameters(cfg),
+    })
+
+
+@blp.route("/tasks", methods=["POST"])
+@blp.doc(summary="CreateTask: validate the task and queue it; answers its id", requestBody=TASK_BODY)
+def create_task():
+    cfg = settings()
+    limit_bytes = int(cfg.get("TES_MAX_TASK_BYTES") or 16 * 1024 * 1024)
+    if (request.content_length or 0) > limit_bytes:
+        raise PayloadTooLarge(f"The task document is larger than {limit_bytes} bytes (TES_MAX_TASK_BYTES)")
+    body = json_body()
+    owner = current_owner()
+    limit = user_setting(owner, "max_active_jobs", cfg.get("MAX_ACTIVE_JOBS_PER_USER"))
+    with session() as s:
+        if limit is not None:
+            active = s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner,
+                                                                          Job.state.in_(ACTIVE_STATES)))
+            if active >= int(limit):
+                raise TooManyRequests(f"You have {active} queued or running jobs and tasks, the most allowed; "
+                                      "wait for some to finish or cancel them", active_jobs=active, limit=int(limit))
+        job = service.create_task(s, cfg, owner, body)
+        job_id, backend = job.id, job.backend
+    try:
+        publish_run(celery(), cfg, job_id, backend)
+    except Exception as exc:
+        log.error("broker refused TES task %s: %s", job_id, exc.__class__.__name__)
+        with session() as s:
+            s.execute(Job.__table__.delete().where(Job.id == job_id))
+        raise ServiceUnavailable("The job queue is unavailable; the task was not accepted, try again shortly") from exc
+    return jsonify({"id": job_id})
+
+
+@blp.route("/tasks", methods=["GET"])
+@blp.doc(summary="ListTasks: your tasks, newest first (view, page_size, page_token, name_prefix, state, "
+                 "tag_key/tag_value)", parameters=[VIEW_PARAM])
+def list_tasks():
+    view = _view("MINIMAL")
+    page_size = int_arg("page_size", int(settings().get("TES_PAGE_SIZE") or 256), 1, 2047)
+    state = request.args.get("state") or None
+    if state is not None and state not in service.TES_STATES:
+        raise BadRequest(f"'state' must be one of {', '.join(service.TES_STATES)}, not {state!r}", field="state")
+    keys, values = request.args.getlist("tag_key"), request.args.getlist("tag_value")
+    if len(values) > len(keys):
+        raise BadRequest("Each 'tag_value' needs a 'tag_key' before it", field="tag_value")
+    tags = {k: (values[i] if i < len(values) else "") for i, k in enumerate(keys)}
+    with session() as s:
+        page, token = service.list_tasks(s, owner_filter(), page_size, request.args.get("page_token") or None,
+                                         request.args.get("name_prefix") or None, state, tags)
+        answer = {"tasks": [service.render(job, view) for job in page]}
+    if token:
+        answer["next_page_token"] = token
+    return jsonify(answer)
+
+
+@blp.route("/tasks/<task_id>", methods=["GET"])
+@blp.doc(summary="GetTask (view MINIMAL by default, BASIC or FULL)", parameters=[VIEW_PARAM])
+def get_task(task_id: str):
+    view = _view("MINIMAL")
+    with session() as s:
+        return jsonify(service.render(service.get_task(s, owner_filter(), task_id), view))
+
+
+@blp.route("/tasks/<task_id>:cancel", methods=["POST"])
+@blp.doc(summary="CancelTask: stop the task wherever it runs; a finished task is left as it is")
+def cancel_task(task_id: str):
+    with session() as s:
+        job = service.get_task(s, owner_filter(), task_id)
+        if job.finished:
+            return jsonify({})      # TES: cancelling a finished task is not an error
+        jobs_service.request_cancel(s, job)
+    try:
+        celery().control.revoke(task_id)
+    except Exception as exc:   # the worker sees the DB flag anyway; revoke only spares a queued message
+        log.warning("revoke of %s not sent: %s", task_id, exc.__class__.__name__)
+    return jsonify({})
+
+
+def register(api, app) -> None:
+    """Documented under /ga4gh/tes/v1; the same views answer under /v1."""
+    api.register_blueprint(blp, url_prefix=PREFIX)
+    app.register_blueprint(blp, url_prefix=ALIAS_PREFIX, name="tes_v1")

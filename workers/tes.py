@@ -1,0 +1,477 @@
+"""TES task runner: stage inputs, run the executors in sequence through the job's backend, upload outputs,
+and record the TES logs (job.extra["tes_logs"]) and the failure kind (job.extra["tes_error"]).
+
+Every task directory (volumes, the directories of inputs, outputs, workdirs and std streams: see
+caesar_rest.tes.mount_points) is a directory under <job dir>/fs/ mounted at its path for each executor.
+On the container backend an executor is a container (image, argv = command). On the host runtime
+(TES_HOST_RUNTIME) the local backend runs this file as a launcher (`python workers/tes.py exec SPEC`):
+it builds a private mount namespace showing the host's own filesystem with the task directories mounted
+at their paths, chroots into it, opens the executor's stdin/stdout/stderr files and exec()s the command
+unchanged, so the command's process is the job's process (no shell is added). This gives executors the
+paths they were promised; it is not a security sandbox (the local backend never was one).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import sys
+
+SETUP_FAILED = 125          # the launcher's exit status when the executor could not be set up (docker's too)
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+
+
+# ---- host-runtime launcher: standard library only, it runs as a script before any project import -----------
+def _mount(libc, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    encode = (lambda v: v.encode() if v is not None else None)
+    if libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source or fstype} on {target}: {os.strerror(err)}")
+
+
+def _populate(libc, host: str, new: str, targets: set[str]) -> None:
+    """Mirror host directory `host` into `new`, except for the task directories and the way down to them."""
+    prefix = host.rstrip("/")
+    for name in sorted(os.listdir(host)):
+        here, there = f"{prefix}/{name}", os.path.join(new, name)
+        if here in targets:
+            continue
+        on_the_way = any(t.startswith(here + "/") for t in targets)
+        if os.path.islink(here):
+            if on_the_way:
+                raise OSError(errno.ELOOP, f"a task directory lies under {here}, a symbolic link on this host")
+            os.symlink(os.readlink(here), there)
+        elif on_the_way:
+            os.mkdir(there)
+            _populate(libc, here, there, targets)
+        else:
+            if os.path.isdir(here):
+                os.mkdir(there)
+            else:
+                open(there, "w").close()
+            _mount(libc, here, there, None, MS_BIND | MS_REC)
+
+
+def _enter_task_fs(spec: dict) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(CLONE_NEWNS if uid == 0 else CLONE_NEWNS | CLONE_NEWUSER) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"no private mount namespace for the executor ({os.strerror(err)}); the host runtime "
+                           "needs root or unprivileged user namespaces")
+    if uid != 0:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as fh:
+                fh.write(text)
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)     # nothing we mount leaks back to the host
+    root = spec["sysroot"]
+    _mount(libc, "tmpfs", root, "tmpfs", 0, "mode=0755")
+    mounts: dict[str, str] = spec["mounts"]
+    _populate(libc, "/", root, set(mounts))
+    for target in sorted(mounts):
+        os.makedirs(root + target, exist_ok=True)
+        _mount(libc, mounts[target], root + target, None, MS_BIND | MS_REC)
+    os.chroot(root)
+    os.chdir(spec.get("workdir") or "/")
+
+
+def _redirect(spec: dict) -> None:
+    for fd, key, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                           (2, "stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        if spec.get(key):
+            opened = os.open(spec[key], flags | os.O_CLOEXEC, 0o644)
+            os.dup2(opened, fd)
+            os.close(opened)
+
+
+def launch(spec_path: str) -> int:
+    """Enter the task's filesystem and exec the command; returns only on failure."""
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    try:
+        _enter_task_fs(spec)
+        _redirect(spec)
+    except Exception as exc:
+        reason = f"{exc.__class__.__name__}: {exc}"
+        with open(spec["status"], "w", encoding="utf-8") as fh:
+            fh.write(reason)
+        print(f"caesar-rest TES: executor setup failed: {reason}", file=sys.stderr, flush=True)
+        return SETUP_FAILED
+    argv = spec["argv"]
+    try:
+        os.execvpe(argv[0], argv, dict(os.environ))
+    except FileNotFoundError:
+        print(f"{argv[0]}: command not found", file=sys.stderr, flush=True)
+        return 127
+    except OSError as exc:
+        print(f"{argv[0]}: {exc.strerror}", file=sys.stderr, flush=True)
+        return 126
+    return 126
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "exec":
+        sys.exit("usage: tes.py exec SPEC.json")
+    sys.exit(launch(sys.argv[2]))
+
+
+# ---- the task runner, inside the worker ------------------------------------------------------------------------
+import glob  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from sqlalchemy import select, update  # noqa: E402
+
+from caesar_rest import storage  # noqa: E402
+from caesar_rest.db import session_scope  # noqa: E402
+from caesar_rest.models import (ABORTED, CANCELED, FAILURE, RUNNING, STARTED, SUCCESS, TIMED_OUT, Job,  # noqa: E402
+                                utcnow)
+from caesar_rest.jobs import transition  # noqa: E402
+from caesar_rest.tes import (DIRECTORY, EXECUTOR, SYSTEM, WILDCARD_RE, mount_points, norm,  # noqa: E402
+                             rfc3339)
+
+from .backends import get_backend  # noqa: E402
+from .backends.base import QUEUED, BackendError, BackendStatus, BackendUnavailable, JobSpec  # noqa: E402
+from .backends.base import RUNNING as B_RUNNING  # noqa: E402
+from .transfer import TransferError, TransferStopped, Transfers  # noqa: E402
+
+log = logging.getLogger("caesar.tes")
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_task(runner, job: Job) -> str:
+    """Entry from Runner.run once the job is claimed (STARTED). Returns the final job state."""
+    return TaskRun(runner, job).run()
+
+
+class TaskRun:
+    """One TES task on one worker: the per-task state around the backend's submit/poll/cancel."""
+
+    def __init__(self, runner, job: Job) -> None:
+        self.runner = runner
+        self.settings = runner.settings
+        self.url = runner.url
+        self.job_id = job.id
+        self.owner = job.owner
+        self.backend_name = job.backend
+        self.doc: dict[str, Any] = dict((job.extra or {}).get("tes") or {})
+        self.spec: dict[str, Any] = dict(job.spec or {})
+        self.jobdir = Path(job.workdir)
+        self.fs = self.jobdir / "fs"
+        self.meta = self.jobdir / ".tes"
+        self.mounts = mount_points(self.doc)
+        old = (job.extra or {}).get("tes_logs") or {}
+        self.logs: dict[str, Any] = {"system_logs": list(old.get("system_logs") or []), "executors": [], "outputs": []}
+        self.time_limit = float(self.spec.get("time_limit") or self.settings["DEFAULT_TIME_LIMIT"])
+        self.canceled = threading.Event()
+        self.finished = threading.Event()
+        self.poll_interval = float(self.settings["JOB_POLL_INTERVAL"])
+
+    # ---- driving -----------------------------------------------------------------------------------------------
+    def run(self) -> str:
+        watcher = threading.Thread(target=self._watch, name=f"tes-watch-{self.job_id[:8]}", daemon=True)
+        watcher.start()
+        try:
+            return self._run()
+        except Exception as exc:           # a bug must still end the task, with the reason
+            log.exception("TES task %s failed in the runner", self.job_id)
+            return self._end(FAILURE, f"Internal error running the task: {exc.__class__.__name__}: {exc}", SYSTEM)
+        finally:
+            self.finished.set()
+            watcher.join(timeout=5)
+
+    def _watch(self) -> None:
+        """Heartbeats and the cancel flag while the task runs, transfers included."""
+        beat_every = float(self.settings["HEARTBEAT_INTERVAL"])
+        last_beat = 0.0
+        while not self.finished.wait(self.poll_interval):
+            try:
+                with session_scope(self.url) as s:
+                    if s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
+                        self.canceled.set()
+                    if time.monotonic() - last_beat >= beat_every:
+                        last_beat = time.monotonic()
+                        s.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+            except Exception:
+                log.warning("TES task %s: heartbeat failed", self.job_id, exc_info=True)
+
+    def _run(self) -> str:
+        try:
+            backend = get_backend(self.settings, self.backend_name)
+        except BackendError as exc:
+            return self._end(ABORTED, f"Backend {self.backend_name!r} unavailable on this worker: {exc}", SYSTEM)
+        try:
+            self._layout()
+        except OSError as exc:
+            return self._end(ABORTED, f"Preparing the task directories failed: {exc}", SYSTEM)
+        problem = self._check_disk()
+        if problem:
+            return self._end(ABORTED, problem, SYSTEM)
+        transfers = Transfers(self.settings, should_stop=self.canceled.is_set)
+        for i, item in enumerate(self.doc.get("inputs") or []):
+            if self.canceled.is_set():
+                break
+            try:
+                self._stage(transfers, item)
+            except TransferStopped:
+                break
+            except (TransferError, OSError) as exc:
+                return self._end(ABORTED, f"Input inputs[{i}] ({item.get('url') or 'content'} -> {item['path']}) "
+                                          f"could not be staged: {exc}", SYSTEM)
+        if self.canceled.is_set():
+            return self._end(CANCELED, "Task canceled by user before its executors ran")
+        with session_scope(self.url) as s:
+            transition(s, self.job_id, RUNNING, "Task is running", from_states=(STARTED,), run_date=utcnow())
+
+        deadline = time.monotonic() + self.time_limit
+        failure: tuple[str, str, int | None] | None = None      # (kind, message, exit code)
+        for i, executor in enumerate(self.doc["executors"]):
+            if self.canceled.is_set():
+                break
+            outcome, detail, rc = self._run_executor(backend, i, executor, deadline)
+            if outcome in ("canceled", "timeout", "system"):
+                failure = (outcome, detail, rc)
+                break
+            if rc != 0 and not executor.get("ignore_error"):
+                failure = ("executor", detail, rc)
+                break
+            if rc != 0:
+                self.logs["system_logs"].append(f"{detail} (ignore_error: continuing)")
+        if self.canceled.is_set() or (failure and failure[0] == "canceled"):
+            return self._end(CANCELED, "Task canceled by user")
+
+        upload_problems = self._upload_outputs(transfers, strict=failure is None)
+        if self.canceled.is_set():
+            return self._end(CANCELED, "Task canceled by user while its outputs were uploaded")
+        if failure is not None:
+            kind, message, rc = failure
+            if kind == "timeout":
+                return self._end(TIMED_OUT, message, EXECUTOR, exit_status=rc)
+            if kind == "executor":
+                return self._end(FAILURE, message, EXECUTOR, exit_status=rc)
+            return self._end(FAILURE, message, SYSTEM, exit_status=rc)
+        if upload_problems:
+            return self._end(FAILURE, "; ".join(upload_problems), SYSTEM)
+        return self._end(SUCCESS, "Task complete", exit_status=0)
+
+    # ---- layout and inputs ----------------------------------------------------------------------------------------
+    def host_path(self, path: str) -> Path:
+        return self.fs / norm(path).lstrip("/")
+
+    def _layout(self) -> None:
+        for directory in (self.jobdir, self.fs, self.meta, self.meta / "root"):
+            directory.mkdir(parents=True, exist_ok=True)
+        for mount in self.mounts:
+            self.host_path(mount).mkdir(parents=True, exist_ok=True)
+
+    def _check_disk(self) -> str | None:
+        want = self.spec.get("disk_gb")
+        if not want:
+            return None
+        free = shutil.disk_usage(self.jobdir).free
+        if free < float(want) * 1024**3:
+            return (f"The task asks for {want:g} GB of disk (resources.disk_gb) and this worker has "
+                    f"{free / 1024**3:.1f} GB free")
+        return None
+
+    def _inside(self, path: Path) -> Path:
+        """path, refused when (through links) it leaves the task's directories."""
+        real = storage.within(self.fs, path)
+        if real is None:
+            raise OSError(errno.EXDEV, f"{path.relative_to(self.fs)} leads outside the task's directories")
+        return real
+
+    def _stage(self, transfers: Transfers, item: dict[str, Any]) -> None:
+        dest = self.host_path(item["path"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._inside(dest.parent)
+        if item.get("url"):
+            transfers.download(item["url"], dest, item["type"])
+        else:
+            dest.write_bytes(str(item.get("content") or "").encode("utf-8"))
+
+    # ---- executors ---------------------------------------------------------------------------------------------------
+    def _job_spec(self, backend, i: int, executor: dict[str, Any]) -> JobSpec:
+        env = {"HOME": executor.get("workdir") or "/tmp", "TMPDIR": "/tmp", **(executor.get("env") or {})}
+        common = dict(job_id=self.job_id, owner=self.owner, app="tes", workdir=self.jobdir,
+                      cpus=float(self.spec.get("cpus") or 1), memory_mb=self.spec.get("memory_mb"),
+                      time_limit_s=int(self.time_limit))
+        mounts = {m: str(self.host_path(m)) for m in self.mounts}
+        if self.backend_name == "local":
+            status = self.meta / f"executor-{i}.status"
+            status.unlink(missing_ok=True)
+            launch_spec = {"argv": executor["command"], "mounts": mounts, "sysroot": str(self.meta / "root"),
+                           "workdir": executor.get("workdir"), "stdin": executor.get("stdin"),
+                           "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": str(status)}
+            path = self.meta / f"executor-{i}.json"
+            path.write_text(json.dumps(launch_spec, indent=1), encoding="utf-8")
+            env.setdefault("PATH", HOST_PATH)
+            return JobSpec(argv=[sys.executable, "-I", str(Path(__file__).resolve()), "exec", str(path)],
+                           image=executor["image"], env=env, options={"image_recorded": executor["image"]}, **common)
+        if not getattr(backend, "tes_mounts", False):
+            raise BackendError(f"the {self.backend_name} backend cannot run TES executors (it does not mount task "
+                               "directories); set TES_HOST_RUNTIME to run them as host processes")
+        for directory in [self.fs, *mounts.values()]:
+            os.chmod(directory, os.stat(directory).st_mode | 0o070)    # the container's user writes through its group
+        return JobSpec(argv=list(executor["command"]), image=executor["image"], env=env, **common,
+                       options={**(self.spec.get("backend_options") or {}),
+                                "tes": {"mounts": mounts, "workdir": executor.get("workdir"),
+                                        "stdin": executor.get("stdin"), "stdout": executor.get("stdout"),
+                                        "stderr": executor.get("stderr")}})
+
+    def _run_executor(self, backend, i: int, executor: dict[str, Any], deadline: float) -> tuple[str, str, int | None]:
+        """Runs executor i to its end; returns (outcome, message, exit code), outcome one of
+        exited / canceled / timeout / system."""
+        entry: dict[str, Any] = {"start_time": rfc3339(utcnow()), "exit_code": None}
+        self.logs["executors"].append(entry)
+        offsets = {name: _size(self.jobdir / name) for name in ("stdout.log", "stderr.log")}
+        try:
+            spec = self._job_spec(backend, i, executor)
+            handle = backend.submit(spec)
+        except Exception as exc:
+            self.logs["executors"].remove(entry)
+            return "system", f"Executor {i} ({executor['image']}) could not start: {exc}", None
+        with session_scope(self.url) as s:
+            pid = int(handle) if handle.isdigit() and self.backend_name == "local" else None
+            s.execute(update(Job).where(Job.id == self.job_id).values(handle=handle, pid=pid, heartbeat_at=utcnow()))
+        self._save()
+        outcome = "exited"
+        while True:
+            try:
+                status = backend.poll(handle)
+            except BackendUnavailable as exc:
+                status = BackendStatus(B_RUNNING, reason=str(exc))
+            if status.state not in (QUEUED, B_RUNNING):
+                break
+            if self.canceled.is_set() or time.monotonic() > deadline:
+                outcome = "canceled" if self.canceled.is_set() else "timeout"
+                backend.cancel(handle)
+                status = backend.poll(handle)
+                break
+            time.sleep(self.poll_interval)
+        problems = []
+        try:
+            backend.fetch_outputs(handle, self.jobdir)
+        except Exception as exc:
+            problems.append(f"collecting its output failed: {exc}")
+        try:
+            backend.cleanup(handle)
+        except Exception as exc:
+            problems.append(f"cleanup failed: {exc}")
+        rc = status.exit_code
+        if rc is not None and rc < 0:
+            rc = 128 - rc                    # killed by a signal: the shell's convention, as containers report it
+        entry.update(end_time=rfc3339(utcnow()), exit_code=rc if rc is not None else -1,
+                     stdout=self._tail(executor.get("stdout"), "stdout.log", offsets),
+                     stderr=self._tail(executor.get("stderr"), "stderr.log", offsets))
+        self._save()
+        setup = self.meta / f"executor-{i}.status"
+        if rc == SETUP_FAILED and setup.exists():
+            return "system", f"Executor {i} could not be set up: {setup.read_text(errors='replace').strip()}", rc
+        if outcome == "timeout":
+            return outcome, (f"Executor {i} exceeded the task's time limit of {self.time_limit:g} s "
+                             "and was stopped"), rc
+        if outcome == "canceled":
+            return outcome, "Task canceled by user", rc
+        if rc is None:
+            return "system", f"Executor {i} ended without an exit status: {status.reason or status.state}", None
+        if problems:
+            return "system", f"Executor {i}: {'; '.join(problems)}", rc
+        if rc != 0:
+            last = (entry["stderr"] or "").strip().splitlines()
+            return "exited", f"Executor {i} exited with status {rc}" + (f": {last[-1][:300]}" if last else ""), rc
+        return "exited", f"Executor {i} succeeded", rc
+
+    def _tail(self, redirected: str | None, logname: str, offsets: dict[str, int]) -> str:
+        limit = int(self.settings.get("TES_LOG_TAIL_BYTES") or 64 * 1024)
+        if redirected:
+            path, start = self.host_path(redirected), 0
+            try:
+                self._inside(path)
+            except OSError:
+                return ""
+        else:
+            path, start = self.jobdir / logname, offsets[logname]
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                end = fh.tell()
+                fh.seek(max(start, end - limit))
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # ---- outputs -----------------------------------------------------------------------------------------------------
+    def _upload_outputs(self, transfers: Transfers, strict: bool) -> list[str]:
+        """Upload every output; returns the problems. After a failed executor (strict False) a missing output
+        is noted in system_logs but is not a problem of its own."""
+        problems: list[str] = []
+        for i, item in enumerate(self.doc.get("outputs") or []):
+            if self.canceled.is_set():
+                break
+            try:
+                for src, container_path, url, kind in self._output_sources(item):
+                    for done_url, rel, size in transfers.upload(src, url, kind):
+                        shown = f"{container_path.rstrip('/')}/{rel}" if rel else container_path
+                        self.logs["outputs"].append({"url": done_url, "path": shown, "size_bytes": size})
+            except TransferStopped:
+                break
+            except (TransferError, OSError) as exc:
+                missing = not self.host_path(item["path"]).exists() and not WILDCARD_RE.search(item["path"])
+                message = f"Output outputs[{i}] ({item['path']} -> {item['url']}) failed: {exc}"
+                if strict or not missing:
+                    problems.append(message)
+                self.logs["system_logs"].append(message)
+        self._save()
+        return problems
+
+    def _output_sources(self, item: dict[str, Any]):
+        """(host path, container path, url, kind) for an output; wildcards expand under path_prefix."""
+        path = norm(item["path"])
+        if not WILDCARD_RE.search(item["path"]):
+            src = self.host_path(path)
+            self._inside(src.parent)
+            if src.exists():
+                self._inside(src)
+            return [(src, path, item["url"], item["type"])]
+        prefix = norm(item["path_prefix"])
+        pattern = glob.escape(str(self.fs)) + path
+        found = []
+        for match in sorted(glob.glob(pattern)):
+            real = self._inside(Path(match))
+            rel = Path(match).relative_to(self.host_path(prefix)).as_posix()
+            url = item["url"].rstrip("/") + "/" + rel
+            found.append((Path(match), f"{prefix.rstrip('/')}/{rel}", url, DIRECTORY if real.is_dir() else "FILE"))
+        return found
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------------------
+    def _save(self, **extra_fields: Any) -> None:
+        logs = {"system_logs": list(self.logs["system_logs"]), "outputs": list(self.logs["outputs"]),
+                "executors": [dict(e) for e in self.logs["executors"]]}
+        with session_scope(self.url) as s:
+            job = s.get(Job, self.job_id)
+            if job is not None:
+                job.extra = {**(job.extra or {}), "tes_logs": logs, **extra_fields}
+
+    def _end(self, state: str, message: str, kind: str | None = None, exit_status: int | None = None) -> str:
+        if state != SUCCESS and message:
+            self.logs["system_logs"].append(message)
+        self._save(tes_error=kind)
+        self.runner._end(self.job_id, state, message, exit_status=exit_status)
+        with session_scope(self.url) as s:
+            final = s.scalar(select(Job.state).where(Job.id == self.job_id))
+        log.info("TES task %s ended %s: %s", self.job_id, final, message)
+        return final or state
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
