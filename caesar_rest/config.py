@@ -32,6 +32,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "STALE_AFTER": (60.0, "A running job with no heartbeat for this long is declared lost by the reaper."),
     "PENDING_REPUBLISH_AFTER": (600.0, "A PENDING job older than this is published again (claims are atomic)."),
     "REAPER_INTERVAL": (15.0, "Seconds between reaper runs (celery beat)."),
+    "DB_RETRY_FOR": (600.0, "Seconds a worker keeps retrying to record a finished job while the database is down."),
     "CANCEL_GRACE": (1.0, "Seconds between SIGTERM and SIGKILL when stopping a job."),
     "DEFAULT_TIME_LIMIT": (86400, "Time limit (s) for apps that declare none."),
     "OUTPUT_GZIP_LEVEL": (6, "gzip level of the streamed job tarball (1 fastest, 9 smallest)."),

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A throw-away RabbitMQ node for fault tests (restarting the machine's shared broker would disturb others).
-# usage: scratch-rabbitmq.sh start|stop|restart DIR PORT
+# usage: scratch-rabbitmq.sh start|stop|restart DIR PORT DIST_PORT
+# DIR must be reachable by the rabbitmq user (not under a root-only directory).
 set -euo pipefail
-cmd=$1 dir=$2 port=$3
+cmd=$1 dir=$2 port=$3 dist=${4:-$((port + 1))}
 node="caesar-scratch-$port@localhost"
-export RABBITMQ_NODENAME=$node RABBITMQ_DIST_PORT=$((port + 20000)) RABBITMQ_MNESIA_BASE=$dir/mnesia \
+export RABBITMQ_NODENAME=$node RABBITMQ_DIST_PORT=$dist RABBITMQ_MNESIA_BASE=$dir/mnesia \
   RABBITMQ_LOG_BASE=$dir/log RABBITMQ_PID_FILE=$dir/pid RABBITMQ_FEATURE_FLAGS_FILE=$dir/feature_flags \
   RABBITMQ_QUORUM_DIR=$dir/quorum RABBITMQ_STREAM_DIR=$dir/stream RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf \
   RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from caesar_rest import storage
 from caesar_rest.db import session_scope
@@ -28,6 +29,7 @@ from .backends.base import RUNNING as B_RUNNING
 from .backends.local import kill_group, process_alive
 
 log = logging.getLogger("caesar.runner")
+DB_ERRORS = (OperationalError, InterfaceError)
 HOST = socket.gethostname()
 
 
@@ -213,7 +215,7 @@ class Runner:
             if status.state not in (QUEUED, B_RUNNING):
                 return self._finish(job_id, backend, handle, status)
             now = time.monotonic()
-            if self._cancel_requested(job_id):
+            if self._cancel_requested(job_id, default=False):
                 self._stop(backend, handle)
                 return self._finish(job_id, backend, handle, status, canceled=True)
             if time_limit and now - start > time_limit:
@@ -221,13 +223,22 @@ class Runner:
                 return self._finish(job_id, backend, handle, status, timed_out=float(time_limit))
             if now - last_beat >= beat_every:
                 last_beat = now
-                with session_scope(self.url) as s:
-                    s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+                try:
+                    with session_scope(self.url) as s:
+                        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+                except DB_ERRORS as exc:
+                    log.warning("job %s: heartbeat not stored, database unavailable (%s)", job_id, exc.__class__.__name__)
             time.sleep(interval)
 
-    def _cancel_requested(self, job_id: str) -> bool:
-        with session_scope(self.url) as s:
-            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    def _cancel_requested(self, job_id: str, default: bool | None = None) -> bool:
+        """The cancel flag; while the database is away a running job goes on (default) instead of dying."""
+        try:
+            with session_scope(self.url) as s:
+                return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        except DB_ERRORS:
+            if default is None:
+                raise
+            return default
 
     def _stop(self, backend, handle: str) -> None:
         try:
@@ -240,9 +251,11 @@ class Runner:
     # ---- the end --------------------------------------------------------------------------------------------
     def _finish(self, job_id: str, backend, handle: str, status: BackendStatus, canceled: bool = False,
                 timed_out: float | None = None) -> str:
-        with session_scope(self.url) as s:
-            job = s.get(Job, job_id)
-            workdir = Path(job.workdir)
+        def read_workdir() -> Path:
+            with session_scope(self.url) as s:
+                return Path(s.scalar(select(Job.workdir).where(Job.id == job_id)))
+
+        workdir = self._retry_db(job_id, "finishing", read_workdir)
         problems = []
         try:
             backend.fetch_outputs(handle, workdir)
@@ -276,7 +289,24 @@ class Runner:
         self._end(job_id, state, message, exit_status=rc, pid=status.pid)
         return state
 
+    def _retry_db(self, job_id: str, what: str, fn):
+        """Run fn, waiting out a database outage (up to DB_RETRY_FOR s) so a finished job's result is not lost."""
+        deadline = time.monotonic() + float(self.settings.get("DB_RETRY_FOR", 600))
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except DB_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: %s waits for the database (%s)", job_id, what, exc.__class__.__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+
     def _end(self, job_id: str, state: str, message: str, **fields: Any) -> None:
+        self._retry_db(job_id, f"recording {state}", lambda: self._end_once(job_id, state, message, **fields))
+
+    def _end_once(self, job_id: str, state: str, message: str, **fields: Any) -> None:
         with session_scope(self.url) as s:
             job = s.get(Job, job_id)
             now = utcnow()
@@ -290,8 +320,11 @@ class Runner:
             workdir = Path(job.workdir)
             if workdir.is_dir():
                 shutil.rmtree(workdir / "tmp", ignore_errors=True)
-                with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
-                    json.dump(to_metadata(job), fh, indent=2)
+                try:
+                    with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
+                        json.dump(to_metadata(job), fh, indent=2)
+                except OSError as exc:   # the database keeps the record; the file is a convenience copy
+                    log.warning("job %s: caesar_job.json not written: %s", job_id, exc)
 
 
 def _exit_message(rc: int | None, status: BackendStatus, workdir: Path) -> str:
@@ -304,12 +337,22 @@ def _exit_message(rc: int | None, status: BackendStatus, workdir: Path) -> str:
             name = f"signal {-rc}"
         return f"Process killed by {name}"
     message = f"Process exited with status {rc}"
+    if _disk_full(workdir):
+        return f"{message}: No space left on device in the job directory"
     last = _last_line(workdir / "stderr.log")
     if last:
         if "MemoryError" in last or "Cannot allocate memory" in last:
             message += " (memory limit exceeded?)"
         message += f": {last[:300]}"
     return message
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
 
 
 def _last_line(path: Path) -> str:

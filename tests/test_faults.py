@@ -1,0 +1,199 @@
+"""Nothing lost: broker restarts, database outages, the API killed mid-upload, a full disk.
+Each test really does it (a scratch RabbitMQ node, a cut TCP path to PostgreSQL, SIGKILL, a tiny tmpfs)."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from caesar_rest import create_app
+from caesar_rest.db import dispose_all
+
+from .support import (API, REPO, create_pg_database, drop_pg_database, embedded_settings, free_port, http_status,
+                      production_settings, start_api, start_worker, wait_state)
+from .tcpproxy import TcpProxy
+
+SCRATCH_RABBIT = str(REPO / "scripts" / "scratch-rabbitmq.sh")
+
+
+@pytest.fixture
+def scratch_rabbit():
+    port, dist = free_port(), free_port()
+    folder = Path(tempfile.mkdtemp(prefix="caesar-rabbit-"))     # the rabbitmq user must reach it
+    os.chmod(folder, 0o755)
+    args = [str(folder), str(port), str(dist)]
+    subprocess.run(["bash", SCRATCH_RABBIT, "start", *args], check=True, timeout=120)
+    yield {"url": f"amqp://guest:guest@127.0.0.1:{port}//", "args": args}
+    subprocess.run(["bash", SCRATCH_RABBIT, "stop", *args], timeout=120)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_db():
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+def test_broker_restart_while_submitting_loses_nothing(tmp_path, scratch_rabbit, pg_db):
+    settings = production_settings(tmp_path / "var", pg_db, BROKER_URL=scratch_rabbit["url"])
+    api, base = start_api(settings, tmp_path / "api.log")
+    worker = start_worker(settings, ["local"], tmp_path / "worker.log", concurrency=2)
+    accepted: list[str] = []
+    refused: list[dict] = []
+    other: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def submit_forever() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = requests.post(f"{base}{API}/job", json={"app": "sleeper", "job_inputs": {"seconds": 0,
+                                  "message": f"n{i}"}}, timeout=30)
+            except requests.RequestException as exc:
+                other.append((0, repr(exc)))
+                continue
+            if r.status_code == 202:
+                accepted.append(r.json()["job_id"])
+            elif r.status_code == 503:
+                refused.append(r.json())
+            else:
+                other.append((r.status_code, r.text))
+            time.sleep(0.05)
+
+    try:
+        thread = threading.Thread(target=submit_forever)
+        thread.start()
+        time.sleep(3)
+        before = len(accepted)
+        subprocess.run(["bash", SCRATCH_RABBIT, "stop", *scratch_rabbit["args"]], check=True, timeout=120)
+        time.sleep(3)
+        subprocess.run(["bash", SCRATCH_RABBIT, "start", *scratch_rabbit["args"]], check=True, timeout=120)
+        time.sleep(5)
+        stop.set()
+        thread.join(60)
+        assert other == [], other[:3]                        # never a 500, never a hang
+        assert before > 0 and len(accepted) > before          # accepted before and after the restart
+        assert refused and all("queue is unavailable" in r["message"] for r in refused)
+        for job_id in accepted:                               # every 2xx runs, exactly once
+            st = wait_state(http_status(base), job_id, timeout=120)
+            assert st["state"] == "SUCCESS", st
+            assert requests.get(f"{base}{API}/job/{job_id}/metadata").json()["attempts"] == 1
+        total = requests.get(f"{base}{API}/jobs", params={"per_page": 1}).json()["total"]
+        assert total == len(accepted)                          # refused submissions left nothing behind
+    finally:
+        stop.set()
+        worker.stop()
+        api.stop()
+
+
+def test_database_outage_is_503_and_recovers(tmp_path, pg_db):
+    proxy = TcpProxy(5432)
+    url = pg_db.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    settings = embedded_settings(tmp_path / "var", DATABASE_URL=url)
+    app = create_app(settings)
+    client = app.test_client()
+    assert client.get(f"{API}/jobs").status_code == 200
+    worker = start_worker(settings, ["local"], tmp_path / "worker.log", concurrency=1)
+    try:
+        running = client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {"seconds": 6}}).get_json()["job_id"]
+        wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), running, ["RUNNING"], timeout=60)
+        proxy.down()
+        for response in (client.get(f"{API}/jobs"), client.get(f"{API}/job/{running}/status"),
+                         client.post(f"{API}/job", json={"app": "sleeper"}),
+                         client.post(f"{API}/upload", data={"file": (io.BytesIO(b"abc"), "a.txt")},
+                                     content_type="multipart/form-data")):
+            assert response.status_code == 503
+            assert response.get_json()["message"] == "The job database is unavailable; try again shortly"
+        assert [p for p in (Path(settings["ROOT"]) / "data").rglob("*") if p.is_file()] == []
+        assert client.get("/health").status_code == 503
+        time.sleep(8)                       # the job ends while the database is away
+        proxy.up()
+        st = wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), running, timeout=90)
+        assert st["state"] == "SUCCESS"     # its result was kept and recorded once the database came back
+        assert client.get(f"{API}/jobs").get_json()["total"] == 1
+        assert client.get("/health").status_code == 200
+    finally:
+        proxy.up() if proxy._listener is None else None
+        worker.stop()
+        dispose_all()
+        proxy.down()
+
+
+def test_api_killed_during_upload_registers_nothing(tmp_path):
+    settings = embedded_settings(tmp_path / "var", STALE_UPLOAD_AFTER=0)
+    api, base = start_api(settings, tmp_path / "api.log")
+    port = int(base.rsplit(":", 1)[1])
+    body_head = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.fits\"\r\n"
+                 b"Content-Type: application/octet-stream\r\n\r\n")
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST " + API.encode() + b"/upload HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000000\r\n\r\n" + body_head)
+    for _ in range(40):
+        sock.sendall(os.urandom(256 * 1024))
+    data_dir = Path(settings["ROOT"]) / "data" / "anonymous"
+    deadline = time.time() + 30
+    while not list(data_dir.glob(".upload-*.part")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(data_dir.glob(".upload-*.part"))           # the upload was under way, on disk
+    os.killpg(api.pid, signal.SIGKILL)
+    api.stop()
+    sock.close()
+    api, base = start_api(settings, tmp_path / "api2.log")
+    try:
+        assert requests.get(f"{base}{API}/fileids").json() == []
+        assert list(data_dir.glob("*")) == []               # the part file is gone too
+    finally:
+        api.stop()
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    """ROOT whose data/ and jobs/ are 8 MiB tmpfs mounts."""
+    root = tmp_path / "var"
+    mounts = [root / "data", root / "jobs"]
+    for m in mounts:
+        m.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(m)], check=True)
+    yield root
+    dispose_all()
+    for m in mounts:
+        subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_full_data_disk_during_upload(small_disks):
+    settings = embedded_settings(small_disks)
+    client = create_app(settings).test_client()
+    r = client.post(f"{API}/upload", data={"file": (io.BytesIO(os.urandom(12 * 1024 * 1024)), "big.fits")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 507 and "disk is full" in r.get_json()["message"]
+    assert list((small_disks / "data").rglob("*.*")) == []
+    assert client.get(f"{API}/fileids").get_json() == []
+    ok = client.post(f"{API}/upload", data={"file": (io.BytesIO(b"small"), "a.txt")}, content_type="multipart/form-data")
+    assert ok.status_code == 200                             # space came back: the failed part was removed
+
+
+def test_full_job_disk_fails_the_job_with_the_reason(small_disks, tmp_path):
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "filler.yml").write_text(
+        "name: filler\ncommand: [python3, -c, 'open(\"big.bin\",\"wb\").write(bytes(64*1024*1024))']\n")
+    settings = embedded_settings(small_disks, APPS_DIR=str(apps))
+    app = create_app(settings)
+    client = app.test_client()
+    from workers.runner import Runner
+    job_id = client.post(f"{API}/job", json={"app": "filler"}).get_json()["job_id"]
+    assert Runner(app.config).run(job_id) == "FAILURE"
+    st = client.get(f"{API}/job/{job_id}/status").get_json()
+    assert "No space left on device" in st["status"]
