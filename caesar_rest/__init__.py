@@ -12,6 +12,10 @@ from flask_smorest import Api
 __version__ = "1.0.0"
 API_PREFIX = "/caesar/api/v1.0"
 
+from . import logs  # noqa: E402
+
+logs.install_worker_hooks()   # the Celery workers import this package: each job's log lines carry the job id
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The Flask app: settings in the fixed order (defaults, file, env, `config`), then blueprints."""
@@ -30,14 +34,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         API_TITLE="caesar-rest", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/", OPENAPI_JSON_PATH="openapi.json",
+        # Swagger UI from the package's own copy (caesar_rest/static/swagger): no CDN, no validator badge.
+        OPENAPI_SWAGGER_UI_PATH="swagger", OPENAPI_SWAGGER_UI_URL="/static/swagger/",
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         # Multipart framing adds a little to the file itself.
         MAX_CONTENT_LENGTH=int(settings["MAX_UPLOAD_BYTES"]) + 1024 * 1024,
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
-    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "kombu.connection"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.init_app(app)
     for sub in ("DATA_DIR", "JOBS_DIR"):
         Path(settings[sub]).mkdir(parents=True, exist_ok=True)
     from .storage import remove_stale_uploads
@@ -51,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for module in (files_api, apps_api, jobs_api):
         api.register_blueprint(module.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops_api.blp)
+    ops_api.init_app(app)
     tes_api.register(api, app)
     app.before_request(auth.authenticate)
     app.teardown_request(files_api.discard_uploads)

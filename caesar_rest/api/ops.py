@@ -1,43 +1,153 @@
-"""Operations: liveness and dependency health."""
+"""Operations: health of every part the service needs (with latencies) and Prometheus metrics."""
 from __future__ import annotations
 
+import inspect
+import os
 import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
-from flask import current_app, jsonify
+from flask import Response, jsonify
 from flask_smorest import Blueprint
 from sqlalchemy import text
 
-from .common import celery, session
+from .. import __version__, metrics
+from ..db import session_scope
+from .common import celery, settings
 
-blp = Blueprint("ops", __name__, description="Health")
-
-
-def _timed(check) -> dict:
-    start = time.perf_counter()
-    try:
-        check()
-        return {"status": "ok", "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
-    except Exception as exc:
-        return {"status": "down", "error": exc.__class__.__name__,
-                "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+blp = Blueprint("ops", __name__, description="Health and metrics")
+_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="caesar-health")
 
 
-def _database() -> None:
-    with session() as s:
+def _database(cfg: Mapping[str, Any]) -> None:
+    with session_scope(cfg["DATABASE_URL"]) as s:
         s.execute(text("SELECT 1"))
 
 
-def _broker() -> None:
-    with celery().connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
+def _broker(app) -> Callable[[], None]:
+    def check() -> None:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    return check
+
+
+def _result_store(cfg: Mapping[str, Any], app) -> Callable[[], Any]:
+    url = cfg["RESULT_BACKEND"]
+
+    def check() -> Any:
+        if url.split(":", 1)[0] in ("redis", "rediss"):
+            # Our own short-timeout client: Celery's retries would turn a dead Redis into a hung request.
+            import redis
+
+            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry_on_timeout=False)
+            try:
+                client.ping()
+            finally:
+                client.close()
+            return None
+        if url.startswith("file://"):
+            folder = url[len("file://"):]
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OSError(f"result folder {folder} is not writable")
+        app.backend.get_task_meta("caesar-health-check")    # any result store: one cheap read
+        return None
+    return check
+
+
+def _backend(cfg: Mapping[str, Any], name: str) -> Callable[[], Any] | None:
+    """The backend's own cheap check: an optional `health()` (instance, class or static method). None: it has none."""
+    from workers.backends import backend_class, get_backend
+
+    options = cfg["BACKENDS"].get(name) or {}
+    cls = backend_class(name, options)
+    attr = inspect.getattr_static(cls, "health", None)
+    if attr is None:
+        return None
+    if isinstance(attr, (staticmethod, classmethod)):
+        return getattr(cls, "health")
+    return lambda: get_backend(cfg, name).health()
+
+
+def _timed(check: Callable[[], Any]) -> Callable[[], dict]:
+    def run() -> dict:
+        start = time.perf_counter()
+        try:
+            detail = check()
+            result: dict[str, Any] = {"status": "ok"}
+            if isinstance(detail, Mapping):
+                detail = dict(detail)
+                result["status"] = "ok" if detail.pop("status", "ok") in ("ok", True) else "down"
+                if detail:
+                    result["detail"] = detail
+        except Exception as exc:
+            result = {"status": "down", "error": f"{exc.__class__.__name__}: {exc}"[:300]}
+        result["latency_ms"] = round((time.perf_counter() - start) * 1000, 2)
+        return result
+    return run
+
+
+def run_checks(cfg: Mapping[str, Any], app) -> tuple[str, dict[str, Any]]:
+    """All checks at once, each bounded by HEALTH_TIMEOUT. Returns (ok | degraded | down, checks).
+    down: a required part (database, broker, result store, a required backend) is down; degraded: another backend."""
+    checks: dict[str, Callable[[], dict]] = {
+        "database": _timed(lambda: _database(cfg)),
+        "broker": _timed(_broker(app)),
+        "result_store": _timed(_result_store(cfg, app)),
+    }
+    backends: dict[str, dict] = {}
+    for name in cfg["BACKENDS"]:
+        try:
+            check = _backend(cfg, name)
+        except Exception as exc:     # not loadable here (missing extra): that is its health
+            backends[name] = {"status": "down", "error": f"{exc.__class__.__name__}: {exc}"[:300]}
+            continue
+        if check is None:
+            backends[name] = {"status": "unchecked"}
+        else:
+            checks[f"backend:{name}"] = _timed(check)
+    futures = {key: _pool.submit(fn) for key, fn in checks.items()}
+    timeout = float(cfg.get("HEALTH_TIMEOUT") or 5)
+    wait(futures.values(), timeout=timeout)
+    results: dict[str, dict] = {}
+    for key, future in futures.items():
+        results[key] = future.result() if future.done() else {
+            "status": "down", "error": f"no answer in {timeout:g} s", "latency_ms": round(timeout * 1000, 2)}
+    for key in [k for k in results if k.startswith("backend:")]:
+        backends[key.split(":", 1)[1]] = results.pop(key)
+    required_backends = cfg.get("HEALTH_REQUIRED_BACKENDS")
+    if required_backends is None:
+        required_backends = [cfg["DEFAULT_BACKEND"]]
+    for name, result in backends.items():
+        result["required"] = name in required_backends
+    for result in results.values():
+        result["required"] = True
+    every = [*results.values(), *backends.values()]
+    status = "ok"
+    if any(r["status"] == "down" for r in every):
+        status = "down" if any(r["status"] == "down" and r["required"] for r in every) else "degraded"
+    return status, {**results, "backends": dict(sorted(backends.items()))}
 
 
 @blp.route("/health", methods=["GET"])
-@blp.doc(summary="Database and broker health; 503 when a required part is down")
+@blp.doc(summary="Database, broker, result store and each enabled backend, with latencies; 503 when a required part is down")
 def health():
-    checks = {"database": _timed(_database), "broker": _timed(_broker)}
-    ok = all(c["status"] == "ok" for c in checks.values())
-    response = jsonify({"status": "ok" if ok else "down", "checks": checks,
-                        "version": current_app.config.get("API_VERSION")})
-    response.status_code = 200 if ok else 503
+    status, checks = run_checks(settings(), celery())
+    response = jsonify({"status": status, "checks": checks, "version": __version__})
+    response.status_code = 503 if status == "down" else 200
+    response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@blp.route("/metrics", methods=["GET"])
+@blp.doc(summary="Prometheus metrics: jobs by state, queue depth per pool, job durations, request and byte counters")
+def metrics_view():
+    body = metrics.render(settings(), celery(), __version__)
+    return Response(body, mimetype=None, content_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+def init_app(app) -> None:
+    """Counters for every request (see caesar_rest.metrics): called by create_app after the logging hooks."""
+    from .. import logs
+
+    logs.on_request_closed(app, metrics.count_request)

@@ -1,0 +1,241 @@
+"""Prometheus metrics: jobs by state/app/backend and job durations (from the database), queue depth per pool
+(from the broker), and request/upload/download counters shared by every API process on the host.
+
+Counters live in one small SQLite file per host (METRICS_DIR), incremented by each uWSGI/gunicorn process
+under SQLite's lock: in-process counters would show one random process's share at each scrape, and the
+database alone cannot count downloads. Restarts keep the totals; Prometheus copes with resets anyway."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, func, select
+
+from .config import queue_name
+from .db import session_scope
+from .models import ALL_STATES, TERMINAL_STATES, Job
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+def counters_path(settings: Mapping[str, Any]) -> Path:
+    base = settings.get("METRICS_DIR") or os.path.join(settings["ROOT"], "metrics")
+    return Path(base) / f"counters-{socket.gethostname()}.sqlite"
+
+
+class CounterStore:
+    """Monotonic counters keyed by (name, labels), shared by the processes of one host through SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():      # never reuse a connection across fork
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")               # counters, not records: speed over durability
+            conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT NOT NULL, labels TEXT NOT NULL, "
+                         "value REAL NOT NULL, PRIMARY KEY (name, labels))")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def add(self, items: Iterable[tuple[str, Mapping[str, Any], float]]) -> None:
+        rows = [(name, _labels(labels), float(value)) for name, labels, value in items]
+        conn = self._conn()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO counters (name, labels, value) VALUES (?, ?, ?) "
+                             "ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value", rows)
+
+    def read(self) -> list[tuple[str, str, float]]:
+        return list(self._conn().execute("SELECT name, labels, value FROM counters ORDER BY name, labels"))
+
+
+_stores: dict[Path, CounterStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store(settings: Mapping[str, Any]) -> CounterStore:
+    path = counters_path(settings)
+    with _stores_lock:
+        if path not in _stores:
+            _stores[path] = CounterStore(path)
+        return _stores[path]
+
+
+# ---- exposition format ---------------------------------------------------------------------------------------
+
+def _escape(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: Mapping[str, Any]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Exposition:
+    """Collects families (HELP, TYPE, samples) and renders Prometheus text format 0.0.4."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self._families.setdefault(name, (kind, help_text, []))
+
+    def sample(self, family: str, value: float, labels: Mapping[str, Any] | str = "", suffix: str = "") -> None:
+        text = labels if isinstance(labels, str) else _labels(labels)
+        self._families[family][2].append(f"{family}{suffix}{{{text}}} {_number(value)}" if text
+                                         else f"{family}{suffix} {_number(value)}")
+
+    def render(self) -> str:
+        out = []
+        for name, (kind, help_text, samples) in self._families.items():
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(samples)
+        return "\n".join(out) + "\n"
+
+
+COUNTERS = {
+    "caesar_http_requests_total": "HTTP requests answered, by method, endpoint and status.",
+    "caesar_http_request_duration_seconds_total": "Time spent answering requests (until the body was sent), by endpoint.",
+    "caesar_uploads_total": "Files uploaded and stored.",
+    "caesar_upload_bytes_total": "Bytes of files uploaded and stored.",
+    "caesar_downloads_total": "File downloads answered, by how they were sent (app or nginx X-Accel-Redirect).",
+    "caesar_download_bytes_total": "Bytes of files downloaded (whole-file size for X-Accel-Redirect), by how.",
+    "caesar_job_outputs_total": "Job output tarballs streamed.",
+}
+
+
+def count_request(settings: Mapping[str, Any], request_fields: Mapping[str, Any], response) -> None:
+    """Close hook of every request (caesar_rest.logs): the counters for that request, in one transaction."""
+    fields = request_fields
+    endpoint, status = fields.get("endpoint", "-"), int(fields["status"])
+    items: list[tuple[str, Mapping[str, Any], float]] = [
+        ("caesar_http_requests_total", {"method": fields["method"], "endpoint": endpoint, "status": status}, 1),
+        ("caesar_http_request_duration_seconds_total", {"endpoint": endpoint}, fields.get("duration_ms", 0) / 1000),
+    ]
+    if endpoint == "files.upload" and status == 200:
+        body = response.get_json(silent=True) or {}
+        items += [("caesar_uploads_total", {}, 1), ("caesar_upload_bytes_total", {}, body.get("size_bytes") or 0)]
+    elif endpoint == "files.download" and status in (200, 206):
+        accel = response.headers.get("X-Accel-Redirect")
+        size = response.content_length or 0
+        if accel:
+            prefix = settings.get("ACCEL_REDIRECT_PREFIX", "")
+            try:
+                size = os.path.getsize(os.path.join(settings["DATA_DIR"], accel[len(prefix):]))
+            except OSError:
+                size = 0
+        via = "nginx" if accel else "app"
+        items += [("caesar_downloads_total", {"via": via}, 1), ("caesar_download_bytes_total", {"via": via}, size)]
+    elif endpoint == "jobs.output" and status == 200:
+        items.append(("caesar_job_outputs_total", {}, 1))
+    store(settings).add(items)
+
+
+# ---- from the database and the broker ------------------------------------------------------------------------
+
+def _jobs(exp: Exposition, settings: Mapping[str, Any]) -> None:
+    exp.family("caesar_jobs", "gauge", "Jobs in the database by state, app and backend.")
+    exp.family("caesar_job_duration_seconds", "histogram", "Run time of finished jobs, by app and backend.")
+    with session_scope(settings["DATABASE_URL"]) as s:
+        rows = s.execute(select(Job.app, Job.backend, Job.state, func.count()).group_by(Job.app, Job.backend, Job.state)).all()
+        finished = Job.state.in_(TERMINAL_STATES) & Job.elapsed.is_not(None)
+        bucket_cols = [func.sum(case((Job.elapsed <= b, 1), else_=0)) for b in DURATION_BUCKETS]
+        durations = s.execute(select(Job.app, Job.backend, func.count(), func.coalesce(func.sum(Job.elapsed), 0.0),
+                                     *bucket_cols).where(finished).group_by(Job.app, Job.backend)).all()
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for app, backend, state, n in rows:
+        counts.setdefault((app, backend), {})[state] = n
+    for (app, backend), by_state in sorted(counts.items()):
+        for state in ALL_STATES:      # every state, zeros too: a gauge that vanishes is hard to alert on
+            exp.sample("caesar_jobs", by_state.get(state, 0), {"app": app, "backend": backend, "state": state})
+    for app, backend, n, total, *buckets in durations:
+        labels = {"app": app, "backend": backend}
+        for bound, in_bucket in zip(DURATION_BUCKETS, buckets):
+            exp.sample("caesar_job_duration_seconds", in_bucket or 0, {**labels, "le": bound}, "_bucket")
+        exp.sample("caesar_job_duration_seconds", n, {**labels, "le": "+Inf"}, "_bucket")
+        exp.sample("caesar_job_duration_seconds", float(total), labels, "_sum")
+        exp.sample("caesar_job_duration_seconds", n, labels, "_count")
+
+
+def queue_depths(celery, settings: Mapping[str, Any]) -> dict[str, tuple[int, int | None]]:
+    """{pool: (messages waiting, consumers or None)} by a passive declare, which every kombu transport answers
+    (RabbitMQ's queue.declare-ok, Redis LLEN, filesystem file count). A queue that does not exist holds nothing."""
+    depths: dict[str, tuple[int, int | None]] = {}
+    amqp = settings["BROKER_URL"].split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
+    with celery.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=3)
+        for pool in settings["BACKENDS"]:
+            channel = conn.channel()
+            try:
+                _name, messages, consumers = channel.queue_declare(queue=queue_name(settings, pool), passive=True)
+                depths[pool] = (int(messages), int(consumers) if amqp else None)
+            except conn.channel_errors:
+                depths[pool] = (0, 0 if amqp else None)
+            finally:
+                try:
+                    channel.close()
+                except Exception:   # a 404 already closed it on the broker side
+                    pass
+    return depths
+
+
+def _queues(exp: Exposition, celery, settings: Mapping[str, Any]) -> None:
+    exp.family("caesar_broker_up", "gauge", "1 when the broker answered this scrape.")
+    exp.family("caesar_queue_messages", "gauge", "Messages waiting in each worker pool's queue.")
+    exp.family("caesar_queue_consumers", "gauge", "Consumers (worker processes' channels) on each pool's queue (RabbitMQ only).")
+    try:
+        depths = queue_depths(celery, settings)
+    except Exception as exc:
+        log.warning("metrics: broker unreachable: %s", exc.__class__.__name__)
+        exp.sample("caesar_broker_up", 0)
+        return
+    exp.sample("caesar_broker_up", 1)
+    for pool, (messages, consumers) in sorted(depths.items()):
+        labels = {"pool": pool, "queue": queue_name(settings, pool)}
+        exp.sample("caesar_queue_messages", messages, labels)
+        if consumers is not None:
+            exp.sample("caesar_queue_consumers", consumers, labels)
+
+
+def _counters(exp: Exposition, settings: Mapping[str, Any]) -> None:
+    for name, help_text in COUNTERS.items():
+        exp.family(name, "counter", help_text)
+    rows = store(settings).read()
+    seen = {name for name, _labels_text, _value in rows}
+    for name, labels_text, value in rows:
+        if name in COUNTERS:
+            exp.sample(name, value, labels_text)
+    for name in ("caesar_uploads_total", "caesar_upload_bytes_total", "caesar_job_outputs_total"):
+        if name not in seen:
+            exp.sample(name, 0)
+
+
+def render(settings: Mapping[str, Any], celery, version: str) -> str:
+    exp = Exposition()
+    exp.family("caesar_build_info", "gauge", "Version of the caesar-rest API answering.")
+    exp.sample("caesar_build_info", 1, {"version": version})
+    _jobs(exp, settings)
+    _queues(exp, celery, settings)
+    _counters(exp, settings)
+    return exp.render()

@@ -1,0 +1,335 @@
+"""The production front for real: nginx (nginx/caesar-rest.conf, rendered) → uWSGI (uwsgi.ini) → the app on
+RabbitMQ + PostgreSQL + a scratch Redis, with a real Celery worker. nginx listens on localhost:8080 as in the
+seed README when that port is free, else on a free port (printed; the examples are the same but for the port).
+Also: gunicorn (gunicorn.conf.py) as the alternative server, and a graceful uWSGI reload."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ..apps.fitsgen import default_sources, make_image
+from ..support import (API, REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings,
+                       settings_env, start_worker, wait_state)
+from .stack import (GUNICORN_BIN, SEED_PORT, Nginx, ScratchRedis, UWSGI, ensure_nginx, port_free, rss_bytes, wait_http,
+                    wait_port)
+
+MiB = 1024 * 1024
+BIG = 1024 * MiB
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    nginx_bin = ensure_nginx()
+    root = Path(os.path.realpath(tmp_path_factory.mktemp("deploy")))
+    redis = ScratchRedis(root / "redis")
+    redis.start()
+    db_url = create_pg_database()
+    settings = production_settings(root / "var", db_url, RESULT_BACKEND=redis.url, ACCEL_REDIRECT=True, STALE_AFTER=20)
+    parts: list = [redis]
+    try:
+        done = subprocess.run([sys.executable, "-m", "caesar_rest.cli", "migrate"], env=settings_env(settings), cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        uwsgi = UWSGI(settings, root, processes=2, threads=2)
+        uwsgi.start()
+        parts.append(uwsgi)
+        port = SEED_PORT if port_free(SEED_PORT) else free_port()
+        print(f"\nnginx on localhost:{port}" + ("" if port == SEED_PORT else f" ({SEED_PORT} is taken here)"))
+        nginx = Nginx(nginx_bin, root, port, uwsgi.socket, str(root / "var" / "data"))
+        nginx.start()
+        parts.append(nginx)
+        worker = start_worker(settings, ["local"], root / "worker.log", concurrency=2, beat=True, name="deploy-local")
+        parts.append(worker)
+        wait_http(nginx.base + "/health", status=200)
+        yield {"settings": settings, "root": root, "redis": redis, "uwsgi": uwsgi, "nginx": nginx, "worker": worker,
+               "base": nginx.base, "figures": {}}
+    finally:
+        for part in reversed(parts):
+            part.stop()
+        drop_pg_database(db_url)
+
+
+def curl(*args: str, cwd: Path) -> str:
+    done = subprocess.run(["curl", "-sS", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_seed_curl_examples_through_nginx(stack, tmp_path):
+    base = stack["base"]
+    make_image(tmp_path / "VGPS_cont_MOS017.fits", sources=default_sources())
+    up = json.loads(curl("-X", "POST", "-H", "Content-Type: multipart/form-data",
+                         "-F", "file=@VGPS_cont_MOS017.fits", "--url", f"{base}{API}/upload", cwd=tmp_path))
+    assert up["status"] == "File uploaded with success" and up["format"] == "fits"
+    curl("-X", "GET", "--fail", "-o", "data.fits", "--url", f"{base}{API}/download-id/{up['uuid']}", cwd=tmp_path)
+    assert (tmp_path / "data.fits").read_bytes() == (tmp_path / "VGPS_cont_MOS017.fits").read_bytes()
+    missing = subprocess.run(["curl", "-sS", "-X", "GET", "--fail", "-o", "nope.fits", "--url",
+                              f"{base}{API}/download-id/67a49bf7555b41739095681bf52a1f99"], cwd=tmp_path)
+    assert missing.returncode == 22 and not (tmp_path / "nope.fits").exists()
+    body = json.dumps({"app": "sfinder", "job_inputs": {
+        "inputfile": up["path"], "run": True, "no-logredir": True, "envfile": "/home/riggi/Software/setvars.sh",
+        "no-mpi": True, "no-nestedsearch": True, "no-extendedsearch": True}})
+    job = json.loads(curl("-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+                          "--url", f"{base}{API}/job", cwd=tmp_path))
+    assert job["status"] == "Job submitted with success"
+    status = wait_state(lambda j: json.loads(curl("-X", "GET", "--url", f"{base}{API}/job/{j}/status", cwd=tmp_path)),
+                        job["job_id"], timeout=120)
+    assert status["state"] == "SUCCESS" and status["exit_status"] == 0, status
+    curl("-X", "GET", "--fail", "-o", "job_output.tar.gz", "--url", f"{base}{API}/job/{job['job_id']}/output",
+         cwd=tmp_path)
+    with tarfile.open(tmp_path / "job_output.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"VGPS_cont_MOS017_catalog.csv", "stdout.log", "caesar_job.json"} <= names
+    # The download went through nginx's internal location, the tarball was streamed by the app.
+    assert f"accel=/_caesar_data/anonymous/{up['uuid']}.fits" in stack["uwsgi"].proc.log()
+    # The worker's lines about this job carry its id.
+    worker_log = stack["worker"].log()
+    assert f"[job {job['job_id']}]" in worker_log
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    """1 GiB of incompressible bytes, written cheaply (one random MiB repeated), with its sha256."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    with open(path, "wb") as fh:
+        for _ in range(BIG // MiB):
+            fh.write(block)
+            digest.update(block)
+    yield path, digest.hexdigest()
+    path.unlink(missing_ok=True)
+
+
+class RssSampler:
+    """Peak RSS of some processes, sampled from /proc every 20 ms while a transfer runs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before = {pid: rss_bytes(pid) for pid in pids}
+        self.peak = dict(self.before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.pids:
+                self.peak[pid] = max(self.peak[pid], rss_bytes(pid))
+            time.sleep(0.02)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.after = {pid: rss_bytes(pid) for pid in self.pids}
+
+    def growth(self) -> tuple[int, int]:
+        """(largest peak growth, largest growth after) over the processes, in bytes."""
+        return (max(self.peak[p] - self.before[p] for p in self.pids),
+                max(self.after[p] - self.before[p] for p in self.pids))
+
+    def describe(self) -> str:
+        return ", ".join(f"pid {p}: before {self.before[p] / MiB:.1f} peak {self.peak[p] / MiB:.1f} "
+                         f"after {self.after[p] / MiB:.1f} MiB" for p in self.pids)
+
+
+@pytest.fixture(scope="module")
+def big_upload(stack, big_file, tmp_path_factory):
+    """The 1 GiB file uploaded through nginx with curl, the uWSGI workers' RSS watched all along."""
+    path, digest = big_file
+    base = stack["base"]
+    small = tmp_path_factory.mktemp("warm") / "warm.txt"
+    small.write_bytes(b"x" * 4096)
+    for _ in range(8):   # every uWSGI worker thread has served an upload before we measure
+        curl("-F", f"file=@{small}", "--url", f"{base}{API}/upload", cwd=small.parent)
+    pids = stack["uwsgi"].worker_pids()
+    with RssSampler(pids) as rss:
+        t0 = time.perf_counter()
+        answer = json.loads(curl("-X", "POST", "-H", "Content-Type: multipart/form-data", "-F", f"file=@{path.name}",
+                                 "--url", f"{base}{API}/upload", cwd=path.parent))
+        elapsed = time.perf_counter() - t0
+    assert stack["uwsgi"].worker_pids() == pids, "a uWSGI worker was replaced during the upload"
+    stack["figures"]["upload"] = {"seconds": round(elapsed, 2), "MiB_per_s": round(BIG / MiB / elapsed, 1),
+                                  "rss": rss.describe()}
+    print(f"\n1 GiB upload through nginx: {elapsed:.1f} s, {BIG / MiB / elapsed:.0f} MiB/s; {rss.describe()}")
+    return answer, digest, rss
+
+
+def test_1gib_upload_through_nginx_keeps_uwsgi_memory_flat(stack, big_upload):
+    answer, digest, rss = big_upload
+    assert answer["status"] == "File uploaded with success"
+    assert answer["size_bytes"] == BIG and answer["sha256"] == digest
+    assert os.path.getsize(answer["path"]) == BIG
+    peak, after = rss.growth()
+    assert peak <= 50 * MiB and after <= 50 * MiB, rss.describe()
+    # nginx did not spool the body either (uwsgi_request_buffering off): no client body temp file was kept.
+    spool = stack["nginx"].run / "client_body"
+    assert not spool.exists() or sum(f.stat().st_size for f in spool.rglob("*") if f.is_file()) == 0
+
+
+def test_large_download_is_sent_by_nginx(stack, big_upload):
+    answer, digest, _rss = big_upload
+    base, uwsgi = stack["base"], stack["uwsgi"]
+    url = f"{base}{API}/download-id/{answer['uuid']}"
+    with RssSampler(uwsgi.worker_pids()) as rss:
+        t0 = time.perf_counter()
+        sha = hashlib.sha256()
+        size = 0
+        with requests.get(url, stream=True, timeout=120, headers={"X-Request-ID": "dl-check-1"}) as r:
+            assert r.status_code == 200, r.text[:300]
+            headers = r.headers
+            for chunk in r.iter_content(4 * MiB):
+                sha.update(chunk)
+                size += len(chunk)
+        elapsed = time.perf_counter() - t0
+    stack["figures"]["download"] = {"seconds": round(elapsed, 2), "MiB_per_s": round(BIG / MiB / elapsed, 1)}
+    print(f"\n1 GiB download through nginx: {elapsed:.1f} s, {BIG / MiB / elapsed:.0f} MiB/s; {rss.describe()}")
+    assert size == BIG and sha.hexdigest() == digest
+    assert int(headers["Content-Length"]) == BIG
+    assert re.fullmatch(r'attachment; filename="?big\.bin"?', headers["Content-Disposition"]), headers["Content-Disposition"]
+    assert headers["X-Request-ID"] == "dl-check-1"
+    assert "X-Accel-Redirect" not in headers
+    assert f"accel=/_caesar_data/anonymous/{answer['uuid']}.bin" in uwsgi.proc.log()
+    assert rss.growth()[0] <= 50 * MiB, rss.describe()
+    # nginx serves byte ranges from the same location: resumable downloads for free.
+    part = requests.get(url, headers={"Range": "bytes=1048570-1048585"}, timeout=30)
+    assert part.status_code == 206 and len(part.content) == 16
+    with open(answer["path"], "rb") as fh:
+        fh.seek(1048570)
+        assert part.content == fh.read(16)
+    # The internal location is not reachable from outside.
+    direct = requests.get(f"{base}/_caesar_data/anonymous/{answer['uuid']}.bin", timeout=10)
+    assert direct.status_code == 404
+
+
+def test_request_id_in_and_out_and_one_access_line(stack):
+    base = stack["base"]
+    r = requests.get(f"{base}{API}/apps", headers={"X-Request-ID": "deploy-rid-42"}, timeout=10)
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == "deploy-rid-42"
+    fresh = requests.get(f"{base}/health", timeout=10)
+    rid = fresh.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)          # nginx's $request_id, passed to and echoed by the app
+    deadline = time.time() + 5
+    while time.time() < deadline and f"[request {rid}]" not in stack["uwsgi"].proc.log():
+        time.sleep(0.1)
+    log = stack["uwsgi"].proc.log()
+    lines = [line for line in log.splitlines() if "[request deploy-rid-42]" in line and "caesar.access" in line]
+    assert len(lines) == 1, lines
+    assert re.search(r"method=GET path=/caesar/api/v1\.0/apps status=200 endpoint=\S+ remote=\S+ duration_ms=[\d.]+",
+                     lines[0]), lines[0]
+    assert f"[request {rid}]" in log
+    assert "rid=deploy-rid-42" in stack["nginx"].access_log() and f"rid={rid}" in stack["nginx"].access_log()
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_from_the_database_broker_and_all_uwsgi_processes(stack, big_upload):
+    base = stack["base"]
+    job = requests.post(f"{base}{API}/job", json={"app": "sleeper", "job_inputs": {"seconds": 0}}, timeout=10).json()
+    st = wait_state(lambda j: requests.get(f"{base}{API}/job/{j}/status", timeout=10).json(), job["job_id"], timeout=60)
+    assert st["state"] == "SUCCESS"
+    scrapes = [requests.get(f"{base}/metrics", timeout=10) for _ in range(4)]   # answered by both processes
+    for r in scrapes:
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = scrapes[-1].text
+    assert _metric(text, "caesar_jobs", app="sleeper", backend="local", state="SUCCESS") >= 1
+    assert _metric(text, "caesar_jobs", app="sleeper", backend="local", state="RUNNING") == 0
+    assert _metric(text, "caesar_job_duration_seconds_count", app="sleeper", backend="local") >= 1
+    assert _metric(text, "caesar_job_duration_seconds_bucket", app="sleeper", le="+Inf") >= 1
+    assert _metric(text, "caesar_broker_up") == 1
+    queue = stack["settings"]["QUEUE_PREFIX"] + "local"
+    assert _metric(text, "caesar_queue_messages", pool="local", queue=queue) == 0
+    assert _metric(text, "caesar_queue_consumers", pool="local") >= 1          # the worker, seen by RabbitMQ
+    # Counters are shared by the uWSGI processes: every scrape sees the whole 1 GiB upload.
+    for r in scrapes:
+        assert _metric(r.text, "caesar_upload_bytes_total") >= BIG
+    assert _metric(text, "caesar_http_requests_total", endpoint="files.upload", method="POST", status="200") >= 9
+
+
+def test_health_503_while_redis_is_down_and_200_when_it_returns(stack):
+    base, redis = stack["base"], stack["redis"]
+    ok = requests.get(f"{base}/health", timeout=10).json()
+    assert ok["status"] == "ok" and set(ok["checks"]) >= {"database", "broker", "result_store", "backends"}
+    assert all(c["status"] == "ok" and c["latency_ms"] >= 0 for k, c in ok["checks"].items() if k != "backends")
+    assert ok["checks"]["backends"]["local"]["status"] in ("ok", "unchecked")
+    redis.stop()
+    try:
+        r = requests.get(f"{base}/health", timeout=15)
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["status"] == "down" and body["checks"]["result_store"]["status"] == "down"
+        assert body["checks"]["database"]["status"] == "ok" and body["checks"]["broker"]["status"] == "ok"
+    finally:
+        redis.start()
+    back = wait_http(f"{base}/health", timeout=15, status=200)
+    assert back.json()["checks"]["result_store"]["status"] == "ok"
+
+
+def test_swagger_ui_comes_from_the_server_itself(stack):
+    base = stack["base"]
+    page = requests.get(f"{base}/swagger", timeout=10)
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "http://" not in page.text and "https://" not in page.text and "//cdn" not in page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert {"/static/swagger/swagger-ui-bundle.js", "/static/swagger/swagger-ui.css"} <= set(assets)
+    for asset in assets:
+        r = requests.get(base + asset, timeout=10)
+        assert r.status_code == 200 and len(r.content) > 1000, asset
+        if asset.endswith(".css"):
+            assert not re.search(r"url\(\s*['\"]?(https?:)?//", r.text)
+    spec = requests.get(f"{base}/openapi.json", timeout=10).json()
+    assert f"{API}/upload" in spec["paths"] and "/health" in spec["paths"] and "/metrics" in spec["paths"]
+
+
+def test_celery_inspect_ping_sees_the_worker(stack):
+    env = settings_env(stack["settings"])
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "inspect", "ping", "--timeout", "5", "--json"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    replies = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any(name.startswith("deploy-local@") and reply == {"ok": "pong"} for name, reply in replies.items()), replies
+
+
+def test_gunicorn_alternative_serves_the_app(stack, tmp_path):
+    port = free_port()
+    env = {**settings_env(stack["settings"]), "CAESAR_WSGI_SOCKET": f"127.0.0.1:{port}", "CAESAR_WSGI_PROCESSES": "1",
+           "CAESAR_WSGI_THREADS": "2"}
+    proc = Proc([str(GUNICORN_BIN), "-c", str(REPO / "gunicorn.conf.py"), "caesar_rest.wsgi:app"], env, tmp_path / "gunicorn.log")
+    try:
+        wait_port(port, 60, proc)
+        r = wait_http(f"http://127.0.0.1:{port}/health", timeout=30, status=200)
+        assert r.json()["status"] == "ok" and r.headers["X-Request-ID"]
+        assert requests.get(f"http://127.0.0.1:{port}{API}/apps", timeout=10).status_code == 200
+    finally:
+        proc.stop()
+
+
+def test_graceful_reload_by_touch(stack):
+    uwsgi = stack["uwsgi"]
+    before_pids, ready = uwsgi.worker_pids(), uwsgi.ready_count()
+    (uwsgi.rundir / "reload").touch()
+    uwsgi.wait_ready(ready, timeout=60)
+    r = wait_http(f"{stack['base']}/health", timeout=20, status=200)
+    assert r.json()["status"] == "ok"
+    assert not set(uwsgi.worker_pids()) & set(before_pids)
