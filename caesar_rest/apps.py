@@ -221,15 +221,19 @@ def render(app: App, job_inputs: Any, resolve_file: Callable[[str, str], Resolve
     if unknown:
         raise InvalidOption(f"Unknown option {unknown[0]!r} for app {app.name!r}; see /app/{app.name}/describe",
                             option=unknown[0])
+    # Every value's type and range first, then what is missing, and only then files: the user
+    # learns about the cheapest mistakes first, whatever the options' order.
+    given = {name: _coerce(app.name, app.options[name], value) for name, value in job_inputs.items() if value is not None}
+    for name, opt in app.options.items():
+        if opt.required and name not in given:
+            raise InvalidOption(f"Option {name!r} of app {app.name!r} is required", option=name)
     inputs: dict[str, Any] = {}
     argv = list(app.command)
     files: list[tuple[str, ResolvedFile, str]] = []
     used_names: set[str] = set()
     for name, opt in app.options.items():
-        if name in job_inputs and job_inputs[name] is not None:
-            value = _coerce(app.name, opt, job_inputs[name])
-        elif opt.required:
-            raise InvalidOption(f"Option {name!r} of app {app.name!r} is required", option=name)
+        if name in given:
+            value = given[name]
         elif opt.default is not None:
             value = opt.default
         else:

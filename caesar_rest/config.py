@@ -22,6 +22,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "MAX_UPLOAD_BYTES": (64 * 1024**3, "Largest accepted upload (413 above)."),
     "ALLOWED_FORMATS": (None, "List of accepted upload extensions (415 otherwise); null accepts any."),
     "STALE_UPLOAD_AFTER": (3600.0, "Part files of unfinished uploads older than this (s) are removed at start and by the reaper."),
+    "MAX_JSON_BYTES": (1024 * 1024, "Largest accepted JSON request body (413 above)."),
     "UPLOAD_CHUNK_BYTES": (1024 * 1024, "Read size while streaming uploads and downloads."),
     "DEFAULT_BACKEND": ("local", "Backend used when an app names none."),
     "BACKENDS": ({"local": {}}, "Enabled backends and their settings, by name."),

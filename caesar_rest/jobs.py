@@ -143,7 +143,8 @@ def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
     if requested is None:
         backend = app.default_backend
     elif not isinstance(requested, str) or requested not in app.backends:
-        raise BadRequest(f"App {app.name!r} runs on {app.backends}, not {requested!r}", field="backend")
+        raise BadRequest(f"'backend' must be one of {app.backends} for app {app.name!r}, not {requested!r}",
+                         field="backend")
     else:
         backend = requested
     if backend not in settings["BACKENDS"]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import json
 from typing import Any
 
 from flask import current_app, request
@@ -37,12 +38,40 @@ def json_body() -> Any:
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         from ..errors import UnsupportedFormat
         raise UnsupportedFormat(f"Content-Type must be application/json, not {mimetype}")
-    if not request.get_data(cache=True):
+    limit = int(current_app.config.get("MAX_JSON_BYTES", 1024 * 1024))
+    if request.content_length is not None and request.content_length > limit:
+        from ..errors import PayloadTooLarge
+        raise PayloadTooLarge(f"The JSON document is larger than {limit} bytes")
+    raw = request.stream.read(limit + 1) if request.content_length is None else request.get_data(cache=True)
+    if len(raw) > limit:
+        from ..errors import PayloadTooLarge
+        raise PayloadTooLarge(f"The JSON document is larger than {limit} bytes")
+    if not raw:
         raise BadRequest("The request body is empty; send a JSON document with Content-Type: application/json")
     try:
-        return request.get_json(force=True)
-    except Exception:
+        text = raw.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _Duplicate as exc:
+        raise BadRequest(f"The JSON document repeats the field {exc.args[0]!r}", field=exc.args[0]) from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON") from None
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
