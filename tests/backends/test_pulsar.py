@@ -6,14 +6,23 @@ server that stays away, and private tokens that never leak."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
+import threading
 import time
+import traceback
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from workers.backends.base import RUNNING, BackendUnavailable
+from workers.backends.pulsar import PulsarBackend
+
 from ..apps.fitsgen import make_image
-from ..support import API, TERMINAL, client_status, upload, wait_state
+from ..support import API, TERMINAL, client_status, free_port, upload, wait_state
 from .pulsar_fixtures import UNREACHABLE_TIMEOUT, PulsarStack, pulsar_servers, pulsar_stack, stack  # noqa: F401
 
 # Generous: other engineers' suites share these 2 cores.
@@ -99,6 +108,55 @@ def test_unknown_server_is_rejected_naming_the_known_ones(stack):
     r = stack.client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {}, "backend": "pulsar",
                                               "backend_options": {"queue": "x"}})
     assert r.status_code == 400 and "server" in r.get_json()["message"]
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Answers the first `failures` requests with `code`, then like Pulsar for a running job."""
+
+    failures, code, seen = 0, 503, 0
+
+    def do_GET(self) -> None:
+        type(self).seen += 1
+        if type(self).seen <= type(self).failures:
+            self.send_response(type(self).code)
+            self.end_headers()
+            return
+        body = json.dumps({"status": "running", "complete": "false"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("code,failures,retried", [(503, 2, True), (500, 1, False)])
+def test_transient_http_errors_are_retried_within_one_call(code, failures, retried):
+    _Flaky.code, _Flaky.failures, _Flaky.seen = code, failures, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = PulsarBackend({}, {"servers": {"s": {"url": f"http://127.0.0.1:{server.server_port}",
+                                                      "private_token": "sekrit-token"}}, "backoff": 0.05})
+        if retried:
+            assert backend.poll("s:job").state == RUNNING
+            assert _Flaky.seen == failures + 1
+        else:
+            with pytest.raises(BackendUnavailable, match="HTTP 500"):
+                backend.poll("s:job")
+            assert _Flaky.seen == 1            # Pulsar's own 500s are not retried
+    finally:
+        server.shutdown()
+
+
+def test_an_unreachable_server_is_unavailable_and_the_error_chain_hides_the_token():
+    backend = PulsarBackend({}, {"servers": {"s": {"url": f"http://127.0.0.1:{free_port()}",
+                                                  "private_token": "sekrit-token"}}, "retries": 1, "backoff": 0.05})
+    with pytest.raises(BackendUnavailable, match="cannot connect") as info:
+        backend.poll("s:job")
+    told = "".join(traceback.format_exception(info.value))
+    assert "private_token=***" in told and "sekrit-token" not in told
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------------

@@ -54,7 +54,16 @@ logging.getLogger("urllib3.connectionpool").addFilter(_redactor)
 
 
 class PulsarBackend:
-    """Stages inputs to a Pulsar server, launches argv there as one quoted command line, polls, fetches, cleans."""
+    """Stages inputs to a Pulsar server, launches argv there as one quoted command line, polls, fetches, cleans.
+
+    Settings, BACKENDS["pulsar"]:
+        servers: {name: {url, private_token, app_path}}   app_path: PATH prefix for the apps on that server
+        default_server: name                               optional when only one server is configured
+        retries: 3, backoff: 0.5                           per call: connection errors and 502/503/504
+        connect_timeout: 5, read_timeout: 60               seconds
+    A job picks a server with backend_options {"server": name}, an app in its YAML (backend_options.pulsar).
+    The handle is "<server>:<pulsar job id>": any worker process can follow the job after a restart.
+    """
 
     name: ClassVar[str] = "pulsar"
     blocking: ClassVar[bool] = False
@@ -84,7 +93,7 @@ class PulsarBackend:
         if self.default_server not in self.servers:
             raise BackendNotConfigured(f"BACKENDS.pulsar.default_server {self.default_server!r} is not one of "
                                        f"{sorted(self.servers)}")
-        self.retries = int(options.get("retries", 3))
+        self.retries = max(0, int(options.get("retries", 3)))
         self.backoff = float(options.get("backoff", 0.5))
         self.timeout = (float(options.get("connect_timeout", 5)), float(options.get("read_timeout", 60)))
         self.sessions: dict[str, requests.Session] = {}
@@ -131,13 +140,14 @@ class PulsarBackend:
             return BackendStatus(LOST, reason=f"Pulsar server {server} does not know job {pulsar_id} any more "
                                               "(restarted without its staging directory, or the job was removed)")
         self.final[handle] = state
+        returncode = state.get("returncode") if isinstance(state.get("returncode"), int) else None
         if status == "cancelled":
-            return BackendStatus(CANCELLED, exit_code=state.get("returncode"), host=server,
+            return BackendStatus(CANCELLED, exit_code=returncode, host=server,
                                  reason=f"Job was cancelled on Pulsar server {server}")
-        if status == "complete" and state.get("returncode") is not None:
-            return BackendStatus(EXITED, exit_code=int(state["returncode"]), host=server)
-        detail = _last_line(state.get("job_stderr") or state.get("stderr") or "")
-        return BackendStatus(FAILED, exit_code=state.get("returncode"), host=server,
+        if status == "complete" and returncode is not None:
+            return BackendStatus(EXITED, exit_code=returncode, host=server)
+        detail = _last_line(str(state.get("job_stderr") or state.get("stderr") or ""))
+        return BackendStatus(FAILED, exit_code=returncode, host=server,
                              reason=f"Pulsar server {server} reports job {pulsar_id} {status or 'in no state'}"
                                     f"{' without an exit status' if status == 'complete' else ''}"
                                     f"{': ' + detail if detail else ''}")
