@@ -1,0 +1,202 @@
+"""TES fixtures: real peers (HTTP server, FTP server, moto's S3 server), the API and a worker as real processes
+on the embedded stack with token auth for three users, and clients whose every response is checked against the
+TES v1.1 schemas (no field the spec does not define)."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+
+from caesar_rest.auth import hash_token
+
+from ..support import embedded_settings, free_port, start_api, start_worker
+from . import schema
+
+TOKENS = {"alice": "tes-alice-token", "bob": "tes-bob-token", "root": "tes-admin-token"}
+USERS = {"alice": {"tokens_sha256": [hash_token(TOKENS["alice"])]},
+         "bob": {"tokens_sha256": [hash_token(TOKENS["bob"])]},
+         "root": {"tokens_sha256": [hash_token(TOKENS["root"])], "admin": True}}
+TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
+FTP_USER, FTP_PASSWORD = "tes", "ftp-secret"
+BUCKET = "tes-bucket"
+
+
+# ---- peers ------------------------------------------------------------------------------------------------------
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """Python's http.server over a directory; yields (base URL, directory)."""
+    root = tmp_path_factory.mktemp("http")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def ftp_server(tmp_path_factory):
+    """pyftpdlib with one user (read/write) and anonymous read; yields (host:port, directory)."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+    root = tmp_path_factory.mktemp("ftp")
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmwMT")
+    authorizer.add_anonymous(str(root))
+    handler = type("TesFtpHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "caesar-rest test FTP"})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.address[1]}", root
+    server.close_all()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a free port, with one bucket; yields (endpoint URL, boto3 client)."""
+    import boto3
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            requests.get(endpoint + "/moto-api/", timeout=1)
+            break
+        except requests.ConnectionError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"moto_server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ---- the service ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tes_stack(tmp_path_factory, s3_server):
+    """API + worker processes; yields (base URL, settings, shared files directory)."""
+    base = tmp_path_factory.mktemp("tes-stack")
+    files = base / "files"          # what file:// URLs may reach (TES_FILE_ROOTS)
+    files.mkdir()
+    settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS, TES_FILE_ROOTS=[str(files)],
+                                 S3_ENDPOINT_URL=s3_server[0], S3_ACCESS_KEY_ID="testing",
+                                 S3_SECRET_ACCESS_KEY="testing", TES_TRANSFER_TIMEOUT=10, HEARTBEAT_INTERVAL=1.0)
+    worker = start_worker(settings, ["local"], base / "worker.log", concurrency=2)
+    try:
+        api, url = start_api(settings, base / "api.log")
+    except Exception:
+        worker.stop()
+        raise
+    yield url, settings, files
+    api.stop()
+    worker.stop()
+
+
+class Tes:
+    """Raw TES calls as one user; each 2xx answer is validated against the strict spec schema."""
+
+    def __init__(self, base: str, token: str, prefix: str = "/ga4gh/tes/v1") -> None:
+        self.base, self.prefix = base + prefix, prefix
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        response = requests.request(method, self.base + path, headers=headers, timeout=20, **kwargs)
+        name = schema.schema_for(method, self.prefix + path)
+        if response.ok and name:
+            schema.validate(name, response.json(), (kwargs.get("params") or {}).get("view") or "MINIMAL")
+        return response
+
+    def create(self, task: dict[str, Any]) -> str:
+        r = self.call("POST", "/tasks", json=task)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def get(self, task_id: str, view: str = "FULL") -> dict[str, Any]:
+        r = self.call("GET", f"/tasks/{task_id}", params={"view": view})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait(self, task_id: str, states=TERMINAL, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        while True:
+            task = self.get(task_id)
+            if task["state"] in states:
+                return task
+            if time.time() > deadline:
+                raise AssertionError(f"task {task_id} not in {states} after {timeout} s: {task}")
+            time.sleep(0.1)
+
+    def run(self, task: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        return self.wait(self.create(task), timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tes(tes_stack):
+    return Tes(tes_stack[0], TOKENS["alice"])
+
+
+@pytest.fixture(scope="session")
+def files(tes_stack) -> Path:
+    return tes_stack[2]
+
+
+@pytest.fixture
+def checked_py_tes(monkeypatch):
+    """py-tes's transport, with every successful answer validated against the spec first."""
+    import tes.client
+
+    original = tes.client.send_request
+
+    def send_request(paths, method="get", kwargs_requests=None, **kwargs):
+        response = original(paths, method=method, kwargs_requests=kwargs_requests, **kwargs)
+        path, _, query = response.request.path_url.partition("?")
+        name = schema.schema_for(method.upper(), path)
+        assert name, response.request.path_url
+        schema.validate(name, response.json(), parse_qs(query).get("view", ["MINIMAL"])[0])
+        return response
+
+    monkeypatch.setattr(tes.client, "send_request", send_request)
+
+
+def make_client(tes_stack, user: str = "alice"):
+    import tes as py_tes
+
+    return py_tes.HTTPClient(tes_stack[0], token=TOKENS[user], timeout=20)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(4).hex()}"
