@@ -53,6 +53,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["celery"] = make_celery(settings)
 
     api = Api(app)
+    from .api import docs
+    docs.register(api)
     for module in (files_api, apps_api, jobs_api):
         api.register_blueprint(module.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops_api.blp)

@@ -14,6 +14,7 @@ from ..auth import current_owner, owner_filter, user_setting
 from ..errors import BadRequest, Conflict, InsufficientStorage, NotFound, PayloadTooLarge, UnsupportedFormat
 from ..jobs import file_in_use, get_file
 from ..models import File, utcnow
+from . import docs
 from .common import session, settings
 
 blp = Blueprint("files", __name__, description="Upload, list, download and delete data files")
@@ -44,7 +45,7 @@ def discard_uploads(_exc=None) -> None:
 @blp.doc(summary="Upload a file (multipart field 'file', optional 'tag')",
          requestBody={"content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
              "file": {"type": "string", "format": "binary"}, "tag": {"type": "string"}}}}}})
-@blp.response(200, description="The stored file's record (uuid, path, size_bytes, sha256...)")
+@blp.doc(responses=docs.responses(200, "File", "The stored file's record"))
 def upload():
     if request.mimetype != "multipart/form-data":
         raise UnsupportedFormat(f"Upload with Content-Type multipart/form-data (curl -F 'file=@name'), "
@@ -94,11 +95,12 @@ def upload():
         final.unlink(missing_ok=True)
         raise
     request.environ[SINKS_KEY].remove(sink)
-    return {**record.to_dict(), "status": "File uploaded with success"}
+    return jsonify({**record.to_dict(), "status": "File uploaded with success"})
 
 
 @blp.route("/fileids", methods=["GET"])
-@blp.doc(summary="List your uploaded files")
+@blp.doc(summary="List your uploaded files", parameters=docs.query(("tag", "string", "only files with this tag")),
+         responses=docs.responses(200, {"type": "array", "items": {"$ref": docs.S + "File"}}, "Your files"))
 def fileids():
     with session() as s:
         query = select(File).order_by(File.created_at)
@@ -112,7 +114,7 @@ def fileids():
 
 
 @blp.route("/download-id/<file_id>", methods=["GET", "POST"])
-@blp.doc(summary="Download a file by uuid")
+@blp.doc(summary="Download a file by uuid", responses=docs.binary(200, "application/octet-stream", "The file"))
 def download(file_id: str):
     with session() as s:
         record = get_file(s, owner_filter(), file_id)
@@ -123,7 +125,8 @@ def download(file_id: str):
         handed_over = _accel_redirect(path, name)
         if handed_over is not None:
             return handed_over
-    return send_file(path, as_attachment=True, download_name=name, conditional=True, max_age=0)
+    return send_file(path, mimetype="application/octet-stream", as_attachment=True, download_name=name,
+                     conditional=True, max_age=0)
 
 
 def _accel_redirect(path: str, name: str):
@@ -148,7 +151,8 @@ def _accel_redirect(path: str, name: str):
 
 
 @blp.route("/delete/<file_id>", methods=["POST", "DELETE"])
-@blp.doc(summary="Delete a file (refused while an active job uses it)")
+@blp.doc(summary="Delete a file (refused while an active job uses it)",
+         responses=docs.responses(200, "Deleted", "The file is gone"))
 def delete(file_id: str):
     with session() as s:
         record = get_file(s, owner_filter(), file_id)
@@ -159,4 +163,4 @@ def delete(file_id: str):
         path = record.path
         s.delete(record)
     Path(path).unlink(missing_ok=True)
-    return {"uuid": file_id, "status": f"File with uuid {file_id} deleted"}
+    return jsonify({"uuid": file_id, "status": f"File with uuid {file_id} deleted"})

@@ -14,6 +14,7 @@ from ..celery_app import publish_run
 from ..errors import BadRequest, Conflict, ServiceUnavailable, TooManyRequests
 from ..models import ACTIVE_STATES, ALL_STATES, Job
 from ..tarball import stream_tar_gz
+from . import docs
 from .common import celery, int_arg, json_body, registry, session, settings
 
 blp = Blueprint("jobs", __name__, description="Submit jobs and follow them")
@@ -30,8 +31,8 @@ def _owner_filter():
 
 
 @blp.route("/job", methods=["POST"])
-@blp.doc(summary="Submit a job: an app name plus its options", requestBody=JOB_BODY)
-@blp.response(202, description="The accepted job, state PENDING")
+@blp.doc(summary="Submit a job: an app name plus its options", requestBody=JOB_BODY,
+         responses=docs.responses(202, "JobSummary", "The accepted job, state PENDING"))
 def submit():
     body = json_body()
     cfg = settings()
@@ -62,7 +63,11 @@ def submit():
 
 
 @blp.route("/jobs", methods=["GET"])
-@blp.doc(summary="List your jobs (paginated; filter by state, app, tag)")
+@blp.doc(summary="List your jobs (paginated; filter by state, app, tag)",
+         parameters=docs.query(("page", "integer", "page number, from 1"), ("per_page", "integer", "jobs a page, 1-1000"),
+                               ("state", "string", "comma-separated states"), ("app", "string", "app name"),
+                               ("tag", "string", "job tag"), ("backend", "string", "backend name")),
+         responses=docs.responses(200, "JobList", "A page of jobs, newest first"))
 def list_jobs():
     page = int_arg("page", 1, 1, 10**9)
     per_page = int_arg("per_page", settings()["JOBS_PAGE_SIZE"], 1, 1000)
@@ -88,21 +93,22 @@ def list_jobs():
 
 
 @blp.route("/job/<job_id>", methods=["GET"])
-@blp.doc(summary="A job's summary")
+@blp.doc(summary="A job's summary", responses=docs.responses(200, "JobSummary", "The job"))
 def get(job_id: str):
     with session() as s:
         return jsonify(service.to_summary(service.get_job(s, _owner_filter(), job_id)))
 
 
 @blp.route("/job/<job_id>/status", methods=["GET"])
-@blp.doc(summary="A job's state, status message, exit status, elapsed time and pid")
+@blp.doc(summary="A job's state, status message, exit status, elapsed time and pid",
+         responses=docs.responses(200, "JobStatus", "The job's status"))
 def status(job_id: str):
     with session() as s:
         return jsonify(service.to_status(service.get_job(s, _owner_filter(), job_id)))
 
 
 @blp.route("/job/<job_id>/cancel", methods=["GET", "POST"])
-@blp.doc(summary="Cancel a job wherever it runs")
+@blp.doc(summary="Cancel a job wherever it runs", responses=docs.responses(200, "JobStatus", "Canceled, or cancel under way"))
 def cancel(job_id: str):
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)
@@ -117,7 +123,8 @@ def cancel(job_id: str):
 
 
 @blp.route("/job/<job_id>/output", methods=["GET"])
-@blp.doc(summary="The job directory as a streamed tar.gz, once the job has finished")
+@blp.doc(summary="The job directory as a streamed tar.gz, once the job has finished",
+         responses=docs.binary(200, "application/gzip", "job_<id>.tar.gz"))
 def output(job_id: str):
     cfg = settings()
     with session() as s:
@@ -151,7 +158,9 @@ def _tail(path: Path, lines: int | None, max_bytes: int = 1024 * 1024) -> str:
 
 
 @blp.route("/job/<job_id>/logs", methods=["GET"])
-@blp.doc(summary="The job's stdout and stderr (?tail=N lines)")
+@blp.doc(summary="The job's stdout and stderr (?tail=N lines)",
+         parameters=docs.query(("tail", "integer", "only the last N lines")),
+         responses=docs.responses(200, "JobLogs", "stdout and stderr"))
 def logs(job_id: str):
     tail = int_arg("tail", -1, 0, 10**7)
     with session() as s:
@@ -164,7 +173,8 @@ def logs(job_id: str):
 
 
 @blp.route("/job/<job_id>/metadata", methods=["GET"])
-@blp.doc(summary="Provenance: app and version, options, argv, backend, host, timings, exit code, input checksums")
+@blp.doc(summary="Provenance: app and version, options, argv, backend, host, timings, exit code, input checksums",
+         responses=docs.responses(200, "JobMetadata", "The job's provenance"))
 def metadata(job_id: str):
     with session() as s:
         return jsonify(service.to_metadata(service.get_job(s, _owner_filter(), job_id)))

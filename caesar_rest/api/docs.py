@@ -1,0 +1,89 @@
+"""OpenAPI descriptions of the caesar-rest v1.0 responses, so the document promises exactly what the API sends
+(the fuzz test holds the API to it)."""
+from __future__ import annotations
+
+from typing import Any
+
+S = "#/components/schemas/"
+
+NULLABLE_STR = {"type": "string", "nullable": True}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "ApiError": {"type": "object", "required": ["code", "error", "status", "message"], "properties": {
+        "code": {"type": "integer"}, "error": {"type": "string"},
+        "status": {"type": "string", "description": "The message (the original caesar-rest's key)"},
+        "message": {"type": "string"}}, "additionalProperties": True},
+    "File": {"type": "object", "required": ["uuid", "filename_orig", "format", "size", "size_bytes", "sha256", "date",
+                                            "path"], "properties": {
+        "uuid": {"type": "string"}, "filename_orig": {"type": "string"}, "format": {"type": "string"},
+        "size": {"type": "number", "description": "MB"}, "size_bytes": {"type": "integer"},
+        "sha256": {"type": "string"}, "date": {"type": "string"}, "path": {"type": "string"}, "tag": NULLABLE_STR,
+        "owner": {"type": "string"}, "status": {"type": "string"}}, "additionalProperties": True},
+    "Deleted": {"type": "object", "required": ["uuid", "status"], "properties": {
+        "uuid": {"type": "string"}, "status": {"type": "string"}}},
+    "AppSummary": {"type": "object", "required": ["name", "version", "description", "backends", "default_backend"],
+                   "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                  "description": {"type": "string"},
+                                  "backends": {"type": "array", "items": {"type": "string"}},
+                                  "default_backend": {"type": "string"}}, "additionalProperties": True},
+    "Apps": {"type": "object", "required": ["apps"], "properties": {
+        "apps": {"type": "array", "items": {"$ref": S + "AppSummary"}}}},
+    "AppDescription": {"allOf": [{"$ref": S + "AppSummary"}, {"type": "object", "required": ["options", "resources"],
+                                                               "properties": {
+        "command": {"type": "array", "items": {"type": "string"}}, "image": NULLABLE_STR,
+        "resources": {"type": "object"}, "outputs": {"type": "array", "items": {"type": "string"}},
+        "options": {"type": "array", "items": {"type": "object", "required": ["name", "type", "required", "effect"]}}}}]},
+    "JobSummary": {"type": "object", "required": ["job_id", "app", "job_inputs", "submit_date", "state", "status"],
+                   "properties": {
+        "job_id": {"type": "string"}, "app": {"type": "string"}, "job_inputs": {"type": "object"},
+        "submit_date": {"type": "string"}, "state": {"type": "string"}, "status": {"type": "string"},
+        "tag": NULLABLE_STR, "backend": {"type": "string"}, "end_date": NULLABLE_STR}},
+    "JobList": {"type": "object", "required": ["jobs", "page", "per_page", "total", "pages"], "properties": {
+        "jobs": {"type": "array", "items": {"$ref": S + "JobSummary"}}, "page": {"type": "integer"},
+        "per_page": {"type": "integer"}, "total": {"type": "integer"}, "pages": {"type": "integer"}}},
+    "JobStatus": {"type": "object", "required": ["job_id", "state", "status", "exit_status", "elapsed_time", "pid"],
+                  "properties": {
+        "job_id": {"type": "string"}, "state": {"type": "string"}, "status": {"type": "string"},
+        "exit_status": {"type": "integer", "nullable": True}, "elapsed_time": NULLABLE_STR, "pid": NULLABLE_STR,
+        "cancel_requested": {"type": "boolean"}}},
+    "JobLogs": {"type": "object", "required": ["job_id", "state", "stdout", "stderr"], "properties": {
+        "job_id": {"type": "string"}, "state": {"type": "string"}, "stdout": {"type": "string"},
+        "stderr": {"type": "string"}}},
+    "JobMetadata": {"type": "object", "required": ["job_id", "app", "app_version", "job_inputs", "argv", "backend",
+                                                   "state", "timings", "inputs", "events"], "properties": {
+        "job_id": {"type": "string"}, "app": {"type": "string"}, "app_version": {"type": "string"},
+        "job_inputs": {"type": "object"}, "argv": {"type": "array", "items": {"type": "string"}},
+        "backend": {"type": "string"}, "host": NULLABLE_STR, "state": {"type": "string"},
+        "exit_status": {"type": "integer", "nullable": True}, "timings": {"type": "object"},
+        "inputs": {"type": "array", "items": {"type": "object"}}, "events": {"type": "array", "items": {"type": "object"}}},
+        "additionalProperties": True},
+}
+
+
+def register(api) -> None:
+    for name, schema in SCHEMAS.items():
+        api.spec.components.schema(name, schema)
+
+
+def json_response(schema: str | dict, description: str) -> dict[str, Any]:
+    body = {"$ref": S + schema} if isinstance(schema, str) else schema
+    return {"description": description, "content": {"application/json": {"schema": body}}}
+
+
+ERRORS = {"default": json_response("ApiError", "An error, with a message naming the problem")}
+
+
+def responses(code: int, schema: str | dict, description: str) -> dict[str, Any]:
+    """A success response plus the one error shape every operation may answer with."""
+    return {str(code): json_response(schema, description), **ERRORS}
+
+
+def binary(code: int, mimetype: str, description: str) -> dict[str, Any]:
+    return {str(code): {"description": description, "content": {mimetype: {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+            **ERRORS}
+
+
+def query(*params: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """Query parameters as (name, type, description)."""
+    return [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d} for n, t, d in params]
