@@ -60,21 +60,23 @@ kill_jobs() {
   local dir=$1 pidfile pid cwd
   for pidfile in "$dir"/staging/*/pid; do
     [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile" 2>/dev/null) || continue
+    pid=$(tr -cd '0-9' < "$pidfile" 2>/dev/null) || continue     # stored as JSON: "1234"
     [ -n "$pid" ] || continue
     cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || continue
     case "$cwd" in "$dir"/staging/*) kill -KILL -- "-$pid" 2>/dev/null || true ;; esac   # guards pid reuse
   done
 }
 
+children() { cat /proc/"$1"/task/*/children 2>/dev/null || true; }   # no procps needed
+
 kill_server() {
   local dir=$1 sig=$2 pid child
   pid=$(server_pid "$dir") || return 0
-  for child in $(pgrep -P "$pid" || true); do kill "-$sig" "$child" 2>/dev/null || true; done
+  for child in $(children "$pid"); do kill "-$sig" "$child" 2>/dev/null || true; done
   kill "-$sig" "$pid" 2>/dev/null || true
   for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   if kill -0 "$pid" 2>/dev/null; then
-    for child in $(pgrep -P "$pid" || true); do kill -KILL "$child" 2>/dev/null || true; done
+    for child in $(children "$pid"); do kill -KILL "$child" 2>/dev/null || true; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$dir/pulsar.pid"

@@ -39,7 +39,7 @@ class PulsarServer:
         return f"http://127.0.0.1:{self.port}"
 
     def _script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PULSAR_PRIVATE_TOKEN": self.token}
+        env = {**os.environ, "PULSAR_PRIVATE_TOKEN": self.token, "PYTHON": sys.executable}   # makes its venv
         result = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
                                 timeout=timeout)
         if result.returncode != 0:

@@ -282,6 +282,7 @@ def test_server_that_restarts_and_forgets_the_job_fails_it(stack):
     wait_running_on_pulsar(stack, job)
     p2 = stack.servers["p2"]
     p2.crash()                          # the host goes down, the job with it
+    assert not processes_of(job)
     p2.wipe()                           # ... and comes back with an empty staging disk
     p2.start()
     st = wait(stack, job)
@@ -293,6 +294,7 @@ def test_server_unreachable_for_too_long_fails_the_job(stack):
     job = submit(stack, "sleeper", server="p2", seconds=120)
     wait_running_on_pulsar(stack, job)
     stack.servers["p2"].crash()
+    assert not processes_of(job)
     t0 = time.time()
     st = wait(stack, job, timeout=UNREACHABLE_TIMEOUT + 90)
     assert st["state"] == "FAILURE", explain(stack, job)
