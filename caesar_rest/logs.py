@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
+from werkzeug.wsgi import ClosingIterator
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's (or nginx's) id is kept when it is a plausible token; anything else is replaced, never echoed.
@@ -121,8 +122,13 @@ def _after(response: Response) -> Response:
     hooks = list(current_app.extensions.get("caesar_request_closed", ()))
     json_lines = bool(settings.get("LOG_JSON"))
 
+    finished = []
+
     def done() -> None:
         # Logged when the response is closed, so streamed bodies count in the duration.
+        if finished:
+            return
+        finished.append(True)
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
         if response.content_length is not None:
             fields["bytes"] = response.content_length
@@ -143,6 +149,14 @@ def _after(response: Response) -> Response:
                 logging.getLogger(__name__).exception("request close hook failed")
 
     response.call_on_close(done)
+    if response.direct_passthrough:
+        # The server gets response.response itself and closes only that: hook there for streamed bodies
+        # (tar.gz outputs). A file the server sends on its own (sendfile) is logged as it is handed over.
+        body = response.response
+        if hasattr(body, "read") or hasattr(body, "file") or hasattr(body, "filelike"):
+            done()
+        else:
+            response.response = ClosingIterator(body, [done])
     return response
 
 

@@ -92,7 +92,9 @@ def test_seed_curl_examples_through_nginx(stack, tmp_path):
         names = {Path(n).name for n in tar.getnames()}
     assert {"VGPS_cont_MOS017_catalog.csv", "stdout.log", "caesar_job.json"} <= names
     # The download went through nginx's internal location, the tarball was streamed by the app.
-    assert f"accel=/_caesar_data/anonymous/{up['uuid']}.fits" in stack["uwsgi"].proc.log()
+    log = stack["uwsgi"].proc.log()
+    assert f"accel=/_caesar_data/anonymous/{up['uuid']}.fits" in log
+    assert re.search(rf"method=GET path={API}/job/{job['job_id']}/output status=200 .*duration_ms=", log)
     # The worker's lines about this job carry its id.
     worker_log = stack["worker"].log()
     assert f"[job {job['job_id']}]" in worker_log
