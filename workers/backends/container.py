@@ -1,0 +1,327 @@
+"""Container backend: argv in a Docker or Podman container (Docker Engine API), the job directory mounted at /job."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .base import (EXITED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus, BackendUnavailable,
+                   JobSpec)
+
+try:
+    import docker
+    import docker.errors
+    import requests.exceptions
+except ImportError as exc:  # the `container` extra
+    raise ImportError(f"the container backend needs the docker SDK: pip install 'caesar-rest[container]' ({exc})") from exc
+
+JOB_MOUNT = "/job"                      # the job directory inside the container (working directory)
+JOB_LABEL = "caesar.job_id"             # every container we create carries it: leak checks and orphan hunts
+PULL_POLICIES = ("never", "if-missing", "always")
+USER_RE = re.compile(r"^(?:root|\d{1,10})(?::\d{1,10})?$")
+DEFAULT_UID = 1000                      # the `caesar` user of localhost/caesar-apps
+RUNNING_STATES = {"running", "paused", "restarting", "stopping", "removing"}
+QUEUED_STATES = {"created", "configured", "initialized"}
+
+
+def default_base_url() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def check_user(value: Any) -> str | None:
+    """A message when value is not a container user this backend accepts: 'root', 'uid' or 'uid:gid' (numeric)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not USER_RE.match(value):
+        return (f"container user {value!r} must be 'root', a numeric uid or 'uid:gid' (numeric ids work in any "
+                "image, with or without /etc/passwd)")
+    return None
+
+
+class ContainerBackend:
+    """One container per job, created and removed by this worker; the worker's slot is held while it runs.
+
+    Settings (BACKENDS["container"]): base_url (engine endpoint, default $DOCKER_HOST or the Docker socket),
+    api_version ("1.41", Podman's level; "auto" asks the engine), timeout (s per API call), user (container
+    user, default 1000 with the job directory's group when the worker is root, else the worker's own ids),
+    image_pull (policy when the job gives none), default_image (for jobs that name none), network (network
+    mode, default "none"), init (a tiny init as PID 1 that forwards signals, default true), stop_grace
+    (s between SIGTERM and SIGKILL on cancel).
+    """
+
+    name: ClassVar[str] = "container"
+    blocking: ClassVar[bool] = True
+    job_options: ClassVar[tuple[str, ...]] = ("user",)
+
+    def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.base_url = str(options.get("base_url") or default_base_url())
+        self.api_version = str(options.get("api_version") or "1.41")
+        self.timeout = float(options.get("timeout", 60))
+        self.user = options.get("user")
+        self.image_pull = options.get("image_pull") or "if-missing"
+        self.default_image = options.get("default_image")
+        self.network = str(options.get("network") or "none")
+        self.init = bool(options.get("init", True))
+        self.stop_grace = float(options.get("stop_grace", min(float(settings.get("CANCEL_GRACE", 1.0)), 1.0)))
+        problem = check_user(self.user)
+        if problem or self.image_pull not in PULL_POLICIES:
+            raise BackendNotConfigured(f"BACKENDS['container']: {problem or f'image_pull must be one of {PULL_POLICIES}'}")
+        self.host = socket.gethostname()
+        self._api: docker.APIClient | None = None
+
+    @staticmethod
+    def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+        return check_user(options.get("user"))
+
+    # ---- engine access ------------------------------------------------------------------------------------
+    @contextmanager
+    def _engine(self, doing: str) -> Iterator[docker.APIClient]:
+        """The API client; transport failures become BackendUnavailable naming the endpoint."""
+        try:
+            if self._api is None:
+                self._api = docker.APIClient(base_url=self.base_url, version=self.api_version, timeout=self.timeout)
+            yield self._api
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise BackendUnavailable(f"cannot reach the container engine at {self.base_url} while {doing}: "
+                                     f"{_root_cause(exc)}") from exc
+        except docker.errors.APIError as exc:
+            raise BackendError(f"the container engine at {self.base_url} failed {doing}: {_explain(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise BackendUnavailable(f"container engine at {self.base_url}, {doing}: {exc}") from exc
+
+    # ---- submit -------------------------------------------------------------------------------------------
+    def submit(self, job: JobSpec) -> str:
+        image = job.image or self.default_image
+        if not image:
+            raise BackendError(f"app {job.app!r} names no container image and the container backend has no default_image")
+        if not job.argv:
+            raise BackendError("empty command")
+        policy = job.options.get("image_pull") or self.image_pull
+        if policy not in PULL_POLICIES:
+            raise BackendError(f"image_pull {policy!r} is not one of {PULL_POLICIES}")
+        workdir = Path(job.workdir)
+        user = self._container_user(job.options.get("user"), workdir)
+        self._prepare_workdir(workdir, user)
+        with self._engine(f"starting job {job.job_id}") as api:
+            self._ensure_image(api, image, policy)
+            binds = {str(workdir): {"bind": JOB_MOUNT, "mode": "rw"}}
+            if (workdir / "inputs").is_dir():
+                binds[str(workdir / "inputs")] = {"bind": f"{JOB_MOUNT}/inputs", "mode": "ro"}
+            limits: dict[str, Any] = {"nano_cpus": max(1, int(float(job.cpus) * 1e9))}
+            if job.memory_mb:
+                limits["mem_limit"] = limits["memswap_limit"] = f"{int(job.memory_mb)}m"   # no swap beyond it
+            host_config = api.create_host_config(binds=binds, network_mode=self.network, init=self.init or None,
+                                                 **limits)
+            env = {"HOME": f"{JOB_MOUNT}/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+                   "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}
+            labels = {JOB_LABEL: job.job_id, "caesar.app": job.app, "caesar.owner": job.owner}
+            create = dict(image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=JOB_MOUNT,
+                          user=user, environment=env, labels=labels, host_config=host_config,
+                          name=f"caesar-{job.job_id}")
+            try:
+                container = api.create_container(**create)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise BackendError(f"the engine refused to create the container from {image}: "
+                                       f"{_explain(exc)}") from exc
+                # A leftover of a worker that died with this job: the job is ours now, its container is not.
+                self._remove(api, f"caesar-{job.job_id}")
+                container = api.create_container(**create)
+            handle = str(container["Id"])
+            try:
+                api.start(handle)
+            except docker.errors.APIError as exc:
+                self._remove(api, handle)
+                raise BackendError(f"container of image {image} did not start {job.argv[0]!r}: {_explain(exc)}") from exc
+        return handle
+
+    def _container_user(self, requested: str | None, workdir: Path) -> str:
+        """uid:gid for the container. Group defaults to the job directory's, so inputs (0440) stay readable."""
+        value = requested or self.user
+        problem = check_user(value)
+        if problem:
+            raise BackendError(problem)
+        if value is None:
+            value = str(DEFAULT_UID) if os.geteuid() == 0 else f"{os.geteuid()}:{os.getegid()}"
+        uid, _, gid = str(value).partition(":")
+        uid = "0" if uid == "root" else uid
+        return f"{uid}:{gid or workdir.stat().st_gid}"
+
+    def _prepare_workdir(self, workdir: Path, user: str) -> None:
+        """Let the container's user write the job directory (through its group) and give it a tmp/."""
+        tmp = workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        if int(user.partition(":")[0]) != os.geteuid():
+            for path in (workdir, tmp):
+                mode = path.stat().st_mode
+                if mode & 0o070 != 0o070:
+                    os.chmod(path, mode | 0o070)
+
+    def _ensure_image(self, api: docker.APIClient, image: str, policy: str) -> None:
+        present = True
+        if policy != "always":
+            try:
+                api.inspect_image(image)
+            except docker.errors.ImageNotFound:
+                present = False
+            except docker.errors.APIError as exc:
+                raise BackendError(f"cannot inspect image {image}: {_explain(exc)}") from exc
+        if policy == "never" and not present:
+            raise BackendError(f"image {image} is not on the container engine at {self.base_url} "
+                               "and the app's image_pull policy is 'never'")
+        if policy == "always" or not present:
+            repository, tag = _split_tag(image)
+            try:
+                api.pull(repository, tag=tag)
+                api.inspect_image(image)
+            except docker.errors.APIError as exc:
+                raise BackendError(f"image {image} is not on the container engine at {self.base_url} and pulling "
+                                   f"it failed (image_pull {policy!r}): {_explain(exc)}") from exc
+
+    # ---- follow, stop, collect ------------------------------------------------------------------------------
+    def poll(self, handle: str) -> BackendStatus:
+        with self._engine(f"polling container {handle[:12]}") as api:
+            try:
+                info = api.inspect_container(handle)
+            except docker.errors.NotFound:
+                return BackendStatus(LOST, reason=f"container {handle[:12]} no longer exists on {self.base_url}")
+            except docker.errors.APIError as exc:
+                raise BackendUnavailable(f"inspecting container {handle[:12]} failed: {_explain(exc)}") from exc
+        state = info.get("State") or {}
+        status = str(state.get("Status") or "").lower()
+        pid = int(state.get("Pid") or 0) or None
+        if status in QUEUED_STATES:
+            return BackendStatus(QUEUED, host=self.host)
+        if status in RUNNING_STATES or state.get("Running"):
+            return BackendStatus(RUNNING, pid=pid, host=self.host)
+        exit_code = int(state.get("ExitCode") or 0)
+        oom = bool(state.get("OOMKilled"))
+        if not oom and exit_code == 137 and (info.get("HostConfig") or {}).get("Memory"):
+            # Podman before 5.0 never sets OOMKilled; the kernel's own record of the kill names the cgroup.
+            oom = kernel_oom_killed(str(info.get("Id") or handle))
+        return BackendStatus(EXITED, exit_code=exit_code, reason=str(state.get("Error") or ""), host=self.host,
+                             oom_killed=oom)
+
+    def cancel(self, handle: str) -> None:
+        """SIGTERM (forwarded by the container's init), SIGKILL after stop_grace; returns once it has stopped."""
+        with self._engine(f"stopping container {handle[:12]}") as api:
+            for signal_name, wait in (("SIGTERM", self.stop_grace), ("SIGKILL", 10.0)):
+                if not self._running(api, handle):
+                    return
+                try:
+                    api.kill(handle, signal=signal_name)
+                except docker.errors.NotFound:
+                    return
+                except docker.errors.APIError as exc:
+                    if self._running(api, handle):
+                        raise BackendError(f"could not {signal_name} container {handle[:12]}: {_explain(exc)}") from exc
+                    return
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline and self._running(api, handle):
+                    time.sleep(0.05)
+            if self._running(api, handle):
+                raise BackendError(f"container {handle[:12]} still runs 10 s after SIGKILL")
+
+    def _running(self, api: docker.APIClient, handle: str) -> bool:
+        try:
+            state = api.inspect_container(handle).get("State") or {}
+        except docker.errors.NotFound:
+            return False
+        return bool(state.get("Running")) or str(state.get("Status") or "").lower() in RUNNING_STATES
+
+    def fetch_outputs(self, handle: str, dest: Path) -> None:
+        """Outputs are already in the bind-mounted job directory; the logs come from the engine, demultiplexed."""
+        dest = Path(dest)
+        with self._engine(f"reading the logs of container {handle[:12]}") as api:
+            for stream, filename in (("stdout", "stdout.log"), ("stderr", "stderr.log")):
+                try:
+                    chunks = api.logs(handle, stdout=stream == "stdout", stderr=stream == "stderr", stream=True,
+                                      follow=False)
+                    with open(dest / filename, "ab") as fh:
+                        for chunk in chunks:
+                            fh.write(chunk)
+                except docker.errors.NotFound as exc:
+                    raise BackendError(f"container {handle[:12]} is gone; its {stream} is lost") from exc
+                except docker.errors.APIError as exc:
+                    raise BackendError(f"reading the {stream} of container {handle[:12]} failed: {_explain(exc)}") from exc
+        self._reclaim(dest)
+
+    def _reclaim(self, workdir: Path) -> None:
+        """Give back to the worker's user what the container's user wrote (root only; inputs/ are not ours)."""
+        if os.geteuid() != 0:
+            return
+        uid, gid = os.geteuid(), os.getegid()
+        for root, dirs, files in os.walk(workdir):
+            if Path(root) == workdir and "inputs" in dirs:
+                dirs.remove("inputs")
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                st = os.lstat(path)
+                if st.st_uid != uid:
+                    os.lchown(path, uid, gid)
+
+    def cleanup(self, handle: str) -> None:
+        with self._engine(f"removing container {handle[:12]}") as api:
+            self._remove(api, handle)
+
+    def _remove(self, api: docker.APIClient, handle: str) -> None:
+        """Remove the container and its anonymous volumes; a container already gone is fine."""
+        try:
+            api.remove_container(handle, v=True, force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in str(exc):
+                return
+            raise BackendError(f"removing container {handle[:12]} failed: {_explain(exc)}") from exc
+
+
+def kernel_oom_killed(container_id: str) -> bool:
+    """True when the kernel log (/dev/kmsg, readable by root on the engine's host) records an OOM kill in a
+    memory cgroup named after the container (libpod-<id>, docker-<id>.scope, /docker/<id>...)."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False            # not root, or another host's engine: only the engine's flag can tell
+    needle = container_id.encode()
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                return False    # read the whole ring buffer
+            except BrokenPipeError:
+                continue        # a record was overwritten while we read: go on with the next
+            if not record:
+                return False
+            if b"oom_memcg=" in record and needle in record:
+                return True
+    finally:
+        os.close(fd)
+
+
+def _split_tag(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        return image, None
+    name, sep, tag = image.rpartition(":")
+    if sep and "/" not in tag:
+        return name, tag
+    return image, "latest"
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error (e.g. FileNotFoundError for a missing socket), which says more than urllib3's wrapper."""
+    seen: set[int] = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__   # type: ignore[assignment]
+    return f"{exc.__class__.__name__}: {exc}"
