@@ -553,8 +553,10 @@ def render(job: Job, view: str) -> dict[str, Any]:
         task_log["end_time"] = rfc3339(job.end_date)
     if full:
         system_logs = [str(s) for s in logs.get("system_logs") or []]
-        if job.state not in (SUCCESS, PENDING, STARTED, RUNNING) and job.status and job.status not in system_logs:
-            system_logs.append(job.status)
+        status = job.status or ""
+        if job.state not in (SUCCESS, PENDING, STARTED, RUNNING) and status and \
+                not all(part in system_logs for part in status.split("; ")):
+            system_logs.append(status)      # why the job ended, when the worker did not say it (lost, canceled early)
         task_log["system_logs"] = system_logs
     task["logs"] = [task_log]
     task["creation_time"] = rfc3339(job.submit_date)

@@ -222,8 +222,7 @@ class TaskRun:
             except TransferStopped:
                 break
             except (TransferError, OSError) as exc:
-                return self._end(ABORTED, f"Input inputs[{i}] ({item.get('url') or 'content'} -> {item['path']}) "
-                                          f"could not be staged: {exc}", SYSTEM)
+                return self._end(ABORTED, f"Input inputs[{i}] ({item['path']}) could not be staged: {exc}", SYSTEM)
         if self.canceled.is_set():
             return self._end(CANCELED, "Task canceled by user before its executors ran")
         with session_scope(self.url) as s:
@@ -256,8 +255,8 @@ class TaskRun:
             if kind == "executor":
                 return self._end(FAILURE, message, EXECUTOR, exit_status=rc)
             return self._end(FAILURE, message, SYSTEM, exit_status=rc)
-        if upload_problems:
-            return self._end(FAILURE, "; ".join(upload_problems), SYSTEM)
+        if upload_problems:           # already in system_logs, one line each
+            return self._end(FAILURE, "; ".join(upload_problems), SYSTEM, log_it=False)
         return self._end(SUCCESS, "Task complete", exit_status=0)
 
     # ---- layout and inputs ----------------------------------------------------------------------------------------
@@ -424,7 +423,7 @@ class TaskRun:
                 break
             except (TransferError, OSError) as exc:
                 missing = not self.host_path(item["path"]).exists() and not WILDCARD_RE.search(item["path"])
-                message = f"Output outputs[{i}] ({item['path']} -> {item['url']}) failed: {exc}"
+                message = f"Output outputs[{i}] ({item['path']}) failed: {exc}"
                 if strict or not missing:
                     problems.append(message)
                 self.logs["system_logs"].append(message)
@@ -459,8 +458,9 @@ class TaskRun:
             if job is not None:
                 job.extra = {**(job.extra or {}), "tes_logs": logs, **extra_fields}
 
-    def _end(self, state: str, message: str, kind: str | None = None, exit_status: int | None = None) -> str:
-        if state != SUCCESS and message:
+    def _end(self, state: str, message: str, kind: str | None = None, exit_status: int | None = None,
+             log_it: bool = True) -> str:
+        if state != SUCCESS and message and log_it:
             self.logs["system_logs"].append(message)
         self._save(tes_error=kind)
         self.runner._end(self.job_id, state, message, exit_status=exit_status)

@@ -24,7 +24,7 @@ class TransferError(Exception):
     """A transfer failed; str() names the URL and why."""
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"{_redact(url)}: {reason}")
+        super().__init__(f"{redact(url)}: {reason}")
         self.url = url
         self.reason = reason
 
@@ -33,7 +33,7 @@ class TransferStopped(TransferError):
     """The task was canceled (or ran out of time) while data was moving."""
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without a password (ftp://user:secret@host)."""
     parts = urlsplit(url)
     if parts.password:
@@ -100,7 +100,7 @@ class Transfers:
                 return self._s3_in(url, dest, kind)
         except TransferError:
             raise
-        except OSError as exc:
+        except Exception as exc:          # whatever a client library raises, the task learns the URL and why
             raise TransferError(url, f"{exc.__class__.__name__}: {exc}") from exc
         raise TransferError(url, f"{scheme}:// is not a supported input scheme")
 
@@ -130,7 +130,7 @@ class Transfers:
                     raise TransferError(url, f"{scheme}:// is not a supported output scheme")
             except TransferError:
                 raise
-            except OSError as exc:
+            except Exception as exc:
                 raise TransferError(target, f"{exc.__class__.__name__}: {exc}") from exc
             done.append((target, rel, size))
         return done
@@ -246,6 +246,7 @@ class Transfers:
 
     def _ftp_get(self, ftp: ftplib.FTP, url: str, path: str, dest: Path) -> int:
         try:
+            ftp.voidcmd("TYPE I")              # a listing switched to ASCII, where SIZE is refused
             expected: int | None = ftp.size(path)
         except ftplib.error_perm as exc:
             raise TransferError(url, f"FTP: {str(exc).strip()}") from exc
@@ -315,6 +316,7 @@ class Transfers:
 
     @contextmanager
     def _s3_errors(self, url: str) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -322,6 +324,12 @@ class Transfers:
         except ClientError as exc:
             err = exc.response.get("Error", {})
             raise TransferError(url, f"S3 {err.get('Code', '?')}: {err.get('Message') or exc}") from exc
+        except Boto3Error as exc:          # upload_file wraps the ClientError that says why
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError):
+                err = cause.response.get("Error", {})
+                raise TransferError(url, f"S3 {err.get('Code', '?')}: {err.get('Message') or cause}") from exc
+            raise TransferError(url, f"S3: {exc}") from exc
         except BotoCoreError as exc:
             raise TransferError(url, f"S3: {exc}") from exc
 
