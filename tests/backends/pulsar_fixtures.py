@@ -90,13 +90,15 @@ class PulsarStack:
 
 
 def _apps_dir(dest: Path) -> Path:
-    """The shipped apps, plus sleeper_p2: the sleeper whose YAML sends it to Pulsar server p2."""
+    """The shipped apps, plus sleeper_p2 (its YAML sends it to Pulsar server p2) and sleeper_2s (time limit 2 s)."""
     dest.mkdir(parents=True)
     for path in (REPO / "config" / "apps").glob("*.yml"):
         shutil.copy(path, dest / path.name)
     sleeper = yaml.safe_load((REPO / "config" / "apps" / "sleeper.yml").read_text())
     sleeper.update(name="sleeper_p2", default_backend="pulsar", backend_options={"pulsar": {"server": "p2"}})
     (dest / "sleeper_p2.yml").write_text(yaml.safe_dump(sleeper))
+    sleeper.update(name="sleeper_2s", backend_options={}, resources={"cpus": 1, "time_limit": 2})
+    (dest / "sleeper_2s.yml").write_text(yaml.safe_dump(sleeper))
     return dest
 
 

@@ -1,8 +1,8 @@
 """Pulsar backend end to end: API → real Celery worker (2 processes) → two real Galaxy Pulsar servers.
 
 Success with the tarball of a local run, server choice per job and per app, non-zero exit, option values full of
-shell metacharacters, cancel, a wrong token, 20 concurrent jobs, a server that restarts and forgets its jobs, a
-server that stays away, and private tokens that never leak."""
+shell metacharacters, cancel, time limit, a wrong token, 20 concurrent jobs, a server that restarts and forgets its
+jobs, a server that stays away, and private tokens that never leak."""
 from __future__ import annotations
 
 import io
@@ -246,6 +246,18 @@ def test_cancel_stops_the_remote_job(stack):
     assert not processes_of(job), "the app still runs after cancel"
     assert not stack.servers[server].job_dir(pulsar_id).exists(), "the cancelled job was not cleaned"
     assert logs(stack, job)["stdout"].startswith("cancel me")       # the logs made it back
+
+
+def test_time_limit_stops_the_remote_job(stack):
+    job = submit(stack, "sleeper_2s", backend=None, seconds=120, message="too slow")
+    st = wait(stack, job)
+    assert st["state"] == "TIMED-OUT", explain(stack, job)
+    assert "time limit of 2 s" in st["status"]
+    deadline = time.time() + 20
+    while processes_of(job) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not processes_of(job), "the app still runs after its time limit"
+    assert logs(stack, job)["stdout"].startswith("too slow")
 
 
 def test_wrong_token_aborts_with_a_clear_reason(stack):
