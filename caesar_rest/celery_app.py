@@ -35,6 +35,8 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
     if result_backend.startswith("file://"):
         Path(result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
     queues = [Queue(queue_name(settings, name), routing_key=queue_name(settings, name)) for name in settings["BACKENDS"]]
+    if settings["BROKER_URL"].startswith("filesystem://"):
+        celery.conf.broker_transport = "caesar_rest.fstransport:Transport"   # atomic message files
     celery.conf.update(
         broker_url=settings["BROKER_URL"],
         result_backend=result_backend,

@@ -92,34 +92,47 @@ class Runner:
             cancel = job.cancel_requested
             unreachable_since = job.unreachable_since
         backend = get_backend(self.settings, backend_name)
-        if cancel:
-            self._stop(backend, handle)
-            return self._finish(job_id, backend, handle, BackendStatus(CANCELLED), canceled=True)
         try:
+            if cancel:
+                self._stop(backend, handle)
+                return self._finish(job_id, backend, handle, BackendStatus(CANCELLED), canceled=True)
             status = backend.poll(handle)
         except BackendUnavailable as exc:
-            now = utcnow()
-            if unreachable_since is None:
-                with session_scope(self.url) as s:
-                    s.execute(update(Job).where(Job.id == job_id).values(unreachable_since=now, heartbeat_at=now))
-                return "poll"
-            down = (now - unreachable_since).total_seconds()
-            if down > float(self.settings["REMOTE_UNREACHABLE_TIMEOUT"]):
-                return self._finish(job_id, backend, handle, BackendStatus(
-                    LOST, reason=f"the {backend_name} backend was unreachable for {down:.0f} s ({exc})"))
-            with session_scope(self.url) as s:
-                s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
-            return "poll"
+            return self._unreachable(job_id, backend, handle, unreachable_since, exc)
+        except Exception as exc:
+            log.exception("poll of job %s on %s failed", job_id, backend_name)
+            return self._finish(job_id, backend, handle, BackendStatus(
+                FAILED, reason=f"Following the job on the {backend_name} backend failed: {exc.__class__.__name__}: {exc}"))
         with session_scope(self.url) as s:
             s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), unreachable_since=None))
-            if status.state == B_RUNNING:
-                transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,), run_date=utcnow())
+            if status.state != QUEUED:
+                # A job that ended before any poll saw it run still gets its RUNNING step, from submission on.
+                run_date = utcnow() if status.state == B_RUNNING else started
+                transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,), run_date=run_date)
         if status.state in (QUEUED, B_RUNNING):
             if started and (utcnow() - started).total_seconds() > float(limit):
-                self._stop(backend, handle)
+                try:
+                    self._stop(backend, handle)
+                except BackendUnavailable as exc:
+                    return self._unreachable(job_id, backend, handle, unreachable_since, exc)
                 return self._finish(job_id, backend, handle, status, timed_out=float(limit))
             return "poll"
         return self._finish(job_id, backend, handle, status)
+
+    def _unreachable(self, job_id: str, backend, handle: str, since, exc: Exception) -> str:
+        """A remote backend did not answer: poll again, until REMOTE_UNREACHABLE_TIMEOUT, then fail the job."""
+        now = utcnow()
+        if since is None:
+            with session_scope(self.url) as s:
+                s.execute(update(Job).where(Job.id == job_id).values(unreachable_since=now, heartbeat_at=now))
+            return "poll"
+        down = (now - since).total_seconds()
+        if down > float(self.settings["REMOTE_UNREACHABLE_TIMEOUT"]):
+            return self._finish(job_id, backend, handle, BackendStatus(
+                LOST, reason=f"the {backend.name} backend was unreachable for {down:.0f} s ({exc})"), reachable=False)
+        with session_scope(self.url) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+        return "poll"
 
     # ---- claim and redelivery ---------------------------------------------------------------------------
     def _claim(self, job_id: str) -> Job | None:
@@ -250,23 +263,22 @@ class Runner:
 
     # ---- the end --------------------------------------------------------------------------------------------
     def _finish(self, job_id: str, backend, handle: str, status: BackendStatus, canceled: bool = False,
-                timed_out: float | None = None) -> str:
+                timed_out: float | None = None, reachable: bool = True) -> str:
         def read_workdir() -> Path:
             with session_scope(self.url) as s:
                 return Path(s.scalar(select(Job.workdir).where(Job.id == job_id)))
 
         workdir = self._retry_db(job_id, "finishing", read_workdir)
         problems = []
-        try:
-            backend.fetch_outputs(handle, workdir)
-        except Exception as exc:
-            log.exception("fetching outputs of %s failed", job_id)
-            problems.append(f"fetching outputs failed: {exc}")
-        try:
-            backend.cleanup(handle)
-        except Exception as exc:
-            log.exception("cleanup of %s failed", job_id)
-            problems.append(f"cleanup failed: {exc}")
+        # An unreachable backend would only repeat its connection error here; the reason already says it.
+        steps = (("fetching outputs", lambda: backend.fetch_outputs(handle, workdir)),
+                 ("cleanup", lambda: backend.cleanup(handle))) if reachable else ()
+        for step, call in steps:
+            try:
+                call()
+            except Exception as exc:
+                log.exception("%s of %s failed", step, job_id)
+                problems.append(f"{step} failed: {exc}")
         rc = status.exit_code
         if canceled:
             state, message = CANCELED, "Job canceled by user"
