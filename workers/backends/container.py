@@ -1,9 +1,11 @@
 """Container backend: argv in a Docker or Podman container (Docker Engine API), the job directory mounted at /job."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,10 +25,14 @@ except ImportError as exc:  # the `container` extra
 JOB_MOUNT = "/job"                      # the job directory inside the container (working directory)
 JOB_LABEL = "caesar.job_id"             # every container we create carries it: leak checks and orphan hunts
 PULL_POLICIES = ("never", "if-missing", "always")
+STREAMS = (("stdout", "stdout.log"), ("stderr", "stderr.log"))
 USER_RE = re.compile(r"^(?:root|\d{1,10})(?::\d{1,10})?$")
 DEFAULT_UID = 1000                      # the `caesar` user of localhost/caesar-apps
 RUNNING_STATES = {"running", "paused", "restarting", "stopping", "removing"}
 QUEUED_STATES = {"created", "configured", "initialized"}
+
+
+log = logging.getLogger("caesar.backends.container")
 
 
 def default_base_url() -> str:
@@ -72,7 +78,9 @@ class ContainerBackend:
         if problem or self.image_pull not in PULL_POLICIES:
             raise BackendNotConfigured(f"BACKENDS['container']: {problem or f'image_pull must be one of {PULL_POLICIES}'}")
         self.host = socket.gethostname()
+        self.log_drain_timeout = float(options.get("log_drain_timeout", 30))
         self._api: docker.APIClient | None = None
+        self._pumps: dict[str, dict[str, LogPump]] = {}
 
     @staticmethod
     def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
@@ -138,6 +146,8 @@ class ContainerBackend:
             except docker.errors.APIError as exc:
                 self._remove(api, handle)
                 raise BackendError(f"container of image {image} did not start {job.argv[0]!r}: {_explain(exc)}") from exc
+        self._pumps[handle] = {stream: LogPump(self.base_url, self.api_version, handle, stream, workdir / filename)
+                               for stream, filename in STREAMS}
         return handle
 
     def _container_user(self, requested: str | None, workdir: Path) -> str:
@@ -235,21 +245,42 @@ class ContainerBackend:
         return bool(state.get("Running")) or str(state.get("Status") or "").lower() in RUNNING_STATES
 
     def fetch_outputs(self, handle: str, dest: Path) -> None:
-        """Outputs are already in the bind-mounted job directory; the logs come from the engine, demultiplexed."""
+        """Outputs are already in the bind-mounted job directory. stdout.log and stderr.log were streamed while the
+        container ran (demultiplexed by the engine); here the streams are drained, or read whole if a stream broke."""
         dest = Path(dest)
-        with self._engine(f"reading the logs of container {handle[:12]}") as api:
-            for stream, filename in (("stdout", "stdout.log"), ("stderr", "stderr.log")):
-                try:
-                    chunks = api.logs(handle, stdout=stream == "stdout", stderr=stream == "stderr", stream=True,
-                                      follow=False)
+        pumps = self._pumps.pop(handle, {})
+        problems: list[str] = []
+        try:
+            for stream, filename in STREAMS:
+                pump = pumps.get(stream)
+                if pump is not None:
+                    pump.thread.join(self.log_drain_timeout)
+                    if pump.thread.is_alive():
+                        problems.append(f"the {stream} of container {handle[:12]} was still streaming "
+                                        f"{self.log_drain_timeout:g} s after the container ended")
+                        continue
+                    if pump.error is None:
+                        continue
+                    log.warning("%s stream of container %s broke (%s); reading it whole", stream, handle[:12],
+                                pump.error)
                     with open(dest / filename, "ab") as fh:
-                        for chunk in chunks:
-                            fh.write(chunk)
-                except docker.errors.NotFound as exc:
-                    raise BackendError(f"container {handle[:12]} is gone; its {stream} is lost") from exc
-                except docker.errors.APIError as exc:
-                    raise BackendError(f"reading the {stream} of container {handle[:12]} failed: {_explain(exc)}") from exc
-        self._reclaim(dest)
+                        fh.truncate(pump.start)
+                self._read_log(handle, stream, dest / filename)
+        finally:
+            self._reclaim(dest)
+        if problems:
+            raise BackendError("; ".join(problems))
+
+    def _read_log(self, handle: str, stream: str, path: Path) -> None:
+        with self._engine(f"reading the {stream} of container {handle[:12]}") as api:
+            try:
+                chunks = api.logs(handle, stdout=stream == "stdout", stderr=stream == "stderr", stream=True,
+                                  follow=False)
+                with open(path, "ab") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+            except docker.errors.NotFound as exc:
+                raise BackendError(f"container {handle[:12]} is gone; its {stream} is lost") from exc
 
     def _reclaim(self, workdir: Path) -> None:
         """Give back to the worker's user what the container's user wrote (root only; inputs/ are not ours)."""
@@ -266,6 +297,7 @@ class ContainerBackend:
                     os.lchown(path, uid, gid)
 
     def cleanup(self, handle: str) -> None:
+        self._pumps.pop(handle, None)       # their streams end with the container
         with self._engine(f"removing container {handle[:12]}") as api:
             self._remove(api, handle)
 
@@ -279,6 +311,32 @@ class ContainerBackend:
             if exc.status_code == 409 and "already in progress" in str(exc):
                 return
             raise BackendError(f"removing container {handle[:12]} failed: {_explain(exc)}") from exc
+
+
+class LogPump:
+    """Follows one stream of a container's log into a file while it runs, so the job's logs are live."""
+
+    def __init__(self, base_url: str, api_version: str, handle: str, stream: str, path: Path) -> None:
+        self.path = path
+        self.start = path.stat().st_size if path.exists() else 0
+        self.error: BaseException | None = None
+        # Its own client: no read timeout (an app may print nothing for hours), no sharing across threads.
+        self._api = docker.APIClient(base_url=base_url, version=api_version, timeout=None)
+        self.thread = threading.Thread(target=self._run, args=(handle, stream), daemon=True,
+                                       name=f"logs-{handle[:12]}-{stream}")
+        self.thread.start()
+
+    def _run(self, handle: str, stream: str) -> None:
+        try:
+            with open(self.path, "ab") as fh:
+                for chunk in self._api.logs(handle, stdout=stream == "stdout", stderr=stream == "stderr",
+                                            stream=True, follow=True):
+                    fh.write(chunk)
+                    fh.flush()
+        except Exception as exc:    # handed to fetch_outputs, which reads the whole stream again
+            self.error = exc
+        finally:
+            self._api.close()
 
 
 def kernel_oom_killed(container_id: str) -> bool:
