@@ -286,6 +286,15 @@ class TaskRun:
             raise OSError(errno.EXDEV, f"{path.relative_to(self.fs)} leads outside the task's directories")
         return real
 
+    def _inside_new(self, path: str) -> Path:
+        """Host path of a task file about to be written, refused when its directory leaves the task."""
+        dest = self.host_path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._inside(dest.parent)
+        if dest.is_symlink():
+            raise OSError(errno.EXDEV, f"{path} is a symbolic link")
+        return dest
+
     def _stage(self, transfers: Transfers, item: dict[str, Any]) -> None:
         dest = self.host_path(item["path"])
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +306,7 @@ class TaskRun:
 
     # ---- executors ---------------------------------------------------------------------------------------------------
     def _job_spec(self, backend, i: int, executor: dict[str, Any]) -> JobSpec:
-        env = {"HOME": executor.get("workdir") or "/tmp", "TMPDIR": "/tmp", **(executor.get("env") or {})}
+        env = dict(executor.get("env") or {})
         common = dict(job_id=self.job_id, owner=self.owner, app="tes", workdir=self.jobdir,
                       cpus=float(self.spec.get("cpus") or 1), memory_mb=self.spec.get("memory_mb"),
                       time_limit_s=int(self.time_limit))
@@ -310,19 +319,23 @@ class TaskRun:
                            "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": str(status)}
             path = self.meta / f"executor-{i}.json"
             path.write_text(json.dumps(launch_spec, indent=1), encoding="utf-8")
-            env.setdefault("PATH", HOST_PATH)
+            env = {"PATH": HOST_PATH, "HOME": executor.get("workdir") or "/tmp", "TMPDIR": "/tmp", **env}
             return JobSpec(argv=[sys.executable, "-I", str(Path(__file__).resolve()), "exec", str(path)],
                            image=executor["image"], env=env, options={"image_recorded": executor["image"]}, **common)
-        if not getattr(backend, "tes_mounts", False):
-            raise BackendError(f"the {self.backend_name} backend cannot run TES executors (it does not mount task "
-                               "directories); set TES_HOST_RUNTIME to run them as host processes")
-        for directory in [self.fs, *mounts.values()]:
-            os.chmod(directory, os.stat(directory).st_mode | 0o070)    # the container's user writes through its group
+        if self.backend_name != "container":
+            raise BackendError(f"TES executors run on the local (host runtime) or container backend, not on "
+                               f"{self.backend_name!r}")
+        _open_to_group(self.fs)           # the container's user (not root) writes through the group
         return JobSpec(argv=list(executor["command"]), image=executor["image"], env=env, **common,
                        options={**(self.spec.get("backend_options") or {}),
-                                "tes": {"mounts": mounts, "workdir": executor.get("workdir"),
-                                        "stdin": executor.get("stdin"), "stdout": executor.get("stdout"),
-                                        "stderr": executor.get("stderr")}})
+                                "tes": {"index": i, "mounts": mounts, "workdir": executor.get("workdir"),
+                                        "stdin": str(self._inside(self.host_path(executor["stdin"])))
+                                        if executor.get("stdin") else None}})
+
+    def _submit(self, backend, spec: JobSpec) -> str:
+        if self.backend_name == "container" and not getattr(backend, "tes_mounts", False):
+            return submit_container(backend, spec)
+        return backend.submit(spec)
 
     def _run_executor(self, backend, i: int, executor: dict[str, Any], deadline: float) -> tuple[str, str, int | None]:
         """Runs executor i to its end; returns (outcome, message, exit code), outcome one of
@@ -332,7 +345,7 @@ class TaskRun:
         offsets = {name: _size(self.jobdir / name) for name in ("stdout.log", "stderr.log")}
         try:
             spec = self._job_spec(backend, i, executor)
-            handle = backend.submit(spec)
+            handle = self._submit(backend, spec)
         except Exception as exc:
             self.logs["executors"].remove(entry)
             return "system", f"Executor {i} ({executor['image']}) could not start: {exc}", None
@@ -363,6 +376,13 @@ class TaskRun:
             backend.cleanup(handle)
         except Exception as exc:
             problems.append(f"cleanup failed: {exc}")
+        if self.backend_name != "local":      # a container's streams land in the job's logs: copy them where asked
+            for key, logname in (("stdout", "stdout.log"), ("stderr", "stderr.log")):
+                if executor.get(key):
+                    try:
+                        _copy_from(self.jobdir / logname, offsets[logname], self._inside_new(executor[key]))
+                    except OSError as exc:
+                        problems.append(f"writing its {key} to {executor[key]} failed: {exc}")
         rc = status.exit_code
         if rc is not None and rc < 0:
             rc = 128 - rc                    # killed by a signal: the shell's convention, as containers report it
@@ -468,6 +488,84 @@ class TaskRun:
             final = s.scalar(select(Job.state).where(Job.id == self.job_id))
         log.info("TES task %s ended %s: %s", self.job_id, final, message)
         return final or state
+
+
+def _open_to_group(root: Path) -> None:
+    """Group read/write on the task's files (and search on its directories) for a container's user."""
+    for dirpath, _dirs, names in os.walk(root):
+        for path in [dirpath] + [os.path.join(dirpath, n) for n in names]:
+            st = os.lstat(path)
+            if not os.path.islink(path):
+                wanted = st.st_mode | (0o070 if os.path.isdir(path) else 0o060)
+                if wanted != st.st_mode:
+                    os.chmod(path, wanted)
+
+
+def _copy_from(src: Path, offset: int, dest: Path) -> None:
+    with open(src, "rb") as fh, open(dest, "wb") as out:
+        fh.seek(offset)
+        shutil.copyfileobj(fh, out)
+
+
+def submit_container(backend, spec: JobSpec) -> str:
+    """One TES executor as a container of the container backend: its engine, image policy, user, network and
+    limits, with the task directories mounted at their paths and the executor's workdir. Followed afterwards
+    with the backend's own poll/cancel/fetch_outputs/cleanup. (ContainerBackend.submit mounts the job directory
+    at /job only; once it honours JobSpec.options["tes"] and says so with `tes_mounts = True`, this goes.)"""
+    import socket as socketlib
+
+    import docker.errors
+
+    from .backends import container as cb
+
+    tes = spec.options["tes"]
+    policy = spec.options.get("image_pull") or backend.image_pull
+    user = backend._container_user(spec.options.get("user"), Path(spec.workdir))
+    name = f"caesar-{spec.job_id}-{tes['index']}"
+    with backend._engine(f"starting executor {tes['index']} of TES task {spec.job_id}") as api:
+        backend._ensure_image(api, spec.image, policy)
+        limits: dict[str, Any] = {"nano_cpus": max(1, int(float(spec.cpus) * 1e9))}
+        if spec.memory_mb:
+            limits["mem_limit"] = limits["memswap_limit"] = f"{int(spec.memory_mb)}m"
+        binds = {source: {"bind": target, "mode": "rw"} for target, source in tes["mounts"].items()}
+        host_config = api.create_host_config(binds=binds, network_mode=backend.network, init=backend.init or None,
+                                             **limits)
+        create = dict(image=spec.image, entrypoint=spec.argv[:1], command=spec.argv[1:],
+                      working_dir=tes.get("workdir") or None, user=user, stdin_open=bool(tes.get("stdin")),
+                      environment={"LANG": "C.UTF-8", **spec.env, "CAESAR_JOB_ID": spec.job_id},
+                      labels={cb.JOB_LABEL: spec.job_id, "caesar.app": "tes", "caesar.owner": spec.owner},
+                      host_config=host_config, name=name)
+        try:
+            handle = str(api.create_container(**create)["Id"])
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise BackendError(f"the engine refused to create the container from {spec.image}: {exc}") from exc
+            backend._remove(api, name)            # left by a worker that died with this task
+            handle = str(api.create_container(**create)["Id"])
+        stdin = None
+        if tes.get("stdin"):
+            stdin = api.attach_socket(handle, params={"stdin": 1, "stream": 1})
+        try:
+            api.start(handle)
+        except docker.errors.APIError as exc:
+            backend._remove(api, handle)
+            raise BackendError(f"container of image {spec.image} did not start {spec.argv[0]!r}: {exc}") from exc
+    if stdin is not None:
+        raw = getattr(stdin, "_sock", stdin)
+
+        def feed() -> None:           # the executor reads while the runner watches for cancel and time limit
+            try:
+                with open(tes["stdin"], "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+                        raw.sendall(chunk)
+                raw.shutdown(socketlib.SHUT_WR)
+            except OSError as exc:
+                log.warning("TES task %s: stdin of container %s: %s", spec.job_id, handle[:12], exc)
+            finally:
+                raw.close()
+
+        threading.Thread(target=feed, name=f"tes-stdin-{handle[:8]}", daemon=True).start()
+    return handle
 
 
 def _size(path: Path) -> int:
