@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from flask import Response, jsonify
@@ -17,7 +18,11 @@ from ..db import session_scope
 from .common import celery, settings
 
 blp = Blueprint("ops", __name__, description="Health and metrics")
-_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="caesar-health")
+_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="caesar-health")
+# A check that hangs past HEALTH_TIMEOUT keeps its thread: it is not started again until it returns,
+# so a stuck backend cannot fill the pool and starve the database and broker checks.
+_in_flight: dict[tuple[int, str], Future] = {}
+_in_flight_lock = threading.Lock()
 
 
 def _database(cfg: Mapping[str, Any]) -> None:
@@ -106,7 +111,12 @@ def run_checks(cfg: Mapping[str, Any], app) -> tuple[str, dict[str, Any]]:
             backends[name] = {"status": "unchecked"}
         else:
             checks[f"backend:{name}"] = _timed(check)
-    futures = {key: _pool.submit(fn) for key, fn in checks.items()}
+    futures: dict[str, Future] = {}
+    with _in_flight_lock:
+        for key, fn in checks.items():
+            previous = _in_flight.get((id(app), key))
+            futures[key] = previous if previous is not None and not previous.done() else _pool.submit(fn)
+            _in_flight[(id(app), key)] = futures[key]
     timeout = float(cfg.get("HEALTH_TIMEOUT") or 5)
     wait(futures.values(), timeout=timeout)
     results: dict[str, dict] = {}

@@ -24,6 +24,8 @@ class BrokenBackend(LocalBackend):
 
 class HangingBackend(LocalBackend):
     name = "hanging"
+    calls = 0
 
     def health(self) -> None:
+        HangingBackend.calls += 1
         time.sleep(3)

@@ -84,6 +84,11 @@ def test_backend_health_methods_are_called_when_present(make_app):
     assert got["healthy"]["status"] == "ok" and got["healthy"]["detail"] == {"slots": 2}
     assert got["broken"]["status"] == "down" and "refused the connection" in got["broken"]["error"]
     assert got["hanging"]["status"] == "down" and "no answer in 1 s" in got["hanging"]["error"]
+    # Asked again while the stuck check still runs: reported down again, not started a second time.
+    from .fake_backends import HangingBackend
+
+    again = get(app.test_client(), "/health").get_json()["checks"]["backends"]["hanging"]
+    assert again["status"] == "down" and HangingBackend.calls == 1
     strict = make_app(BACKENDS=backends, HEALTH_TIMEOUT=1, HEALTH_REQUIRED_BACKENDS=["local", "broken"])
     r = get(strict.test_client(), "/health")
     assert r.status_code == 503 and r.get_json()["checks"]["backends"]["broken"]["required"]
