@@ -143,9 +143,15 @@ class ContainerBackend:
             handle = str(container["Id"])
             try:
                 api.start(handle)
-            except docker.errors.APIError as exc:
-                self._remove(api, handle)
-                raise BackendError(f"container of image {image} did not start {job.argv[0]!r}: {_explain(exc)}") from exc
+            except Exception as exc:
+                # Nothing half-created stays behind: the runner never cleans up after a failed submit.
+                why = _explain(exc) if isinstance(exc, docker.errors.APIError) else _root_cause(exc)
+                message = f"container of image {image} did not start {job.argv[0]!r}: {why}"
+                try:
+                    self._remove(api, handle)
+                except Exception as rm_exc:
+                    raise BackendError(f"{message}; removing container {handle[:12]} failed too: {rm_exc}") from exc
+                raise BackendError(message) from exc
         self._pumps[handle] = {stream: LogPump(self.base_url, self.api_version, handle, stream, workdir / filename)
                                for stream, filename in STREAMS}
         return handle
@@ -186,12 +192,16 @@ class ContainerBackend:
                                "and the app's image_pull policy is 'never'")
         if policy == "always" or not present:
             repository, tag = _split_tag(image)
+            failed = f"image {image} is not on the container engine at {self.base_url} and pulling it failed " \
+                     f"(image_pull {policy!r})"
             try:
-                api.pull(repository, tag=tag)
+                # Docker reports a failed pull inside a 200 response's progress stream, not as an HTTP error.
+                for event in api.pull(repository, tag=tag, stream=True, decode=True):
+                    if isinstance(event, dict) and event.get("error"):
+                        raise BackendError(f"{failed}: {event['error']}")
                 api.inspect_image(image)
             except docker.errors.APIError as exc:
-                raise BackendError(f"image {image} is not on the container engine at {self.base_url} and pulling "
-                                   f"it failed (image_pull {policy!r}): {_explain(exc)}") from exc
+                raise BackendError(f"{failed}: {_explain(exc)}") from exc
 
     # ---- follow, stop, collect ------------------------------------------------------------------------------
     def poll(self, handle: str) -> BackendStatus:
