@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -74,9 +75,19 @@ class LocalBackend:
     job_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.jobs_dir = Path(settings["JOBS_DIR"])
         self.grace = float(options.get("cancel_grace", settings.get("CANCEL_GRACE", 1.0)))
         self.procs: dict[str, subprocess.Popen] = {}
         self.host = socket.gethostname()
+
+    def health(self) -> None:
+        """Jobs can start here: the job directory is writable and has room."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.jobs_dir, os.W_OK):
+            raise BackendError(f"{self.jobs_dir} is not writable")
+        st = os.statvfs(self.jobs_dir)
+        if st.f_bavail * st.f_frsize < 16 * 1024 * 1024:
+            raise BackendError(f"{self.jobs_dir} has less than 16 MiB free")
 
     def submit(self, job: JobSpec) -> str:
         workdir = Path(job.workdir)
@@ -107,6 +118,27 @@ class LocalBackend:
         if rc is None:
             return BackendStatus(RUNNING, pid=proc.pid, host=self.host)
         return BackendStatus(EXITED, exit_code=rc, pid=proc.pid, host=self.host)
+
+    def wait(self, handle: str, timeout: float) -> None:
+        """Return when the process has ended or after timeout seconds, whichever comes first: the runner waits
+        here instead of sleeping, so a job's end is noticed at once rather than up to JOB_POLL_INTERVAL later."""
+        proc = self.procs.get(handle)
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):           # no pidfd (kernel < 5.3, not Linux) or already reaped
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            return
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)      # a pidfd becomes readable when its process exits
+            poller.poll(max(0, int(timeout * 1000)))
+        finally:
+            os.close(fd)
 
     def cancel(self, handle: str) -> None:
         proc = self.procs.get(handle)
