@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from .. import __version__, metrics
 from ..db import session_scope
+from . import docs
 from .common import celery, settings
 
 blp = Blueprint("ops", __name__, description="Health and metrics")
@@ -139,8 +140,15 @@ def run_checks(cfg: Mapping[str, Any], app) -> tuple[str, dict[str, Any]]:
     return status, {**results, "backends": dict(sorted(backends.items()))}
 
 
+HEALTH = {"type": "object", "required": ["status", "checks"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "degraded", "down"]}, "checks": {"type": "object"},
+    "version": {"type": "string"}}}
+
+
 @blp.route("/health", methods=["GET"])
-@blp.doc(summary="Database, broker, result store and each enabled backend, with latencies; 503 when a required part is down")
+@blp.doc(summary="Database, broker, result store and each enabled backend, with latencies; 503 when a required part is down",
+         responses={"200": docs.json_response(HEALTH, "Every required part answers"),
+                    "503": docs.json_response(HEALTH, "A required part is down"), **docs.ERRORS})
 def health():
     status, checks = run_checks(settings(), celery())
     response = jsonify({"status": status, "checks": checks, "version": __version__})
@@ -150,7 +158,9 @@ def health():
 
 
 @blp.route("/metrics", methods=["GET"])
-@blp.doc(summary="Prometheus metrics: jobs by state, queue depth per pool, job durations, request and byte counters")
+@blp.doc(summary="Prometheus metrics: jobs by state, queue depth per pool, job durations, request and byte counters",
+         responses={"200": {"description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}}, **docs.ERRORS})
 def metrics_view():
     body = metrics.render(settings(), celery(), __version__)
     return Response(body, mimetype=None, content_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
