@@ -128,8 +128,10 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
         if (resolved.uuid, option) in seen:
             continue
         seen.add((resolved.uuid, option))
+        stored = session.get(File, resolved.uuid)
         job.inputs.append(JobInput(file_uuid=resolved.uuid, option=option, relpath=rel,
-                                   sha256=resolved.sha256, size_bytes=resolved.size_bytes))
+                                   sha256=resolved.sha256, size_bytes=resolved.size_bytes,
+                                   crc64nvme=stored.crc64nvme if stored is not None else None))
     session.add(JobEvent(job_id=job_id, state=PENDING, message="Job submitted", at=job.submit_date))
     return job
 
@@ -222,7 +224,8 @@ def to_metadata(job: Job) -> dict[str, Any]:
         "timings": {"submitted": _iso(job.submit_date), "started": _iso(job.start_date),
                     "running": _iso(job.run_date), "finished": _iso(job.end_date), "elapsed_time": elapsed(job)},
         "inputs": [{"option": i.option, "uuid": i.file_uuid, "path": i.relpath, "sha256": i.sha256,
-                    "size_bytes": i.size_bytes} for i in job.inputs],
+                    "crc64nvme": i.crc64nvme, "size_bytes": i.size_bytes} for i in job.inputs],
+        "outputs": (job.extra or {}).get("outputs"),
         "events": [{"state": ev.state, "message": ev.message, "at": _iso(ev.at)} for ev in job.events],
     }
 

@@ -33,6 +33,7 @@ class File(Base):
     path: Mapped[str] = mapped_column(Text, unique=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    crc64nvme: Mapped[str | None] = mapped_column(String(16), nullable=True)   # base64, as S3 shows it
     tag: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -44,6 +45,7 @@ class File(Base):
             "size": self.size_bytes / 1024**2,   # MB, as the original caesar-rest reported it
             "size_bytes": self.size_bytes,
             "sha256": self.sha256,
+            "crc64nvme": self.crc64nvme,
             "date": self.created_at.isoformat(),
             "path": self.path,
             "tag": self.tag,
@@ -114,6 +116,7 @@ class JobInput(Base):
     option: Mapped[str] = mapped_column(String(128), primary_key=True)
     relpath: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
+    crc64nvme: Mapped[str | None] = mapped_column(String(16), nullable=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
 
     job: Mapped[Job] = relationship(back_populates="inputs")

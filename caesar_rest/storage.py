@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import BadRequest, InsufficientStorage
+from .s3store import Checksums
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 FORMAT_RE = re.compile(r"^[a-z0-9]{1,16}$")
@@ -69,7 +70,7 @@ class UploadSink:
         self.uuid = uuidlib.uuid4().hex
         self.tmp_path = directory / f".upload-{self.uuid}.part"
         self._fh: BinaryIO = open(self.tmp_path, "wb")
-        self._sha = hashlib.sha256()
+        self._sums = Checksums()          # sha256 and CRC64NVME on the way in
         self.size = 0
         self.limit = limit
         self.error: OSError | None = None
@@ -83,7 +84,7 @@ class UploadSink:
         except OSError as exc:          # disk full: keep draining the request, report afterwards
             self.error = exc
             return len(data)
-        self._sha.update(data)
+        self._sums.update(data)
         self.size += len(data)
         return len(data)
 
@@ -101,7 +102,11 @@ class UploadSink:
 
     @property
     def sha256(self) -> str:
-        return self._sha.hexdigest()
+        return self._sums.sha256
+
+    @property
+    def crc64nvme(self) -> str | None:
+        return self._sums.crc64nvme
 
     def close(self) -> None:
         if not self._fh.closed:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from caesar_rest import storage
+from caesar_rest import s3store, storage
 from caesar_rest.db import session_scope
 from caesar_rest.jobs import to_metadata, transition
 from caesar_rest.models import (ABORTED, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
@@ -193,17 +193,21 @@ class Runner:
                 record = s.get(File, item.file_uuid)
                 if record is None:
                     raise BackendError(f"input file {item.file_uuid} ({item.option}) was deleted")
-                src = record.path
+                src, crc = record.path, item.crc64nvme or record.crc64nvme
             dest = workdir / item.relpath
             if storage.within(workdir, dest) is None and not dest.parent.exists():
                 raise BackendError(f"input path {item.relpath!r} leaves the job directory")
+            sums = None
             if not dest.exists():
-                storage.stage(src, dest)
+                if s3store.is_s3(src):          # S3 storage: streamed down, checksummed on the way
+                    sums = s3store.store_for(self.settings).download(src, dest)
+                else:
+                    storage.stage(src, dest)
             if self.settings.get("VERIFY_INPUTS", True):
-                actual = storage.sha256_of(dest)
-                if actual != item.sha256:
-                    raise BackendError(f"input file {item.relpath} (uuid {item.file_uuid}) no longer matches its "
-                                       f"sha256 {item.sha256[:12]}…; it changed on disk since upload")
+                problem = s3store.mismatch(f"input file {item.relpath} (uuid {item.file_uuid})", item.sha256, crc,
+                                           sums or s3store.checksums_of(dest))
+                if problem:
+                    raise BackendError(problem)
             inputs.append(InputFile(relpath=item.relpath, uuid=item.file_uuid, size_bytes=item.size_bytes,
                                     sha256=item.sha256))
         spec = job.spec or {}
@@ -281,6 +285,7 @@ class Runner:
             except Exception as exc:
                 log.exception("%s of %s failed", step, job_id)
                 problems.append(f"{step} failed: {exc}")
+        self._record_outputs(job_id, workdir)
         rc = status.exit_code
         if canceled:
             state, message = CANCELED, "Job canceled by user"
@@ -302,6 +307,22 @@ class Runner:
             message = f"{message}; {'; '.join(problems)}"
         self._end(job_id, state, message, exit_status=rc, pid=status.pid)
         return state
+
+    def _record_outputs(self, job_id: str, workdir: Path) -> None:
+        """Size, sha256 and CRC64NVME of each output file, kept with the job (metadata 'outputs')."""
+        try:
+            outputs = s3store.output_manifest(workdir) if workdir.is_dir() else []
+        except OSError as exc:
+            log.warning("job %s: output checksums not computed: %s", job_id, exc)
+            return
+
+        def store() -> None:
+            with session_scope(self.url) as s:
+                job = s.get(Job, job_id)
+                if job is not None:
+                    job.extra = {**(job.extra or {}), "outputs": outputs}
+
+        self._retry_db(job_id, "recording output checksums", store)
 
     def _retry_db(self, job_id: str, what: str, fn):
         """Run fn, waiting out a database outage (up to DB_RETRY_FOR s) so a finished job's result is not lost."""

@@ -9,7 +9,7 @@ from flask import Request, jsonify, request, send_file
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
-from .. import storage
+from .. import s3store, storage
 from ..auth import current_owner, owner_filter, user_setting
 from ..errors import BadRequest, Conflict, InsufficientStorage, NotFound, PayloadTooLarge, UnsupportedFormat
 from ..jobs import file_in_use, get_file
@@ -21,6 +21,7 @@ blp = Blueprint("files", __name__, description="Upload, list, download and delet
 
 UPLOAD_DIR_KEY = "caesar.upload_dir"
 SINKS_KEY = "caesar.upload_sinks"
+S3_UPLOAD_KEY = "caesar.upload_s3"      # (store, owner, limit) when STORAGE is s3
 
 
 class CaesarRequest(Request):
@@ -28,6 +29,11 @@ class CaesarRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         target = self.environ.get(UPLOAD_DIR_KEY)
+        if self.environ.get(S3_UPLOAD_KEY) is not None:
+            store, owner, limit = self.environ[S3_UPLOAD_KEY]
+            sink = s3store.S3UploadSink(store, owner, storage.file_format(filename or ""), limit)
+            self.environ.setdefault(SINKS_KEY, []).append(sink)
+            return sink
         if target is None:
             return tempfile.SpooledTemporaryFile(max_size=512 * 1024)
         sink = storage.UploadSink(Path(target))
@@ -54,6 +60,8 @@ def upload():
     owner = current_owner()
     data_dir = storage.user_dir(cfg["DATA_DIR"], owner)
     request.environ[UPLOAD_DIR_KEY] = str(data_dir)
+    if cfg.get("STORAGE") == "s3":
+        request.environ[S3_UPLOAD_KEY] = (s3store.store_for(cfg), owner, cfg["MAX_UPLOAD_BYTES"])
     parts = request.files.getlist("file")
     if not parts:
         raise BadRequest("No file in the request: send it in the multipart field 'file' (curl -F 'file=@name')",
@@ -62,7 +70,7 @@ def upload():
         raise BadRequest("Send one file per upload in the field 'file'", field="file")
     part = parts[0]
     sink = part.stream
-    if not isinstance(sink, storage.UploadSink):
+    if not isinstance(sink, (storage.UploadSink, s3store.S3UploadSink)):
         raise BadRequest("The multipart field 'file' must be a file part (curl -F 'file=@name')", field="file")
     name = storage.check_filename(part.filename)
     if sink.size > cfg["MAX_UPLOAD_BYTES"]:
@@ -78,8 +86,13 @@ def upload():
     if tag is not None and (len(tag) > 255 or "\x00" in tag):
         raise BadRequest("'tag' must be at most 255 characters without NUL", field="tag")
     quota = user_setting(owner, "max_stored_bytes", cfg.get("MAX_STORED_BYTES_PER_USER"))
-    final = data_dir / f"{sink.uuid}.{fmt}"
-    sink.commit(final)
+    if isinstance(sink, s3store.S3UploadSink):
+        sink.commit()
+        final, drop = sink.url, sink.discard
+    else:
+        final = data_dir / f"{sink.uuid}.{fmt}"
+        sink.commit(final)
+        drop = lambda: final.unlink(missing_ok=True)   # noqa: E731
     try:
         with session() as s:
             if quota is not None:
@@ -89,10 +102,11 @@ def upload():
                                               f"bytes ({used} used); delete files first", used_bytes=used,
                                               quota_bytes=int(quota))
             record = File(uuid=sink.uuid, owner=owner, filename_orig=name, format=fmt, path=str(final),
-                          size_bytes=sink.size, sha256=sink.sha256, tag=tag, created_at=utcnow())
+                          size_bytes=sink.size, sha256=sink.sha256, crc64nvme=sink.crc64nvme, tag=tag,
+                          created_at=utcnow())
             s.add(record)
     except BaseException:
-        final.unlink(missing_ok=True)
+        drop()
         raise
     request.environ[SINKS_KEY].remove(sink)
     return jsonify({**record.to_dict(), "status": "File uploaded with success"})
@@ -119,6 +133,8 @@ def download(file_id: str):
     with session() as s:
         record = get_file(s, owner_filter(), file_id)
         path, name = record.path, record.filename_orig
+    if s3store.is_s3(path):
+        return _s3_download(path, name)
     if not os.path.exists(path):
         raise NotFound(f"File with uuid {file_id} is registered but its data is missing on the server")
     if settings().get("ACCEL_REDIRECT"):
@@ -127,6 +143,26 @@ def download(file_id: str):
             return handed_over
     return send_file(path, mimetype="application/octet-stream", as_attachment=True, download_name=name,
                      conditional=True, max_age=0)
+
+
+def _s3_download(url: str, name: str):
+    """Streamed from S3 through the API, or (?presign=1 / ?presign=json) straight from S3 by a presigned URL."""
+    from urllib.parse import quote
+
+    from flask import Response, redirect
+
+    store = s3store.store_for(settings())
+    mode = s3store.check_presign_arg(request.args.get("presign"))
+    if mode is not None:
+        signed = store.presign(url, name)
+        if mode == "json":
+            return jsonify({"url": signed, "expires_in": store.presign_expiry})
+        return redirect(signed, code=307)
+    blocks, length = store.open_stream(url)
+    response = Response(blocks, mimetype="application/octet-stream", direct_passthrough=True)
+    response.headers["Content-Length"] = str(length)
+    response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+    return response
 
 
 def _accel_redirect(path: str, name: str):
@@ -162,5 +198,8 @@ def delete(file_id: str):
                            "delete it after the job ends or cancel the job", job_id=job_id)
         path = record.path
         s.delete(record)
-    Path(path).unlink(missing_ok=True)
+    if s3store.is_s3(path):
+        s3store.store_for(settings()).delete(path)
+    else:
+        Path(path).unlink(missing_ok=True)
     return jsonify({"uuid": file_id, "status": f"File with uuid {file_id} deleted"})
