@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
+import yaml
 from flask import jsonify, request
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
@@ -12,8 +15,9 @@ from .. import jobs as jobs_service
 from .. import tes as service
 from ..auth import current_owner, owner_filter, user_setting
 from ..celery_app import publish_run
-from ..errors import BadRequest, PayloadTooLarge, ServiceUnavailable, TooManyRequests
+from ..errors import BadRequest, Conflict, PayloadTooLarge, ServiceUnavailable, TooManyRequests
 from ..models import ACTIVE_STATES, Job
+from . import docs
 from .common import celery, int_arg, json_body, session, settings
 
 blp = Blueprint("tes", __name__, description="GA4GH Task Execution Service v1.1")
@@ -21,9 +25,48 @@ log = logging.getLogger(__name__)
 PREFIX = "/ga4gh/tes/v1"
 ALIAS_PREFIX = "/v1"          # Nextflow and older clients call /v1/tasks
 
-VIEW_PARAM = {"name": "view", "in": "query", "schema": {"type": "string", "enum": list(service.VIEWS)}}
-TASK_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["executors"]}}},
-             "description": "A tesTask (see the TES v1.1 specification)"}
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+SERVICE_INFO_REF = ("https://raw.githubusercontent.com/ga4gh-discovery/ga4gh-service-info/v1.0.0/service-info.yaml"
+                    "#/components/schemas/")
+S = "#/components/schemas/"
+VIEW_PARAM = {"name": "view", "in": "query", "required": False, "description": "MINIMAL, BASIC or FULL",
+              "schema": {"type": "string", "enum": list(service.VIEWS), "default": "MINIMAL"}}
+LIST_PARAMS = [VIEW_PARAM] + docs.query(("page_size", "integer", "Tasks per page (1-2047, default 256)"),
+                                        ("page_token", "string", "next_page_token of the previous page"),
+                                        ("name_prefix", "string", "Only tasks whose name starts with this"),
+                                        ("state", "string", "Only tasks in this TES state")) + [
+    {"name": n, "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
+     "style": "form", "explode": True, "description": d}
+    for n, d in (("tag_key", "Tag names the task must have"), ("tag_value", "Values of those tags ('' = any)"))]
+TASK_BODY = {"required": True, "description": "A tesTask (see the TES v1.1 specification)",
+             "content": {"application/json": {"schema": {"$ref": S + "tesTask"}}}}
+
+
+def _rewrite_refs(node: Any) -> Any:
+    """The spec's schemas for our document: service-info's remote references point at local copies."""
+    if isinstance(node, dict):
+        return {k: (S + "ga4gh" + v[len(SERVICE_INFO_REF):] if k == "$ref" and v.startswith(SERVICE_INFO_REF)
+                    else _rewrite_refs(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node
+
+
+def register_schemas(api) -> None:
+    """The TES v1.1 schemas (and service-info's two) as components of /openapi.json, plus tesTaskView: a task
+    in any view (MINIMAL holds only id and state, so nothing else is required)."""
+    tes = yaml.safe_load((SPECS / "tes-v1.1.openapi.yaml").read_text(encoding="utf-8"))["components"]["schemas"]
+    info = yaml.safe_load((SPECS / "ga4gh-service-info-1.0.0.yaml").read_text(encoding="utf-8"))["components"]["schemas"]
+    for name, schema in info.items():
+        text = yaml.safe_dump(schema).replace(S, S + "ga4gh")
+        api.spec.components.schema("ga4gh" + name, yaml.safe_load(text))
+    for name, schema in tes.items():
+        api.spec.components.schema(name, _rewrite_refs(schema))
+    view = {k: v for k, v in tes["tesTask"].items() if k != "required"}
+    api.spec.components.schema("tesTaskView", {**view, "required": ["id", "state"]})
+    api.spec.components.schema("tesTaskPage", {"type": "object", "required": ["tasks"], "properties": {
+        "tasks": {"type": "array", "items": {"$ref": S + "tesTaskView"}},
+        "next_page_token": {"type": "string"}}})
 
 
 def _view(default: str) -> str:
@@ -34,7 +77,8 @@ def _view(default: str) -> str:
 
 
 @blp.route("/service-info", methods=["GET"])
-@blp.doc(summary="GetServiceInfo: this service, the storage it reaches and the backend parameters it takes")
+@blp.doc(summary="GetServiceInfo: this service, the storage it reaches and the backend parameters it takes",
+         responses=docs.responses(200, "tesServiceInfo", "The service"))
 def service_info():
     cfg = settings()
     storage = [f"file://{root}" for root in service.file_roots(cfg)]
@@ -54,7 +98,8 @@ def service_info():
 
 
 @blp.route("/tasks", methods=["POST"])
-@blp.doc(summary="CreateTask: validate the task and queue it; answers its id", requestBody=TASK_BODY)
+@blp.doc(summary="CreateTask: validate the task and queue it; answers its id", requestBody=TASK_BODY,
+         responses=docs.responses(200, "tesCreateTaskResponse", "The new task's id"))
 def create_task():
     cfg = settings()
     limit_bytes = int(cfg.get("TES_MAX_TASK_BYTES") or 16 * 1024 * 1024)
@@ -84,7 +129,8 @@ def create_task():
 
 @blp.route("/tasks", methods=["GET"])
 @blp.doc(summary="ListTasks: your tasks, newest first (view, page_size, page_token, name_prefix, state, "
-                 "tag_key/tag_value)", parameters=[VIEW_PARAM])
+                 "tag_key/tag_value)", parameters=LIST_PARAMS,
+         responses=docs.responses(200, "tesTaskPage", "A page of tasks in the view asked for"))
 def list_tasks():
     view = _view("MINIMAL")
     page_size = int_arg("page_size", int(settings().get("TES_PAGE_SIZE") or 256), 1, 2047)
@@ -105,7 +151,8 @@ def list_tasks():
 
 
 @blp.route("/tasks/<task_id>", methods=["GET"])
-@blp.doc(summary="GetTask (view MINIMAL by default, BASIC or FULL)", parameters=[VIEW_PARAM])
+@blp.doc(summary="GetTask (view MINIMAL by default, BASIC or FULL)", parameters=[VIEW_PARAM],
+         responses=docs.responses(200, "tesTaskView", "The task in the view asked for"))
 def get_task(task_id: str):
     view = _view("MINIMAL")
     with session() as s:
@@ -113,13 +160,17 @@ def get_task(task_id: str):
 
 
 @blp.route("/tasks/<task_id>:cancel", methods=["POST"])
-@blp.doc(summary="CancelTask: stop the task wherever it runs; a finished task is left as it is")
+@blp.doc(summary="CancelTask: stop the task wherever it runs; a finished task is left as it is",
+         responses=docs.responses(200, "tesCancelTaskResponse", "Cancel requested (or the task had finished)"))
 def cancel_task(task_id: str):
     with session() as s:
         job = service.get_task(s, owner_filter(), task_id)
         if job.finished:
             return jsonify({})      # TES: cancelling a finished task is not an error
-        jobs_service.request_cancel(s, job)
+        try:
+            jobs_service.request_cancel(s, job)
+        except Conflict:            # it finished meanwhile
+            return jsonify({})
     try:
         celery().control.revoke(task_id)
     except Exception as exc:   # the worker sees the DB flag anyway; revoke only spares a queued message
@@ -129,5 +180,6 @@ def cancel_task(task_id: str):
 
 def register(api, app) -> None:
     """Documented under /ga4gh/tes/v1; the same views answer under /v1."""
+    register_schemas(api)
     api.register_blueprint(blp, url_prefix=PREFIX)
     app.register_blueprint(blp, url_prefix=ALIAS_PREFIX, name="tes_v1")
