@@ -102,3 +102,13 @@ def test_a_task_is_a_job_in_the_same_jobs_table(tes):
     assert [e["state"] for e in meta["events"]][:1] == ["PENDING"] and meta["state"] == "SUCCESS"
     logs = requests.get(f"{base}{API}/job/{task['id']}/logs", headers=tes.headers, timeout=10).json()
     assert logs["stdout"] == "from tes\n"
+
+
+def test_task_documents_beyond_the_json_limit_are_accepted_up_to_their_own(tes):
+    text = "x" * (900 * 1024) + "\n"
+    task = tes.run({"inputs": [{"path": f"/data/part{i}.txt", "content": text} for i in range(2)],   # 1.8 MB
+                    "executors": [{"image": "alpine", "command": ["sh", "-c", "cat /data/part*.txt | wc -c"]}]})
+    assert task["state"] == "COMPLETE" and task["logs"][0]["logs"][0]["stdout"].strip() == str(2 * len(text))
+    r = tes.call("POST", "/tasks", json={"inputs": [{"path": "/d/x", "content": "y" * 1024 * 1024}] * 17,
+                                         "executors": [{"image": "alpine", "command": ["true"]}]})
+    assert r.status_code == 413
