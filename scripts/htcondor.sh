@@ -144,7 +144,7 @@ start_master() {
   chroot "$R" chown -R condor:condor "$LOCAL"
   chmod 700 "$R$LOCAL/lib/condor/cred_dir"
   log "starting condor_master (instance $INSTANCE, port $PORT)"
-  in_chroot /usr/sbin/condor_master -pidfile "$LOCAL/master.pid"
+  in_chroot /usr/sbin/condor_master -pidfile "$LOCAL/master.pid" 9>&-   # the daemon must not keep our lock
 }
 
 wait_ready() {

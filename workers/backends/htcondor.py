@@ -44,24 +44,50 @@ PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "E
 USER_RE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def condor_arguments(args: list[str]) -> str:
-    """The submit `arguments` value (new syntax) that hands args over verbatim, without any shell.
+def without_match_time_expansion(value: str) -> str:
+    """`$$(x)` in a job ad is replaced when the job is matched; `$$(DOLLARDOLLAR)` stands for a literal `$$`.
+    Dollars pair up from the left, as the schedd reads them."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$$(DOLLARDOLLAR)(" if value.startswith("(", i + 2) else "$$")
+            i += 3 if value.startswith("(", i + 2) else 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
 
-    The whole value is double-quoted; each argument is single-quoted, so spaces stay inside it; a literal
-    single quote is written twice inside the single quotes, a literal double quote twice anywhere."""
+
+def condor_arguments(args: list[str]) -> str:
+    """The job ad's Arguments (new syntax) that hand args over verbatim, without any shell.
+
+    Each argument is single-quoted, so spaces stay inside it; a literal single quote is written twice. It is set
+    on the job ad itself (Schedd.edit), never through the submit language, whose macros ($(x), $ENV(x)) would
+    rewrite it; only the schedd's match-time $$(x) needs escaping."""
     for arg in args:
         if "\n" in arg or "\r" in arg or "\0" in arg:
             raise BackendError(f"HTCondor cannot pass an argument containing a newline or NUL: {arg!r}")
-    quoted = ("'" + arg.replace("'", "''").replace('"', '""') + "'" for arg in args)
-    return '"' + " ".join(quoted) + '"'
+    return " ".join("'" + without_match_time_expansion(arg).replace("'", "''") + "'" for arg in args)
 
 
 def condor_environment(env: Mapping[str, str]) -> str:
-    """The submit `environment` value (new syntax): NAME=value pairs quoted like arguments."""
+    """The job ad's Environment (new syntax): NAME=value pairs quoted like arguments."""
     for name in env:
         if not name or "=" in name or not name.replace("_", "a").isalnum():
             raise BackendError(f"Invalid environment variable name for HTCondor: {name!r}")
     return condor_arguments([f"{name}={value}" for name, value in env.items()])
+
+
+def ad_string(value: str) -> str:
+    """A string literal as the schedd parses an edited attribute (old ClassAd syntax: only `"` is escaped)."""
+    return '"' + value.replace('"', '\\"') + '"'
+
+
+def _plain(value: str, what: str) -> str:
+    """A value for the submit language, which would expand `$` macros in it."""
+    if "$" in value or "\n" in value:
+        raise BackendError(f"HTCondor {what} may not contain '$' or a newline: {value!r}")
+    return value
 
 
 def _import_bindings() -> Any:
@@ -154,22 +180,28 @@ class HTCondorBackend:
     # ---- the protocol -----------------------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
         workdir = Path(job.workdir)
-        description = self._description(job, workdir)
+        description, arguments, environment = self._description(job, workdir)
         if self.workdir_owner and self.transfer != "spool":
-            os.chown(workdir, *self.workdir_owner)
+            self._give_to_job_user(workdir, *self.workdir_owner)
         schedd, schedd_name = self._schedd(self.schedd_name)
         spool = self.transfer == "spool"
         with self._reaching(f"submitting job {job.job_id} to schedd {schedd_name}"):
             result = schedd.submit(self.htcondor.Submit(description), spool=spool)
         job_id = f"{result.cluster()}.{result.first_proc()}"
-        if spool:
-            try:
-                with self._reaching(f"uploading the inputs of job {job_id} to schedd {schedd_name}"):
-                    schedd.spool(result)
-            except BackendUnavailable:
-                with self._reaching(f"removing job {job_id} whose inputs could not be uploaded"):
-                    schedd.act(self.htcondor.JobAction.Remove, job_id, "caesar-rest: input upload failed")
-                raise
+        # The job cannot start yet (held: by us, or by the schedd until its inputs are spooled).
+        try:
+            with self._reaching(f"completing job {job_id} on schedd {schedd_name}"):
+                schedd.edit(job_id, "Arguments", ad_string(arguments))
+                schedd.edit(job_id, "Environment", ad_string(environment))
+                schedd.edit(job_id, "CaesarOwner", ad_string(job.owner))
+                if spool:
+                    schedd.spool(result)        # uploads inputs/; the schedd then lets the job run
+                else:
+                    schedd.act(self.htcondor.JobAction.Release, job_id, "caesar-rest: job complete")
+        except BackendUnavailable:
+            with self._reaching(f"removing job {job_id}, which could not be completed"):
+                schedd.act(self.htcondor.JobAction.Remove, job_id, "caesar-rest: submission failed")
+            raise
         return f"{job_id}@{schedd_name}"
 
     def poll(self, handle: str) -> BackendStatus:
@@ -211,32 +243,29 @@ class HTCondorBackend:
                 schedd.act(self.htcondor.JobAction.Remove, job, "caesar-rest: job finished")
 
     # ---- helpers ------------------------------------------------------------------------------------------------
-    def _description(self, job: JobSpec, workdir: Path) -> dict[str, str]:
+    def _description(self, job: JobSpec, workdir: Path) -> tuple[dict[str, str], str, str]:
+        """The submit description, and the Arguments and Environment to set on the job ad afterwards."""
         import classad2
 
-        env = {"MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))), "LANG": "C.UTF-8",
-               **self.environment, **job.env, "CAESAR_JOB_ID": job.job_id}
         executable = self._executable(job.argv[0])
-        env.setdefault("PATH", f"{os.path.dirname(executable)}:/usr/local/bin:/usr/bin:/bin")
+        env = {"MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))), "LANG": "C.UTF-8",
+               "PATH": f"{os.path.dirname(executable)}:/usr/local/bin:/usr/bin:/bin",
+               **self.environment, **job.env, "CAESAR_JOB_ID": job.job_id}
         inputs_bytes = sum(item.size_bytes for item in job.inputs)
-        group_user = USER_RE.sub("_", job.owner) or "anonymous"
         description = {
             "universe": "vanilla",
-            "executable": executable,
+            "executable": _plain(executable, "executable path"),
             "transfer_executable": "false",
-            "arguments": condor_arguments(job.argv[1:]),
-            "environment": condor_environment(env),
-            "iwd": str(workdir),
+            "iwd": _plain(str(workdir), "job directory"),
             "output": "stdout.log",
             "error": "stderr.log",
             "request_cpus": str(max(1, math.ceil(job.cpus))),
             "request_disk": f"{inputs_bytes // 1024 + self.disk_mb * 1024}",     # KiB
             "accounting_group": self.accounting_group,
-            "accounting_group_user": group_user,
+            "accounting_group_user": USER_RE.sub("_", job.owner) or "anonymous",
             "batch_name": f"caesar-{job.app}",
             "+CaesarJobId": classad2.quote(job.job_id),
             "+CaesarApp": classad2.quote(job.app),
-            "+CaesarOwner": classad2.quote(job.owner),
         }
         if job.memory_mb:
             description["request_memory"] = str(int(job.memory_mb))
@@ -247,11 +276,29 @@ class HTCondorBackend:
             description["when_to_transfer_output"] = "ON_EXIT"
             if (workdir / "inputs").is_dir():
                 description["transfer_input_files"] = "inputs"
+        if self.transfer != "spool":
+            description["hold"] = "true"    # released once Arguments and Environment are set
         requirements = [r for r in (self.requirements, job.options.get("requirements")) if r]
         if requirements:
             description["requirements"] = " && ".join(f"({r})" for r in requirements)
         description.update(self.extra_submit)
-        return description
+        return description, condor_arguments(job.argv[1:]), condor_environment(env)
+
+    @staticmethod
+    def _give_to_job_user(workdir: Path, uid: int, gid: int) -> None:
+        """The job's account writes into the job directory and reads its inputs. Staged inputs are hard links
+        to the user's stored files (read-only to their owner): the job gets its own copies, the store is kept."""
+        os.chown(workdir, uid, gid)
+        inputs = workdir / "inputs"
+        if not inputs.is_dir():
+            return
+        os.chown(inputs, uid, gid)
+        for path in sorted(p for p in inputs.rglob("*") if p.is_file() and p.stat().st_uid != uid):
+            copy = path.with_name(f".{path.name}.caesar-copy")
+            shutil.copyfile(path, copy)
+            os.chown(copy, uid, gid)
+            os.chmod(copy, 0o440)
+            os.replace(copy, path)
 
     @staticmethod
     def _executable(command: str) -> str:
