@@ -15,6 +15,7 @@ import re
 import uuid as uuidlib
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -123,7 +124,7 @@ def file_url_path(url: str) -> str | None:
 def allowed_file_path(settings: Mapping[str, Any], path: str) -> str | None:
     """path resolved, if it lies inside one of TES_FILE_ROOTS; else None."""
     for root in file_roots(settings):
-        real = storage.within(root, path)
+        real = storage.within(Path(root), path)
         if real is not None:
             return str(real)
     return None
@@ -256,8 +257,9 @@ def _validate_output(settings: Mapping[str, Any], raw: Any, field: str, warnings
     item["type"] = _file_type(item.get("type"), f"{field}.type")
     url = _string(item.get("url"), f"{field}.url", required=True)
     assert url is not None
-    if WILDCARD_RE.search(path):
-        literal = path[:WILDCARD_RE.search(path).start()]
+    wildcard = WILDCARD_RE.search(path)
+    if wildcard:
+        literal = path[:wildcard.start()]
         default_prefix = norm(literal.rsplit("/", 1)[0] or "/")
         prefix = item.get("path_prefix")
         if prefix is None:

@@ -307,7 +307,7 @@ class TaskRun:
     # ---- executors ---------------------------------------------------------------------------------------------------
     def _job_spec(self, backend, i: int, executor: dict[str, Any]) -> JobSpec:
         env = dict(executor.get("env") or {})
-        common = dict(job_id=self.job_id, owner=self.owner, app="tes", workdir=self.jobdir,
+        common: dict[str, Any] = dict(job_id=self.job_id, owner=self.owner, app="tes", workdir=self.jobdir,
                       cpus=float(self.spec.get("cpus") or 1), memory_mb=self.spec.get("memory_mb"),
                       time_limit_s=int(self.time_limit))
         mounts = {m: str(self.host_path(m)) for m in self.mounts}

@@ -152,8 +152,9 @@ class Transfers:
 
     @staticmethod
     def _chunks(fh: BinaryIO) -> Iterator[bytes]:
+        read = getattr(fh, "read1", fh.read)      # what has arrived: a trickling server cannot delay a cancel
         while True:
-            chunk = fh.read(CHUNK)
+            chunk = read(CHUNK)
             if not chunk:
                 return
             yield chunk
@@ -227,13 +228,11 @@ class Transfers:
             ftp.voidcmd("TYPE I")
             yield ftp, unquote(parts.path) or "/"
         except ftplib.all_errors as exc:
-            if isinstance(exc, TransferError):
-                raise
             raise TransferError(url, f"FTP: {str(exc).strip() or exc.__class__.__name__}") from exc
         finally:
             try:
                 ftp.quit()
-            except (ftplib.all_errors, AttributeError):
+            except Exception:                 # the session is over either way
                 ftp.close()
 
     def _ftp_in(self, url: str, dest: Path, kind: str) -> int:

@@ -35,8 +35,27 @@ BUCKET = "tes-bucket"
 
 # ---- peers ------------------------------------------------------------------------------------------------------
 class _QuietHandler(SimpleHTTPRequestHandler):
+    """Files of a directory, plus /slow/* (a trickle, to cancel during staging) and /short/* (promises more
+    bytes than it sends, then hangs up)."""
+
     def log_message(self, *_args: Any) -> None:
         pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith(("/slow/", "/short/")):
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**6))
+            self.end_headers()
+            try:
+                for _ in range(600 if self.path.startswith("/slow/") else 1):
+                    self.wfile.write(b"x" * 100)
+                    self.wfile.flush()
+                    time.sleep(0.1 if self.path.startswith("/slow/") else 0)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
+        super().do_GET()
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,20 @@ def test_file_urls_stay_inside_the_configured_roots(tes, files):
     r = tes.call("POST", "/tasks", json={"outputs": [{"url": f"file://{files}/../elsewhere", "path": "/data/x"}],
                                          "executors": [{"image": "alpine", "command": ["true"]}]})
     assert r.status_code == 400 and r.json()["field"] == "outputs[0].url"
+
+
+def test_a_short_download_is_a_system_error(tes, http_server):
+    url = f"{http_server[0]}/short/{unique('cut')}.bin"
+    task = tes.run({"inputs": [{"url": url, "path": "/data/x.bin"}],
+                    "executors": [{"image": "alpine", "command": ["true"]}]})
+    assert task["state"] == "SYSTEM_ERROR" and url in _system_logs(task)
+    assert task["logs"][0]["logs"] == []
+
+
+def test_cancel_during_staging(tes, http_server):
+    task_id = tes.create({"inputs": [{"url": f"{http_server[0]}/slow/{unique('big')}.bin", "path": "/data/x.bin"}],
+                          "executors": [{"image": "alpine", "command": ["true"]}]})
+    tes.wait(task_id, states=("INITIALIZING",), timeout=30)
+    assert tes.call("POST", f"/tasks/{task_id}:cancel").status_code == 200
+    task = tes.wait(task_id, timeout=20)
+    assert task["state"] == "CANCELED" and task["logs"][0]["logs"] == []
