@@ -2,7 +2,7 @@
 
 Success with a staged read-only input and a non-root user, live logs, non-zero exit, time-out, memory limit (OOM), cancel
 within 2 s, a missing image, an engine that is not there, 50 mixed jobs that leave no container or volume behind,
-and sfinder giving the same catalogue in the caesar-apps image as on the local backend."""
+sfinder giving the same catalogue in the caesar-apps image as on the local backend, and /health."""
 from __future__ import annotations
 
 import csv
@@ -171,11 +171,19 @@ def test_engine_down_is_aborted_naming_the_socket(tmp_path, engine):
     try:
         job_id = submit(down, "bb", script="echo never")
         status = wait(down, job_id)
+        health = down.client.get("/health").get_json()["checks"]["backends"]["container"]
     finally:
         down.worker.stop()
     assert status["state"] == "ABORTED", status
     assert str(socket) in status["status"]
     assert "Traceback" not in status["status"]
+    assert health["status"] == "down" and str(socket) in health["error"], health
+
+
+def test_health_reports_the_engine(stack):
+    health = stack.client.get("/health").get_json()["checks"]["backends"]["container"]
+    assert health["status"] == "ok", health
+    assert health["detail"]["engine"] and health["detail"]["base_url"].startswith("unix://")
 
 
 def test_fifty_mixed_jobs_leave_nothing_behind(stack, engine):

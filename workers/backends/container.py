@@ -102,6 +102,12 @@ class ContainerBackend:
         except docker.errors.DockerException as exc:
             raise BackendUnavailable(f"container engine at {self.base_url}, {doing}: {exc}") from exc
 
+    def health(self) -> dict[str, Any]:
+        """The engine answers; its version (one cheap call, for GET /health)."""
+        with self._engine("checking its health") as api:
+            version = api.version()
+        return {"base_url": self.base_url, "engine": version.get("Version"), "api": version.get("ApiVersion")}
+
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
         image = job.image or self.default_image
