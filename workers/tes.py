@@ -289,6 +289,10 @@ class TaskRun:
     def _inside_new(self, path: str) -> Path:
         """Host path of a task file about to be written, refused when its directory leaves the task."""
         dest = self.host_path(path)
+        existing = dest.parent
+        while not existing.exists() and existing != self.fs:
+            existing = existing.parent
+        self._inside(existing)                   # before making directories through a link
         dest.parent.mkdir(parents=True, exist_ok=True)
         self._inside(dest.parent)
         if dest.is_symlink():
@@ -296,9 +300,7 @@ class TaskRun:
         return dest
 
     def _stage(self, transfers: Transfers, item: dict[str, Any]) -> None:
-        dest = self.host_path(item["path"])
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self._inside(dest.parent)
+        dest = self._inside_new(item["path"])
         if item.get("url"):
             transfers.download(item["url"], dest, item["type"])
         else:
@@ -308,8 +310,8 @@ class TaskRun:
     def _job_spec(self, backend, i: int, executor: dict[str, Any]) -> JobSpec:
         env = dict(executor.get("env") or {})
         common: dict[str, Any] = dict(job_id=self.job_id, owner=self.owner, app="tes", workdir=self.jobdir,
-                      cpus=float(self.spec.get("cpus") or 1), memory_mb=self.spec.get("memory_mb"),
-                      time_limit_s=int(self.time_limit))
+                                      cpus=float(self.spec.get("cpus") or 1), memory_mb=self.spec.get("memory_mb"),
+                                      time_limit_s=int(self.time_limit))
         mounts = {m: str(self.host_path(m)) for m in self.mounts}
         if self.backend_name == "local":
             status = self.meta / f"executor-{i}.status"
