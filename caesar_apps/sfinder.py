@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import inspect
 import math
 import sys
 import warnings
@@ -48,6 +49,10 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
 from photutils.segmentation import SegmentationImage, SourceCatalog, deblend_sources, detect_sources
+
+# photutils < 2 (Debian 12 ships 1.6) names Background2D's rms keyword without the underscore.
+RMS_KEYWORD = ("bkg_rms_estimator" if "bkg_rms_estimator" in inspect.signature(Background2D).parameters
+               else "bkgrms_estimator")
 from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
 
@@ -146,7 +151,7 @@ def estimate_background(data: np.ndarray, boxsize: int) -> Background:
             warnings.simplefilter("ignore", AstropyWarning)
             return Background2D(values, box, mask=blank, filter_size=3,
                                 sigma_clip=SigmaClip(sigma=3.0, maxiters=10),
-                                bkg_estimator=MedianBackground(), bkg_rms_estimator=StdBackgroundRMS())
+                                bkg_estimator=MedianBackground(), **{RMS_KEYWORD: StdBackgroundRMS()})
     try:
         level = np.asarray(mesh(data).background)
         # rms from the residual, so that gradients inside a box do not inflate it

@@ -178,8 +178,17 @@ class Runner:
         if backend is not None and handle and not backend.blocking:
             # The remote job may well be alive: only its follower was lost. Keep following it.
             return "poll"
+        leftovers = ""
+        if backend is not None and handle and backend.name != "local":
+            # An in-slot job outside this process (a container) outlives its worker: stop and remove it.
+            try:
+                backend.cancel(handle)
+                backend.cleanup(handle)
+            except Exception as exc:
+                log.exception("stopping the lost job %s on %s failed", job_id, backend_name)
+                leftovers = f"; stopping it on the {backend_name} backend failed: {exc}"
         self._end(job_id, FAILURE, f"Job lost: {why} while it was {job.state} (worker {job.host}); "
-                  "it was not re-run")
+                  f"it was not re-run{leftovers}")
         return FAILURE
 
     # ---- staging ----------------------------------------------------------------------------------------
