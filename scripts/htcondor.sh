@@ -193,7 +193,7 @@ stop_instance() {   # $1: the instance's local dir in the chroot
     log "stopping condor_master $pid ($1)"
     kill -QUIT "$pid" 2>/dev/null || true     # fast shutdown: running jobs are killed
     for i in $(seq 120); do [ -d "/proc/$pid" ] || break; sleep 0.25; done
-    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null
+    [ -d "/proc/$pid" ] && { kill -KILL "$pid" 2>/dev/null || true; }
   fi
   rm -f "$pidfile"
 }
@@ -202,11 +202,13 @@ stop_pool() {
   [ -d "$R" ] || return 0
   if [ "$INSTANCE" = main ]; then
     local dir
-    for dir in "$R"/var/lib/caesar-condor-*; do [ -d "$dir" ] && stop_instance "${dir#"$R"}"; done
+    for dir in "$R"/var/lib/caesar-condor-*; do
+      if [ -d "$dir" ]; then stop_instance "${dir#"$R"}"; fi
+    done
     # stragglers (shadows, starters, jobs) of any instance still rooted in the chroot
     local p
     for p in /proc/[0-9]*; do
-      [ "$(readlink "$p/root" 2>/dev/null)" = "$R" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+      [ "$(readlink "$p/root" 2>/dev/null)" = "$R" ] && { kill -KILL "${p#/proc/}" 2>/dev/null || true; }
     done
     sleep 0.5
     unmount_all "$R"

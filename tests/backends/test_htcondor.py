@@ -172,11 +172,16 @@ def test_pool_stopped_mid_job_fails_after_the_unreachable_timeout(condor_stack, 
     stack = condor_stack
     job_id = submit(stack, "sleeper", backend="condor_outage", seconds=300)
     wait(stack, job_id, ["RUNNING"])
+    health = stack.client.get("/health").get_json()["checks"]["backends"]["condor_outage"]
+    assert health["status"] == "ok" and health["detail"]["schedd"], health
     htcondor_script("stop", timeout=120, CONDOR_INSTANCE=outage_pool["CONDOR_INSTANCE"],
                     CONDOR_PORT=outage_pool["CONDOR_PORT"])
     st = wait(stack, job_id, timeout=90)
     assert st["state"] == "FAILURE", st
-    print(st["status"])
     down = re.search(r"unreachable for (\d+) s \(HTCondor unreachable while \w+", st["status"])
     assert down and "collector 127.0.0.1:" in st["status"], st
     assert int(down.group(1)) >= 4, st      # REMOTE_UNREACHABLE_TIMEOUT was waited out, not skipped
+    response = stack.client.get("/health")
+    health = response.get_json()["checks"]["backends"]["condor_outage"]
+    assert health["status"] == "down" and "HTCondor unreachable" in health["error"], health
+    assert response.get_json()["status"] == "degraded"      # an optional backend down: the service still serves

@@ -178,6 +178,11 @@ class HTCondorBackend:
         return f"ClusterId == {cluster} && ProcId == {proc}"
 
     # ---- the protocol -----------------------------------------------------------------------------------------
+    def health(self) -> dict[str, str]:
+        """The collector answers and knows the schedd jobs go to."""
+        _schedd, name = self._schedd(self.schedd_name)
+        return {"collector": self.where, "schedd": name, "transfer": self.transfer}
+
     def submit(self, job: JobSpec) -> str:
         workdir = Path(job.workdir)
         description, arguments, environment = self._description(job, workdir)
