@@ -1,0 +1,50 @@
+"""A worker killed mid-task: its executor dies with it and the reaper of the next worker ends the task as a
+SYSTEM_ERROR with the reason (a task never stays RUNNING forever)."""
+from __future__ import annotations
+
+import signal
+import time
+
+from caesar_rest import create_app
+from caesar_rest.db import dispose_all
+
+from ..support import embedded_settings, start_worker
+from . import schema
+from .test_api import _processes_of
+
+
+def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
+    settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5)
+    client = create_app(settings).test_client()
+
+    def task(task_id):
+        r = client.get(f"/ga4gh/tes/v1/tasks/{task_id}", query_string={"view": "FULL"})
+        schema.validate("tesTask", r.get_json())
+        return r.get_json()
+
+    def wait(task_id, states, timeout=30):
+        deadline = time.time() + timeout
+        while (current := task(task_id))["state"] not in states:
+            assert time.time() < deadline, current
+            time.sleep(0.1)
+        return current
+
+    first = start_worker(settings, ["local"], tmp_path / "w1.log", concurrency=1)
+    try:
+        r = client.post("/ga4gh/tes/v1/tasks", json={"executors": [{"image": "alpine", "command": ["sleep", "300"]}]})
+        task_id = r.get_json()["id"]
+        wait(task_id, ("RUNNING",))
+        assert _processes_of(task_id)
+    finally:
+        first.stop(signal.SIGKILL)
+    deadline = time.time() + 10
+    while _processes_of(task_id) and time.time() < deadline:       # it died with its worker
+        time.sleep(0.1)
+    assert not _processes_of(task_id)
+    second = start_worker(settings, ["local"], tmp_path / "w2.log", concurrency=1, beat=True)
+    try:
+        done = wait(task_id, ("SYSTEM_ERROR",), timeout=30)
+    finally:
+        second.stop()
+        dispose_all()
+    assert any("lost" in line.lower() for line in done["logs"][0]["system_logs"]), done
