@@ -241,6 +241,8 @@ def _validate_input(settings: Mapping[str, Any], raw: Any, field: str, warnings:
         item.pop("url", None)           # the spec: with content, url is ignored
     elif item.get("url") is not None:
         item["url"] = _check_url(settings, item["url"], f"{field}.url", INPUT_SCHEMES, item["type"])
+        if item["type"] == DIRECTORY and urlsplit(item["url"]).scheme.lower() in ("http", "https"):
+            raise _fail(f"{field}.url", "an http(s) URL names one file; DIRECTORY inputs need file://, ftp:// or s3://")
         item.pop("content", None)
     elif content is None:
         raise _fail(f"{field}.url", "is required unless 'content' is given")
