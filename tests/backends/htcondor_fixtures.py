@@ -7,7 +7,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ MISSING_APP = ("name: missing\nversion: '1'\ncommand: [/nonexistent/caesar-missi
                "backends: [condor]\ndefault_backend: condor\n")
 
 
-def htcondor_script(command: str, timeout: float = 900, **env: str) -> dict[str, str]:
+def htcondor_script(command: str, env: Mapping[str, str] | None = None, timeout: float = 900) -> dict[str, str]:
     """Run scripts/htcondor.sh; returns the KEY=VALUE lines it prints. A failure fails the test (no skip)."""
     done = subprocess.run(["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
+                          env={**os.environ, **(env or {})})
     if done.returncode != 0:
         pytest.fail(f"scripts/htcondor.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
@@ -118,8 +118,8 @@ def condor_stack(condor_pool: dict[str, str]) -> Iterator[CondorStack]:
 def outage_pool(condor_stack: CondorStack) -> Iterator[dict[str, str]]:
     """A second, throw-away pool (own queue and port, same chroot and token) that a test may stop."""
     env = {"CONDOR_INSTANCE": "outage", "CONDOR_PORT": str(condor_stack.outage_port)}
-    pool = htcondor_script("start", **env)
+    pool = htcondor_script("start", env)
     try:
         yield {**pool, **env}
     finally:
-        htcondor_script("stop", timeout=120, **env)
+        htcondor_script("stop", env, timeout=120)

@@ -42,7 +42,7 @@ def members(stack: CondorStack, job_id: str) -> dict[str, bytes]:
         for info in tar.getmembers():
             rel = "/".join(Path(info.name).parts[1:])
             if rel:
-                out[rel] = tar.extractfile(info).read() if info.isfile() else b""
+                out[rel] = (tar.extractfile(info) or io.BytesIO()).read()
     return out
 
 
@@ -174,8 +174,7 @@ def test_pool_stopped_mid_job_fails_after_the_unreachable_timeout(condor_stack, 
     wait(stack, job_id, ["RUNNING"])
     health = stack.client.get("/health").get_json()["checks"]["backends"]["condor_outage"]
     assert health["status"] == "ok" and health["detail"]["schedd"], health
-    htcondor_script("stop", timeout=120, CONDOR_INSTANCE=outage_pool["CONDOR_INSTANCE"],
-                    CONDOR_PORT=outage_pool["CONDOR_PORT"])
+    htcondor_script("stop", {key: outage_pool[key] for key in ("CONDOR_INSTANCE", "CONDOR_PORT")}, timeout=120)
     st = wait(stack, job_id, timeout=90)
     assert st["state"] == "FAILURE", st
     down = re.search(r"unreachable for (\d+) s \(HTCondor unreachable while \w+", st["status"])

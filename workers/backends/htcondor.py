@@ -148,7 +148,7 @@ class HTCondorBackend:
     # ---- talking to the pool ------------------------------------------------------------------------------
     @contextmanager
     def _reaching(self, what: str) -> Iterator[None]:
-        """Errors of the bindings become BackendUnavailable, naming what we were doing and where."""
+        """Errors of the bindings become BackendUnavailable (retried by the runner), naming what and where."""
         try:
             yield
         except self.htcondor.HTCondorException as exc:
@@ -190,8 +190,10 @@ class HTCondorBackend:
             self._give_to_job_user(workdir, *self.workdir_owner)
         schedd, schedd_name = self._schedd(self.schedd_name)
         spool = self.transfer == "spool"
-        with self._reaching(f"submitting job {job.job_id} to schedd {schedd_name}"):
+        try:
             result = schedd.submit(self.htcondor.Submit(description), spool=spool)
+        except self.htcondor.HTCondorException as exc:     # refused (bad description, not authorized) or down
+            raise BackendError(f"HTCondor schedd {schedd_name} did not take job {job.job_id}: {exc}") from exc
         job_id = f"{result.cluster()}.{result.first_proc()}"
         # The job cannot start yet (held: by us, or by the schedd until its inputs are spooled).
         try:
