@@ -5,6 +5,7 @@ import ctypes
 import os
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,43 @@ def _child_setup(memory_mb: int | None, cpu_seconds: int | None):
         if cpu_seconds:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
     return setup
+
+
+_SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+_SETPRIV = shutil.which("setpriv", path=_SYSTEM_PATH)
+_PRLIMIT = shutil.which("prlimit", path=_SYSTEM_PATH)
+
+
+def _launcher(memory_mb: int | None) -> list[str] | None:
+    """The same parent-death signal and memory limit as _child_setup, set by util-linux's setpriv and prlimit
+    exec'd in front of the command (same pid). No Python runs in the child, so subprocess uses vfork: a
+    preexec_fn makes it fork the whole worker instead, ~10 ms a job on a 2-core VM against ~1 ms.
+    None when the tools are missing (then _child_setup is used)."""
+    if _libc is None or _SETPRIV is None or (memory_mb and _PRLIMIT is None):
+        return None
+    prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"]
+    if memory_mb:
+        limit = int(memory_mb) * 1024 * 1024
+        prefix += [_PRLIMIT, f"--as={limit}:{limit}", "--"]
+    return prefix
+
+
+def _check_command(command: str, path: str, cwd: Path) -> None:
+    """Raise FileNotFoundError / PermissionError as Popen would for a command it cannot execute: with a
+    launcher in front, Popen itself succeeds and the launcher would only exit with 127 or 126."""
+    if "/" in command:
+        candidates = [command if os.path.isabs(command) else str(cwd / command)]
+    else:
+        candidates = [os.path.join(d or ".", command) for d in path.split(os.pathsep)]
+    denied = False
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return
+            denied = True
+        elif os.path.isdir(candidate):
+            denied = True
+    raise (PermissionError if denied else FileNotFoundError)(command)
 
 
 def process_alive(pid: int, job_id: str | None = None) -> bool:
@@ -98,10 +136,16 @@ class LocalBackend:
                **job.env, "CAESAR_JOB_ID": job.job_id}
         (workdir / "tmp").mkdir(parents=True, exist_ok=True)
         with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
+            launcher = _launcher(job.memory_mb)
             try:
-                proc = subprocess.Popen(job.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=err, start_new_session=True, close_fds=True,
-                                        preexec_fn=_child_setup(job.memory_mb, None))
+                if launcher is None:
+                    proc = subprocess.Popen(job.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=err, start_new_session=True, close_fds=True,
+                                            preexec_fn=_child_setup(job.memory_mb, None))
+                else:
+                    _check_command(job.argv[0], env["PATH"], workdir)
+                    proc = subprocess.Popen([*launcher, *job.argv], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                                            stdout=out, stderr=err, start_new_session=True, close_fds=True)
             except FileNotFoundError as exc:
                 raise BackendError(f"Command {job.argv[0]!r} not found on {self.host}") from exc
             except PermissionError as exc:
