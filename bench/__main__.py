@@ -1,0 +1,141 @@
+"""`python -m bench [--quick]`: every figure on one fresh production stack, a table, and a JSON file.
+
+Phases, in order: job overhead, submission throughput, drain, upload, tar.gz download, reads with a full
+jobs table (the last adds the most rows, so it runs last). A phase that fails is reported (value missing,
+error in the JSON) and the exit status is 1; targets missed do not change the exit status."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from .report import Figure, machine, table, write_json
+
+PHASES = ("overhead", "throughput", "drain", "upload", "download", "listing")
+#: What each phase must produce: the smoke test checks every key is present with a number.
+FIGURE_KEYS = {
+    "overhead": ("job_overhead_p50", "job_overhead_p95"),
+    "throughput": ("submit_throughput",),
+    "drain": ("drain_rate", "drain_lost", "drain_run_twice"),
+    "upload": ("upload_throughput", "upload_rss_growth"),
+    "download": ("download_tgz_time",),
+    "listing": ("jobs_page_p95", "job_status_p95"),
+}
+MiB = 1024 * 1024
+
+FULL = {"overhead_jobs": 100, "submit_requests": 3000, "submit_concurrency": 16, "drain_jobs": 10000,
+        "upload_mib": 1024, "download_mib": 1024, "transfer_repeats": 2, "listing_jobs": 100000,
+        "listing_requests": 300}
+QUICK = {"overhead_jobs": 10, "submit_requests": 200, "submit_concurrency": 8, "drain_jobs": 100,
+         "upload_mib": 16, "download_mib": 16, "transfer_repeats": 1, "listing_jobs": 2000,
+         "listing_requests": 40}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds a phase")
+    p.add_argument("--only", default=",".join(PHASES), help=f"comma list of phases ({', '.join(PHASES)})")
+    p.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
+    p.add_argument("--scratch", type=Path, help="where the scratch directory goes (default: the system temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) afterwards")
+    p.add_argument("--job-poll-interval", type=float, help="JOB_POLL_INTERVAL for the workers (default: the setting's default)")
+    p.add_argument("--worker-concurrency", type=int, default=2, help="local pool size for the overhead phase")
+    p.add_argument("--drain-concurrency", type=int, default=4, help="local pool size for the drain")
+    p.add_argument("--drain-timeout", type=float, default=1200.0)
+    p.add_argument("--api-processes", type=int, default=4, help="gunicorn worker processes")
+    p.add_argument("--api-threads", type=int, default=4, help="gunicorn threads per process")
+    for key, value in FULL.items():
+        p.add_argument("--" + key.replace("_", "-"), type=int, help=f"default {value}, quick {QUICK[key]}")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.phases = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(args.phases) - set(PHASES))
+    if unknown:
+        p.error(f"unknown phase {unknown[0]!r}; phases: {', '.join(PHASES)}")
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
+    from . import drain, listing, overhead, throughput, transfer
+    from .stack import Stack
+
+    started = time.time()
+    meta: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if args.quick else "full",
+                  "machine": machine(), "args": {k: v for k, v in vars(args).items() if k not in ("out", "scratch")},
+                  "phase_seconds": {}, "errors": {}}
+    figures: list[Figure] = []
+    stack = Stack(args.quick, scratch=args.scratch, keep=args.keep, job_poll_interval=args.job_poll_interval,
+                  processes=args.api_processes, threads=args.api_threads)
+    print(f"bench: scratch {stack.root}, database {stack.db_url.rsplit('/', 1)[1]}, queue prefix {stack.prefix}",
+          flush=True)
+    try:
+        stack.migrate()
+        base = stack.start_api()
+        meta["stack"] = {"broker": "RabbitMQ", "result_store": "Redis", "database": "PostgreSQL",
+                         "api": f"gunicorn {args.api_processes}x{args.api_threads} gthread",
+                         "job_poll_interval": stack.settings["JOB_POLL_INTERVAL"]}
+        steps = {
+            "overhead": lambda: _overhead(stack, base, args),
+            "throughput": lambda: throughput.measure(stack, base, args.submit_requests, args.submit_concurrency),
+            "drain": lambda: drain.measure(stack, args.drain_jobs, args.drain_concurrency, args.drain_timeout),
+            "upload": lambda: transfer.measure_upload(stack, base, args.upload_mib * MiB, args.transfer_repeats),
+            "download": lambda: transfer.measure_download(stack, base, args.download_mib * MiB, args.transfer_repeats),
+            "listing": lambda: listing.measure(stack, base, args.listing_jobs, args.listing_requests),
+        }
+        for phase in PHASES:
+            if phase not in args.phases:
+                continue
+            print(f"bench: {phase} ...", flush=True)
+            t0 = time.perf_counter()
+            try:
+                got = steps[phase]()
+            except Exception as exc:
+                traceback.print_exc()
+                meta["errors"][phase] = f"{exc.__class__.__name__}: {exc}"
+                got = [Figure(key, f"{key} (phase failed)", None, "", notes=meta["errors"][phase])
+                       for key in FIGURE_KEYS[phase]]
+            meta["phase_seconds"][phase] = round(time.perf_counter() - t0, 2)
+            for fig in got:
+                print(f"bench:   {fig.title}: {fig.value if fig.value is None else round(fig.value, 3)} {fig.unit}"
+                      + (f" (baseline {fig.baseline:.3f})" if fig.baseline is not None else ""), flush=True)
+            figures.extend(got)
+    finally:
+        stack.stop()
+    meta["total_seconds"] = round(time.time() - started, 2)
+    return figures, meta
+
+
+def _overhead(stack, base: str, args: argparse.Namespace) -> list[Figure]:
+    from . import overhead
+
+    worker = stack.start_worker(args.worker_concurrency, name=f"overhead{uuid.uuid4().hex[:6]}")
+    bare = stack.start_bare_worker()
+    try:
+        return overhead.measure(stack, base, args.overhead_jobs, worker)
+    finally:
+        stack.stop_worker(bare)
+        stack.stop_worker(worker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    figures, meta = run(args)
+    path = write_json(figures, meta, args.out)
+    print()
+    print(table(figures))
+    print(f"\n{meta['mode']} run: {meta['total_seconds']} s; phases {meta['phase_seconds']}; results in {path}")
+    if meta["errors"]:
+        print(f"phases that failed: {meta['errors']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The production stack for one bench run: a fresh PostgreSQL database, queue names unique to the run,
+RabbitMQ + Redis, gunicorn serving the API from the repository's gunicorn.conf.py, Celery worker pools."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support import (REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings,
+                           settings_env, start_worker)
+
+BENCH_DIR = Path(__file__).resolve().parent
+APPS_DIR = BENCH_DIR / "apps"
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children(current))
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the processes, their reaped children included (/proc/<pid>/stat)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15]) / _TICK     # utime stime cutime cstime
+    return total
+
+
+def wait_port(port: int, proc: Proc, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.log_path.name} exited:\n{proc.log()[-3000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s:\n{proc.log()[-3000:]}")
+
+
+class Gunicorn:
+    """The API under gunicorn with the repository's gunicorn.conf.py, bound to a TCP port on loopback."""
+
+    def __init__(self, settings: dict[str, Any], log: Path, processes: int, threads: int) -> None:
+        self.port = free_port()
+        self.processes, self.threads = processes, threads
+        self.env = {**settings_env(settings), "CAESAR_WSGI_SOCKET": f"127.0.0.1:{self.port}",
+                    "CAESAR_WSGI_PROCESSES": str(processes), "CAESAR_WSGI_THREADS": str(threads)}
+        self.log = log
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        self.proc = Proc([str(GUNICORN), "-c", str(REPO / "gunicorn.conf.py"), "caesar_rest.wsgi:app"],
+                         self.env, self.log)
+        wait_port(self.port, self.proc)
+        # Every worker has loaded the app (each answers /health once it is up).
+        deadline = time.time() + 60
+        while time.time() < deadline and self.proc.log().count("Booting worker") < self.processes:
+            time.sleep(0.1)
+        time.sleep(0.5)
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid) if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, timeout=30)
+            self.proc = None
+
+
+class Stack:
+    """Everything one run needs; stop() removes the database, the queues' messages and the scratch directory."""
+
+    def __init__(self, quick: bool, scratch: Path | None = None, keep: bool = False, job_poll_interval: float | None = None,
+                 processes: int = 4, threads: int = 4) -> None:
+        self.quick = quick
+        self.keep = keep
+        base = Path(scratch) if scratch else None
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="caesar-bench-", dir=base))
+        self.logs = self.root / "logs"
+        self.logs.mkdir()
+        self.db_url = create_pg_database()
+        extra: dict[str, Any] = {"APPS_DIR": str(APPS_DIR), "BACKENDS": {"local": {}},
+                                 # the reaper must not republish jobs the drain test queued on purpose
+                                 "PENDING_REPUBLISH_AFTER": 3600.0}
+        #: What differs from the defaults: passed to every process as CAESAR_* variables.
+        self.overrides = production_settings(self.root / "var", self.db_url, **extra)
+        if job_poll_interval is None:    # production_settings tunes the tests' interval; the bench keeps the default
+            del self.overrides["JOB_POLL_INTERVAL"]
+        else:
+            self.overrides["JOB_POLL_INTERVAL"] = job_poll_interval
+        from caesar_rest.config import load_settings
+        self.settings = load_settings(self.overrides, environ={})
+        self.prefix = self.settings["QUEUE_PREFIX"]
+        self.api = Gunicorn(self.overrides, self.logs / "gunicorn.log", processes, threads)
+        self.workers: list[Proc] = []
+        self._celery = None
+
+    # ---- pieces ------------------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        from caesar_rest import db
+        db.upgrade(self.db_url)
+
+    @property
+    def celery(self):
+        """A Celery app configured exactly like the API's (publishes with the same transport options)."""
+        if self._celery is None:
+            from caesar_rest.celery_app import make_celery
+            self._celery = make_celery(self.settings)
+        return self._celery
+
+    def start_api(self) -> str:
+        self.api.start()
+        return f"http://127.0.0.1:{self.api.port}"
+
+    def start_worker(self, concurrency: int, name: str = "local") -> Proc:
+        """A local pool; its Celery hostname is <name>@<host> (name it uniquely to address it by control)."""
+        proc = start_worker(self.overrides, ["local"], self.logs / f"worker-{name}-{len(self.workers)}.log",
+                            concurrency=concurrency, name=name)
+        self.workers.append(proc)
+        return proc
+
+    def start_bare_worker(self) -> Proc:
+        """The baseline pool: bench.bare's empty task on queue <prefix>bare, same pool type and log level as the
+        job pool's."""
+        import uuid
+
+        cmd = [sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "--loglevel", "INFO", "-Q",
+               self.prefix + "bare", "--concurrency", "2", "--without-gossip", "--without-mingle", "--hostname",
+               f"bare{uuid.uuid4().hex[:6]}@%h"]
+        proc = Proc(cmd, settings_env(self.overrides), self.logs / "worker-bare.log")
+        self.workers.append(proc)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if "ready." in proc.log():
+                return proc
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"bare worker exited:\n{proc.log()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"bare worker not ready in 60 s:\n{proc.log()}")
+
+    def stop_worker(self, proc: Proc) -> None:
+        proc.stop(signal.SIGTERM, timeout=60)
+        if proc in self.workers:
+            self.workers.remove(proc)
+
+    def purge(self, pool: str = "local") -> int:
+        """Drop every message waiting in a pool's queue (jobs the throughput test queued and nobody runs)."""
+        with self.celery.connection_for_write() as conn:
+            channel = conn.channel()
+            try:
+                return int(channel.queue_purge(self.prefix + pool) or 0)
+            except conn.channel_errors:
+                return 0
+            finally:
+                channel.close()
+
+    def stop(self) -> None:
+        for proc in list(self.workers):
+            try:
+                proc.stop(signal.SIGTERM, timeout=30)
+            except Exception:
+                pass
+        self.workers.clear()
+        self.api.stop()
+        try:
+            self._delete_queues()
+        except Exception:
+            pass
+        try:
+            drop_pg_database(self.db_url)
+        except Exception:
+            pass
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _delete_queues(self) -> None:
+        with self.celery.connection_for_write() as conn:
+            for name in ("local", "bare"):
+                channel = conn.channel()
+                try:
+                    channel.queue_delete(self.prefix + name)
+                except conn.channel_errors:
+                    pass
+                finally:
+                    try:
+                        channel.close()
+                    except Exception:
+                        pass
+        self.celery.close()
+

@@ -1,0 +1,190 @@
+"""Big transfers over real HTTP (gunicorn): a multipart upload against `cp` of the same file on the same disk,
+with the API processes' resident memory sampled from /proc; and a job directory's streamed tar.gz against
+`tar -czf` of the same directory. curl is the client in both (it streams from and to disk)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from statistics import median
+
+from caesar_rest import API_PREFIX, storage
+from caesar_rest.db import engine_for
+from caesar_rest.models import Job, JobEvent, utcnow
+from sqlalchemy import insert
+
+from .report import Figure
+from .rows import job_row
+from .stack import rss_bytes
+
+MiB = 1024 * 1024
+
+
+def make_random_file(path: Path, size: int) -> str:
+    """size bytes of random data; returns its sha256."""
+    sha = hashlib.sha256()
+    block = 8 * MiB
+    with open(path, "wb") as fh:
+        left = size
+        while left > 0:
+            data = os.urandom(min(block, left))
+            sha.update(data)
+            fh.write(data)
+            left -= len(data)
+    return sha.hexdigest()
+
+
+def _timed(cmd: list[str], **kwargs) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, **kwargs)
+    return time.perf_counter() - t0
+
+
+class RssSampler:
+    """Peak resident memory of a set of processes, sampled every 20 ms on a thread."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before = {pid: rss_bytes(pid) for pid in pids}
+        self.peak = dict(self.before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.pids:
+                self.peak[pid] = max(self.peak[pid], rss_bytes(pid))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return max((self.peak[p] - self.before[p] for p in self.pids), default=0)
+
+
+def _curl(args: list[str]) -> dict:
+    fmt = '{"code": %{http_code}, "time_total": %{time_total}, "size_upload": %{size_upload}, ' \
+          '"size_download": %{size_download}}'
+    done = subprocess.run(["curl", "-sS", "--fail-with-body", "-w", fmt, *args], check=True, capture_output=True,
+                          text=True)
+    return json.loads(done.stdout[done.stdout.rindex('{"code"'):])
+
+
+def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
+    work = stack.root / "upload"
+    work.mkdir(exist_ok=True)
+    src = work / "big.bin"
+    sha = make_random_file(src, size)
+    cp_times = []
+    for _ in range(repeats):
+        dst = work / "copy.bin"
+        cp_times.append(_timed(["cp", str(src), str(dst)]))
+        dst.unlink()
+    cp_time = median(cp_times)
+    up_times, growths, answers = [], [], []
+    for _ in range(repeats):
+        with RssSampler(stack.api.worker_pids()) as sampler:
+            out = work / "answer.json"
+            res = _curl(["-o", str(out), "-F", f"file=@{src}", f"{base}{API_PREFIX}/upload"])
+        answer = json.loads(out.read_text())
+        answers.append(answer)
+        up_times.append(res["time_total"])
+        growths.append(sampler.growth)
+        Path(answer["path"]).unlink(missing_ok=True)
+    src.unlink()
+    up_time = median(up_times)
+    growth = max(growths)
+    correct = all(a.get("size_bytes") == size and a.get("sha256") == sha for a in answers)
+    throughput, baseline = size / up_time / MiB, size / cp_time / MiB
+    details = {"size_bytes": size, "repeats": repeats, "upload_s": up_times, "cp_s": cp_times,
+               "rss_growth_bytes": growths, "sha256_and_size_match": correct,
+               "client": "curl -F file=@... (multipart, Content-Length)"}
+    return [
+        Figure("upload_throughput", f"upload {size // MiB:,} MiB (POST /upload)", throughput, "MiB/s", baseline,
+               "cp, same disk", "≥ 0.8x baseline", bool(correct and throughput >= 0.8 * baseline), details=details),
+        Figure("upload_rss_growth", "upload: API process RSS growth", growth / MiB, "MiB", None, "", "≤ 50 MiB",
+               growth <= 50 * MiB),
+    ]
+
+
+def _job_directory(root: Path, size: int) -> None:
+    """A job directory like a real one: logs, a text catalog (compressible) and binary images (barely)."""
+    import numpy as np
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    (root / "stdout.log").write_text("".join(f"step {i}: source {i * 7 % 1000} flux {i * 0.37:.4f}\n"
+                                             for i in range(20000)))
+    (root / "stderr.log").write_text("")
+    text_size = size // 2
+    lines = rng.normal(0, 1, size=(200000, 5))
+    block = "".join(f"{i},{a:.6f},{b:.6f},{c:.6f},{d:.6f},{e:.6f}\n" for i, (a, b, c, d, e) in enumerate(lines))
+    block_bytes = block.encode()
+    with open(root / "catalog.csv", "wb") as fh:
+        left = text_size
+        while left > 0:
+            fh.write(block_bytes[:left])
+            left -= min(left, len(block_bytes))
+    images = root / "images"
+    images.mkdir()
+    binary = size - text_size
+    count = 4
+    for k in range(count):
+        chunk = binary // count
+        with open(images / f"image_{k}.fits", "wb") as fh:
+            left = chunk
+            while left > 0:
+                n = min(left, 16 * MiB)
+                # float32 noise with a smooth background: gzip gains a little, as on real images
+                fh.write((rng.normal(100, 5, n // 4).astype(np.float32)).tobytes()[:n])
+                left -= n
+
+
+def measure_download(stack, base: str, size: int, repeats: int) -> list[Figure]:
+    settings = stack.settings
+    job_id = str(uuid.uuid4())
+    workdir = storage.user_dir(settings["JOBS_DIR"], "anonymous") / job_id
+    _job_directory(workdir, size)
+    total = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
+    with engine_for(settings["DATABASE_URL"]).begin() as conn:
+        conn.execute(insert(Job.__table__), [job_row(settings, job_id, state="SUCCESS", workdir=str(workdir))])
+        conn.execute(insert(JobEvent.__table__), [{"job_id": job_id, "state": "SUCCESS", "message": "bench",
+                                                    "at": utcnow()}])
+    out_dir = stack.root / "download"
+    out_dir.mkdir(exist_ok=True)
+    level = int(settings["OUTPUT_GZIP_LEVEL"])
+    tar_times, dl_times, tar_sizes, dl_sizes = [], [], [], []
+    for _ in range(repeats):
+        target = out_dir / "tar.tar.gz"
+        compress = ["-czf"] if level == 6 else ["-I", f"gzip -{level}", "-cf"]    # 6 is gzip's default
+        tar_times.append(_timed(["tar", *compress, str(target), "-C", str(workdir.parent), job_id]))
+        tar_sizes.append(target.stat().st_size)
+        target.unlink()
+        target = out_dir / "api.tar.gz"
+        res = _curl(["-o", str(target), f"{base}{API_PREFIX}/job/{job_id}/output"])
+        dl_times.append(res["time_total"])
+        dl_sizes.append(target.stat().st_size)
+        listing_ok = subprocess.run(["tar", "-tzf", str(target)], capture_output=True).returncode == 0 \
+            if size <= 64 * MiB else None
+        target.unlink()
+    shutil.rmtree(workdir, ignore_errors=True)
+    t_dl, t_tar = median(dl_times), median(tar_times)
+    details = {"directory_bytes": total, "repeats": repeats, "download_s": dl_times, "tar_czf_s": tar_times,
+               "download_bytes": dl_sizes, "tar_czf_bytes": tar_sizes, "gzip_level": level,
+               "archive_lists_ok": listing_ok, "client": "curl -o file (same disk)",
+               "download_MiB_per_s": round(total / t_dl / MiB, 1)}
+    return [Figure("download_tgz_time", f"tar.gz of a {size // MiB:,} MiB job dir (GET output)", t_dl, "s", t_tar,
+                   "tar -czf", "≤ 1.0x baseline", bool(t_dl <= t_tar), details=details)]
