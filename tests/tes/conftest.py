@@ -63,6 +63,8 @@ def http_server(tmp_path_factory):
     """Python's http.server over a directory; yields (base URL, directory)."""
     root = tmp_path_factory.mktemp("http")
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    server.daemon_threads = True        # closing does not wait for a trickle nobody reads any more
+    server.block_on_close = False
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root
