@@ -10,6 +10,7 @@
 #   CONDOR_CACHE     where the chroot and the host-side state live (default /var/cache/caesar-rest)
 #   CONDOR_INSTANCE  pool instance name (default main); each instance is a separate pool in the same chroot,
 #                    with its own local directory and port; instances other than main start from an empty queue
+#                    and are deleted when stopped
 #   CONDOR_PORT      collector / shared port of the instance (default 9618 for main, else required)
 #   CONDOR_MIRROR    Debian mirror for debootstrap (default http://deb.debian.org/debian)
 #
@@ -215,6 +216,7 @@ stop_pool() {
     log "stopped; chroot unmounted"
   else
     stop_instance "$LOCAL"
+    rm -rf --one-file-system "${R:?}$LOCAL" "$STATE"     # a throw-away instance leaves nothing behind
   fi
 }
 

@@ -117,7 +117,8 @@ def condor_stack(condor_pool: dict[str, str]) -> Iterator[CondorStack]:
 @pytest.fixture
 def outage_pool(condor_stack: CondorStack) -> Iterator[dict[str, str]]:
     """A second, throw-away pool (own queue and port, same chroot and token) that a test may stop."""
-    env = {"CONDOR_INSTANCE": "outage", "CONDOR_PORT": str(condor_stack.outage_port)}
+    port = str(condor_stack.outage_port)
+    env = {"CONDOR_INSTANCE": f"outage{port}", "CONDOR_PORT": port}      # concurrent test sessions never share it
     pool = htcondor_script("start", env)
     try:
         yield {**pool, **env}
