@@ -79,6 +79,12 @@ def process_alive(pid: int, job_id: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False            # a zombie: dead, waiting for a parent (or an init) to reap it
+    except (OSError, IndexError):
+        pass
     if job_id is None:
         return True
     try:
