@@ -1,0 +1,109 @@
+"""AWS Batch backend against moto's server, jobs running as real Podman containers: inputs from S3 storage in,
+outputs back into the tarball, failures with the app's exit status, cancel, and checksums end to end."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+from caesar_rest.s3store import Checksums
+
+from ..support import API, client_status, upload, wait_state
+from .batch_fixtures import aws, batch_stack, aws_setup, moto_server  # noqa: F401  (fixtures)
+
+TIMEOUT = 180
+
+
+def submit(client, script: str, inputfile: str | None = None, app: str = "bsh") -> str:
+    inputs = {"script": script, **({"inputfile": inputfile} if inputfile else {})}
+    response = client.post(f"{API}/job", json={"app": app, "job_inputs": inputs})
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["job_id"]
+
+
+def tarball(client, job_id: str) -> dict[str, bytes]:
+    response = client.get(f"{API}/job/{job_id}/output")
+    assert response.status_code == 200, response.data[:300]
+    with tarfile.open(fileobj=io.BytesIO(response.data), mode="r:gz") as tar:
+        return {m.name.split("/", 1)[1] if "/" in m.name else m.name: tar.extractfile(m).read()
+                for m in tar if m.isfile()}
+
+
+def batch_job(stack, job_id: str) -> dict:
+    handle = stack.client.get(f"{API}/job/{job_id}/metadata").get_json()["handle"]
+    return aws("batch", stack.setup.endpoint).describe_jobs(jobs=[handle.split("|")[0]])["jobs"][0]
+
+
+def test_job_reads_uploaded_input_from_s3_and_output_lands_in_tarball(batch_stack):
+    content = b"hello batch; $(not a shell) `nor this`\n" * 1000
+    record = upload(batch_stack.client, content, "greeting.txt")
+    script = ('mkdir -p out && tr a-z A-Z < "$0" > out/upper.txt && echo "stdout: $(wc -c < "$0") bytes" '
+              '&& echo "a warning" >&2')
+    job_id = submit(batch_stack.client, script, record["uuid"])
+    status = wait_state(client_status(batch_stack.client), job_id, timeout=TIMEOUT)
+    assert status["state"] == "SUCCESS", status
+    assert status["exit_status"] == 0
+    files = tarball(batch_stack.client, job_id)
+    assert files["out/upper.txt"] == content.upper()
+    assert f"stdout: {len(content)} bytes" in files["stdout.log"].decode()     # the CloudWatch log stream
+    assert files["stderr.log"].decode().strip() == "a warning"
+    assert not any(name.startswith("inputs/") for name in files)               # like a local run
+    meta = batch_stack.client.get(f"{API}/job/{job_id}/metadata").get_json()
+    sums = Checksums()
+    sums.update(content)
+    assert meta["inputs"][0]["sha256"] == sums.sha256 == record["sha256"]
+    assert meta["inputs"][0]["crc64nvme"] == sums.crc64nvme == record["crc64nvme"]
+    outputs = {o["path"]: o for o in meta["outputs"]}
+    assert outputs["out/upper.txt"]["sha256"] == hashlib.sha256(content.upper()).hexdigest()
+    assert outputs["out/upper.txt"]["crc64nvme"]
+    described = batch_job(batch_stack, job_id)
+    assert described["status"] == "SUCCEEDED"
+    assert described["tags"]["caesar-job-id"] == job_id
+    assert described["container"]["command"][-2:] == [script, "inputs/greeting.txt"]      # argv, no shell
+    definition = aws("batch", batch_stack.setup.endpoint).describe_job_definitions(
+        jobDefinitions=[described["jobDefinition"]])["jobDefinitions"][0]
+    assert definition["jobDefinitionName"] == "caesar-bsh-2-1"                 # one per app version
+    assert definition["containerProperties"]["image"] == "localhost/caesar-apps:latest"
+    assert definition["timeout"]["attemptDurationSeconds"] == 360
+    # the job's S3 prefix is gone once the job ended
+    prefix = meta["handle"].split("|", 1)[1]
+    listing = aws("s3", batch_stack.setup.endpoint).list_objects_v2(Bucket=batch_stack.setup.bucket, Prefix=prefix)
+    assert listing.get("KeyCount", 0) == 0
+
+
+def test_failing_job_reports_exit_status_and_stderr(batch_stack):
+    job_id = submit(batch_stack.client, 'echo partial > part.txt; echo "it broke: no such thing" >&2; exit 3')
+    status = wait_state(client_status(batch_stack.client), job_id, timeout=TIMEOUT)
+    assert status["state"] == "FAILURE", status
+    assert status["exit_status"] == 3              # from the stager's record: moto reports exitCode None
+    assert "Process exited with status 3" in status["status"] and "it broke: no such thing" in status["status"]
+    files = tarball(batch_stack.client, job_id)
+    assert files["part.txt"] == b"partial\n"
+    assert batch_job(batch_stack, job_id)["status"] == "FAILED"
+
+
+def test_shipped_app_runs_on_batch(batch_stack):
+    response = batch_stack.client.post(f"{API}/job", json={"app": "checksum", "backend": "batch",
+                                                             "job_inputs": {"inputfile": upload(
+                                                                 batch_stack.client, b"x", "x.bin")["uuid"]}})
+    job_id = response.get_json()["job_id"]
+    status = wait_state(client_status(batch_stack.client), job_id, timeout=TIMEOUT)
+    # caesar-checksum is in the image: this is a real app run through Batch
+    assert status["state"] == "SUCCESS", status
+    assert hashlib.sha256(b"x").hexdigest().encode() in tarball(batch_stack.client, job_id)["checksum.txt"]
+
+
+def test_cancel_terminates_the_batch_job(batch_stack):
+    job_id = submit(batch_stack.client, "echo started; sleep 300")
+    wait_state(client_status(batch_stack.client), job_id, states=("RUNNING",), timeout=TIMEOUT)
+    # wait for the container itself, not only the submission
+    import time
+    deadline = time.time() + TIMEOUT
+    while batch_job(batch_stack, job_id)["status"] != "RUNNING" and time.time() < deadline:
+        time.sleep(0.5)
+    assert batch_stack.client.post(f"{API}/job/{job_id}/cancel").status_code == 200
+    status = wait_state(client_status(batch_stack.client), job_id, timeout=60)
+    assert status["state"] == "CANCELED", status
+    described = batch_job(batch_stack, job_id)
+    assert described["status"] == "FAILED"
+    assert "Canceled by the caesar-rest user" in described.get("statusReason", "")

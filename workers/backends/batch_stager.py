@@ -1,0 +1,134 @@
+"""Runs inside an AWS Batch container (sent as `python3 -c <this file> MANIFEST_URL -- ARGV...`, stdlib only):
+downloads the inputs from presigned S3 URLs (sha256 checked), runs ARGV without a shell, uploads the job
+directory as a tar.gz plus a result record (exit status, sha256 of every output), exits with the app's status.
+The app's stdout and stderr go to the container's (CloudWatch); stderr is also kept as stderr.log."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.request
+
+BLOCK = 1024 * 1024
+SKIP = ("inputs", "tmp")
+STAGE_FAILED = 97
+
+
+def say(text):
+    sys.stderr.write("caesar-stager: " + text + "\n")
+    sys.stderr.flush()
+
+
+def request(url, data=None, size=None, attempts=4):
+    for attempt in range(attempts):
+        try:
+            if data is None:
+                return urllib.request.urlopen(url, timeout=120)
+            if hasattr(data, "seek"):
+                data.seek(0)
+            req = urllib.request.Request(url, data=data, method="PUT",
+                                         headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+            return urllib.request.urlopen(req, timeout=600)
+        except OSError as exc:
+            if attempt == attempts - 1:
+                raise
+            say("retrying after %s" % exc)
+            time.sleep(2 ** attempt)
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_inputs(manifest):
+    for item in manifest["inputs"]:
+        path = item["path"]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        digest = hashlib.sha256()
+        with request(item["url"]) as answer, open(path, "wb") as out:
+            for block in iter(lambda: answer.read(BLOCK), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != item["sha256"]:
+            return "input file %s arrived with sha256 %s, expected %s" % (path, digest.hexdigest(), item["sha256"])
+    return None
+
+
+def run(argv, env, stderr_path):
+    with open(stderr_path, "wb") as keep:
+        try:
+            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=env)
+        except OSError as exc:
+            message = ("caesar-stager: cannot run %r: %s\n" % (argv[0], exc)).encode()
+            keep.write(message)
+            sys.stderr.buffer.write(message)
+            return 127
+
+        def tee():
+            for block in iter(lambda: proc.stderr.read1(65536), b""):
+                keep.write(block)
+                sys.stderr.buffer.write(block)
+                sys.stderr.flush()
+
+        thread = threading.Thread(target=tee, daemon=True)
+        thread.start()
+        rc = proc.wait()
+        thread.join(30)
+    sys.stdout.flush()
+    return 128 - rc if rc < 0 else rc
+
+
+def pack(stderr_path, tar_path):
+    files = {}
+    with tarfile.open(tar_path, "w:gz", compresslevel=6) as tar:
+        for top, dirs, names in os.walk("."):
+            dirs[:] = sorted(d for d in dirs if not (top == "." and d in SKIP) and not os.path.islink(os.path.join(top, d)))
+            for d in dirs:
+                tar.add(os.path.join(top, d), arcname=os.path.join(top, d)[2:], recursive=False)
+            for name in sorted(names):
+                path = os.path.join(top, name)
+                rel = path[2:]
+                if os.path.islink(path) or not os.path.isfile(path) or rel == "stderr.log":
+                    continue
+                files[rel] = sha256_file(path)
+                tar.add(path, arcname=rel, recursive=False)
+        files["stderr.log"] = sha256_file(stderr_path)
+        tar.add(stderr_path, arcname="stderr.log", recursive=False)
+    return files
+
+
+def put_json(url, record):
+    body = json.dumps(record).encode()
+    request(url, data=body, size=len(body)).close()
+
+
+def main():
+    manifest_url, argv = sys.argv[1], sys.argv[3:]
+    with request(manifest_url) as answer:
+        manifest = json.load(answer)
+    problem = fetch_inputs(manifest)
+    if problem:
+        say(problem)
+        put_json(manifest["result_url"], {"error": problem})
+        return STAGE_FAILED
+    os.makedirs("tmp", exist_ok=True)
+    env = dict(os.environ, HOME=os.getcwd(), TMPDIR=os.path.join(os.getcwd(), "tmp"), **manifest.get("env", {}))
+    stderr_path = "/tmp/caesar-stderr.log"
+    rc = run(argv, env, stderr_path)
+    tar_path = "/tmp/caesar-outputs.tar.gz"
+    files = pack(stderr_path, tar_path)
+    with open(tar_path, "rb") as fh:
+        request(manifest["outputs_url"], data=fh, size=os.path.getsize(tar_path)).close()
+    put_json(manifest["result_url"], {"exit_code": rc, "files": files})
+    return rc if 0 <= rc < 256 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
