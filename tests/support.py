@@ -93,16 +93,19 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Signal the main process (a Celery worker then stops its own pool), then kill what is left."""
         if self.popen.poll() is None:
             try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
+                self.popen.send_signal(sig)
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.popen.poll() is None:
+            self.popen.wait()
         self._log.close()
 
 

@@ -98,7 +98,7 @@ class Runner:
                 return self._finish(job_id, backend, handle, BackendStatus(CANCELLED), canceled=True)
             status = backend.poll(handle)
         except BackendUnavailable as exc:
-            return self._unreachable(job_id, backend, handle, unreachable_since, exc)
+            return self._unreachable(job_id, backend_name, backend, handle, unreachable_since, exc)
         except Exception as exc:
             log.exception("poll of job %s on %s failed", job_id, backend_name)
             return self._finish(job_id, backend, handle, BackendStatus(
@@ -114,12 +114,12 @@ class Runner:
                 try:
                     self._stop(backend, handle)
                 except BackendUnavailable as exc:
-                    return self._unreachable(job_id, backend, handle, unreachable_since, exc)
+                    return self._unreachable(job_id, backend_name, backend, handle, unreachable_since, exc)
                 return self._finish(job_id, backend, handle, status, timed_out=float(limit))
             return "poll"
         return self._finish(job_id, backend, handle, status)
 
-    def _unreachable(self, job_id: str, backend, handle: str, since, exc: Exception) -> str:
+    def _unreachable(self, job_id: str, backend_name: str, backend, handle: str, since, exc: Exception) -> str:
         """A remote backend did not answer: poll again, until REMOTE_UNREACHABLE_TIMEOUT, then fail the job."""
         now = utcnow()
         if since is None:
@@ -129,7 +129,7 @@ class Runner:
         down = (now - since).total_seconds()
         if down > float(self.settings["REMOTE_UNREACHABLE_TIMEOUT"]):
             return self._finish(job_id, backend, handle, BackendStatus(
-                LOST, reason=f"the {backend.name} backend was unreachable for {down:.0f} s ({exc})"), reachable=False)
+                LOST, reason=f"the {backend_name} backend was unreachable for {down:.0f} s ({exc})"), reachable=False)
         with session_scope(self.url) as s:
             s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
         return "poll"
@@ -279,11 +279,12 @@ class Runner:
     # ---- the end --------------------------------------------------------------------------------------------
     def _finish(self, job_id: str, backend, handle: str, status: BackendStatus, canceled: bool = False,
                 timed_out: float | None = None, reachable: bool = True) -> str:
-        def read_workdir() -> Path:
+        def read_job() -> tuple[Path, str]:
             with session_scope(self.url) as s:
-                return Path(s.scalar(select(Job.workdir).where(Job.id == job_id)))
+                workdir, name = s.execute(select(Job.workdir, Job.backend).where(Job.id == job_id)).one()
+                return Path(workdir), name
 
-        workdir = self._retry_db(job_id, "finishing", read_workdir)
+        workdir, backend_name = self._retry_db(job_id, "finishing", read_job)
         problems = []
         # An unreachable backend would only repeat its connection error here; the reason already says it.
         steps = (("fetching outputs", lambda: backend.fetch_outputs(handle, workdir)),
@@ -307,9 +308,9 @@ class Runner:
         elif status.state == CANCELLED:
             state, message = CANCELED, status.reason or "Job was removed on the backend"
         elif status.state == LOST:
-            state, message = FAILURE, f"The {backend.name} backend lost the job: {status.reason}"
+            state, message = FAILURE, f"The {backend_name} backend lost the job: {status.reason}"
         else:
-            state, message = FAILURE, status.reason or f"The {backend.name} backend failed the job"
+            state, message = FAILURE, status.reason or f"The {backend_name} backend failed the job"
         if problems and state == SUCCESS:
             state = FAILURE
         if problems:
