@@ -1,0 +1,153 @@
+"""S3 storage (STORAGE=s3) against moto's server: uploads streamed into multipart uploads and back out with flat
+memory, presigned downloads, sha256 + CRC64NVME computed by us (awscrt) and verified when a job stages a file."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import requests
+
+from caesar_rest import s3store
+from caesar_rest.db import dispose_all
+
+from ..backends.batch_fixtures import aws, aws_setup, batch_stack, moto_server, s3_settings  # noqa: F401
+from ..support import API, client_status, start_api, upload, wait_state
+
+MB = 1024 * 1024
+
+
+def object_of(record: dict) -> tuple[str, str]:
+    assert record["path"].startswith("s3://"), record["path"]
+    return s3store.split_url(record["path"])
+
+
+def test_round_trip_with_checksums(batch_stack):
+    client, s3 = batch_stack.client, aws("s3", batch_stack.setup.endpoint)
+    content = os.urandom(3 * MB + 17)
+    record = upload(client, content, "image.fits", tag="s3")
+    expected = s3store.Checksums()
+    expected.update(content)
+    assert record["sha256"] == hashlib.sha256(content).hexdigest()
+    assert record["crc64nvme"] == expected.crc64nvme
+    bucket, key = object_of(record)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ContentLength"] == len(content)
+    assert head["Metadata"] == {"sha256": record["sha256"], "crc64nvme": record["crc64nvme"]}
+    listed = {f["uuid"]: f for f in client.get(f"{API}/fileids?tag=s3").get_json()}
+    assert listed[record["uuid"]]["crc64nvme"] == record["crc64nvme"]
+    response = client.get(f"{API}/download-id/{record['uuid']}")
+    assert response.status_code == 200 and response.data == content
+    assert response.headers["Content-Length"] == str(len(content))
+    assert "image.fits" in response.headers["Content-Disposition"]
+    assert client.delete(f"{API}/delete/{record['uuid']}").status_code == 200
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0
+    assert client.get(f"{API}/download-id/{record['uuid']}").status_code == 404
+
+
+def test_multipart_upload_for_files_above_one_part(batch_stack):
+    content = os.urandom(20 * MB + 5)          # three 8 MiB parts, the last one short
+    record = upload(batch_stack.client, content, "big.bin")
+    bucket, key = object_of(record)
+    head = aws("s3", batch_stack.setup.endpoint).head_object(Bucket=bucket, Key=key, PartNumber=1)
+    assert head.get("PartsCount") == 3
+    assert batch_stack.client.get(f"{API}/download-id/{record['uuid']}").data == content
+
+
+def test_presigned_download(batch_stack):
+    content = b"presigned bytes\n" * 100
+    record = upload(batch_stack.client, content, "note.txt")
+    response = batch_stack.client.get(f"{API}/download-id/{record['uuid']}?presign=1")
+    assert response.status_code == 307
+    fetched = requests.get(response.headers["Location"], timeout=30)
+    assert fetched.status_code == 200 and fetched.content == content
+    assert "note.txt" in fetched.headers.get("Content-Disposition", "")
+    answer = batch_stack.client.get(f"{API}/download-id/{record['uuid']}?presign=json").get_json()
+    assert requests.get(answer["url"], timeout=30).content == content and answer["expires_in"] == 3600
+    bad = batch_stack.client.get(f"{API}/download-id/{record['uuid']}?presign=maybe")
+    assert bad.status_code == 400 and bad.get_json()["field"] == "presign"
+
+
+def test_corrupted_object_fails_the_job_naming_the_file(batch_stack):
+    """Someone rewrites the object behind our back (same size): staging catches it, moto would not."""
+    client, s3 = batch_stack.client, aws("s3", batch_stack.setup.endpoint)
+    content = b"A" * 4096
+    record = upload(client, content, "victim.dat")
+    bucket, key = object_of(record)
+    s3.put_object(Bucket=bucket, Key=key, Body=b"B" + content[1:])
+    for backend in ("local", "batch"):
+        response = client.post(f"{API}/job", json={"app": "checksum", "backend": backend,
+                                                     "job_inputs": {"inputfile": record["uuid"]}})
+        job_id = response.get_json()["job_id"]
+        status = wait_state(client_status(client), job_id, timeout=120)
+        assert status["state"] == "ABORTED", status
+        assert "inputs/victim.dat" in status["status"] and record["uuid"] in status["status"]
+        assert "CRC64NVME" in status["status"] and "sha256" in status["status"]
+
+
+def test_local_storage_records_crc64nvme_too(client):
+    record = upload(client, b"local bytes", "plain.txt")
+    sums = s3store.Checksums()
+    sums.update(b"local bytes")
+    assert record["crc64nvme"] == sums.crc64nvme and not record["path"].startswith("s3://")
+
+
+def _rss_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def test_large_file_round_trip_with_flat_memory(tmp_path, aws_setup):
+    """300 MB up and down through a real API process: its peak RSS grows by far less than the file."""
+    size = 300 * MB
+    settings = s3_settings(tmp_path, aws_setup)
+    api, base = start_api(settings, tmp_path / "api.log")
+    try:
+        requests.post(f"{base}{API}/upload", files={"file": ("warm.bin", b"w" * 1000)}, timeout=30)
+        with open(f"/proc/{api.pid}/clear_refs", "w") as fh:
+            fh.write("5")                      # reset the peak (VmHWM) to the current RSS
+        before = _rss_kb(api.pid, "VmHWM")
+        boundary = "caesarboundary7d3f"
+        block = os.urandom(MB)
+        digest = hashlib.sha256()
+
+        def body():
+            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"huge.bin\"\r\n"
+                   "Content-Type: application/octet-stream\r\n\r\n").encode()
+            for i in range(size // MB):
+                chunk = block[:MB - 8] + i.to_bytes(8, "big")
+                digest.update(chunk)
+                yield chunk
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        start = time.monotonic()
+        response = requests.post(f"{base}{API}/upload", data=body(), timeout=600,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        up_s = time.monotonic() - start
+        assert response.status_code == 200, response.text[:500]
+        record = response.json()
+        assert record["size_bytes"] == size and record["sha256"] == digest.hexdigest()
+        after_upload = _rss_kb(api.pid, "VmHWM")
+        start = time.monotonic()
+        got = hashlib.sha256()
+        length = 0
+        with requests.get(f"{base}{API}/download-id/{record['uuid']}", stream=True, timeout=600) as answer:
+            assert answer.status_code == 200
+            for chunk in answer.iter_content(MB):
+                got.update(chunk)
+                length += len(chunk)
+        down_s = time.monotonic() - start
+        assert length == size and got.hexdigest() == record["sha256"]
+        after_download = _rss_kb(api.pid, "VmHWM")
+        growth_mb = (max(after_upload, after_download) - before) / 1024
+        print(f"\n300 MB via S3 storage: upload {up_s:.1f} s, download {down_s:.1f} s; API peak RSS "
+              f"{before / 1024:.0f} MB before, {after_upload / 1024:.0f} MB after upload, "
+              f"{after_download / 1024:.0f} MB after download (+{growth_mb:.0f} MB)")
+        assert growth_mb < 64, f"API peak RSS grew by {growth_mb:.0f} MB for a 300 MB file"
+        assert requests.delete(f"{base}{API}/delete/{record['uuid']}", timeout=60).status_code == 200
+    finally:
+        api.stop()
+        dispose_all()
