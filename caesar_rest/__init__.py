@@ -1,7 +1,6 @@
 """caesar-rest: a REST job service that runs registered scientific applications on whatever compute there is."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

@@ -32,25 +32,26 @@ def session() -> Iterator[Session]:
         yield s
 
 
-def json_body() -> Any:
-    """The request's JSON document, or a 400/415 that says what is wrong with it."""
+def json_body(limit: int | None = None, limit_setting: str = "MAX_JSON_BYTES") -> Any:
+    """The request's JSON document, or a 400/413/415 that says what is wrong with it.
+    Strict: repeated fields and NaN/Infinity are refused; the size is capped before parsing."""
     mimetype = request.mimetype or ""
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         from ..errors import UnsupportedFormat
         raise UnsupportedFormat(f"Content-Type must be application/json, not {mimetype}")
-    limit = int(current_app.config.get("MAX_JSON_BYTES", 1024 * 1024))
+    if limit is None:
+        limit = int(current_app.config.get(limit_setting) or 1024 * 1024)
+    from ..errors import PayloadTooLarge
+    too_large = PayloadTooLarge(f"The JSON document is larger than {limit} bytes ({limit_setting})")
     if request.content_length is not None and request.content_length > limit:
-        from ..errors import PayloadTooLarge
-        raise PayloadTooLarge(f"The JSON document is larger than {limit} bytes")
+        raise too_large
     raw = request.stream.read(limit + 1) if request.content_length is None else request.get_data(cache=True)
     if len(raw) > limit:
-        from ..errors import PayloadTooLarge
-        raise PayloadTooLarge(f"The JSON document is larger than {limit} bytes")
+        raise too_large
     if not raw:
         raise BadRequest("The request body is empty; send a JSON document with Content-Type: application/json")
     try:
-        text = raw.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _Duplicate as exc:
         raise BadRequest(f"The JSON document repeats the field {exc.args[0]!r}", field=exc.args[0]) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -85,3 +86,37 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise BadRequest(f"Query parameter {name!r} must be between {low} and {high}", parameter=name)
     return value
+
+
+def check_active_limit(s: Session, owner: str) -> None:
+    """429 when the user already has as many queued or running jobs (and TES tasks) as allowed."""
+    from sqlalchemy import func, select
+
+    from ..auth import user_setting
+    from ..errors import TooManyRequests
+    from ..models import ACTIVE_STATES, Job
+
+    limit = user_setting(owner, "max_active_jobs", current_app.config.get("MAX_ACTIVE_JOBS_PER_USER"))
+    if limit is None:
+        return
+    active = s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.state.in_(ACTIVE_STATES)))
+    if active >= int(limit):
+        raise TooManyRequests(f"You have {active} queued or running jobs and tasks, the most allowed; "
+                              "wait for some to finish or cancel them", active_jobs=active, limit=int(limit))
+
+
+def publish_or_withdraw(job_id: str, backend: str, what: str = "job") -> None:
+    """Hand the job to its pool; if the broker refuses it, remove it again so nothing is half-created (503)."""
+    import logging
+
+    from ..celery_app import publish_run
+    from ..errors import ServiceUnavailable
+    from ..models import Job
+
+    try:
+        publish_run(celery(), current_app.config, job_id, backend)
+    except Exception as exc:
+        logging.getLogger(__name__).error("broker refused %s %s: %s", what, job_id, exc.__class__.__name__)
+        with session() as s:
+            s.execute(Job.__table__.delete().where(Job.id == job_id))
+        raise ServiceUnavailable(f"The job queue is unavailable; the {what} was not accepted, try again shortly") from exc

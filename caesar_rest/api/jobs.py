@@ -9,13 +9,12 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
 from .. import jobs as service
-from ..auth import current_owner, owner_filter, user_setting
-from ..celery_app import publish_run
-from ..errors import BadRequest, Conflict, ServiceUnavailable, TooManyRequests
-from ..models import ACTIVE_STATES, ALL_STATES, Job
+from ..auth import current_owner, owner_filter
+from ..errors import BadRequest, Conflict
+from ..models import ALL_STATES, Job
 from ..tarball import stream_tar_gz
 from . import docs
-from .common import celery, int_arg, json_body, registry, session, settings
+from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, registry, session, settings
 
 blp = Blueprint("jobs", __name__, description="Submit jobs and follow them")
 log = logging.getLogger(__name__)
@@ -37,25 +36,12 @@ def submit():
     body = json_body()
     cfg = settings()
     owner = current_owner()
-    limit = user_setting(owner, "max_active_jobs", cfg.get("MAX_ACTIVE_JOBS_PER_USER"))
     with session() as s:
-        if limit is not None:
-            active = s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner,
-                                                                          Job.state.in_(ACTIVE_STATES)))
-            if active >= int(limit):
-                raise TooManyRequests(f"You have {active} queued or running jobs, the most allowed; "
-                                      "wait for some to finish or cancel them", active_jobs=active, limit=int(limit))
+        check_active_limit(s, owner)
         job = service.create_job(s, cfg, registry(), owner, body)
         answer = {**service.to_summary(job), "status": "Job submitted with success"}
         job_id, backend = job.id, job.backend
-    try:
-        publish_run(celery(), cfg, job_id, backend)
-    except Exception as exc:
-        # Nothing half-created: a job the broker did not take is removed and the client told to retry.
-        log.error("broker refused job %s: %s", job_id, exc.__class__.__name__)
-        with session() as s:
-            s.execute(Job.__table__.delete().where(Job.id == job_id))
-        raise ServiceUnavailable("The job queue is unavailable; the job was not accepted, try again shortly") from exc
+    publish_or_withdraw(job_id, backend)
     response = jsonify(answer)
     response.status_code = 202
     response.headers["Location"] = f"{request.script_root}{request.path}/{job_id}/status"

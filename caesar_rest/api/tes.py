@@ -1,7 +1,6 @@
 """GA4GH TES v1.1: service-info, create, list, get and cancel tasks (served under /ga4gh/tes/v1 and /v1)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,17 +8,14 @@ from typing import Any
 import yaml
 from flask import jsonify, request
 from flask_smorest import Blueprint
-from sqlalchemy import func, select
 
 from .. import __version__
 from .. import jobs as jobs_service
 from .. import tes as service
-from ..auth import current_owner, owner_filter, user_setting
-from ..celery_app import publish_run
-from ..errors import BadRequest, Conflict, PayloadTooLarge, ServiceUnavailable, TooManyRequests, UnsupportedFormat
-from ..models import ACTIVE_STATES, Job
+from ..auth import current_owner, owner_filter
+from ..errors import BadRequest, Conflict
 from . import docs
-from .common import _Duplicate, _no_constant, _no_duplicates, celery, int_arg, session, settings
+from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, session, settings
 
 blp = Blueprint("tes", __name__, description="GA4GH Task Execution Service v1.1")
 log = logging.getLogger(__name__)
@@ -70,26 +66,6 @@ def register_schemas(api) -> None:
         "next_page_token": {"type": "string"}}})
 
 
-def _task_document(limit: int) -> Any:
-    """The task's JSON (as strict as json_body(), with the TES size limit: content inputs make big documents)."""
-    mimetype = request.mimetype or ""
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedFormat(f"Content-Type must be application/json, not {mimetype}")
-    if (request.content_length or 0) > limit:
-        raise PayloadTooLarge(f"The task document is larger than {limit} bytes (TES_MAX_TASK_BYTES)")
-    raw = request.stream.read(limit + 1) if request.content_length is None else request.get_data(cache=True)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"The task document is larger than {limit} bytes (TES_MAX_TASK_BYTES)")
-    if not raw:
-        raise BadRequest("The request body is empty; send a tesTask as JSON", field="task")
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except _Duplicate as exc:
-        raise BadRequest(f"The task repeats the field {exc.args[0]!r}", field=exc.args[0]) from None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("The request body is not valid JSON", field="task") from None
-
-
 def _view(default: str) -> str:
     view = request.args.get("view", default)
     if view not in service.VIEWS:
@@ -123,25 +99,14 @@ def service_info():
          responses=docs.responses(200, "tesCreateTaskResponse", "The new task's id"))
 def create_task():
     cfg = settings()
-    body = _task_document(int(cfg.get("TES_MAX_TASK_BYTES") or 16 * 1024 * 1024))
+    # Content inputs make big documents: TES has its own size limit.
+    body = json_body(int(cfg.get("TES_MAX_TASK_BYTES") or 16 * 1024 * 1024), "TES_MAX_TASK_BYTES")
     owner = current_owner()
-    limit = user_setting(owner, "max_active_jobs", cfg.get("MAX_ACTIVE_JOBS_PER_USER"))
     with session() as s:
-        if limit is not None:
-            active = s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner,
-                                                                          Job.state.in_(ACTIVE_STATES)))
-            if active >= int(limit):
-                raise TooManyRequests(f"You have {active} queued or running jobs and tasks, the most allowed; "
-                                      "wait for some to finish or cancel them", active_jobs=active, limit=int(limit))
+        check_active_limit(s, owner)
         job = service.create_task(s, cfg, owner, body)
         job_id, backend = job.id, job.backend
-    try:
-        publish_run(celery(), cfg, job_id, backend)
-    except Exception as exc:
-        log.error("broker refused TES task %s: %s", job_id, exc.__class__.__name__)
-        with session() as s:
-            s.execute(Job.__table__.delete().where(Job.id == job_id))
-        raise ServiceUnavailable("The job queue is unavailable; the task was not accepted, try again shortly") from exc
+    publish_or_withdraw(job_id, backend, what="task")
     return jsonify({"id": job_id})
 
 
