@@ -1,0 +1,37 @@
+"""`python -m bench --quick` runs end to end on the production stack and produces every figure.
+Numbers are not held to the targets here: the machines are shared and noisy (`make bench` reports them)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from bench.__main__ import FIGURE_KEYS
+
+from .support import REPO
+
+
+def test_quick_bench_produces_every_figure(tmp_path):
+    out = tmp_path / "quick.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--scratch", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "quick" and not doc["errors"]
+    figures = doc["figures"]
+    for phase, keys in FIGURE_KEYS.items():
+        for key in keys:
+            assert key in figures, f"{phase}: figure {key} missing"
+            value = figures[key]["value"]
+            assert isinstance(value, (int, float)) and math.isfinite(value), f"{key}: {value!r}"
+    for key in ("job_overhead_p50", "submit_throughput", "upload_throughput", "download_tgz_time"):
+        baseline = figures[key]["baseline"]
+        assert isinstance(baseline, (int, float)) and baseline > 0, f"{key}: baseline {baseline!r}"
+        assert figures[key]["ratio"] is not None
+    # Correctness is asserted (unlike speed): no job lost or run twice, uploads stored intact.
+    assert figures["drain_lost"]["value"] == 0 and figures["drain_run_twice"]["value"] == 0
+    assert figures["upload_throughput"]["details"]["sha256_and_size_match"] is True
+    # The table went to stdout with every figure's title.
+    for fig in figures.values():
+        assert fig["title"] in done.stdout
