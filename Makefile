@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS ?= test,postgres,container,pulsar,condor,prod
+EXTRAS ?= test,postgres,container,pulsar,condor,batch,prod
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast bench services clean

@@ -107,3 +107,9 @@ def test_cancel_terminates_the_batch_job(batch_stack):
     described = batch_job(batch_stack, job_id)
     assert described["status"] == "FAILED"
     assert "Canceled by the caesar-rest user" in described.get("statusReason", "")
+
+
+def test_health_reports_the_queue(batch_stack):
+    body = batch_stack.client.get("/health").get_json()
+    text = str(body)
+    assert batch_stack.setup.job_queue in text, body

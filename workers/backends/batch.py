@@ -88,6 +88,18 @@ class BatchBackend:
         self.definitions: dict[tuple, str] = {}
         self.results: dict[str, dict[str, Any]] = {}
 
+    def health(self) -> dict[str, Any]:
+        """The job queue is ENABLED and VALID and the staging bucket answers (GET /health)."""
+        with self._errors("checking its health"):
+            queues = self.batch.describe_job_queues(jobQueues=[self.queue]).get("jobQueues") or []
+            self.s3.head_bucket(Bucket=self.bucket)
+        if not queues:
+            raise BackendError(f"AWS Batch job queue {self.queue!r} does not exist")
+        queue = queues[0]
+        if queue.get("state") != "ENABLED":
+            raise BackendError(f"AWS Batch job queue {self.queue!r} is {queue.get('state')}")
+        return {"job_queue": self.queue, "queue_status": queue.get("status"), "bucket": self.bucket}
+
     # ---- Backend protocol -------------------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
         if not job.argv:
