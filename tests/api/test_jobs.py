@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from caesar_rest import create_app
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job
 from workers.runner import Runner, reap
 
-from ..support import API, client_status, upload, wait_state
+from ..support import API, client_status, job_processes, upload, wait_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,19 +46,6 @@ def submit(client, app, **inputs):
 
 def run(app, job_id):
     return Runner(app.config).run(job_id)
-
-
-def job_processes(job_id: str) -> list[int]:
-    """Processes whose environment carries this job's id."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if f"CAESAR_JOB_ID={job_id}".encode() in fh.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def test_submit_answers_like_the_seed(client):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 import threading
 import time
@@ -22,7 +21,7 @@ from workers.backends.base import RUNNING, BackendUnavailable
 from workers.backends.pulsar import PulsarBackend
 
 from ..apps.fitsgen import make_image
-from ..support import API, TERMINAL, client_status, free_port, upload, wait_state
+from ..support import API, TERMINAL, client_status, free_port, job_processes, upload, wait_state
 from .pulsar_fixtures import UNREACHABLE_TIMEOUT, PulsarStack, pulsar_servers, pulsar_stack, stack  # noqa: F401
 
 # Generous: other engineers' suites share these 2 cores.
@@ -74,27 +73,14 @@ def pulsar_job(stack: PulsarStack, job_id: str) -> tuple[str, str]:
     return server, pulsar_id
 
 
-def processes_of(job_id: str) -> list[int]:
-    """Processes (anywhere on this machine) running this caesar job: its environment names it."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if f"CAESAR_JOB_ID={job_id}".encode() in fh.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 def wait_running_on_pulsar(stack: PulsarStack, job_id: str) -> tuple[str, str]:
     st = wait(stack, job_id, states=("RUNNING",) + TERMINAL)
     assert st["state"] == "RUNNING", explain(stack, job_id)
     server, pulsar_id = pulsar_job(stack, job_id)
     deadline = time.time() + 30
-    while not processes_of(job_id) and time.time() < deadline:
+    while not job_processes(job_id) and time.time() < deadline:
         time.sleep(0.1)
-    assert processes_of(job_id), "the app's process never started on the Pulsar server"
+    assert job_processes(job_id), "the app's process never started on the Pulsar server"
     return server, pulsar_id
 
 
@@ -241,9 +227,9 @@ def test_cancel_stops_the_remote_job(stack):
     st = wait(stack, job)
     assert st["state"] == "CANCELED", explain(stack, job)
     deadline = time.time() + 20
-    while processes_of(job) and time.time() < deadline:
+    while job_processes(job) and time.time() < deadline:
         time.sleep(0.1)
-    assert not processes_of(job), "the app still runs after cancel"
+    assert not job_processes(job), "the app still runs after cancel"
     assert not stack.servers[server].job_dir(pulsar_id).exists(), "the cancelled job was not cleaned"
     assert logs(stack, job)["stdout"].startswith("cancel me")       # the logs made it back
 
@@ -254,9 +240,9 @@ def test_time_limit_stops_the_remote_job(stack):
     assert st["state"] == "TIMED-OUT", explain(stack, job)
     assert "time limit of 2 s" in st["status"]
     deadline = time.time() + 20
-    while processes_of(job) and time.time() < deadline:
+    while job_processes(job) and time.time() < deadline:
         time.sleep(0.1)
-    assert not processes_of(job), "the app still runs after its time limit"
+    assert not job_processes(job), "the app still runs after its time limit"
     assert logs(stack, job)["stdout"].startswith("too slow")
 
 
@@ -294,7 +280,7 @@ def test_server_that_restarts_and_forgets_the_job_fails_it(stack):
     wait_running_on_pulsar(stack, job)
     p2 = stack.servers["p2"]
     p2.crash()                          # the host goes down, the job with it
-    assert not processes_of(job)
+    assert not job_processes(job)
     p2.wipe()                           # ... and comes back with an empty staging disk
     p2.start()
     st = wait(stack, job)
@@ -306,7 +292,7 @@ def test_server_unreachable_for_too_long_fails_the_job(stack):
     job = submit(stack, "sleeper", server="p2", seconds=120)
     wait_running_on_pulsar(stack, job)
     stack.servers["p2"].crash()
-    assert not processes_of(job)
+    assert not job_processes(job)
     t0 = time.time()
     st = wait(stack, job, timeout=UNREACHABLE_TIMEOUT + 90)
     assert st["state"] == "FAILURE", explain(stack, job)

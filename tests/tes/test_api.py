@@ -2,14 +2,13 @@
 views, list with paging and filters, cancel, wait; isolation between users; bad requests."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import requests
 import tes as py_tes
 
-from ..support import API
+from ..support import API, job_processes
 from .conftest import TOKENS, Tes, make_client, unique
 
 pytestmark = pytest.mark.usefixtures("checked_py_tes")
@@ -107,20 +106,8 @@ def test_cancel_stops_a_running_task(tes_stack, tes):
     full = tes.wait(task_id, timeout=30)       # py-tes's wait() stops at CANCELING already
     assert full["state"] == "CANCELED" and time.time() - started < 15
     assert any("canceled" in line.lower() for line in full["logs"][0]["system_logs"])
-    assert not _processes_of(task_id)
+    assert not job_processes(task_id)
     assert tes.call("POST", f"/tasks/{task_id}:cancel").json() == {}       # again: nothing to do, no error
-
-
-def _processes_of(task_id: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if f"CAESAR_JOB_ID={task_id}".encode() in fh.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def test_users_see_only_their_own_tasks(tes_stack, tes):
