@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@echo "installing caesar-rest[$(EXTRAS)] into $(VENV) (log: $(VENV)/install.log)"
+	@$(PIP) install -q --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PIP) install -q -e '.[$(EXTRAS)]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	touch $@
 
 install: $(STAMP)
