@@ -38,6 +38,27 @@ resources: {{cpus: 1, memory_mb: 256, time_limit: 300}}
 options:
   script: {{type: string, required: true, style: positional}}
   inputfile: {{type: file, style: positional}}
+""", "bsh-short": f"""
+name: bsh-short
+version: "1"
+description: a shell script with a 5 s time limit
+command: [sh, -c]
+backends: [batch]
+default_backend: batch
+image: {APPS_IMAGE}
+resources: {{cpus: 1, memory_mb: 256, time_limit: 5}}
+options:
+  script: {{type: string, required: true, style: positional}}
+""", "bsh-noimage": """
+name: bsh-noimage
+version: "1"
+description: an image that exists nowhere
+command: [sh, -c, "echo never"]
+backends: [batch]
+default_backend: batch
+image: localhost/caesar-no-such-image:latest
+resources: {cpus: 1, memory_mb: 256, time_limit: 60}
+options: {}
 """}
 
 

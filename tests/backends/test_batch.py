@@ -113,3 +113,19 @@ def test_health_reports_the_queue(batch_stack):
     body = batch_stack.client.get("/health").get_json()
     text = str(body)
     assert batch_stack.setup.job_queue in text, body
+
+
+def test_time_limit_stops_the_batch_job(batch_stack):
+    job_id = submit(batch_stack.client, "echo going; sleep 120", app="bsh-short")
+    status = wait_state(client_status(batch_stack.client), job_id, timeout=TIMEOUT)
+    assert status["state"] == "TIMED-OUT", status
+    assert "time limit of 5 s" in status["status"]
+    assert batch_job(batch_stack, job_id)["status"] == "FAILED"
+
+
+def test_missing_image_fails_the_job(batch_stack):
+    response = batch_stack.client.post(f"{API}/job", json={"app": "bsh-noimage", "job_inputs": {}})
+    job_id = response.get_json()["job_id"]
+    status = wait_state(client_status(batch_stack.client), job_id, timeout=TIMEOUT)
+    assert status["state"] == "FAILURE", status
+    assert "AWS Batch job" in status["status"] and "FAILED" in status["status"]
