@@ -74,6 +74,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "S3_SECRET_ACCESS_KEY": (None, "S3 secret key; null: boto3's usual credential chain."),
     "S3_REGION": ("us-east-1", "S3 region."),
     "STORAGE": ("local", "Where uploaded files live: local (DATA_DIR) or s3 (S3_BUCKET, streamed multipart)."),
+    "S3_JOB_OUTPUTS": (True, "With STORAGE s3, finished job directories move to S3 (<S3_PREFIX>jobs/<user>/<job_id>/)."),
     "S3_BUCKET": (None, "Bucket of uploaded files when STORAGE is s3."),
     "S3_PREFIX": ("caesar/data/", "Key prefix of uploaded files in S3_BUCKET (then <owner>/<uuid>.<format>)."),
     "S3_PART_BYTES": (8 * 1024 * 1024, "Multipart part size of S3 uploads (at least 5 MiB): the memory one upload holds."),

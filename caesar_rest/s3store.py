@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import threading
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping
@@ -207,6 +208,59 @@ class S3Store:
             self.client.delete_object(Bucket=bucket, Key=key)
         except Exception as exc:
             raise StorageUnavailable(f"S3 storage failed deleting the file: {describe_error(exc)}") from exc
+
+
+def job_prefix(store: S3Store, owner: str, job_id: str) -> str:
+    return f"{store.prefix}jobs/{owner}/{job_id}/"
+
+
+def archive_job(store: S3Store, owner: str, job_id: str, workdir: Path,
+                skip: tuple[str, ...] = ("inputs", "tmp")) -> str:
+    """Move a finished job's directory into S3 (each object with our sha256 and CRC64NVME), then remove it
+    from the local disk. Returns the s3:// URL of the job's prefix. On any error nothing local is removed."""
+    prefix = job_prefix(store, owner, job_id)
+    for path in sorted(workdir.rglob("*")):
+        rel = path.relative_to(workdir)
+        if rel.parts[0] in skip or not path.is_file() or path.is_symlink():
+            continue
+        sums = checksums_of(path)
+        metadata = {"sha256": sums.sha256}
+        if sums.crc64nvme:
+            metadata["crc64nvme"] = sums.crc64nvme
+        try:
+            store.client.upload_file(str(path), store.bucket, prefix + rel.as_posix(),
+                                     ExtraArgs={"Metadata": metadata})
+        except Exception as exc:
+            raise StorageError(f"archiving {rel} of job {job_id} to S3 failed: {describe_error(exc)}") from exc
+    shutil.rmtree(workdir, ignore_errors=True)
+    return f"s3://{store.bucket}/{prefix}"
+
+
+def job_objects(store: S3Store, url: str) -> Iterator[dict[str, Any]]:
+    """Every object of an archived job (Key, Size, LastModified), in key order."""
+    bucket, prefix = split_url(url)
+    try:
+        for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
+    except Exception as exc:
+        raise StorageUnavailable(f"S3 storage failed listing the job's outputs: {describe_error(exc)}") from exc
+
+
+def read_tail(store: S3Store, url: str, name: str, max_bytes: int) -> bytes:
+    """The last max_bytes of one object of an archived job; b"" when it does not exist."""
+    bucket, prefix = split_url(url)
+    try:
+        head = store.client.head_object(Bucket=bucket, Key=prefix + name)
+    except Exception:
+        return b""
+    start = max(0, int(head["ContentLength"]) - max_bytes)
+    if int(head["ContentLength"]) == 0:
+        return b""
+    try:
+        answer = store.client.get_object(Bucket=bucket, Key=prefix + name, Range=f"bytes={start}-")
+        return answer["Body"].read()
+    except Exception as exc:
+        raise StorageUnavailable(f"S3 storage failed reading {name}: {describe_error(exc)}") from exc
 
 
 _stores: dict[int, S3Store] = {}

@@ -5,7 +5,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 BLOCK = tarfile.BLOCKSIZE
@@ -46,45 +46,63 @@ def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo | None:
     return info
 
 
+def _file_blocks(path: Path, chunk: int) -> Callable[[], Iterator[bytes]]:
+    def blocks() -> Iterator[bytes]:
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            return
+        with fh:
+            while data := fh.read(chunk):
+                yield data
+    return blocks
+
+
 def stream_tar_gz(root: str | Path, prefix: str, level: int = 6, chunk: int = 1024 * 1024,
                   exclude: Iterable[str] = ()) -> Iterator[bytes]:
     """Yield a gzip-compressed POSIX tar of root, with members under prefix/."""
     root = Path(root)
+
+    def members() -> Iterator[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]] | None]]:
+        for path, arcname in _members(root, prefix, set(exclude)):
+            info = _tarinfo(path, arcname)
+            if info is not None:
+                yield info, _file_blocks(path, chunk) if info.type == tarfile.REGTYPE else None
+
+    return tar_gz(members(), level)
+
+
+def tar_gz(members: Iterable[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]] | None]],
+           level: int = 6) -> Iterator[bytes]:
+    """A streamed tar.gz of (header, opener of the content's blocks) pairs, from any source (disk, S3)."""
     gz = zlib.compressobj(level, zlib.DEFLATED, 31)   # wbits 31: gzip container
-    excluded = set(exclude)
     written = 0
-    for path, arcname in _members(root, prefix, excluded):
-        info = _tarinfo(path, arcname)
-        if info is None:
+    for info, opener in members:
+        header = info.tobuf(tarfile.PAX_FORMAT)
+        size = info.size if info.type == tarfile.REGTYPE else 0
+        written += len(header) + size + (-size) % BLOCK
+        out = gz.compress(header)
+        if out:
+            yield out
+        if opener is None:
             continue
-        if info.type != tarfile.REGTYPE:
-            header = info.tobuf(tarfile.PAX_FORMAT)
-            written += len(header)
-            yield gz.compress(header)
-            continue
-        try:
-            fh = open(path, "rb")
-        except OSError:
-            continue
-        with fh:
-            # A file that grows while we read is cut at the size in its header; one that shrinks is padded.
-            header = info.tobuf(tarfile.PAX_FORMAT)
-            written += len(header) + info.size + (-info.size) % BLOCK
-            out = gz.compress(header)
+        # A file that grows while we read is cut at the size in its header; one that shrinks is padded.
+        remaining = size
+        for data in opener():
+            data = data[:remaining]
+            remaining -= len(data)
+            out = gz.compress(data)
             if out:
                 yield out
-            remaining = info.size
-            while remaining > 0:
-                data = fh.read(min(chunk, remaining))
-                if not data:
-                    data = b"\0" * min(chunk, remaining)
-                remaining -= len(data)
-                out = gz.compress(data)
-                if out:
-                    yield out
-            pad = (-info.size) % BLOCK
-            if pad:
-                yield gz.compress(b"\0" * pad)
+            if remaining <= 0:
+                break
+        while remaining > 0:
+            zeros = min(remaining, 1024 * 1024)
+            remaining -= zeros
+            yield gz.compress(b"\0" * zeros)
+        pad = (-size) % BLOCK
+        if pad:
+            yield gz.compress(b"\0" * pad)
     # End of archive: two zero blocks, then padding to a whole record as tar(1) writes it.
     written += 2 * BLOCK
     tail = 2 * BLOCK + (-written) % tarfile.RECORDSIZE

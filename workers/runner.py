@@ -370,6 +370,25 @@ class Runner:
                         json.dump(to_metadata(job), fh, indent=2)
                 except OSError as exc:   # the database keeps the record; the file is a convenience copy
                     log.warning("job %s: caesar_job.json not written: %s", job_id, exc)
+            owner = job.owner
+        if self.settings.get("STORAGE") == "s3" and self.settings.get("S3_JOB_OUTPUTS", True) and workdir.is_dir():
+            self._archive(job_id, owner, workdir)
+
+    def _archive(self, job_id: str, owner: str, workdir: Path) -> None:
+        """Job outputs live in S3 too: the finished job directory moves there (the API streams it back)."""
+        try:
+            url = s3store.archive_job(s3store.store_for(self.settings), owner, job_id, workdir)
+            extra = {"output_store": url}
+        except Exception as exc:       # the job's result stands; its files stay on the local disk
+            log.error("job %s: outputs not archived to S3: %s", job_id, exc)
+            extra = {"output_store_error": str(exc)}
+
+        def record() -> None:
+            with session_scope(self.url) as s:
+                job = s.get(Job, job_id)
+                job.extra = {**(job.extra or {}), **extra}
+
+        self._retry_db(job_id, "recording where the outputs are", record)
 
 
 def _exit_message(rc: int | None, status: BackendStatus, workdir: Path) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import tarfile
 from pathlib import Path
 
 from flask import Response, jsonify, request, stream_with_context
@@ -9,10 +10,11 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
 from .. import jobs as service
+from .. import s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..models import ALL_STATES, Job
-from ..tarball import stream_tar_gz
+from ..tarball import stream_tar_gz, tar_gz
 from . import docs
 from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, registry, session, settings
 
@@ -119,14 +121,47 @@ def output(job_id: str):
             raise Conflict(f"Job {job_id} is {job.state}; its output is available once it has finished",
                            state=job.state)
         workdir = Path(job.workdir)
-    if not workdir.is_dir():
+        archived = (job.extra or {}).get("output_store")
+    if archived:
+        body = _archived_tar_gz(cfg, archived, f"job_{job_id}")
+    elif not workdir.is_dir():
         raise Conflict(f"Job {job_id} ended ({job.state}) without a job directory: {job.status}", state=job.state)
-    exclude = () if cfg["OUTPUT_INCLUDE_INPUTS"] else ("inputs",)
-    body = stream_tar_gz(workdir, f"job_{job_id}", level=int(cfg["OUTPUT_GZIP_LEVEL"]),
-                         chunk=int(cfg["UPLOAD_CHUNK_BYTES"]), exclude=exclude)
+    else:
+        exclude = () if cfg["OUTPUT_INCLUDE_INPUTS"] else ("inputs",)
+        body = stream_tar_gz(workdir, f"job_{job_id}", level=int(cfg["OUTPUT_GZIP_LEVEL"]),
+                             chunk=int(cfg["UPLOAD_CHUNK_BYTES"]), exclude=exclude)
     response = Response(stream_with_context(body), mimetype="application/gzip", direct_passthrough=True)
     response.headers["Content-Disposition"] = f'attachment; filename="job_{job_id}.tar.gz"'
     return response
+
+
+def _archived_tar_gz(cfg, url: str, prefix: str):
+    """The tar.gz of a job directory that moved to S3, streamed object by object."""
+    store = s3store.store_for(cfg)
+    objects = list(s3store.job_objects(store, url))     # listed before the first byte: errors are still a 503
+    bucket = s3store.split_url(url)[0]
+    folder = s3store.split_url(url)[1]
+
+    def members():
+        seen_dirs: set[str] = set()
+        root = tarfile.TarInfo(prefix)
+        root.type, root.mode = tarfile.DIRTYPE, 0o755
+        yield root, None
+        for obj in objects:
+            rel = obj["Key"][len(folder):]
+            parts = rel.split("/")
+            for i in range(1, len(parts)):
+                sub = "/".join(parts[:i])
+                if sub not in seen_dirs:
+                    seen_dirs.add(sub)
+                    d = tarfile.TarInfo(f"{prefix}/{sub}")
+                    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, int(obj["LastModified"].timestamp())
+                    yield d, None
+            info = tarfile.TarInfo(f"{prefix}/{rel}")
+            info.size, info.mode, info.mtime = int(obj["Size"]), 0o644, int(obj["LastModified"].timestamp())
+            yield info, (lambda key=obj["Key"]: store.open_stream(f"s3://{bucket}/{key}")[0])
+
+    return tar_gz(members(), level=int(cfg["OUTPUT_GZIP_LEVEL"]))
 
 
 def _tail(path: Path, lines: int | None, max_bytes: int = 1024 * 1024) -> str:
@@ -137,6 +172,10 @@ def _tail(path: Path, lines: int | None, max_bytes: int = 1024 * 1024) -> str:
         size = fh.tell()
         fh.seek(max(0, size - max_bytes))
         data = fh.read()
+    return _lines(data, lines)
+
+
+def _lines(data: bytes, lines: int | None) -> str:
     text = data.decode("utf-8", "replace")
     if lines is not None:
         text = "\n".join(text.splitlines()[-lines:]) if lines else ""
@@ -153,9 +192,15 @@ def logs(job_id: str):
         job = service.get_job(s, _owner_filter(), job_id)
         workdir = Path(job.workdir)
         state = job.state
+        archived = (job.extra or {}).get("output_store")
     lines = None if tail < 0 else tail
-    return jsonify({"job_id": job_id, "state": state, "stdout": _tail(workdir / "stdout.log", lines),
-                    "stderr": _tail(workdir / "stderr.log", lines)})
+    if archived:
+        store = s3store.store_for(settings())
+        texts = {name: _lines(s3store.read_tail(store, archived, f"{name}.log", 1024 * 1024), lines)
+                 for name in ("stdout", "stderr")}
+    else:
+        texts = {name: _tail(workdir / f"{name}.log", lines) for name in ("stdout", "stderr")}
+    return jsonify({"job_id": job_id, "state": state, **texts})
 
 
 @blp.route("/job/<job_id>/metadata", methods=["GET"])

@@ -151,3 +151,38 @@ def test_large_file_round_trip_with_flat_memory(tmp_path, aws_setup):
     finally:
         api.stop()
         dispose_all()
+
+
+def test_job_outputs_move_to_s3_and_come_back(batch_stack):
+    """With STORAGE s3 a finished job's directory lives in the bucket: output, logs and checksums from there."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    client, s3 = batch_stack.client, aws("s3", batch_stack.setup.endpoint)
+    record = upload(client, b"archive me\n" * 100, "kept.txt")
+    job_id = client.post(f"{API}/job", json={"app": "checksum", "backend": "local",
+                                             "job_inputs": {"inputfile": record["uuid"]}}).get_json()["job_id"]
+    assert wait_state(client_status(client), job_id, timeout=120)["state"] == "SUCCESS"
+    meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
+    settings = batch_stack.settings
+    workdir = Path(settings["ROOT"]) / "jobs" / "anonymous" / job_id
+    deadline = time.time() + 30
+    while workdir.exists() and time.time() < deadline:      # archived right after the final state
+        time.sleep(0.2)
+    assert not workdir.exists()
+    bucket = settings["S3_BUCKET"]
+    keys = {o["Key"].rsplit("/", 1)[-1]: o["Key"] for o in
+            s3.list_objects_v2(Bucket=bucket, Prefix=f"{settings.get('S3_PREFIX', 'caesar/data/')}jobs/anonymous/{job_id}/")
+            ["Contents"]}
+    assert {"checksum.txt", "stdout.log", "stderr.log", "caesar_job.json"} <= set(keys)
+    head = s3.head_object(Bucket=bucket, Key=keys["checksum.txt"])
+    out = {o["path"]: o for o in meta["outputs"]}["checksum.txt"]
+    assert head["Metadata"]["sha256"] == out["sha256"] and head["Metadata"]["crc64nvme"] == out["crc64nvme"]
+    r = client.get(f"{API}/job/{job_id}/output")
+    assert r.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
+        assert tar.extractfile(f"job_{job_id}/checksum.txt").read().split()[0].decode() == record["sha256"]
+        assert f"job_{job_id}/stdout.log" in tar.getnames()
+    logs = client.get(f"{API}/job/{job_id}/logs?tail=1").get_json()
+    assert record["sha256"] in logs["stdout"]
