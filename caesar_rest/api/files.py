@@ -128,7 +128,14 @@ def fileids():
 
 
 @blp.route("/download-id/<file_id>", methods=["GET", "POST"])
-@blp.doc(summary="Download a file by uuid", responses=docs.binary(200, "application/octet-stream", "The file"))
+@blp.doc(summary="Download a file by uuid",
+         parameters=docs.query(("presign", "string", "with S3 storage: 1 redirects (307) to a presigned URL, "
+                                                     "json answers {url, expires_in}")),
+         responses={"200": {"description": "The file, or {url, expires_in} with presign=json", "content": {
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        "application/json": {"schema": {"type": "object", "properties": {
+                            "url": {"type": "string"}, "expires_in": {"type": "integer"}}}}}},
+                    "307": {"description": "Redirect to a presigned S3 URL (presign=1, S3 storage)"}, **docs.ERRORS})
 def download(file_id: str):
     with session() as s:
         record = get_file(s, owner_filter(), file_id)
