@@ -29,3 +29,14 @@ class HangingBackend(LocalBackend):
     def health(self) -> None:
         HangingBackend.calls += 1
         time.sleep(3)
+
+
+class PlainBackend:
+    """A backend class with no health() at all: /health can only say it is unchecked."""
+
+    name = "plain"
+    blocking = True
+    job_options = ()
+
+    def __init__(self, settings, options) -> None:
+        pass

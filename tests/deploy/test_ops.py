@@ -57,7 +57,8 @@ def test_health_reports_every_part_with_latency(client):
     for part in ("database", "broker", "result_store"):
         assert body["checks"][part]["status"] == "ok" and body["checks"][part]["latency_ms"] >= 0
         assert body["checks"][part]["required"] is True
-    assert body["checks"]["backends"]["local"] == {"status": "unchecked", "required": True}
+    local = body["checks"]["backends"]["local"]      # its job directory is writable and has room
+    assert local["status"] == "ok" and local["required"] is True and local["latency_ms"] >= 0
 
 
 def test_health_is_503_when_the_broker_is_unreachable(make_app):
@@ -72,7 +73,7 @@ def test_health_is_503_when_the_broker_is_unreachable(make_app):
 
 
 def test_backend_health_methods_are_called_when_present(make_app):
-    backends = {"local": {}, "healthy": {"class": f"{FAKES}:HealthyBackend"},
+    backends = {"local": {}, "plain": {"class": f"{FAKES}:PlainBackend"}, "healthy": {"class": f"{FAKES}:HealthyBackend"},
                 "broken": {"class": f"{FAKES}:BrokenBackend"}, "hanging": {"class": f"{FAKES}:HangingBackend"}}
     app = make_app(BACKENDS=backends, HEALTH_TIMEOUT=1)
     r = get(app.test_client(), "/health")
@@ -80,7 +81,8 @@ def test_backend_health_methods_are_called_when_present(make_app):
     got = body["checks"]["backends"]
     # Only the default backend is required: the others going down degrade the service, they do not fail it.
     assert r.status_code == 200 and body["status"] == "degraded", body
-    assert got["local"]["status"] == "unchecked" and got["local"]["required"]
+    assert got["local"]["status"] == "ok" and got["local"]["required"]
+    assert got["plain"] == {"status": "unchecked", "required": False}
     assert got["healthy"]["status"] == "ok" and got["healthy"]["detail"] == {"slots": 2}
     assert got["broken"]["status"] == "down" and "refused the connection" in got["broken"]["error"]
     assert got["hanging"]["status"] == "down" and "no answer in 1 s" in got["hanging"]["error"]
