@@ -186,3 +186,35 @@ def test_job_outputs_move_to_s3_and_come_back(batch_stack):
         assert f"job_{job_id}/stdout.log" in tar.getnames()
     logs = client.get(f"{API}/job/{job_id}/logs?tail=1").get_json()
     assert record["sha256"] in logs["stdout"]
+
+
+def test_s3_secret_never_reaches_answers_logs_or_files(tmp_path, aws_setup, caplog):
+    """moto takes any key pair: a unique secret shows whether ours leaks anywhere."""
+    import uuid
+    from pathlib import Path
+
+    from caesar_rest import create_app
+    from workers.runner import Runner
+
+    secret = f"caesar-secret-{uuid.uuid4().hex}"
+    settings = s3_settings(tmp_path, aws_setup)
+    settings["S3_SECRET_ACCESS_KEY"] = secret
+    caplog.set_level("DEBUG")
+    app = create_app(settings)
+    client = app.test_client()
+    seen = []
+    record = upload(client, b"secret-free\n", "s.txt")
+    seen.append(str(record))
+    job_id = client.post(f"{API}/job", json={"app": "checksum", "job_inputs": {"inputfile": record["uuid"]}}
+                         ).get_json()["job_id"]
+    assert Runner(app.config).run(job_id) == "SUCCESS"
+    for path in (f"/download-id/{record['uuid']}?presign=json", f"/download-id/{'0' * 32}", f"/job/{job_id}/metadata",
+                 f"/job/{job_id}/status", f"/job/{job_id}/logs", "/fileids"):
+        seen.append(client.get(API + path).get_data(as_text=True))
+    seen.append(client.get("/health").get_data(as_text=True))
+    seen.append(caplog.text)
+    for path in Path(settings["ROOT"]).rglob("*"):
+        if path.is_file():
+            seen.append(path.read_bytes().decode("latin-1"))
+    assert not any(secret in text for text in seen)
+    dispose_all()
