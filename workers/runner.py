@@ -143,8 +143,7 @@ class Runner:
                 return None
             job = s.get(Job, job_id)
             job.extra = {**(job.extra or {}), "worker_pid": os.getpid()}
-            s.flush()
-            s.refresh(job)
+            s.flush()               # the row was loaded after the UPDATE above: nothing to refresh
             _ = job.inputs
             return job
 
@@ -295,7 +294,7 @@ class Runner:
             except Exception as exc:
                 log.exception("%s of %s failed", step, job_id)
                 problems.append(f"{step} failed: {exc}")
-        self._record_outputs(job_id, workdir)
+        outputs = self._output_manifest(job_id, workdir)
         rc = status.exit_code
         if canceled:
             state, message = CANCELED, "Job canceled by user"
@@ -315,24 +314,17 @@ class Runner:
             state = FAILURE
         if problems:
             message = f"{message}; {'; '.join(problems)}"
-        self._end(job_id, state, message, exit_status=rc, pid=status.pid)
+        self._end(job_id, state, message, exit_status=rc, pid=status.pid, outputs=outputs)
         return state
 
-    def _record_outputs(self, job_id: str, workdir: Path) -> None:
-        """Size, sha256 and CRC64NVME of each output file, kept with the job (metadata 'outputs')."""
+    def _output_manifest(self, job_id: str, workdir: Path) -> list[dict[str, Any]] | None:
+        """Size, sha256 and CRC64NVME of each output file, kept with the job (metadata 'outputs') by _end_once,
+        in the transaction that ends the job (one commit fewer per job)."""
         try:
-            outputs = s3store.output_manifest(workdir) if workdir.is_dir() else []
+            return s3store.output_manifest(workdir) if workdir.is_dir() else []
         except OSError as exc:
             log.warning("job %s: output checksums not computed: %s", job_id, exc)
-            return
-
-        def store() -> None:
-            with session_scope(self.url) as s:
-                job = s.get(Job, job_id)
-                if job is not None:
-                    job.extra = {**(job.extra or {}), "outputs": outputs}
-
-        self._retry_db(job_id, "recording output checksums", store)
+            return None
 
     def _retry_db(self, job_id: str, what: str, fn):
         """Run fn, waiting out a database outage (up to DB_RETRY_FOR s) so a finished job's result is not lost."""
@@ -351,26 +343,31 @@ class Runner:
     def _end(self, job_id: str, state: str, message: str, **fields: Any) -> None:
         self._retry_db(job_id, f"recording {state}", lambda: self._end_once(job_id, state, message, **fields))
 
-    def _end_once(self, job_id: str, state: str, message: str, **fields: Any) -> None:
+    def _end_once(self, job_id: str, state: str, message: str, outputs: list[dict[str, Any]] | None = None,
+                  **fields: Any) -> None:
         with session_scope(self.url) as s:
             job = s.get(Job, job_id)
+            if job is not None and outputs is not None:
+                # Kept whether or not this end wins the transition below (a cancel may have ended the job first).
+                job.extra = {**(job.extra or {}), "outputs": outputs}
             now = utcnow()
             if job is not None and job.run_date is not None:
                 fields.setdefault("elapsed", round((now - job.run_date).total_seconds(), 3))
             fields = {k: v for k, v in fields.items() if v is not None or k == "exit_status"}
             if not transition(s, job_id, state, message, end_date=now, **fields):
                 return
-        with session_scope(self.url) as s:
-            job = s.get(Job, job_id)
-            workdir = Path(job.workdir)
-            if workdir.is_dir():
-                shutil.rmtree(workdir / "tmp", ignore_errors=True)
-                try:
-                    with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
-                        json.dump(to_metadata(job), fh, indent=2)
-                except OSError as exc:   # the database keeps the record; the file is a convenience copy
-                    log.warning("job %s: caesar_job.json not written: %s", job_id, exc)
-            owner = job.owner
+            # The record as this transaction leaves it, for caesar_job.json: no second session for it.
+            s.flush()
+            s.refresh(job)
+            metadata = to_metadata(job)
+            workdir, owner = Path(job.workdir), job.owner
+        if workdir.is_dir():
+            shutil.rmtree(workdir / "tmp", ignore_errors=True)
+            try:
+                with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
+                    json.dump(metadata, fh, indent=2)
+            except OSError as exc:   # the database keeps the record; the file is a convenience copy
+                log.warning("job %s: caesar_job.json not written: %s", job_id, exc)
         if self.settings.get("STORAGE") == "s3" and self.settings.get("S3_JOB_OUTPUTS", True) and workdir.is_dir():
             self._archive(job_id, owner, workdir)
 
