@@ -15,7 +15,7 @@ from caesar_rest.db import engine_for
 
 from .report import Figure
 from .rows import insert_pending
-from .stack import cpu_seconds, tree
+from .stack import cpu_seconds, cpu_split, tree
 
 
 def measure(stack, n: int, concurrency: int, timeout: float) -> list[Figure]:
@@ -35,6 +35,7 @@ def measure(stack, n: int, concurrency: int, timeout: float) -> list[Figure]:
         publish_run(stack.celery, settings, job_id, "local")
     t_publish = time.perf_counter() - t0
     cpu0 = cpu_seconds(tree(worker.pid))
+    split0 = cpu_split(worker.pid)
     wall0 = time.perf_counter()
     stack.celery.control.add_consumer(queue, destination=[hostname], reply=True, timeout=10)
     engine = engine_for(settings["DATABASE_URL"])
@@ -49,6 +50,7 @@ def measure(stack, n: int, concurrency: int, timeout: float) -> list[Figure]:
         time.sleep(0.1)
     wall = time.perf_counter() - wall0
     cpu = cpu_seconds(tree(worker.pid)) - cpu0
+    split = {k: round((v - split0[k]) / n * 1000, 2) for k, v in cpu_split(worker.pid).items()}
     # Let a duplicate delivery (if any) show up before counting.
     time.sleep(1.0)
     stack.stop_worker(worker)
@@ -66,7 +68,8 @@ def measure(stack, n: int, concurrency: int, timeout: float) -> list[Figure]:
     lost = n - states.get("SUCCESS", 0)
     run_twice = max(twice, double_start)
     details = {"jobs": n, "worker_concurrency": concurrency, "first_claim_to_last_end_s": seconds,
-               "wall_from_consuming_s": round(wall, 2), "worker_cpu_ms_per_job": round(cpu / n * 1000, 2), "states": states, "attempts_gt_1": twice,
+               "wall_from_consuming_s": round(wall, 2), "worker_cpu_ms_per_job": round(cpu / n * 1000, 2),
+               "worker_cpu_ms_per_job_by_process": split, "states": states, "attempts_gt_1": twice,
                "attempts_0": never, "jobs_with_two_STARTED_events": double_start,
                "insert_s": round(t_insert, 3), "publish_s": round(t_publish, 3),
                "publish_rate_per_s": round(n / t_publish, 1), "job_poll_interval": settings["JOB_POLL_INTERVAL"]}

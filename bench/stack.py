@@ -63,6 +63,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds of a Celery worker: its main process, its pool processes, and what the pool's reaped
+    children (the jobs' processes) used."""
+    def fields(p: int) -> list[int]:
+        try:
+            return [int(x) for x in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+        except OSError:
+            return [0, 0, 0, 0]
+    main = fields(pid)
+    pool = [fields(c) for c in children(pid)]
+    return {"main": (main[0] + main[1]) / _TICK, "pool": sum(f[0] + f[1] for f in pool) / _TICK,
+            "jobs": sum(f[2] + f[3] for f in pool) / _TICK}
+
+
 def wait_port(port: int, proc: Proc, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
