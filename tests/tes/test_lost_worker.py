@@ -10,7 +10,7 @@ from caesar_rest.db import dispose_all
 
 from ..support import embedded_settings, start_worker
 from . import schema
-from .test_api import _processes_of
+from ..support import job_processes
 
 
 def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
@@ -34,13 +34,13 @@ def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
         r = client.post("/ga4gh/tes/v1/tasks", json={"executors": [{"image": "alpine", "command": ["sleep", "300"]}]})
         task_id = r.get_json()["id"]
         wait(task_id, ("RUNNING",))
-        assert _processes_of(task_id)
+        assert job_processes(task_id)
     finally:
         first.stop(signal.SIGKILL)
     deadline = time.time() + 10
-    while _processes_of(task_id) and time.time() < deadline:       # it died with its worker
+    while job_processes(task_id) and time.time() < deadline:       # it died with its worker
         time.sleep(0.1)
-    assert not _processes_of(task_id)
+    assert not job_processes(task_id)
     second = start_worker(settings, ["local"], tmp_path / "w2.log", concurrency=1, beat=True)
     try:
         done = wait(task_id, ("SYSTEM_ERROR",), timeout=30)
