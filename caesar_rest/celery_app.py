@@ -66,6 +66,8 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
 
 def publish_run(celery: Celery, settings: Mapping[str, Any], job_id: str, backend: str) -> None:
     """Send a job to its backend's worker pool. Raises kombu/amqp errors when the broker is down."""
+    # ignore_result: nobody waits on this task's result (the database has the job's state), so the publisher
+    # does not subscribe to it in the result store (a Redis SUBSCRIBE, then UNSUBSCRIBE, per job).
     celery.send_task(RUN_TASK, args=[job_id], queue=queue_name(settings, backend),
-                     routing_key=queue_name(settings, backend), task_id=job_id, retry=True,
+                     routing_key=queue_name(settings, backend), task_id=job_id, retry=True, ignore_result=True,
                      retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1})
