@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Response, jsonify, request, stream_with_context
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
+from sqlalchemy.orm import load_only
 
 from .. import jobs as service
 from .. import s3store
@@ -75,7 +76,11 @@ def list_jobs():
             query = query.where(getattr(Job, name) == request.args[name])
     with session() as s:
         total = s.scalar(select(func.count()).select_from(query.subquery()))
-        rows = s.scalars(query.order_by(Job.submit_date.desc(), Job.id).offset((page - 1) * per_page).limit(per_page)).all()
+        # Only the columns a summary shows: the JSON ones it does not (argv, spec, extra) are neither sent nor decoded.
+        summary = load_only(Job.app, Job.job_inputs, Job.submit_date, Job.state, Job.status, Job.tag, Job.backend,
+                            Job.end_date)
+        rows = s.scalars(query.options(summary).order_by(Job.submit_date.desc(), Job.id)
+                         .offset((page - 1) * per_page).limit(per_page)).all()
         return jsonify({"jobs": [service.to_summary(j) for j in rows], "page": page, "per_page": per_page,
                         "total": total, "pages": (total + per_page - 1) // per_page})
 
