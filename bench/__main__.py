@@ -27,10 +27,10 @@ FIGURE_KEYS = {
 MiB = 1024 * 1024
 
 FULL = {"overhead_jobs": 100, "submit_requests": 3000, "submit_concurrency": 16, "drain_jobs": 10000,
-        "upload_mib": 1024, "download_mib": 1024, "transfer_repeats": 2, "listing_jobs": 100000,
-        "listing_requests": 300}
+        "upload_mib": 1024, "upload_repeats": 2, "download_mib": 1024, "download_repeats": 1,
+        "listing_jobs": 100000, "listing_requests": 300}
 QUICK = {"overhead_jobs": 10, "submit_requests": 200, "submit_concurrency": 8, "drain_jobs": 100,
-         "upload_mib": 16, "download_mib": 16, "transfer_repeats": 1, "listing_jobs": 2000,
+         "upload_mib": 16, "upload_repeats": 1, "download_mib": 16, "download_repeats": 1, "listing_jobs": 2000,
          "listing_requests": 40}
 
 
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
             "overhead": lambda: _overhead(stack, base, args),
             "throughput": lambda: throughput.measure(stack, base, args.submit_requests, args.submit_concurrency),
             "drain": lambda: drain.measure(stack, args.drain_jobs, args.drain_concurrency, args.drain_timeout),
-            "upload": lambda: transfer.measure_upload(stack, base, args.upload_mib * MiB, args.transfer_repeats),
-            "download": lambda: transfer.measure_download(stack, base, args.download_mib * MiB, args.transfer_repeats),
+            "upload": lambda: transfer.measure_upload(stack, base, args.upload_mib * MiB, args.upload_repeats),
+            "download": lambda: transfer.measure_download(stack, base, args.download_mib * MiB, args.download_repeats),
             "listing": lambda: listing.measure(stack, base, args.listing_jobs, args.listing_requests),
         }
         for phase in PHASES:
@@ -115,13 +115,13 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
 def _overhead(stack, base: str, args: argparse.Namespace) -> list[Figure]:
     from . import overhead
 
-    worker = stack.start_worker(args.worker_concurrency, name=f"overhead{uuid.uuid4().hex[:6]}")
-    bare = stack.start_bare_worker()
+    worker = stack.spawn_worker(args.worker_concurrency, name=f"overhead{uuid.uuid4().hex[:6]}")
+    bare = stack.spawn_bare_worker()
     try:
+        stack.wait_ready(worker, bare)
         return overhead.measure(stack, base, args.overhead_jobs, worker)
     finally:
-        stack.stop_worker(bare)
-        stack.stop_worker(worker)
+        stack.stop_worker(bare, worker)
 
 
 def main(argv: list[str] | None = None) -> int:

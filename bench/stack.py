@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import (REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings,
-                           settings_env, start_worker)
+                           settings_env)
 
 BENCH_DIR = Path(__file__).resolve().parent
 APPS_DIR = BENCH_DIR / "apps"
@@ -166,36 +166,48 @@ class Stack:
         self.api.start()
         return f"http://127.0.0.1:{self.api.port}"
 
-    def start_worker(self, concurrency: int, name: str = "local") -> Proc:
-        """A local pool; its Celery hostname is <name>@<host> (name it uniquely to address it by control)."""
-        proc = start_worker(self.overrides, ["local"], self.logs / f"worker-{name}-{len(self.workers)}.log",
-                            concurrency=concurrency, name=name)
+    def spawn_worker(self, concurrency: int, name: str = "local", app: str = "workers", queue: str = "local") -> Proc:
+        """A Celery pool, not waited for (see wait_ready); its hostname is <name>@<host>, name it uniquely."""
+        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO", "-Q", self.prefix + queue,
+               "--concurrency", str(concurrency), "--without-gossip", "--without-mingle", "--hostname", f"{name}@%h"]
+        proc = Proc(cmd, settings_env(self.overrides), self.logs / f"worker-{name}.log")
         self.workers.append(proc)
         return proc
 
-    def start_bare_worker(self) -> Proc:
+    @staticmethod
+    def wait_ready(*procs: Proc, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        waiting = list(procs)
+        while waiting and time.time() < deadline:
+            for proc in list(waiting):
+                if "ready." in proc.log():
+                    waiting.remove(proc)
+                elif proc.popen.poll() is not None:
+                    raise RuntimeError(f"worker exited at start:\n{proc.log()[-3000:]}")
+            time.sleep(0.1)
+        if waiting:
+            raise RuntimeError(f"worker not ready in {timeout} s:\n{waiting[0].log()[-3000:]}")
+
+    def start_worker(self, concurrency: int, name: str = "local") -> Proc:
+        """A local pool, ready."""
+        proc = self.spawn_worker(concurrency, name)
+        self.wait_ready(proc)
+        return proc
+
+    def spawn_bare_worker(self) -> Proc:
         """The baseline pool: bench.bare's empty task on queue <prefix>bare, same pool type and log level as the
         job pool's."""
         import uuid
 
-        cmd = [sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "--loglevel", "INFO", "-Q",
-               self.prefix + "bare", "--concurrency", "2", "--without-gossip", "--without-mingle", "--hostname",
-               f"bare{uuid.uuid4().hex[:6]}@%h"]
-        proc = Proc(cmd, settings_env(self.overrides), self.logs / "worker-bare.log")
-        self.workers.append(proc)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if "ready." in proc.log():
-                return proc
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"bare worker exited:\n{proc.log()}")
-            time.sleep(0.2)
-        raise RuntimeError(f"bare worker not ready in 60 s:\n{proc.log()}")
+        return self.spawn_worker(2, f"bare{uuid.uuid4().hex[:6]}", app="bench.bare", queue="bare")
 
-    def stop_worker(self, proc: Proc) -> None:
-        proc.stop(signal.SIGTERM, timeout=60)
-        if proc in self.workers:
-            self.workers.remove(proc)
+    def stop_worker(self, *procs: Proc) -> None:
+        """SIGKILL to the pool's process group: the bench stops a pool only once its work is done (nothing
+        unacknowledged), and even a cold shutdown takes seconds."""
+        for proc in procs:
+            proc.stop(signal.SIGKILL, timeout=30)
+            if proc in self.workers:
+                self.workers.remove(proc)
 
     def purge(self, pool: str = "local") -> int:
         """Drop every message waiting in a pool's queue (jobs the throughput test queued and nobody runs)."""

@@ -130,7 +130,7 @@ def _job_directory(root: Path, size: int) -> None:
                                              for i in range(20000)))
     (root / "stderr.log").write_text("")
     text_size = size // 2
-    lines = rng.normal(0, 1, size=(200000, 5))
+    lines = rng.normal(0, 1, size=(min(200000, max(1000, text_size // 60)), 5))     # ~60 bytes a line
     block = "".join(f"{i},{a:.6f},{b:.6f},{c:.6f},{d:.6f},{e:.6f}\n" for i, (a, b, c, d, e) in enumerate(lines))
     block_bytes = block.encode()
     with open(root / "catalog.csv", "wb") as fh:
