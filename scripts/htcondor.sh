@@ -48,7 +48,12 @@ mounted() { awk -v p="$1" '$2 == p {found=1} END {exit !found}' /proc/mounts; }
 
 bind_ro() {     # bind-mount a host directory read-only at the same path in the chroot
   local src=$1 dst=$R$1
-  mounted "$dst" && return 0
+  if mounted "$dst"; then
+    # Still the same directory? A path deleted and created again (a fresh clone at the same place)
+    # leaves a stale mount of the old one behind: replace it.
+    [ "$(stat -c %d:%i "$src")" = "$(stat -c %d:%i "$dst" 2>/dev/null)" ] && return 0
+    umount "$dst" 2>/dev/null || umount -l "$dst"
+  fi
   mkdir -p "$dst"
   mount --bind "$src" "$dst"
   mount -o remount,bind,ro "$dst" 2>/dev/null || log "could not make $dst read-only; left read-write"
