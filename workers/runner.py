@@ -47,6 +47,7 @@ class Runner:
         if claimed is None:
             return self._on_redelivery(job_id)
         job = claimed
+        self._claimed = (job_id, Path(job.workdir), job.backend)
         if job.kind == "tes":               # GA4GH TES tasks: executors from the request (workers/tes.py)
             from .tes import run_task
             return run_task(self, job)
@@ -74,9 +75,11 @@ class Runner:
             return ABORTED
         with session_scope(self.url) as s:
             pid = int(handle) if handle.isdigit() and job.backend == "local" else None
-            s.execute(update(Job).where(Job.id == job_id).values(handle=handle, pid=pid, heartbeat_at=utcnow()))
-            if backend.blocking:
-                transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,), run_date=utcnow())
+            started = {"handle": handle, "pid": pid, "heartbeat_at": utcnow()}
+            # Handle and RUNNING in one UPDATE when the job is still STARTED (the usual case); the handle alone otherwise.
+            if not (backend.blocking and transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,),
+                                                    run_date=utcnow(), **started)):
+                s.execute(update(Job).where(Job.id == job_id).values(**started))
         if backend.blocking:
             return self._follow_blocking(job_id, backend, handle, spec.time_limit_s)
         return self.poll_once(job_id)
@@ -283,7 +286,9 @@ class Runner:
                 workdir, name = s.execute(select(Job.workdir, Job.backend).where(Job.id == job_id)).one()
                 return Path(workdir), name
 
-        workdir, backend_name = self._retry_db(job_id, "finishing", read_job)
+        claimed = getattr(self, "_claimed", None)      # what run() read at the claim: no query for it
+        workdir, backend_name = claimed[1:] if claimed and claimed[0] == job_id else \
+            self._retry_db(job_id, "finishing", read_job)
         problems = []
         # An unreachable backend would only repeat its connection error here; the reason already says it.
         steps = (("fetching outputs", lambda: backend.fetch_outputs(handle, workdir)),
@@ -356,8 +361,7 @@ class Runner:
             fields = {k: v for k, v in fields.items() if v is not None or k == "exit_status"}
             if not transition(s, job_id, state, message, end_date=now, **fields):
                 return
-            # The record as this transaction leaves it, for caesar_job.json: no second session for it.
-            s.flush()
+            s.commit()              # the end is recorded now; caesar_job.json is built after, in this session
             s.refresh(job)
             metadata = to_metadata(job)
             workdir, owner = Path(job.workdir), job.owner
