@@ -46,7 +46,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker-concurrency", type=int, default=2, help="local pool size for the overhead phase")
     p.add_argument("--drain-concurrency", type=int, default=4, help="local pool size for the drain")
     p.add_argument("--drain-timeout", type=float, default=1200.0)
-    p.add_argument("--api-processes", type=int, default=4, help="gunicorn worker processes")
+    p.add_argument("--api-processes", type=int, default=3, help="gunicorn worker processes (cores + 1 for gthread)")
     p.add_argument("--api-threads", type=int, default=4, help="gunicorn threads per process")
     for key, value in FULL.items():
         p.add_argument("--" + key.replace("_", "-"), type=int, help=f"default {value}, quick {QUICK[key]}")
