@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import BadRequest, CaesarError, InsufficientStorage, NotFound, ServiceUnavailable
+from .sinks import WriteSink
 
 CHUNK = 1024 * 1024
 MIN_PART = 5 * 1024 * 1024          # S3's smallest multipart part (but the last)
@@ -275,7 +276,7 @@ def store_for(settings: Mapping[str, Any]) -> S3Store:
         return _stores[id(settings)]
 
 
-class S3UploadSink:
+class S3UploadSink(WriteSink):
     """The S3 twin of storage.UploadSink: werkzeug writes the file part here; full parts go out as they fill
     (multipart upload), so memory holds one part at most. Small files become a single PUT at commit."""
 
@@ -327,18 +328,6 @@ class S3UploadSink:
         except Exception as exc:
             self.error = exc
         self._buffer = bytearray()
-
-    def seek(self, *args: int) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.size
-
-    def read(self, *args: int) -> bytes:
-        return b""
-
-    def flush(self) -> None:
-        pass
 
     def close(self) -> None:
         pass

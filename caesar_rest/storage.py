@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from .errors import BadRequest, InsufficientStorage
 from .s3store import Checksums
+from .sinks import WriteSink
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 FORMAT_RE = re.compile(r"^[a-z0-9]{1,16}$")
@@ -60,7 +61,7 @@ def within(base: Path, candidate: str | Path) -> Path | None:
     return real if real == base_real or base_real in real.parents else None
 
 
-class UploadSink:
+class UploadSink(WriteSink):
     """A file-like object werkzeug writes a multipart file part into: straight to the data
     directory under a temporary name, hashed on the way, so nothing is held in memory or copied twice."""
 
@@ -87,18 +88,6 @@ class UploadSink:
         self._sums.update(data)
         self.size += len(data)
         return len(data)
-
-    def seek(self, *args: int) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.size
-
-    def read(self, *args: int) -> bytes:
-        return b""
-
-    def flush(self) -> None:
-        pass
 
     @property
     def sha256(self) -> str:
