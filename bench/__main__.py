@@ -20,7 +20,7 @@ FIGURE_KEYS = {
     "overhead": ("job_overhead_p50", "job_overhead_p95"),
     "throughput": ("submit_throughput",),
     "drain": ("drain_rate", "drain_lost", "drain_run_twice"),
-    "upload": ("upload_throughput", "upload_rss_growth"),
+    "upload": ("upload_throughput", "upload_rss_growth", "upload_throughput_uwsgi"),
     "download": ("download_tgz_time",),
     "listing": ("jobs_page_p95", "job_status_p95"),
 }

@@ -18,6 +18,7 @@ from tests.support import (REPO, Proc, create_pg_database, drop_pg_database, fre
 BENCH_DIR = Path(__file__).resolve().parent
 APPS_DIR = BENCH_DIR / "apps"
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+UWSGI_BIN = Path(sys.executable).parent / "uwsgi"
 
 
 def rss_bytes(pid: int) -> int:
@@ -109,6 +110,40 @@ class Gunicorn:
         while time.time() < deadline and self.proc.log().count("Booting worker") < self.processes:
             time.sleep(0.1)
         time.sleep(0.5)
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid) if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, timeout=30)
+            self.proc = None
+
+
+class UWSGI:
+    """The API under uWSGI with the repository's uwsgi.ini (nginx's production peer), plus an HTTP socket on
+    loopback so curl can talk to it directly."""
+
+    def __init__(self, settings: dict[str, Any], workdir: Path, processes: int, threads: int) -> None:
+        self.rundir = workdir / "uwsgi-run"
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.processes, self.threads = processes, threads
+        self.env = {**settings_env(settings), "CAESAR_WSGI_SOCKET": str(self.rundir / "uwsgi.sock"),
+                    "CAESAR_WSGI_RUNDIR": str(self.rundir), "CAESAR_WSGI_PROCESSES": str(processes),
+                    "CAESAR_WSGI_THREADS": str(threads)}
+        self.log = workdir / "logs" / "uwsgi.log"
+        self.proc: Proc | None = None
+
+    def start(self) -> str:
+        (self.rundir / "reload").touch()
+        self.proc = Proc([str(UWSGI_BIN), "--ini", str(REPO / "uwsgi.ini"), "--http-socket", f"127.0.0.1:{self.port}"],
+                         self.env, self.log)
+        wait_port(self.port, self.proc)
+        deadline = time.time() + 60
+        while time.time() < deadline and self.proc.log().count("WSGI app 0 (mountpoint='') ready") < self.processes:
+            time.sleep(0.1)
+        return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
         return children(self.proc.pid) if self.proc else []
