@@ -125,8 +125,8 @@ class UWSGI:
     loopback so curl can talk to it directly."""
 
     def __init__(self, settings: dict[str, Any], workdir: Path, processes: int, threads: int) -> None:
-        self.rundir = workdir / "uwsgi-run"
-        self.rundir.mkdir(parents=True, exist_ok=True)
+        # Unix socket paths (the uwsgi socket, stats) must stay under ~100 bytes: a short directory of its own.
+        self.rundir = Path(tempfile.mkdtemp(prefix="cbu-", dir="/tmp"))
         self.port = free_port()
         self.processes, self.threads = processes, threads
         self.env = {**settings_env(settings), "CAESAR_WSGI_SOCKET": str(self.rundir / "uwsgi.sock"),
@@ -152,6 +152,7 @@ class UWSGI:
         if self.proc is not None:
             self.proc.stop(signal.SIGTERM, timeout=30)
             self.proc = None
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 class Stack:
