@@ -87,10 +87,25 @@ def _upload(server, base: str, src: Path, work: Path) -> tuple[float, int, dict]
     """One curl upload; (seconds, peak RSS growth of the server's workers, the answer)."""
     with RssSampler(server.worker_pids()) as sampler:
         out = work / "answer.json"
-        res = _curl(["-o", str(out), "-F", f"file=@{src}", f"{base}{API_PREFIX}/upload"])
+        # No "Expect: 100-continue": uWSGI's HTTP socket does not answer it and curl would wait 1 s (nginx,
+        # in front of uWSGI in production, answers it itself).
+        res = _curl(["-o", str(out), "-H", "Expect:", "-F", f"file=@{src}", f"{base}{API_PREFIX}/upload"])
     answer = json.loads(out.read_text())
     Path(answer["path"]).unlink(missing_ok=True)
     return res["time_total"], sampler.growth, answer
+
+
+def _warm_up(server, base: str, warm: Path, work: Path) -> None:
+    """Concurrent small uploads, a few per server process, so every process has served one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> None:
+        slot = work / f"warm-{i}"
+        slot.mkdir(exist_ok=True)
+        _upload(server, base, warm, slot)
+
+    with ThreadPoolExecutor(max_workers=server.processes * 2) as pool:
+        list(pool.map(one, range(server.processes * 4)))
 
 
 def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
@@ -105,16 +120,15 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
         dst.unlink()
     cp_time = median(cp_times)
     warm = work / "warm.bin"
-    make_random_file(warm, MiB)           # each server's first upload (imports, buffers) is not measured
-    _upload(stack.api, base, warm, work)
+    make_random_file(warm, MiB)           # each server process's first upload (imports, buffers) is not measured
+    _warm_up(stack.api, base, warm, work)
     runs = [_upload(stack.api, base, src, work) for _ in range(repeats)]
     # The same upload through uWSGI (the README's production front), reported beside gunicorn's.
     from .stack import UWSGI
     uwsgi = UWSGI(stack.overrides, stack.root, stack.api.processes, stack.api.threads)
     try:
         uwsgi_base = uwsgi.start()
-        for _ in range(uwsgi.processes):
-            _upload(uwsgi, uwsgi_base, warm, work)
+        _warm_up(uwsgi, uwsgi_base, warm, work)
         uwsgi_runs = [_upload(uwsgi, uwsgi_base, src, work) for _ in range(repeats)]
     finally:
         uwsgi.stop()
@@ -128,7 +142,7 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
     uwsgi_throughput = size / uwsgi_time / MiB
     details = {"size_bytes": size, "repeats": repeats, "upload_s": [r[0] for r in runs], "cp_s": cp_times,
                "rss_growth_bytes": [r[1] for r in runs], "sha256_and_size_match": correct,
-               "client": "curl -F file=@... (multipart, Content-Length)", "server": "gunicorn",
+               "client": "curl -H 'Expect:' -F file=@... (multipart, Content-Length)", "server": "gunicorn",
                "uwsgi_upload_s": [r[0] for r in uwsgi_runs], "uwsgi_rss_growth_bytes": [r[1] for r in uwsgi_runs]}
     return [
         Figure("upload_throughput", f"upload {size // MiB:,} MiB (POST /upload, gunicorn)", throughput, "MiB/s",
