@@ -297,14 +297,6 @@ class S3UploadSink(WriteSink):
     def size(self) -> int:
         return self._sums.size
 
-    @property
-    def sha256(self) -> str:
-        return self._sums.sha256
-
-    @property
-    def crc64nvme(self) -> str | None:
-        return self._sums.crc64nvme
-
     def write(self, data: bytes) -> int:
         if self.error is not None:
             return len(data)                # keep draining the request; report afterwards

@@ -89,14 +89,6 @@ class UploadSink(WriteSink):
         self.size += len(data)
         return len(data)
 
-    @property
-    def sha256(self) -> str:
-        return self._sums.sha256
-
-    @property
-    def crc64nvme(self) -> str | None:
-        return self._sums.crc64nvme
-
     def close(self) -> None:
         if not self._fh.closed:
             try:

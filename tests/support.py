@@ -188,3 +188,15 @@ def job_processes(job_id: str) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def write_apps(directory: Path, extra: Mapping[str, str]) -> Path:
+    """An APPS_DIR with the shipped apps plus test apps ({name: YAML text})."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in (REPO / "config" / "apps").glob("*.yml"):
+        shutil.copy(path, directory / path.name)
+    for name, text in extra.items():
+        (directory / f"{name}.yml").write_text(text.lstrip())
+    return directory

@@ -3,7 +3,6 @@ embedded caesar-rest stack with S3 storage whose real Celery worker runs the bat
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 
 from ..support import REPO, Proc, embedded_settings, free_port, start_worker
+from ..support import write_apps as support_write_apps
 
 SCRIPT = REPO / "scripts" / "moto.sh"
 APPS_IMAGE = "localhost/caesar-apps:latest"
@@ -63,12 +63,7 @@ options: {}
 
 
 def write_apps(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for path in (REPO / "config" / "apps").glob("*.yml"):
-        shutil.copy(path, directory / path.name)
-    for name, text in TEST_APPS.items():
-        (directory / f"{name}.yml").write_text(text.lstrip())
-    return directory
+    return support_write_apps(directory, TEST_APPS)
 
 
 def aws(service: str, endpoint: str):

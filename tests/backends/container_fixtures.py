@@ -2,7 +2,6 @@
 caesar-rest stack whose real Celery worker runs the container backend against it."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 
 from ..support import REPO, Proc, embedded_settings, start_worker
+from ..support import write_apps as support_write_apps
 
 SCRIPT = REPO / "scripts" / "podman.sh"
 BUSYBOX = "localhost/busybox:latest"
@@ -79,12 +79,7 @@ options: {{}}
 
 
 def write_apps(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for path in (REPO / "config" / "apps").glob("*.yml"):
-        shutil.copy(path, directory / path.name)
-    for name, text in TEST_APPS.items():
-        (directory / f"{name}.yml").write_text(text.lstrip())
-    return directory
+    return support_write_apps(directory, TEST_APPS)
 
 
 @pytest.fixture(scope="session")
