@@ -7,9 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, exc
+from typing import Any
+
+from sqlalchemy import JSON, bindparam, create_engine, event, exc
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -94,6 +98,31 @@ def dispose_all() -> None:
             engine.dispose()
         _engines.clear()
         _factories.clear()
+
+
+class json_merge(FunctionElement):
+    """`column` with the top-level keys of `patch` set, computed by the database: a JSON column updated in
+    the same UPDATE as the rest of the row, with no SELECT and read-modify-write first. The patch's values
+    are scalars or lists (SQLite's json_patch would merge objects recursively and drop nulls)."""
+    type = JSON()
+    inherit_cache = True
+    name = "json_merge"
+
+    def __init__(self, column: Any, patch: dict[str, Any]) -> None:
+        super().__init__(column, bindparam(None, patch, type_=JSON))
+
+
+@compiles(json_merge, "postgresql")
+def _json_merge_pg(element: json_merge, compiler, **kw) -> str:
+    column, patch = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(COALESCE(CAST({column} AS jsonb), '{{}}'::jsonb) || CAST({patch} AS jsonb) AS json)"
+
+
+@compiles(json_merge)
+def _json_merge_sqlite(element: json_merge, compiler, **kw) -> str:
+    # json_patch (RFC 7396) is SQLite's merge; the patches here never hold null values (which would delete).
+    column, patch = (compiler.process(c, **kw) for c in element.clauses)
+    return f"json_patch(COALESCE({column}, '{{}}'), {patch})"
 
 
 def upgrade(url: str) -> None:

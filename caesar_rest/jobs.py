@@ -8,7 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.orm import Session
 
 from . import storage
@@ -21,20 +22,34 @@ JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 TAG_MAX = 255
 
 
+JOBS, EVENTS, INPUTS = Job.__table__, JobEvent.__table__, JobInput.__table__
+
+
 def transition(session: Session, job_id: str, state: str, message: str = "",
-               from_states: tuple[str, ...] = ACTIVE_STATES, **fields: Any) -> bool:
+               from_states: tuple[str, ...] = ACTIVE_STATES, returning: tuple = (), **fields: Any):
     """Move a job to `state` only if it is in one of from_states (atomic), recording the event.
-    Returns False when another actor got there first (e.g. a cancel raced a finish)."""
+    Returns False when another actor got there first (e.g. a cancel raced a finish); else True, or with
+    `returning` (columns) the updated row. Core statements, no ORM flush (this runs 3 times a job); values
+    go as parameters, not in .values(), so the statement's cache key does not walk them."""
     values: dict[str, Any] = {"state": state, "status": message, **fields}
     now = utcnow()
     if state in TERMINAL_STATES:
         values.setdefault("end_date", now)
-    result = session.execute(update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(**values)
-                             .execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}   # attempts + 1, json_merge
+    params = {k: v for k, v in values.items() if k not in expressions}
+    statement = JOBS.update().where(JOBS.c.id == bindparam("_job_id"),
+                                    JOBS.c.state.in_(bindparam("_from_states", expanding=True)))
+    if expressions:
+        statement = statement.values(**expressions)
+    params.update(_job_id=job_id, _from_states=list(from_states))
+    if returning:
+        row = session.execute(statement.returning(*returning), params).first()
+        if row is None:
+            return False
+    elif session.execute(statement, params).rowcount != 1:
         return False
-    session.add(JobEvent(job_id=job_id, state=state, message=message, at=now))
-    return True
+    session.execute(EVENTS.insert(), {"job_id": job_id, "state": state, "message": message, "at": now})
+    return row if returning else True
 
 
 def get_file(session: Session, owner: str | None, file_uuid: str) -> File:
@@ -118,22 +133,27 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
                 extra_files.append(("data_inputs", resolved, rel))
     job_id = str(uuidlib.uuid4())
     workdir = storage.user_dir(settings["JOBS_DIR"], owner) / job_id
-    job = Job(id=job_id, owner=owner, kind="app", app=app.name, app_version=app.version, backend=backend, tag=tag,
-              job_inputs=rendered.inputs, argv=rendered.argv, workdir=str(workdir), state=PENDING,
-              status="Job submitted with success", submit_date=utcnow(),
-              spec={**app_spec(app), "backend_options": backend_options}, extra={})
-    session.add(job)
+    row = {"id": job_id, "owner": owner, "kind": "app", "app": app.name, "app_version": app.version,
+           "backend": backend, "tag": tag, "job_inputs": rendered.inputs, "argv": rendered.argv,
+           "workdir": str(workdir), "state": PENDING, "status": "Job submitted with success",
+           "submit_date": utcnow(), "spec": {**app_spec(app), "backend_options": backend_options}, "extra": {}}
+    inputs: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for option, resolved, rel in rendered.files + extra_files:
         if (resolved.uuid, option) in seen:
             continue
         seen.add((resolved.uuid, option))
         stored = session.get(File, resolved.uuid)
-        job.inputs.append(JobInput(file_uuid=resolved.uuid, option=option, relpath=rel,
-                                   sha256=resolved.sha256, size_bytes=resolved.size_bytes,
-                                   crc64nvme=stored.crc64nvme if stored is not None else None))
-    session.add(JobEvent(job_id=job_id, state=PENDING, message="Job submitted", at=job.submit_date))
-    return job
+        inputs.append({"job_id": job_id, "file_uuid": resolved.uuid, "option": option, "relpath": rel,
+                       "sha256": resolved.sha256, "size_bytes": resolved.size_bytes,
+                       "crc64nvme": stored.crc64nvme if stored is not None else None})
+    # Core inserts: the ORM's unit of work cost as much as the rest of the request (a POST is CPU-bound).
+    session.execute(JOBS.insert(), row)
+    if inputs:
+        session.execute(INPUTS.insert(), inputs)
+    session.execute(EVENTS.insert(), {"job_id": job_id, "state": PENDING, "message": "Job submitted",
+                                      "at": row["submit_date"]})
+    return Job(**row, inputs=[JobInput(**i) for i in inputs])
 
 
 def app_spec(app: App) -> dict[str, Any]:

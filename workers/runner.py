@@ -17,10 +17,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from caesar_rest import s3store, storage
-from caesar_rest.db import session_scope
-from caesar_rest.jobs import to_metadata, transition
-from caesar_rest.models import (ABORTED, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
-                                TIMED_OUT, Job, utcnow)
+from caesar_rest.db import json_merge, session_scope
+from caesar_rest.jobs import EVENTS, INPUTS, JOBS, to_metadata, transition
+from caesar_rest.models import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS,
+                                TERMINAL_STATES, TIMED_OUT, Job, JobEvent, JobInput, utcnow)
 
 from .backends import get_backend
 from .backends.base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, BackendError, BackendStatus, BackendUnavailable,
@@ -47,7 +47,7 @@ class Runner:
         if claimed is None:
             return self._on_redelivery(job_id)
         job = claimed
-        self._claimed = (job_id, Path(job.workdir), job.backend)
+        self._claimed = (job_id, Path(job.workdir), job.backend, job.inputs)
         if job.kind == "tes":               # GA4GH TES tasks: executors from the request (workers/tes.py)
             from .tes import run_task
             return run_task(self, job)
@@ -61,7 +61,9 @@ class Runner:
         except Exception as exc:
             self._end(job_id, ABORTED, f"Staging the inputs failed: {exc}")
             return ABORTED
-        if self._cancel_requested(job_id):
+        # Staging inputs can take long: a cancel sent meanwhile stops the job before it runs. With nothing to
+        # stage the window since the claim is as short as the check's own; the follow loop sees it.
+        if job.inputs and self._cancel_requested(job_id):
             self._end(job_id, CANCELED, "Job canceled by user before it ran")
             return CANCELED
         try:
@@ -76,10 +78,13 @@ class Runner:
         with session_scope(self.url) as s:
             pid = int(handle) if handle.isdigit() and job.backend == "local" else None
             started = {"handle": handle, "pid": pid, "heartbeat_at": utcnow()}
+            run_date = utcnow()
             # Handle and RUNNING in one UPDATE when the job is still STARTED (the usual case); the handle alone otherwise.
-            if not (backend.blocking and transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,),
-                                                    run_date=utcnow(), **started)):
-                s.execute(update(Job).where(Job.id == job_id).values(**started))
+            if backend.blocking and transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,),
+                                               run_date=run_date, **started):
+                self._run_date = (job_id, run_date)     # for the end's elapsed time, without a query
+            else:
+                s.execute(JOBS.update().where(JOBS.c.id == job_id).values(**started))
         if backend.blocking:
             return self._follow_blocking(job_id, backend, handle, spec.time_limit_s)
         return self.poll_once(job_id)
@@ -139,16 +144,20 @@ class Runner:
 
     # ---- claim and redelivery ---------------------------------------------------------------------------
     def _claim(self, job_id: str) -> Job | None:
+        """PENDING -> STARTED, atomically (one UPDATE: a redelivered or republished message finds the job
+        claimed), with the worker's pid merged into extra by the database. Returns the job (detached) and its
+        inputs, read in the same transaction."""
+        has_inputs = select(INPUTS.c.job_id).where(INPUTS.c.job_id == JOBS.c.id).exists().label("has_inputs")
         with session_scope(self.url) as s:
-            ok = transition(s, job_id, STARTED, f"Worker {HOST} took the job; staging inputs", from_states=(PENDING,),
-                            start_date=utcnow(), host=HOST, heartbeat_at=utcnow(), attempts=Job.attempts + 1)
-            if not ok:
+            now = utcnow()
+            row = transition(s, job_id, STARTED, f"Worker {HOST} took the job; staging inputs", from_states=(PENDING,),
+                             returning=(*JOBS.c, has_inputs), start_date=now, host=HOST, heartbeat_at=now,
+                             attempts=JOBS.c.attempts + 1, extra=json_merge(JOBS.c.extra, {"worker_pid": os.getpid()}))
+            if not row:
                 return None
-            job = s.get(Job, job_id)
-            job.extra = {**(job.extra or {}), "worker_pid": os.getpid()}
-            s.flush()               # the row was loaded after the UPDATE above: nothing to refresh
-            _ = job.inputs
-            return job
+            values = row._asdict()
+            inputs = s.execute(INPUTS.select().where(INPUTS.c.job_id == job_id)).all() if values.pop("has_inputs") else []
+        return Job(**values, inputs=[JobInput(**i._asdict()) for i in inputs])
 
     def _on_redelivery(self, job_id: str) -> str:
         """The message came again (broker redelivery after a worker died, or a republish)."""
@@ -237,6 +246,7 @@ class Runner:
         last_beat = start
         # A backend that can wait for its job's end (local: the process) is waited on instead of slept on.
         pause = getattr(backend, "wait", None) or (lambda _handle, seconds: time.sleep(seconds))
+        first = True
         while True:
             try:
                 status = backend.poll(handle)
@@ -244,6 +254,12 @@ class Runner:
                 status = BackendStatus(B_RUNNING, reason=str(exc))
             if status.state not in (QUEUED, B_RUNNING):
                 return self._finish(job_id, backend, handle, status)
+            if first:
+                # Just started: wait once before the first query for a cancel flag (a short job has ended by
+                # then, and needs none); a cancel is seen within one interval, as on every later turn.
+                first = False
+                pause(handle, interval)
+                continue
             now = time.monotonic()
             if self._cancel_requested(job_id, default=False):
                 self._stop(backend, handle)
@@ -287,7 +303,7 @@ class Runner:
                 return Path(workdir), name
 
         claimed = getattr(self, "_claimed", None)      # what run() read at the claim: no query for it
-        workdir, backend_name = claimed[1:] if claimed and claimed[0] == job_id else \
+        workdir, backend_name = claimed[1:3] if claimed and claimed[0] == job_id else \
             self._retry_db(job_id, "finishing", read_job)
         problems = []
         # An unreachable backend would only repeat its connection error here; the reason already says it.
@@ -350,21 +366,31 @@ class Runner:
 
     def _end_once(self, job_id: str, state: str, message: str, outputs: list[dict[str, Any]] | None = None,
                   **fields: Any) -> None:
+        # The output manifest is kept whether or not this end wins the transition (a cancel may have ended the
+        # job first): merged into extra by the database, in the UPDATE that ends the job or on its own.
+        merge = {"extra": json_merge(JOBS.c.extra, {"outputs": outputs})} if outputs is not None else {}
+        known = getattr(self, "_run_date", None)    # run() set RUNNING itself: no query for the run date
         with session_scope(self.url) as s:
-            job = s.get(Job, job_id)
-            if job is not None and outputs is not None:
-                # Kept whether or not this end wins the transition below (a cancel may have ended the job first).
-                job.extra = {**(job.extra or {}), "outputs": outputs}
             now = utcnow()
-            if job is not None and job.run_date is not None:
-                fields.setdefault("elapsed", round((now - job.run_date).total_seconds(), 3))
+            run_date = known[1] if known and known[0] == job_id else \
+                s.scalar(select(JOBS.c.run_date).where(JOBS.c.id == job_id))
+            if run_date is not None:
+                fields.setdefault("elapsed", round((now - run_date).total_seconds(), 3))
             fields = {k: v for k, v in fields.items() if v is not None or k == "exit_status"}
-            if not transition(s, job_id, state, message, end_date=now, **fields):
+            row = transition(s, job_id, state, message, returning=tuple(JOBS.c), end_date=now, **merge, **fields)
+            if not row:
+                if merge:
+                    s.execute(JOBS.update().where(JOBS.c.id == job_id).values(**merge))
                 return
             s.commit()              # the end is recorded now; caesar_job.json is built after, in this session
-            s.refresh(job)
-            metadata = to_metadata(job)
-            workdir, owner = Path(job.workdir), job.owner
+            claimed = getattr(self, "_claimed", None)
+            inputs = claimed[3] if claimed and claimed[0] == job_id else \
+                [JobInput(**r._asdict()) for r in s.execute(INPUTS.select().where(INPUTS.c.job_id == job_id))]
+            events = [JobEvent(**r._asdict()) for r in
+                      s.execute(EVENTS.select().where(EVENTS.c.job_id == job_id).order_by(EVENTS.c.id))]
+        job = Job(**row._asdict(), inputs=inputs, events=events)
+        metadata = to_metadata(job)
+        workdir, owner = Path(job.workdir), job.owner
         if workdir.is_dir():
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
             try:
