@@ -28,7 +28,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(config)
     auth.check_settings(settings)
     app = Flask(__name__)
-    app.request_class = files_api.CaesarRequest
     app.config.update(settings)
     app.config.update(
         API_TITLE="caesar-rest", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",

@@ -70,6 +70,52 @@ class Checksums:
         return {"size_bytes": self.size, "sha256": self.sha256, "crc64nvme": self.crc64nvme}
 
 
+class BackgroundChecksums(Checksums):
+    """Checksums computed on a thread of their own while the caller goes on writing: sha256 releases the GIL
+    on big blocks, so hashing runs beside the socket reads and disk writes instead of after each of them.
+    update() takes blocks that do not change afterwards (bytes, or memoryviews of bytes); at most `depth`
+    blocks wait (the memory held is bounded). Reading a checksum waits for the thread to finish."""
+
+    _DONE = object()
+
+    def __init__(self, depth: int = 8) -> None:
+        import queue
+
+        super().__init__()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="checksums", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    Checksums.update(self, block)
+                except BaseException as exc:     # noqa: BLE001 - re-raised in the caller's thread by finish()
+                    self._error = exc
+
+    def update(self, data) -> None:
+        self._queue.put(data)
+
+    def finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def sha256(self) -> str:
+        self.finish()
+        return super().sha256
+
+    @property
+    def crc64nvme(self) -> str | None:
+        self.finish()
+        return super().crc64nvme
+
+
 def checksums_of(path: str | Path) -> Checksums:
     sums = Checksums()
     with open(path, "rb") as fh:

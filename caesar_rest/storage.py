@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import BadRequest, InsufficientStorage
-from .s3store import Checksums
+from .s3store import BackgroundChecksums
 from .sinks import WriteSink
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
@@ -62,34 +62,39 @@ def within(base: Path, candidate: str | Path) -> Path | None:
 
 
 class UploadSink(WriteSink):
-    """A file-like object werkzeug writes a multipart file part into: straight to the data
-    directory under a temporary name, hashed on the way, so nothing is held in memory or copied twice."""
+    """Where the file part of an upload goes (caesar_rest.multipart writes it here as it arrives): straight to
+    the data directory under a temporary name, hashed on the way, so nothing is held in memory or copied twice.
+    A failed write (disk full) or a file over `limit` stops the writing, not the reading: the request is read
+    to its end and commit() reports the problem, so the client gets an answer rather than a reset."""
 
     def __init__(self, directory: Path, limit: int | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.uuid = uuidlib.uuid4().hex
         self.tmp_path = directory / f".upload-{self.uuid}.part"
-        self._fh: BinaryIO = open(self.tmp_path, "wb")
-        self._sums = Checksums()          # sha256 and CRC64NVME on the way in
+        self._fh: BinaryIO = open(self.tmp_path, "wb", buffering=0)
+        self._sums = BackgroundChecksums()    # sha256 and CRC64NVME on the way in, on a thread of their own
         self.size = 0
         self.limit = limit
         self.error: OSError | None = None
 
-    # werkzeug's parser calls write(), seek(0) at the end, and may read nothing back.
-    def write(self, data: bytes) -> int:
-        if self.error is not None:
-            return len(data)
+    def write(self, data) -> int:
+        n = len(data)
+        self.size += n
+        if self.error is not None or (self.limit is not None and self.size > self.limit):
+            return n
         try:
-            self._fh.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[self._fh.write(view):]
         except OSError as exc:          # disk full: keep draining the request, report afterwards
             self.error = exc
-            return len(data)
+            return n
         self._sums.update(data)
-        self.size += len(data)
-        return len(data)
+        return n
 
     def close(self) -> None:
+        self._sums.finish()
         if not self._fh.closed:
             try:
                 self._fh.close()

@@ -2,49 +2,40 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
-from flask import Request, jsonify, request, send_file
+from flask import current_app, jsonify, request, send_file
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
-from .. import s3store, storage
+from .. import multipart, s3store, storage
 from ..auth import current_owner, owner_filter, user_setting
-from ..errors import BadRequest, Conflict, InsufficientStorage, NotFound, PayloadTooLarge, UnsupportedFormat
+from ..errors import ApiError, BadRequest, Conflict, InsufficientStorage, NotFound, PayloadTooLarge, UnsupportedFormat
 from ..jobs import file_in_use, get_file
 from ..models import File, utcnow
+from ..sinks import WriteSink
 from . import docs
 from .common import session, settings
 
 blp = Blueprint("files", __name__, description="Upload, list, download and delete data files")
 
-UPLOAD_DIR_KEY = "caesar.upload_dir"
-SINKS_KEY = "caesar.upload_sinks"
-S3_UPLOAD_KEY = "caesar.upload_s3"      # (store, owner, limit) when STORAGE is s3
-
-
-class CaesarRequest(Request):
-    """Multipart file parts of /upload stream straight into the user's data directory."""
-
-    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        target = self.environ.get(UPLOAD_DIR_KEY)
-        if self.environ.get(S3_UPLOAD_KEY) is not None:
-            store, owner, limit = self.environ[S3_UPLOAD_KEY]
-            sink = s3store.S3UploadSink(store, owner, storage.file_format(filename or ""), limit)
-            self.environ.setdefault(SINKS_KEY, []).append(sink)
-            return sink
-        if target is None:
-            return tempfile.SpooledTemporaryFile(max_size=512 * 1024)
-        sink = storage.UploadSink(Path(target))
-        self.environ.setdefault(SINKS_KEY, []).append(sink)
-        return sink
+SINKS_KEY = "caesar.upload_sinks"      # the sinks a request opened, discarded at teardown unless registered
 
 
 def discard_uploads(_exc=None) -> None:
-    """Remove any part file a request left behind (errors, extra parts, aborted requests)."""
+    """Remove any part file a request left behind (errors, aborted requests)."""
     for sink in request.environ.pop(SINKS_KEY, []):
         sink.discard()
+
+
+class _Discard(WriteSink):
+    """Where the bytes of a file part go when the part is refused: counted and dropped, so the body is still
+    read to its end and the client gets the error instead of a reset connection."""
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        return len(data)
 
 
 @blp.route("/upload", methods=["POST"])
@@ -59,30 +50,52 @@ def upload():
     cfg = settings()
     owner = current_owner()
     data_dir = storage.user_dir(cfg["DATA_DIR"], owner)
-    request.environ[UPLOAD_DIR_KEY] = str(data_dir)
-    if cfg.get("STORAGE") == "s3":
-        request.environ[S3_UPLOAD_KEY] = (s3store.store_for(cfg), owner, cfg["MAX_UPLOAD_BYTES"])
-    parts = request.files.getlist("file")
-    if not parts:
+    limit = int(cfg["MAX_UPLOAD_BYTES"])
+    allowed = cfg.get("ALLOWED_FORMATS")
+    sinks = request.environ.setdefault(SINKS_KEY, [])
+    chosen: list[tuple[str, str, Any]] = []
+    refused: list[Exception] = []
+
+    def open_file(field: str, filename: str | None):
+        """The sink for a file part: the data directory (or S3) for the one 'file' part, else a discard."""
+        if field != "file":
+            return _Discard()
+        try:
+            if chosen:
+                raise BadRequest("Send one file per upload in the field 'file'", field="file")
+            name = storage.check_filename(filename)
+            fmt = storage.file_format(name)
+            if allowed and fmt not in allowed:
+                raise UnsupportedFormat(f"Files of format {fmt!r} are not accepted; allowed: {', '.join(allowed)}",
+                                        format=fmt)
+        except ApiError as exc:
+            refused.append(exc)
+            return _Discard()
+        if cfg.get("STORAGE") == "s3":
+            sink = s3store.S3UploadSink(s3store.store_for(cfg), owner, fmt, limit)
+        else:
+            sink = storage.UploadSink(data_dir, limit)
+        sinks.append(sink)
+        chosen.append((name, fmt, sink))
+        return sink
+
+    if request.content_length is not None and request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
+        raise PayloadTooLarge(f"The file is larger than the {limit} bytes this server accepts")
+    body = multipart.body_stream(request.environ, lambda: request.stream)
+    form = multipart.parse(body, request.content_type or "", open_file)
+    if refused:
+        raise refused[0]
+    if not chosen:
+        if form.get("file") is not None:
+            raise BadRequest("The multipart field 'file' must be a file part (curl -F 'file=@name')", field="file")
         raise BadRequest("No file in the request: send it in the multipart field 'file' (curl -F 'file=@name')",
                          field="file")
-    if len(parts) > 1:
-        raise BadRequest("Send one file per upload in the field 'file'", field="file")
-    part = parts[0]
-    sink = part.stream
-    if not isinstance(sink, (storage.UploadSink, s3store.S3UploadSink)):
-        raise BadRequest("The multipart field 'file' must be a file part (curl -F 'file=@name')", field="file")
-    name = storage.check_filename(part.filename)
-    if sink.size > cfg["MAX_UPLOAD_BYTES"]:
-        raise PayloadTooLarge(f"The file is larger than the {cfg['MAX_UPLOAD_BYTES']} bytes this server accepts")
+    name, fmt, sink = chosen[0]
+    if sink.size > limit:
+        raise PayloadTooLarge(f"The file is larger than the {limit} bytes this server accepts")
     if sink.size == 0 and sink.error is None:
         raise BadRequest(f"The file {name!r} is empty", field="file")
-    fmt = storage.file_format(name)
-    allowed = cfg.get("ALLOWED_FORMATS")
-    if allowed and fmt not in allowed:
-        raise UnsupportedFormat(f"Files of format {fmt!r} are not accepted; allowed: {', '.join(allowed)}",
-                                format=fmt)
-    tag = request.form.get("tag")
+    tag = form.get("tag")
     if tag is not None and (len(tag) > 255 or "\x00" in tag):
         raise BadRequest("'tag' must be at most 255 characters without NUL", field="tag")
     quota = user_setting(owner, "max_stored_bytes", cfg.get("MAX_STORED_BYTES_PER_USER"))
@@ -108,7 +121,7 @@ def upload():
     except BaseException:
         drop()
         raise
-    request.environ[SINKS_KEY].remove(sink)
+    sinks.remove(sink)
     return jsonify({**record.to_dict(), "status": "File uploaded with success"})
 
 
