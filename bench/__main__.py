@@ -20,14 +20,15 @@ FIGURE_KEYS = {
     "overhead": ("job_overhead_p50", "job_overhead_p95"),
     "throughput": ("submit_throughput",),
     "drain": ("drain_rate", "drain_lost", "drain_run_twice"),
-    "upload": ("upload_throughput", "upload_rss_growth", "upload_throughput_uwsgi"),
+    "upload": ("upload_throughput", "upload_rss_growth", "upload_throughput_uwsgi", "upload_sha256_floor",
+               "upload_transport_ceiling"),
     "download": ("download_tgz_time",),
     "listing": ("jobs_page_p95", "job_status_p95"),
 }
 MiB = 1024 * 1024
 
 FULL = {"overhead_jobs": 100, "submit_requests": 3000, "submit_concurrency": 16, "drain_jobs": 10000,
-        "upload_mib": 1024, "upload_repeats": 2, "download_mib": 1024, "download_repeats": 1,
+        "upload_mib": 1024, "upload_repeats": 3, "download_mib": 1024, "download_repeats": 1,
         "listing_jobs": 100000, "listing_requests": 300}
 QUICK = {"overhead_jobs": 10, "submit_requests": 200, "submit_concurrency": 8, "drain_jobs": 100,
          "upload_mib": 16, "upload_repeats": 1, "download_mib": 16, "download_repeats": 1, "listing_jobs": 2000,

@@ -41,9 +41,48 @@ def make_random_file(path: Path, size: int) -> str:
 
 
 def _timed(cmd: list[str], **kwargs) -> float:
+    os.sync()           # dirty pages of the previous step written back first: each step starts from the same state
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, **kwargs)
     return time.perf_counter() - t0
+
+
+def sha256_seconds(path: Path) -> float:
+    """Time to sha256 the file from the page cache in 1 MiB blocks: the floor of any upload that records it."""
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(MiB)
+        view = memoryview(buf)
+        t0 = time.perf_counter()
+        sha = hashlib.sha256()
+        while n := fh.readinto(buf):
+            sha.update(view[:n])
+        return time.perf_counter() - t0
+
+
+def discard_seconds(src: Path) -> float:
+    """The same curl upload to a server that only reads the body (bench/discard.py): the transport ceiling."""
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "bench.discard", str(port)], cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        os.sync()
+        return _curl(["-o", os.devnull, "-H", "Expect:", "-F", f"file=@{src}", f"http://127.0.0.1:{port}/"])["time_total"]
+    finally:
+        server.kill()
+        server.wait()
 
 
 class RssSampler:
@@ -89,6 +128,7 @@ def _upload(server, base: str, src: Path, work: Path) -> tuple[float, int, dict]
         out = work / "answer.json"
         # No "Expect: 100-continue": uWSGI's HTTP socket does not answer it and curl would wait 1 s (nginx,
         # in front of uWSGI in production, answers it itself).
+        os.sync()
         res = _curl(["-o", str(out), "-H", "Expect:", "-F", f"file=@{src}", f"{base}{API_PREFIX}/upload"])
     answer = json.loads(out.read_text())
     Path(answer["path"]).unlink(missing_ok=True)
@@ -109,41 +149,49 @@ def _warm_up(server, base: str, warm: Path, work: Path) -> None:
 
 
 def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
+    """cp, the upload through gunicorn, through uWSGI, sha256 of the file and the discard server, interleaved
+    round by round (the disk's writeback and the machine's load move all of them alike), medians reported."""
+    from .stack import UWSGI
+
     work = stack.root / "upload"
     work.mkdir(exist_ok=True)
     src = work / "big.bin"
     sha = make_random_file(src, size)
-    cp_times = []
-    for _ in range(repeats):
-        dst = work / "copy.bin"
-        cp_times.append(_timed(["cp", str(src), str(dst)]))
-        dst.unlink()
-    cp_time = median(cp_times)
     warm = work / "warm.bin"
     make_random_file(warm, MiB)           # each server process's first upload (imports, buffers) is not measured
     _warm_up(stack.api, base, warm, work)
-    runs = [_upload(stack.api, base, src, work) for _ in range(repeats)]
-    # The same upload through uWSGI (the README's production front), reported beside gunicorn's.
-    from .stack import UWSGI
     uwsgi = UWSGI(stack.overrides, stack.root, stack.api.processes, stack.api.threads)
+    cp_times, runs, uwsgi_runs, sha_times, discard_times = [], [], [], [], []
     try:
         uwsgi_base = uwsgi.start()
         _warm_up(uwsgi, uwsgi_base, warm, work)
-        uwsgi_runs = [_upload(uwsgi, uwsgi_base, src, work) for _ in range(repeats)]
+        for _ in range(repeats):
+            dst = work / "copy.bin"
+            cp_times.append(_timed(["cp", str(src), str(dst)]))
+            dst.unlink()
+            runs.append(_upload(stack.api, base, src, work))
+            uwsgi_runs.append(_upload(uwsgi, uwsgi_base, src, work))
+            sha_times.append(sha256_seconds(src))
+            discard_times.append(discard_seconds(src))
     finally:
         uwsgi.stop()
     src.unlink()
     warm.unlink()
-    up_time = median(r[0] for r in runs)
-    uwsgi_time = median(r[0] for r in uwsgi_runs)
+    cp_time, up_time, uwsgi_time = median(cp_times), median(r[0] for r in runs), median(r[0] for r in uwsgi_runs)
     growth = max(r[1] for r in runs)
     correct = all(r[2].get("size_bytes") == size and r[2].get("sha256") == sha for r in runs + uwsgi_runs)
-    throughput, baseline = size / up_time / MiB, size / cp_time / MiB
-    uwsgi_throughput = size / uwsgi_time / MiB
+    rate = lambda seconds: size / seconds / MiB       # noqa: E731
+    throughput, baseline, uwsgi_throughput = rate(up_time), rate(cp_time), rate(uwsgi_time)
+    sha_rate, discard_rate = rate(median(sha_times)), rate(median(discard_times))
     details = {"size_bytes": size, "repeats": repeats, "upload_s": [r[0] for r in runs], "cp_s": cp_times,
                "rss_growth_bytes": [r[1] for r in runs], "sha256_and_size_match": correct,
                "client": "curl -H 'Expect:' -F file=@... (multipart, Content-Length)", "server": "gunicorn",
-               "uwsgi_upload_s": [r[0] for r in uwsgi_runs], "uwsgi_rss_growth_bytes": [r[1] for r in uwsgi_runs]}
+               "uwsgi_upload_s": [r[0] for r in uwsgi_runs], "uwsgi_rss_growth_bytes": [r[1] for r in uwsgi_runs],
+               "sha256_of_file_s": sha_times, "curl_to_discard_server_s": discard_times,
+               "sha256_MiB_per_s": round(sha_rate, 1), "curl_to_discard_MiB_per_s": round(discard_rate, 1),
+               "ratio_to_sha256_floor": round(throughput / sha_rate, 3),
+               "ratio_to_transport_ceiling": round(throughput / discard_rate, 3),
+               "how": "os.sync() before every timed step; cp, gunicorn, uWSGI, sha256, discard interleaved per round"}
     return [
         Figure("upload_throughput", f"upload {size // MiB:,} MiB (POST /upload, gunicorn)", throughput, "MiB/s",
                baseline, "cp, same disk", "≥ 0.8x baseline", bool(correct and throughput >= 0.8 * baseline),
@@ -153,6 +201,10 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
         Figure("upload_throughput_uwsgi", "upload, same file, uWSGI (uwsgi.ini)", uwsgi_throughput, "MiB/s", baseline,
                "cp, same disk", "(reported)", None,
                details={"rss_growth_mib": round(max(r[1] for r in uwsgi_runs) / MiB, 2)}),
+        Figure("upload_sha256_floor", "upload's floor: sha256 of the file", sha_rate, "MiB/s", baseline,
+               "cp, same disk", "(reported: no upload recording sha256 beats it)", None),
+        Figure("upload_transport_ceiling", "upload's ceiling: curl -F to a discard server", discard_rate, "MiB/s",
+               baseline, "cp, same disk", "(reported)", None),
     ]
 
 
