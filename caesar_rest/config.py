@@ -39,6 +39,9 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "OUTPUT_GZIP_LEVEL": (6, "gzip level of the streamed job tarball (1 fastest, 9 smallest)."),
     "OUTPUT_INCLUDE_INPUTS": (False, "Include the staged inputs/ directory in the job tarball."),
     "JOBS_PAGE_SIZE": (50, "Default page size of GET /jobs."),
+    "JOBS_COUNT_LIMIT": (10000, "GET /jobs counts matching jobs up to this many; beyond it 'total' and 'pages' are "
+                                "null and 'total_exceeds' gives the limit ('has_next' always says whether a next "
+                                "page exists). 0 counts every row (slow on big tables)."),
     "DEFAULT_USER": ("anonymous", "Owner of every file and job when authentication is off."),
     "LOG_LEVEL": ("INFO", "Python log level."),
     "LOG_JSON": (False, "Log lines as JSON objects (access lines with method, path, status, duration_ms, request_id)."),

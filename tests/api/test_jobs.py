@@ -200,6 +200,21 @@ def test_jobs_list_paginates_and_filters(app, client):
     assert client.get(f"{API}/jobs?per_page=0").status_code == 400
 
 
+def test_jobs_list_counts_up_to_its_limit(app, client):
+    ids = [submit(client, "sleeper", seconds=0) for _ in range(7)]
+    app.config["JOBS_COUNT_LIMIT"] = 4
+    first = client.get(f"{API}/jobs?per_page=3").get_json()
+    assert first["total"] is None and first["pages"] is None and first["total_exceeds"] == 4
+    assert first["has_next"] is True and [j["job_id"] for j in first["jobs"]] == ids[::-1][:3]
+    last = client.get(f"{API}/jobs?per_page=3&page=3").get_json()      # the last page knows the total
+    assert (last["total"], last["pages"], last["has_next"], len(last["jobs"])) == (7, 3, False, 1)
+    past = client.get(f"{API}/jobs?per_page=3&page=9").get_json()
+    assert past["jobs"] == [] and past["total"] is None and past["has_next"] is False
+    assert client.get(f"{API}/jobs?per_page=3&state=SUCCESS").get_json()["total"] == 0
+    app.config["JOBS_COUNT_LIMIT"] = 0                      # 0: always the exact count
+    assert client.get(f"{API}/jobs?per_page=3").get_json()["total"] == 7
+
+
 def test_input_changed_on_disk_aborts_the_job(app, client):
     rec = upload(client, b"original", "a.txt")
     job_id = submit(client, "checksum", inputfile=rec["uuid"])
