@@ -1,6 +1,12 @@
-"""Submission throughput: concurrent POST /job over HTTP (gunicorn) against the bare publish rate of the same
-Celery configuration. No worker consumes meanwhile (the jobs would compete for the two cores); the queued
-messages and rows are removed afterwards."""
+"""Submission throughput: concurrent POST /job over HTTP against the bare publish rate of the same Celery
+configuration, under gunicorn (the stack's API) and under uWSGI (uwsgi.ini, the server nginx talks to in
+production; same processes and threads). No worker consumes meanwhile (the jobs would compete for the two
+cores); the queued messages and rows are removed afterwards.
+
+The two servers spread the load differently: gunicorn's gthread worker that wins the accept race keeps
+its keep-alive connections, so one process (one GIL) serves most of the 16 connections; uWSGI's threads
+accept one connection each and its HTTP socket closes the connection after each answer, so every request
+is a new connection, spread over all processes."""
 from __future__ import annotations
 
 import time
@@ -37,21 +43,41 @@ def remove_bench_jobs(stack) -> None:
         conn.execute(text("DELETE FROM jobs WHERE state = 'PENDING'"))
 
 
+def _submit(stack, base: str, n: int, concurrency: int, server_pids) -> tuple:
+    load(base, "POST", f"{API_PREFIX}/job", NOOP_JOB, total=min(100, n), concurrency=concurrency)   # warm-up
+    pids = tree(server_pids)
+    cpu0 = cpu_seconds(pids)
+    result = load(base, "POST", f"{API_PREFIX}/job", NOOP_JOB, total=n, concurrency=concurrency)
+    api_cpu = cpu_seconds(pids) - cpu0
+    remove_bench_jobs(stack)
+    return result, api_cpu
+
+
 def measure(stack, base: str, n: int, concurrency: int) -> list[Figure]:
+    from .stack import UWSGI
+
     baseline, base_elapsed = publish_rate(stack, max(n, 500))
     stack.purge("local")
-    load(base, "POST", f"{API_PREFIX}/job", NOOP_JOB, total=min(100, n), concurrency=concurrency)   # warm-up
-    api_pids = tree(stack.api.proc.pid)
-    cpu0 = cpu_seconds(api_pids)
-    result = load(base, "POST", f"{API_PREFIX}/job", NOOP_JOB, total=n, concurrency=concurrency)
-    api_cpu = cpu_seconds(api_pids) - cpu0
-    rate = result.ok / result.elapsed
-    remove_bench_jobs(stack)
-    details = {"requests": n, "concurrency": concurrency, "elapsed_s": round(result.elapsed, 3),
-               "statuses": result.statuses, "api_cpu_ms_per_request": round(api_cpu / n * 1000, 2), "latency_ms": summary_ms(result.latencies),
-               "api": f"gunicorn {stack.api.processes} processes x {stack.api.threads} threads (gthread)",
-               "baseline_messages": max(n, 500), "baseline_elapsed_s": round(base_elapsed, 3)}
-    ok = result.statuses.get(202, 0) == n
-    return [Figure("submit_throughput", "submission throughput (POST /job)", rate, "jobs/s", baseline,
-                   "publish_run loop", "≥ 0.5x baseline and ≥ 300 jobs/s",
-                   bool(ok and rate >= 0.5 * baseline and rate >= 300), details=details)]
+    result, api_cpu = _submit(stack, base, n, concurrency, stack.api.proc.pid)
+    uwsgi = UWSGI(stack.overrides, stack.root, stack.api.processes, stack.api.threads)
+    try:
+        uwsgi_result, uwsgi_cpu = _submit(stack, uwsgi.start(), n, concurrency, uwsgi.proc.pid)
+    finally:
+        uwsgi.stop()
+    figures = []
+    for key, title, server, res, cpu in (
+            ("submit_throughput", "submission throughput (POST /job)",
+             f"gunicorn {stack.api.processes} processes x {stack.api.threads} threads (gthread)", result, api_cpu),
+            ("submit_throughput_uwsgi", "submission throughput, uWSGI (uwsgi.ini)",
+             f"uWSGI {stack.api.processes} processes x {stack.api.threads} threads (uwsgi.ini, --http-socket)",
+             uwsgi_result, uwsgi_cpu)):
+        rate = res.ok / res.elapsed
+        details = {"requests": n, "concurrency": concurrency, "elapsed_s": round(res.elapsed, 3),
+                   "statuses": res.statuses, "api_cpu_ms_per_request": round(cpu / n * 1000, 2),
+                   "latency_ms": summary_ms(res.latencies), "api": server,
+                   "baseline_messages": max(n, 500), "baseline_elapsed_s": round(base_elapsed, 3)}
+        ok = res.statuses.get(202, 0) == n
+        figures.append(Figure(key, title, rate, "jobs/s", baseline, "publish_run loop",
+                              "≥ 0.5x baseline and ≥ 300 jobs/s", bool(ok and rate >= 0.5 * baseline and rate >= 300),
+                              details=details))
+    return figures

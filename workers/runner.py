@@ -395,7 +395,7 @@ class Runner:
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
             try:
                 with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
-                    json.dump(metadata, fh, indent=2)
+                    fh.write(json.dumps(metadata, indent=2))     # json.dump: a write() call per token
             except OSError as exc:   # the database keeps the record; the file is a convenience copy
                 log.warning("job %s: caesar_job.json not written: %s", job_id, exc)
         if self.settings.get("STORAGE") == "s3" and self.settings.get("S3_JOB_OUTPUTS", True) and workdir.is_dir():
