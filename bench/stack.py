@@ -21,17 +21,6 @@ GUNICORN = Path(sys.executable).parent / "gunicorn"
 UWSGI_BIN = Path(sys.executable).parent / "uwsgi"
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def children(pid: int) -> list[int]:
     try:
         return sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())

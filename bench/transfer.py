@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy import insert
 
 from .report import Figure
 from .rows import job_row
-from .stack import rss_bytes
+from .rss import RssSampler
 
 MiB = 1024 * 1024
 
@@ -85,35 +84,6 @@ def discard_seconds(src: Path) -> float:
         server.wait()
 
 
-class RssSampler:
-    """Peak resident memory of a set of processes, sampled every 20 ms on a thread."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.before = {pid: rss_bytes(pid) for pid in pids}
-        self.peak = dict(self.before)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], rss_bytes(pid))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth(self) -> int:
-        return max((self.peak[p] - self.before[p] for p in self.pids), default=0)
-
-
 def _curl(args: list[str]) -> dict:
     fmt = '{"code": %{http_code}, "time_total": %{time_total}, "size_upload": %{size_upload}, ' \
           '"size_download": %{size_download}}'
@@ -132,7 +102,7 @@ def _upload(server, base: str, src: Path, work: Path) -> tuple[float, int, dict]
         res = _curl(["-o", str(out), "-H", "Expect:", "-F", f"file=@{src}", f"{base}{API_PREFIX}/upload"])
     answer = json.loads(out.read_text())
     Path(answer["path"]).unlink(missing_ok=True)
-    return res["time_total"], sampler.growth, answer
+    return res["time_total"], sampler.growth()[0], answer
 
 
 def _warm_up(server, base: str, warm: Path, work: Path) -> None:

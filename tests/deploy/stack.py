@@ -121,13 +121,6 @@ class UWSGI:
             self.proc = None
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 NGINX_MAIN = """\
 # The test's own nginx: root so its workers can read the data files (0440, owned by the test user);
 # in production nginx's user joins the service's group instead (README, Production).

@@ -11,17 +11,18 @@ import re
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from bench.rss import RssSampler
+
 from ..apps.fitsgen import default_sources, make_image
 from ..support import (API, REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings,
                        settings_env, start_worker, wait_state)
-from .stack import (GUNICORN_BIN, SEED_PORT, Nginx, ScratchRedis, UWSGI, ensure_nginx, port_free, rss_bytes, wait_http,
+from .stack import (GUNICORN_BIN, SEED_PORT, Nginx, ScratchRedis, UWSGI, ensure_nginx, port_free, wait_http,
                     wait_port)
 
 MiB = 1024 * 1024
@@ -112,41 +113,6 @@ def big_file(tmp_path_factory):
             digest.update(block)
     yield path, digest.hexdigest()
     path.unlink(missing_ok=True)
-
-
-class RssSampler:
-    """Peak RSS of some processes, sampled from /proc every 20 ms while a transfer runs."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.before = {pid: rss_bytes(pid) for pid in pids}
-        self.peak = dict(self.before)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], rss_bytes(pid))
-            time.sleep(0.02)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.after = {pid: rss_bytes(pid) for pid in self.pids}
-
-    def growth(self) -> tuple[int, int]:
-        """(largest peak growth, largest growth after) over the processes, in bytes."""
-        return (max(self.peak[p] - self.before[p] for p in self.pids),
-                max(self.after[p] - self.before[p] for p in self.pids))
-
-    def describe(self) -> str:
-        return ", ".join(f"pid {p}: before {self.before[p] / MiB:.1f} peak {self.peak[p] / MiB:.1f} "
-                         f"after {self.after[p] / MiB:.1f} MiB" for p in self.pids)
 
 
 @pytest.fixture(scope="module")
