@@ -200,3 +200,46 @@ def write_apps(directory: Path, extra: Mapping[str, str]) -> Path:
     for name, text in extra.items():
         (directory / f"{name}.yml").write_text(text.lstrip())
     return directory
+
+
+def curl(*args: str, cwd: Path, timeout: float = 300) -> str:
+    """curl -sS with these arguments; its standard output (the test fails on a curl error)."""
+    done = subprocess.run(["curl", "-sS", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def seed_walkthrough(base: str, workdir: Path) -> dict[str, Any]:
+    """The original caesar-rest README's curl examples, as written, against a running service: upload a FITS
+    image, download it back, a missing uuid (curl --fail exits 22), submit sfinder with the README's options,
+    follow its status to the end, fetch the output tarball. Checks what every stack must give; returns
+    {upload, job, status, names (base names in the tarball)} for the caller's own checks."""
+    import json
+    import tarfile
+
+    from .apps.fitsgen import default_sources, make_image
+
+    make_image(workdir / "VGPS_cont_MOS017.fits", sources=default_sources())
+    up = json.loads(curl("-X", "POST", "-H", "Content-Type: multipart/form-data",
+                         "-F", "file=@VGPS_cont_MOS017.fits", "--url", f"{base}{API}/upload", cwd=workdir))
+    assert up["status"] == "File uploaded with success" and up["format"] == "fits", up
+    curl("-X", "GET", "--fail", "-o", "data.fits", "--url", f"{base}{API}/download-id/{up['uuid']}", cwd=workdir)
+    assert (workdir / "data.fits").read_bytes() == (workdir / "VGPS_cont_MOS017.fits").read_bytes()
+    missing = subprocess.run(["curl", "-sS", "-X", "GET", "--fail", "-o", "nope.fits", "--url",
+                              f"{base}{API}/download-id/67a49bf7555b41739095681bf52a1f99"], cwd=workdir)
+    assert missing.returncode == 22 and not (workdir / "nope.fits").exists()
+    body = json.dumps({"app": "sfinder", "job_inputs": {
+        "inputfile": up["path"], "run": True, "no-logredir": True, "envfile": "/home/riggi/Software/setvars.sh",
+        "no-mpi": True, "no-nestedsearch": True, "no-extendedsearch": True}})
+    job = json.loads(curl("-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+                          "--url", f"{base}{API}/job", cwd=workdir))
+    assert job["status"] == "Job submitted with success" and job["app"] == "sfinder", job
+    status = wait_state(lambda j: json.loads(curl("-X", "GET", "--url", f"{base}{API}/job/{j}/status", cwd=workdir)),
+                        job["job_id"], timeout=120)
+    assert status["state"] == "SUCCESS" and status["exit_status"] == 0, status
+    curl("-X", "GET", "--fail", "-o", "job_output.tar.gz", "--url", f"{base}{API}/job/{job['job_id']}/output",
+         cwd=workdir)
+    with tarfile.open(workdir / "job_output.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"VGPS_cont_MOS017_catalog.csv", "stdout.log", "caesar_job.json"} <= names, names
+    return {"upload": up, "job": job, "status": status, "names": names}

@@ -2,22 +2,17 @@
 RabbitMQ + Redis + PostgreSQL: the seed README's curl examples, cancel, and a worker killed mid-job."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import tarfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from workers.backends.local import process_alive
 
-from .apps.fitsgen import default_sources, make_image
 from .support import (API, create_pg_database, drop_pg_database, embedded_settings, http_status,
-                      production_settings, start_api, start_worker, wait_state)
+                      production_settings, seed_walkthrough, start_api, start_worker, wait_state)
 
 
 @pytest.fixture(scope="module", params=["embedded", "production"])
@@ -40,39 +35,11 @@ def stack(request, tmp_path_factory):
         drop_pg_database(db_url)
 
 
-def curl(*args: str, cwd: Path) -> str:
-    done = subprocess.run(["curl", "-sS", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def test_seed_curl_examples_work_as_written(stack, tmp_path):
-    base = stack["base"].replace("127.0.0.1", "localhost")
-    make_image(tmp_path / "VGPS_cont_MOS017.fits", sources=default_sources())
-    up = json.loads(curl("-X", "POST", "-H", "Content-Type: multipart/form-data",
-                         "-F", "file=@VGPS_cont_MOS017.fits", "--url", f"{base}{API}/upload", cwd=tmp_path))
-    assert up["status"] == "File uploaded with success" and up["format"] == "fits"
-    curl("-X", "GET", "--fail", "-o", "data.fits", "--url", f"{base}{API}/download-id/{up['uuid']}", cwd=tmp_path)
-    assert (tmp_path / "data.fits").read_bytes() == (tmp_path / "VGPS_cont_MOS017.fits").read_bytes()
-    missing = subprocess.run(["curl", "-sS", "-X", "GET", "--fail", "-o", "nope.fits", "--url",
-                              f"{base}{API}/download-id/67a49bf7555b41739095681bf52a1f99"], cwd=tmp_path)
-    assert missing.returncode == 22 and not (tmp_path / "nope.fits").exists()
-    body = json.dumps({"app": "sfinder", "job_inputs": {
-        "inputfile": up["path"], "run": True, "no-logredir": True, "envfile": "/home/riggi/Software/setvars.sh",
-        "no-mpi": True, "no-nestedsearch": True, "no-extendedsearch": True}})
-    job = json.loads(curl("-X", "POST", "-H", "Content-Type: application/json", "-d", body,
-                          "--url", f"{base}{API}/job", cwd=tmp_path))
-    assert job["status"] == "Job submitted with success" and job["app"] == "sfinder"
-    status = wait_state(lambda j: json.loads(curl("-X", "GET", "--url", f"{base}{API}/job/{j}/status", cwd=tmp_path)),
-                        job["job_id"], timeout=120)
-    assert status["state"] == "SUCCESS", status
-    assert status["exit_status"] == 0 and float(status["elapsed_time"]) > 0 and status["pid"]
-    curl("-X", "GET", "--fail", "-o", "job_output.tar.gz", "--url", f"{base}{API}/job/{job['job_id']}/output",
-         cwd=tmp_path)
-    with tarfile.open(tmp_path / "job_output.tar.gz") as tar:
-        names = {Path(n).name for n in tar.getnames()}
-    assert {"VGPS_cont_MOS017_catalog.csv", "VGPS_cont_MOS017_sources.reg", "VGPS_cont_MOS017_preview.png",
-            "stdout.log", "stderr.log", "caesar_job.json"} <= names
+    seen = seed_walkthrough(stack["base"].replace("127.0.0.1", "localhost"), tmp_path)
+    status = seen["status"]
+    assert float(status["elapsed_time"]) > 0 and status["pid"]
+    assert {"VGPS_cont_MOS017_sources.reg", "VGPS_cont_MOS017_preview.png", "stderr.log"} <= seen["names"]
 
 
 def test_cancel_over_http_stops_a_running_job(stack):

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import requests
 
 from bench.rss import RssSampler
 
-from ..apps.fitsgen import default_sources, make_image
-from ..support import (API, REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings,
-                       settings_env, start_worker, wait_state)
+from ..support import (API, REPO, Proc, create_pg_database, curl, drop_pg_database, free_port, production_settings,
+                       seed_walkthrough, settings_env, start_worker, wait_state)
 from .stack import (GUNICORN_BIN, SEED_PORT, Nginx, ScratchRedis, UWSGI, ensure_nginx, port_free, wait_http,
                     wait_port)
 
@@ -61,37 +59,9 @@ def stack(tmp_path_factory):
         drop_pg_database(db_url)
 
 
-def curl(*args: str, cwd: Path) -> str:
-    done = subprocess.run(["curl", "-sS", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def test_seed_curl_examples_through_nginx(stack, tmp_path):
-    base = stack["base"]
-    make_image(tmp_path / "VGPS_cont_MOS017.fits", sources=default_sources())
-    up = json.loads(curl("-X", "POST", "-H", "Content-Type: multipart/form-data",
-                         "-F", "file=@VGPS_cont_MOS017.fits", "--url", f"{base}{API}/upload", cwd=tmp_path))
-    assert up["status"] == "File uploaded with success" and up["format"] == "fits"
-    curl("-X", "GET", "--fail", "-o", "data.fits", "--url", f"{base}{API}/download-id/{up['uuid']}", cwd=tmp_path)
-    assert (tmp_path / "data.fits").read_bytes() == (tmp_path / "VGPS_cont_MOS017.fits").read_bytes()
-    missing = subprocess.run(["curl", "-sS", "-X", "GET", "--fail", "-o", "nope.fits", "--url",
-                              f"{base}{API}/download-id/67a49bf7555b41739095681bf52a1f99"], cwd=tmp_path)
-    assert missing.returncode == 22 and not (tmp_path / "nope.fits").exists()
-    body = json.dumps({"app": "sfinder", "job_inputs": {
-        "inputfile": up["path"], "run": True, "no-logredir": True, "envfile": "/home/riggi/Software/setvars.sh",
-        "no-mpi": True, "no-nestedsearch": True, "no-extendedsearch": True}})
-    job = json.loads(curl("-X", "POST", "-H", "Content-Type: application/json", "-d", body,
-                          "--url", f"{base}{API}/job", cwd=tmp_path))
-    assert job["status"] == "Job submitted with success"
-    status = wait_state(lambda j: json.loads(curl("-X", "GET", "--url", f"{base}{API}/job/{j}/status", cwd=tmp_path)),
-                        job["job_id"], timeout=120)
-    assert status["state"] == "SUCCESS" and status["exit_status"] == 0, status
-    curl("-X", "GET", "--fail", "-o", "job_output.tar.gz", "--url", f"{base}{API}/job/{job['job_id']}/output",
-         cwd=tmp_path)
-    with tarfile.open(tmp_path / "job_output.tar.gz") as tar:
-        names = {Path(n).name for n in tar.getnames()}
-    assert {"VGPS_cont_MOS017_catalog.csv", "stdout.log", "caesar_job.json"} <= names
+    seen = seed_walkthrough(stack["base"], tmp_path)
+    up, job = seen["upload"], seen["job"]
     # The download went through nginx's internal location, the tarball was streamed by the app.
     log = stack["uwsgi"].proc.log()
     assert f"accel=/_caesar_data/anonymous/{up['uuid']}.fits" in log
