@@ -42,6 +42,10 @@ class Conflict(ApiError):
     code, error = 409, "conflict"
 
 
+class LengthRequired(ApiError):
+    code, error = 411, "length_required"
+
+
 class PayloadTooLarge(ApiError):
     code, error = 413, "payload_too_large"
 

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from .. import multipart, s3store, storage
 from ..auth import current_owner, owner_filter, user_setting
-from ..errors import ApiError, BadRequest, Conflict, InsufficientStorage, NotFound, PayloadTooLarge, UnsupportedFormat
+from ..errors import (ApiError, BadRequest, Conflict, InsufficientStorage, LengthRequired, NotFound, PayloadTooLarge,
+                      UnsupportedFormat)
 from ..jobs import file_in_use, get_file
 from ..models import File, utcnow
 from ..sinks import WriteSink
@@ -85,6 +86,10 @@ def upload():
     form = multipart.parse(body, request.content_type or "", open_file)
     if refused:
         raise refused[0]
+    if not chosen and not form.fields and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # uWSGI's own HTTP socket hands a chunked body over as empty (nginx in front de-chunks it).
+        raise LengthRequired("This server got no body from a chunked upload: send it with a Content-Length "
+                             "(curl -F does, unless told 'Transfer-Encoding: chunked')")
     if not chosen:
         if form.get("file") is not None:
             raise BadRequest("The multipart field 'file' must be a file part (curl -F 'file=@name')", field="file")

@@ -155,6 +155,17 @@ def test_large_download_is_sent_by_nginx(stack, big_upload):
     assert direct.status_code == 404
 
 
+def test_chunked_upload_through_nginx(stack, tmp_path):
+    # nginx buffers a chunked body and hands uWSGI a Content-Length: a client that streams works as one that does not.
+    data = os.urandom(3 * MiB + 5)
+    (tmp_path / "stream.bin").write_bytes(data)
+    answer = json.loads(curl("-H", "Transfer-Encoding: chunked", "-F", "file=@stream.bin", "-F", "tag=chunked",
+                             "--url", f"{stack['base']}{API}/upload", cwd=tmp_path))
+    assert answer["size_bytes"] == len(data) and answer["sha256"] == hashlib.sha256(data).hexdigest(), answer
+    assert answer["tag"] == "chunked"
+    assert Path(answer["path"]).read_bytes() == data
+
+
 def test_request_id_in_and_out_and_one_access_line(stack):
     base = stack["base"]
     r = requests.get(f"{base}{API}/apps", headers={"X-Request-ID": "deploy-rid-42"}, timeout=10)
