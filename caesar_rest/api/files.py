@@ -113,21 +113,35 @@ def upload():
         drop = lambda: final.unlink(missing_ok=True)   # noqa: E731
     try:
         with session() as s:
-            if quota is not None:
-                used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
-                if used + sink.size > int(quota):
-                    raise InsufficientStorage(f"Storing {sink.size} more bytes would exceed your quota of {quota} "
-                                              f"bytes ({used} used); delete files first", used_bytes=used,
-                                              quota_bytes=int(quota))
             record = File(uuid=sink.uuid, owner=owner, filename_orig=name, format=fmt, path=str(final),
                           size_bytes=sink.size, sha256=sink.sha256, crc64nvme=sink.crc64nvme, tag=tag,
                           created_at=utcnow())
+            if quota is not None:
+                _lock_quota(s, owner)
             s.add(record)
+            s.flush()
+            if quota is not None:
+                used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
+                if used > int(quota):
+                    before = used - sink.size
+                    raise InsufficientStorage(f"Storing {sink.size} more bytes would exceed your quota of {quota} "
+                                              f"bytes ({before} used); delete files first", used_bytes=before,
+                                              quota_bytes=int(quota))
     except BaseException:
         drop()
         raise
     sinks.remove(sink)
     return jsonify({**record.to_dict(), "status": "File uploaded with success"})
+
+
+def _lock_quota(s, owner: str) -> None:
+    """Serialise one owner's uploads from here to commit, so two at once cannot both fit under the quota.
+    PostgreSQL: an advisory lock held to the end of the transaction. SQLite: the INSERT that follows takes the
+    database's write lock before the sum is read (WAL: a writer reads the newest data), which is enough."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"caesar-quota:{owner}"})
 
 
 @blp.route("/fileids", methods=["GET"])

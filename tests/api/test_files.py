@@ -142,3 +142,37 @@ def test_refused_parts_are_never_written(client, settings, monkeypatch):
                     content_type="multipart/form-data")
     assert r.status_code == 400 and "plain name" in r.get_json()["message"]
     assert opened == [] and data_files(settings) == []
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_concurrent_uploads_of_one_user_never_exceed_the_quota(tmp_path, database):
+    import threading
+
+    from ..support import create_pg_database, drop_pg_database
+
+    url = create_pg_database() if database == "postgresql" else None
+    try:
+        settings = {"ROOT": str(tmp_path / "var"), "MAX_STORED_BYTES_PER_USER": 2500,
+                    **({"DATABASE_URL": url} if url else {})}
+        app = create_app(settings)
+        answers: list[int] = []
+        start = threading.Barrier(6)
+
+        def one(i: int) -> None:
+            client = app.test_client()
+            start.wait()
+            r = client.post(f"{API}/upload", data={"file": (io.BytesIO(b"q" * 1000), f"f{i}.txt")},
+                            content_type="multipart/form-data")
+            answers.append(r.status_code)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(answers) == [200, 200, 507, 507, 507, 507]
+        listed = app.test_client().get(f"{API}/fileids").get_json()
+        assert len(listed) == 2 and len(data_files(settings)) == 2
+    finally:
+        if url:
+            drop_pg_database(url)
