@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ClauseElement
 
 from . import storage
 from .apps import App, Registry, ResolvedFile, render
@@ -26,7 +27,7 @@ JOBS, EVENTS, INPUTS = Job.__table__, JobEvent.__table__, JobInput.__table__
 
 
 def transition(session: Session, job_id: str, state: str, message: str = "",
-               from_states: tuple[str, ...] = ACTIVE_STATES, returning: tuple = (), **fields: Any):
+               from_states: tuple[str, ...] = ACTIVE_STATES, returning: tuple = (), **fields: Any) -> bool | Row:
     """Move a job to `state` only if it is in one of from_states (atomic), recording the event.
     Returns False when another actor got there first (e.g. a cancel raced a finish); else True, or with
     `returning` (columns) the updated row. Core statements, no ORM flush (this runs 3 times a job); values

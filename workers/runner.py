@@ -19,8 +19,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from caesar_rest import s3store, storage
 from caesar_rest.db import json_merge, session_scope
 from caesar_rest.jobs import EVENTS, INPUTS, JOBS, to_metadata, transition
-from caesar_rest.models import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS,
-                                TERMINAL_STATES, TIMED_OUT, Job, JobEvent, JobInput, utcnow)
+from caesar_rest.models import (ABORTED, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
+                                TIMED_OUT, Job, JobEvent, JobInput, utcnow)
 
 from .backends import get_backend
 from .backends.base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, BackendError, BackendStatus, BackendUnavailable,
@@ -77,8 +77,8 @@ class Runner:
             return ABORTED
         with session_scope(self.url) as s:
             pid = int(handle) if handle.isdigit() and job.backend == "local" else None
-            started = {"handle": handle, "pid": pid, "heartbeat_at": utcnow()}
             run_date = utcnow()
+            started = {"handle": handle, "pid": pid, "heartbeat_at": run_date}
             # Handle and RUNNING in one UPDATE when the job is still STARTED (the usual case); the handle alone otherwise.
             if backend.blocking and transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,),
                                                run_date=run_date, **started):
