@@ -10,6 +10,9 @@ workers = int(os.environ.get("CAESAR_WSGI_PROCESSES", "4"))
 # thread keeps heart-beating, so `timeout` only catches hung workers, not long transfers.
 worker_class = "gthread"
 threads = int(os.environ.get("CAESAR_WSGI_THREADS", "4"))
+# Connections one process holds at most (keep-alive ones included): without a bound, the process that wins
+# the accept race keeps most of the clients' keep-alive connections and its one GIL serves them all.
+worker_connections = int(os.environ.get("CAESAR_WSGI_CONNECTIONS", str(threads * 2)))
 timeout = 120
 graceful_timeout = 60
 keepalive = 5
