@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Job states (the original caesar-rest names, plus PENDING and CANCELED).
@@ -55,9 +55,12 @@ class File(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # Listings go newest first (submit_date DESC, id DESC), all jobs or one owner's (migration 0003).
+    __table_args__ = (Index("ix_jobs_submit_date_id", "submit_date", "id"),
+                      Index("ix_jobs_owner_submit_date_id", "owner", "submit_date", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16), default="app")       # "app" or "tes"
     app: Mapped[str] = mapped_column(String(128), index=True)
     app_version: Mapped[str] = mapped_column(String(64), default="")
@@ -75,7 +78,7 @@ class Job(Base):
     workdir: Mapped[str] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    submit_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    submit_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     start_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     run_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     end_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -80,7 +80,7 @@ def list_jobs():
         summary = load_only(Job.app, Job.job_inputs, Job.submit_date, Job.state, Job.status, Job.tag, Job.backend,
                             Job.end_date)
         offset = (page - 1) * per_page
-        rows = s.scalars(query.options(summary).order_by(Job.submit_date.desc(), Job.id)
+        rows = s.scalars(query.options(summary).order_by(Job.submit_date.desc(), Job.id.desc())
                          .offset(offset).limit(per_page + 1)).all()
         has_next = len(rows) > per_page
         rows = rows[:per_page]
