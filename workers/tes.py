@@ -334,11 +334,6 @@ class TaskRun:
                                         "stdin": str(self._inside(self.host_path(executor["stdin"])))
                                         if executor.get("stdin") else None}})
 
-    def _submit(self, backend, spec: JobSpec) -> str:
-        if self.backend_name == "container" and not getattr(backend, "tes_mounts", False):
-            return submit_container(backend, spec)
-        return backend.submit(spec)
-
     def _run_executor(self, backend, i: int, executor: dict[str, Any], deadline: float) -> tuple[str, str, int | None]:
         """Runs executor i to its end; returns (outcome, message, exit code), outcome one of
         exited / canceled / timeout / system."""
@@ -347,7 +342,7 @@ class TaskRun:
         offsets = {name: _size(self.jobdir / name) for name in ("stdout.log", "stderr.log")}
         try:
             spec = self._job_spec(backend, i, executor)
-            handle = self._submit(backend, spec)
+            handle = backend.submit(spec)
         except Exception as exc:
             self.logs["executors"].remove(entry)
             return "system", f"Executor {i} ({executor['image']}) could not start: {exc}", None
@@ -507,67 +502,6 @@ def _copy_from(src: Path, offset: int, dest: Path) -> None:
     with open(src, "rb") as fh, open(dest, "wb") as out:
         fh.seek(offset)
         shutil.copyfileobj(fh, out)
-
-
-def submit_container(backend, spec: JobSpec) -> str:
-    """One TES executor as a container of the container backend: its engine, image policy, user, network and
-    limits, with the task directories mounted at their paths and the executor's workdir. Followed afterwards
-    with the backend's own poll/cancel/fetch_outputs/cleanup. (ContainerBackend.submit mounts the job directory
-    at /job only; once it honours JobSpec.options["tes"] and says so with `tes_mounts = True`, this goes.)"""
-    import socket as socketlib
-
-    import docker.errors
-
-    from .backends import container as cb
-
-    tes = spec.options["tes"]
-    policy = spec.options.get("image_pull") or backend.image_pull
-    user = backend._container_user(spec.options.get("user"), Path(spec.workdir))
-    name = f"caesar-{spec.job_id}-{tes['index']}"
-    with backend._engine(f"starting executor {tes['index']} of TES task {spec.job_id}") as api:
-        backend._ensure_image(api, spec.image, policy)
-        limits: dict[str, Any] = {"nano_cpus": max(1, int(float(spec.cpus) * 1e9))}
-        if spec.memory_mb:
-            limits["mem_limit"] = limits["memswap_limit"] = f"{int(spec.memory_mb)}m"
-        binds = {source: {"bind": target, "mode": "rw"} for target, source in tes["mounts"].items()}
-        host_config = api.create_host_config(binds=binds, network_mode=backend.network, init=backend.init or None,
-                                             **limits)
-        create = dict(image=spec.image, entrypoint=spec.argv[:1], command=spec.argv[1:],
-                      working_dir=tes.get("workdir") or None, user=user, stdin_open=bool(tes.get("stdin")),
-                      environment={"LANG": "C.UTF-8", **spec.env, "CAESAR_JOB_ID": spec.job_id},
-                      labels={cb.JOB_LABEL: spec.job_id, "caesar.app": "tes", "caesar.owner": spec.owner},
-                      host_config=host_config, name=name)
-        try:
-            handle = str(api.create_container(**create)["Id"])
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:
-                raise BackendError(f"the engine refused to create the container from {spec.image}: {exc}") from exc
-            backend._remove(api, name)            # left by a worker that died with this task
-            handle = str(api.create_container(**create)["Id"])
-        stdin = None
-        if tes.get("stdin"):
-            stdin = api.attach_socket(handle, params={"stdin": 1, "stream": 1})
-        try:
-            api.start(handle)
-        except docker.errors.APIError as exc:
-            backend._remove(api, handle)
-            raise BackendError(f"container of image {spec.image} did not start {spec.argv[0]!r}: {exc}") from exc
-    if stdin is not None:
-        raw = getattr(stdin, "_sock", stdin)
-
-        def feed() -> None:           # the executor reads while the runner watches for cancel and time limit
-            try:
-                with open(tes["stdin"], "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-                        raw.sendall(chunk)
-                raw.shutdown(socketlib.SHUT_WR)
-            except OSError as exc:
-                log.warning("TES task %s: stdin of container %s: %s", spec.job_id, handle[:12], exc)
-            finally:
-                raw.close()
-
-        threading.Thread(target=feed, name=f"tes-stdin-{handle[:8]}", daemon=True).start()
-    return handle
 
 
 def _size(path: Path) -> int:

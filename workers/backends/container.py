@@ -110,6 +110,10 @@ class ContainerBackend:
 
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
+        """Create and start the job's container. An app job gets its job directory at /job (the working
+        directory) and its inputs read-only; a GA4GH TES executor (JobSpec.options["tes"]: index, mounts
+        {container path: host path}, workdir, stdin) gets the task's directories at their own paths, its
+        working directory, and its stdin file fed in while it runs."""
         image = job.image or self.default_image
         if not image:
             raise BackendError(f"app {job.app!r} names no container image and the container backend has no default_image")
@@ -120,23 +124,31 @@ class ContainerBackend:
             raise BackendError(f"image_pull {policy!r} is not one of {PULL_POLICIES}")
         workdir = Path(job.workdir)
         user = self._container_user(job.options.get("user"), workdir)
-        self._prepare_workdir(workdir, user)
-        with self._engine(f"starting job {job.job_id}") as api:
-            self._ensure_image(api, image, policy)
+        tes = job.options.get("tes")
+        if tes is None:
+            self._prepare_workdir(workdir, user)
             binds = {str(workdir): {"bind": JOB_MOUNT, "mode": "rw"}}
             if (workdir / "inputs").is_dir():
                 binds[str(workdir / "inputs")] = {"bind": f"{JOB_MOUNT}/inputs", "mode": "ro"}
+            env = {"HOME": f"{JOB_MOUNT}/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+                   "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}
+            name, app, working_dir, stdin = f"caesar-{job.job_id}", job.app, JOB_MOUNT, None
+        else:
+            binds = {source: {"bind": target, "mode": "rw"} for target, source in tes["mounts"].items()}
+            env = {"LANG": "C.UTF-8", **job.env, "CAESAR_JOB_ID": job.job_id}
+            name, app, working_dir = f"caesar-{job.job_id}-{tes['index']}", "tes", tes.get("workdir") or None
+            stdin = tes.get("stdin")
+        with self._engine(f"starting job {job.job_id}") as api:
+            self._ensure_image(api, image, policy)
             limits: dict[str, Any] = {"nano_cpus": max(1, int(float(job.cpus) * 1e9))}
             if job.memory_mb:
                 limits["mem_limit"] = limits["memswap_limit"] = f"{int(job.memory_mb)}m"   # no swap beyond it
             host_config = api.create_host_config(binds=binds, network_mode=self.network, init=self.init or None,
                                                  **limits)
-            env = {"HOME": f"{JOB_MOUNT}/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
-                   "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}
-            labels = {JOB_LABEL: job.job_id, "caesar.app": job.app, "caesar.owner": job.owner}
-            create = dict(image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=JOB_MOUNT,
-                          user=user, environment=env, labels=labels, host_config=host_config,
-                          name=f"caesar-{job.job_id}")
+            labels = {JOB_LABEL: job.job_id, "caesar.app": app, "caesar.owner": job.owner}
+            create = dict(image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=working_dir,
+                          user=user, environment=env, labels=labels, host_config=host_config, name=name,
+                          stdin_open=bool(stdin))
             try:
                 container = api.create_container(**create)
             except docker.errors.APIError as exc:
@@ -144,9 +156,10 @@ class ContainerBackend:
                     raise BackendError(f"the engine refused to create the container from {image}: "
                                        f"{_explain(exc)}") from exc
                 # A leftover of a worker that died with this job: the job is ours now, its container is not.
-                self._remove(api, f"caesar-{job.job_id}")
+                self._remove(api, name)
                 container = api.create_container(**create)
             handle = str(container["Id"])
+            feed = api.attach_socket(handle, params={"stdin": 1, "stream": 1}) if stdin else None
             try:
                 api.start(handle)
             except Exception as exc:
@@ -158,8 +171,12 @@ class ContainerBackend:
                 except Exception as rm_exc:
                     raise BackendError(f"{message}; removing container {handle[:12]} failed too: {rm_exc}") from exc
                 raise BackendError(message) from exc
-        self._pumps[handle] = {stream: LogPump(self.base_url, self.api_version, handle, stream, workdir / filename)
-                               for stream, filename in STREAMS}
+        if feed is not None:
+            _feed_stdin(feed, Path(stdin), handle, job.job_id)
+        if tes is None:
+            # TES executors' streams are read whole at the end (fetch_outputs): the task keeps them per executor.
+            self._pumps[handle] = {stream: LogPump(self.base_url, self.api_version, handle, stream,
+                                                   workdir / filename) for stream, filename in STREAMS}
         return handle
 
     def _container_user(self, requested: str | None, workdir: Path) -> str:
@@ -353,6 +370,24 @@ class LogPump:
             self.error = exc
         finally:
             self._api.close()
+
+
+def _feed_stdin(sock: Any, path: Path, handle: str, job_id: str) -> None:
+    """Stream a file into a started container's stdin on a thread, then close it (EOF for the program)."""
+    raw = getattr(sock, "_sock", sock)
+
+    def feed() -> None:             # the program reads while the runner watches for cancel and time limit
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+                    raw.sendall(chunk)
+            raw.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            log.warning("job %s: stdin of container %s: %s", job_id, handle[:12], exc)
+        finally:
+            raw.close()
+
+    threading.Thread(target=feed, name=f"stdin-{handle[:8]}", daemon=True).start()
 
 
 def kernel_oom_killed(container_id: str) -> bool:
