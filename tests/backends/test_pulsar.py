@@ -301,6 +301,18 @@ def test_server_unreachable_for_too_long_fails_the_job(stack):
     stack.servers["p2"].start()
 
 
+def test_health_asks_every_server_with_its_token(stack):
+    # The stack's servers include "bad" (p1 with a wrong token): /health says so, without the token.
+    health = stack.client.get("/health").get_json()["checks"]["backends"]["pulsar"]
+    assert health["status"] == "down", health
+    assert "bad (" in health["error"] and "private token was refused" in health["error"], health
+    assert "not-the-token" not in health["error"] and "p1 (" not in health["error"]
+    good = {n: c for n, c in stack.settings["BACKENDS"]["pulsar"]["servers"].items() if n != "bad"}
+    backend = PulsarBackend(stack.settings, {**stack.settings["BACKENDS"]["pulsar"], "servers": good})
+    assert backend.health() == {"servers": {"p1": "ok", "p2": "ok"}}
+    assert not any(p.name == "caesar-health-probe" for s in stack.servers.values() for p in (s.dir / "staging").iterdir())
+
+
 def test_private_tokens_never_leak(stack):
     """Last on purpose: every job of this module (failed, aborted, cancelled ones too) and the worker's log."""
     job = submit(stack, "sleeper", seconds=0)

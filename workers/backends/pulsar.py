@@ -100,6 +100,31 @@ class PulsarBackend:
         self.final: dict[str, dict[str, Any]] = {}     # handle → Pulsar's last (complete) status
 
     # ---- Backend protocol ---------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Each configured server answers a status request with its private token (GET /health): one try each,
+        no retries, a few seconds at most. The probe's job id is one no job ever has; Pulsar answers it 'lost'
+        and creates nothing."""
+        servers: dict[str, str] = {}
+        down: list[str] = []
+        for name, conf in self.servers.items():
+            query = {"private_token": conf["token"]} if conf["token"] else {}
+            try:
+                response = self._session(name).get(f"{conf['url']}/jobs/caesar-health-probe/status", params=query,
+                                                   timeout=(2, 3))
+            except requests.RequestException as exc:
+                problem: str | None = self._redact(_describe(exc))
+            else:
+                response.close()
+                problem = None if response.status_code < 400 else f"HTTP {response.status_code} {response.reason}"
+                if response.status_code in (401, 403):
+                    problem = f"{problem}: the private token was refused"
+            servers[name] = problem or "ok"
+            if problem:
+                down.append(f"{name} ({conf['url']}) {problem}")
+        if down:
+            raise BackendUnavailable("Pulsar server " + "; ".join(down))
+        return {"servers": servers}
+
     def submit(self, job: JobSpec) -> str:
         server = job.options.get("server") or self.default_server
         if server not in self.servers:
