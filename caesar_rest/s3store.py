@@ -323,8 +323,9 @@ def store_for(settings: Mapping[str, Any]) -> S3Store:
 
 
 class S3UploadSink(WriteSink):
-    """The S3 twin of storage.UploadSink: werkzeug writes the file part here; full parts go out as they fill
-    (multipart upload), so memory holds one part at most. Small files become a single PUT at commit."""
+    """The S3 twin of storage.UploadSink: the upload's file part is written here as it arrives; full parts go
+    out as they fill (multipart upload), so memory holds one part at most, and the checksums are computed on
+    their own thread meanwhile. Small files become a single PUT at commit."""
 
     def __init__(self, store: S3Store, owner: str, fmt: str, limit: int | None = None) -> None:
         self.store = store
@@ -332,7 +333,8 @@ class S3UploadSink(WriteSink):
         self.url = store.url_for(owner, self.uuid, fmt)
         self.bucket, self.key = split_url(self.url)
         self.limit = limit
-        self._sums = Checksums()
+        self._sums = BackgroundChecksums()
+        self._size = 0
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -341,18 +343,18 @@ class S3UploadSink(WriteSink):
 
     @property
     def size(self) -> int:
-        return self._sums.size
+        return self._size
 
-    def write(self, data: bytes) -> int:
-        if self.error is not None:
-            return len(data)                # keep draining the request; report afterwards
+    def write(self, data) -> int:
+        n = len(data)
+        self._size += n
+        if self.error is not None or (self.limit is not None and self._size > self.limit):
+            return n                        # keep draining the request; the API reports afterwards (413, 503)
         self._sums.update(data)
-        if self.limit is not None and self.size > self.limit:
-            return len(data)                # too large: counted, not sent (the API answers 413)
         self._buffer += data
         if len(self._buffer) >= self.store.part_bytes:
             self._send_part()
-        return len(data)
+        return n
 
     def _send_part(self) -> None:
         try:
@@ -401,6 +403,10 @@ class S3UploadSink(WriteSink):
 
     def discard(self) -> None:
         self._buffer = bytearray()
+        try:
+            self._sums.finish()             # ends the checksum thread
+        except Exception:
+            pass
         try:
             if self._upload_id is not None and not self.done:
                 self.store.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
