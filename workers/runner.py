@@ -24,7 +24,7 @@ from caesar_rest.models import (ABORTED, CANCELED, FAILURE, PENDING, RUNNING, ST
 
 from .backends import get_backend
 from .backends.base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, BackendError, BackendStatus, BackendUnavailable,
-                            InputFile, JobSpec)
+                            InputFile, JobSpec, poll_in_slot)
 from .backends.base import RUNNING as B_RUNNING
 from .backends.local import kill_group, process_alive
 
@@ -248,10 +248,7 @@ class Runner:
         pause = getattr(backend, "wait", None) or (lambda _handle, seconds: time.sleep(seconds))
         first = True
         while True:
-            try:
-                status = backend.poll(handle)
-            except BackendUnavailable as exc:
-                status = BackendStatus(B_RUNNING, reason=str(exc))
+            status = poll_in_slot(backend, handle)
             if status.state not in (QUEUED, B_RUNNING):
                 return self._finish(job_id, backend, handle, status)
             if first:

@@ -137,7 +137,7 @@ from caesar_rest.tes import (DIRECTORY, EXECUTOR, SYSTEM, WILDCARD_RE, mount_poi
                              rfc3339)
 
 from .backends import get_backend  # noqa: E402
-from .backends.base import QUEUED, BackendError, BackendStatus, BackendUnavailable, JobSpec  # noqa: E402
+from .backends.base import QUEUED, BackendError, JobSpec, poll_in_slot  # noqa: E402
 from .backends.base import RUNNING as B_RUNNING  # noqa: E402
 from .transfer import TransferError, TransferStopped, Transfers  # noqa: E402
 
@@ -352,10 +352,7 @@ class TaskRun:
         self._save()
         outcome = "exited"
         while True:
-            try:
-                status = backend.poll(handle)
-            except BackendUnavailable as exc:
-                status = BackendStatus(B_RUNNING, reason=str(exc))
+            status = poll_in_slot(backend, handle)
             if status.state not in (QUEUED, B_RUNNING):
                 break
             if self.canceled.is_set() or time.monotonic() > deadline:

@@ -66,6 +66,15 @@ class BackendStatus:
     oom_killed: bool = False
 
 
+def poll_in_slot(backend: Any, handle: str) -> BackendStatus:
+    """A poll by a loop that follows its job in the worker slot: an engine that does not answer this once
+    (BackendUnavailable) leaves the job running as far as the loop knows, and the next turn asks again."""
+    try:
+        return backend.poll(handle)
+    except BackendUnavailable as exc:
+        return BackendStatus(RUNNING, reason=str(exc))
+
+
 class Backend(Protocol):
     """Runs argv somewhere. Persistence, state, retries and tarballs live around it (workers.runner)."""
 
