@@ -182,6 +182,9 @@ def test_request_id_in_and_out_and_one_access_line(stack):
     assert re.search(r"method=GET path=/caesar/api/v1\.0/apps status=200 endpoint=\S+ remote=\S+ duration_ms=[\d.]+",
                      lines[0]), lines[0]
     assert f"[request {rid}]" in log
+    # nginx writes its access line after the response has gone out: the client can read the log first.
+    while time.time() < deadline and f"rid={rid}" not in stack["nginx"].access_log():
+        time.sleep(0.1)
     assert "rid=deploy-rid-42" in stack["nginx"].access_log() and f"rid={rid}" in stack["nginx"].access_log()
 
 
