@@ -121,7 +121,7 @@ class _Reader:
 
 def parse(stream: BinaryIO, content_type: str, open_file: Callable[[str, str], Any]) -> Form:
     """Read the whole body; a file part goes to open_file(field name, file name).write as it arrives.
-    The sinks opened are in form.files even when a BadRequest is raised, for the caller to discard."""
+    On a BadRequest the sinks already opened are the caller's to discard: open_file is where it keeps them."""
     form = Form()
     reader = _Reader(stream)
     try:
