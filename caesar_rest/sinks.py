@@ -1,12 +1,11 @@
-"""The write-only file object that uploads stream into, on local disk or S3."""
+"""The write-only targets an upload's file part streams into (caesar_rest.multipart), on local disk or S3."""
 from __future__ import annotations
 
 from typing import Any
 
 
 class WriteSink:
-    """What werkzeug's multipart parser needs of a file part's target: write(), and seek/tell/read that
-    pretend the data stayed put (it is already on its way to storage)."""
+    """write() takes the part's bytes as they arrive; size counts them; the checksums are read at the end."""
 
     size = 0
     _sums: Any          # a Checksums fed by write()
@@ -18,15 +17,3 @@ class WriteSink:
     @property
     def crc64nvme(self) -> str | None:
         return self._sums.crc64nvme
-
-    def seek(self, *args: int) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.size
-
-    def read(self, *args: int) -> bytes:
-        return b""
-
-    def flush(self) -> None:
-        pass
