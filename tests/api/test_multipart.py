@@ -72,6 +72,10 @@ def test_random_reads_give_back_every_byte(seed):
         pieces.append(os.urandom(rng.randint(0, 3000)))
         pieces.append(delimiter[:rng.randint(1, len(delimiter) - 1)])
     content = b"".join(pieces)
+    # A prefix followed by random bytes can complete the delimiter (1 in 256 for a 3-character boundary); a
+    # client picks a boundary its data does not contain, so the data here must not contain it either.
+    while delimiter in content:
+        content = content.replace(delimiter, delimiter[:-1])
     raw = body(boundary, [("tag", None, b"t-" + str(seed).encode()), ("file", "a.bin", content),
                           ("file", "empty.bin", b"")], preamble=b"ignored preamble\r\n", epilogue=b"epilogue")
     most = rng.choice([1, 7, len(delimiter) - 1, len(delimiter), 100, 5000, 1 << 20])
