@@ -79,7 +79,21 @@ def wait_port(port: int, proc: Proc, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s:\n{proc.log()[-3000:]}")
 
 
-class Gunicorn:
+class _Server:
+    """A WSGI server process serving the API: its worker processes, and a graceful stop."""
+
+    proc: Proc | None = None
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid) if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, timeout=30)
+            self.proc = None
+
+
+class Gunicorn(_Server):
     """The API under gunicorn with the repository's gunicorn.conf.py, bound to a TCP port on loopback."""
 
     def __init__(self, settings: dict[str, Any], log: Path, processes: int, threads: int) -> None:
@@ -100,16 +114,9 @@ class Gunicorn:
             time.sleep(0.1)
         time.sleep(0.5)
 
-    def worker_pids(self) -> list[int]:
-        return children(self.proc.pid) if self.proc else []
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGTERM, timeout=30)
-            self.proc = None
 
 
-class UWSGI:
+class UWSGI(_Server):
     """The API under uWSGI with the repository's uwsgi.ini (nginx's production peer), plus an HTTP socket on
     loopback so curl can talk to it directly."""
 
@@ -134,13 +141,8 @@ class UWSGI:
             time.sleep(0.1)
         return f"http://127.0.0.1:{self.port}"
 
-    def worker_pids(self) -> list[int]:
-        return children(self.proc.pid) if self.proc else []
-
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGTERM, timeout=30)
-            self.proc = None
+        super().stop()
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
