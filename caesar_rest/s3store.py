@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import threading
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping
@@ -261,26 +260,43 @@ def job_prefix(store: S3Store, owner: str, job_id: str) -> str:
     return f"{store.prefix}jobs/{owner}/{job_id}/"
 
 
-def archive_job(store: S3Store, owner: str, job_id: str, workdir: Path,
-                skip: tuple[str, ...] = ("inputs", "tmp")) -> str:
-    """Move a finished job's directory into S3 (each object with our sha256 and CRC64NVME), then remove it
-    from the local disk. Returns the s3:// URL of the job's prefix. On any error nothing local is removed."""
+def upload_job_dir(store: S3Store, owner: str, job_id: str, workdir: Path,
+                   manifest: list[dict[str, Any]] | None = None) -> str:
+    """Copy a finished job's directory into S3 (each object with our sha256 and CRC64NVME, from the job's output
+    manifest when given), inputs, tmp and caesar_job.json left out. Returns the s3:// URL of the job's prefix.
+    The local directory is left alone: its owner removes it once the job's end names this copy."""
     prefix = job_prefix(store, owner, job_id)
-    for path in sorted(workdir.rglob("*")):
-        rel = path.relative_to(workdir)
-        if rel.parts[0] in skip or not path.is_file() or path.is_symlink():
-            continue
-        sums = checksums_of(path)
-        metadata = {"sha256": sums.sha256}
-        if sums.crc64nvme:
-            metadata["crc64nvme"] = sums.crc64nvme
+    for item in manifest if manifest is not None else output_manifest(workdir):
+        rel = item["path"]
+        metadata = {"sha256": item["sha256"], **({"crc64nvme": item["crc64nvme"]} if item.get("crc64nvme") else {})}
         try:
-            store.client.upload_file(str(path), store.bucket, prefix + rel.as_posix(),
-                                     ExtraArgs={"Metadata": metadata})
+            store.client.upload_file(str(workdir / rel), store.bucket, prefix + rel, ExtraArgs={"Metadata": metadata})
         except Exception as exc:
             raise StorageError(f"archiving {rel} of job {job_id} to S3 failed: {describe_error(exc)}") from exc
-    shutil.rmtree(workdir, ignore_errors=True)
     return f"s3://{store.bucket}/{prefix}"
+
+
+def put_job_file(store: S3Store, url: str, name: str, data: bytes) -> None:
+    """One small object (caesar_job.json) into an archived job's prefix."""
+    bucket, prefix = split_url(url)
+    sums = Checksums()
+    sums.update(data)
+    metadata = {"sha256": sums.sha256, **({"crc64nvme": sums.crc64nvme} if sums.crc64nvme else {})}
+    try:
+        store.client.put_object(Bucket=bucket, Key=prefix + name, Body=data, Metadata=metadata)
+    except Exception as exc:
+        raise StorageError(f"writing {name} to S3 failed: {describe_error(exc)}") from exc
+
+
+def delete_job_dir(store: S3Store, url: str) -> None:
+    """Remove every object of an archived job."""
+    bucket, _ = split_url(url)
+    keys = [{"Key": obj["Key"]} for obj in job_objects(store, url)]
+    try:
+        for i in range(0, len(keys), 1000):
+            store.client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+    except Exception as exc:
+        raise StorageUnavailable(f"S3 storage failed deleting the job's outputs: {describe_error(exc)}") from exc
 
 
 def job_objects(store: S3Store, url: str) -> Iterator[dict[str, Any]]:

@@ -5,7 +5,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 BLOCK = tarfile.BLOCKSIZE
@@ -59,17 +59,29 @@ def _file_blocks(path: Path, chunk: int) -> Callable[[], Iterator[bytes]]:
 
 
 def stream_tar_gz(root: str | Path, prefix: str, level: int = 6, chunk: int = 1024 * 1024,
-                  exclude: Iterable[str] = ()) -> Iterator[bytes]:
-    """Yield a gzip-compressed POSIX tar of root, with members under prefix/."""
+                  exclude: Iterable[str] = (), extra: Mapping[str, bytes] | None = None) -> Iterator[bytes]:
+    """Yield a gzip-compressed POSIX tar of root, with members under prefix/. extra: top-level files given as
+    bytes, which stand in for root's files of the same names."""
     root = Path(root)
+    extra = dict(extra or {})
 
     def members() -> Iterator[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]] | None]]:
-        for path, arcname in _members(root, prefix, set(exclude)):
+        for path, arcname in _members(root, prefix, set(exclude) | set(extra)):
             info = _tarinfo(path, arcname)
             if info is not None:
                 yield info, _file_blocks(path, chunk) if info.type == tarfile.REGTYPE else None
+            if path == root:
+                yield from given(prefix, extra, int(info.mtime) if info is not None else 0)
 
     return tar_gz(members(), level)
+
+
+def given(prefix: str, files: Mapping[str, bytes], mtime: int) -> Iterator[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]]]]:
+    """Members for files held in memory."""
+    for name, data in sorted(files.items()):
+        info = tarfile.TarInfo(f"{prefix}/{name}")
+        info.size, info.mode, info.mtime = len(data), 0o644, mtime
+        yield info, (lambda data=data: iter((data,)))
 
 
 def tar_gz(members: Iterable[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]] | None]],

@@ -243,3 +243,44 @@ def seed_walkthrough(base: str, workdir: Path) -> dict[str, Any]:
         names = {Path(n).name for n in tar.getnames()}
     assert {"VGPS_cont_MOS017_catalog.csv", "stdout.log", "caesar_job.json"} <= names, names
     return {"upload": up, "job": job, "status": status, "names": names}
+
+
+def run_watching_the_end(app, job_id: str) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+    """Run job_id in-process (workers.runner.Runner) while every database commit is watched: at the first one after
+    which the job is finished, its state and extra are read and its tarball is fetched through the API, as a client
+    polling for the end would. Returns (state, extra, {name in the tarball: bytes}) as they were at that moment."""
+    import tarfile
+
+    from sqlalchemy import event, select
+    from sqlalchemy.orm import Session
+
+    from caesar_rest.db import engine_for
+    from caesar_rest.models import TERMINAL_STATES, Job
+    from workers.runner import Runner
+
+    client, seen, busy = app.test_client(), [], []
+
+    def after_commit(_session) -> None:
+        if seen or busy:
+            return
+        busy.append(1)
+        try:
+            # a connection of its own: the session that just committed cannot run SQL here
+            with engine_for(app.config["DATABASE_URL"]).connect() as conn:
+                state, extra = conn.execute(select(Job.state, Job.extra).where(Job.id == job_id)).one()
+            if state in TERMINAL_STATES:
+                response = client.get(f"{API}/job/{job_id}/output")
+                assert response.status_code == 200, response.get_data(as_text=True)
+                with tarfile.open(fileobj=io.BytesIO(response.data), mode="r:gz") as tar:
+                    files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile()}
+                seen.append((state, dict(extra or {}), files))
+        finally:
+            busy.clear()
+
+    event.listen(Session, "after_commit", after_commit)
+    try:
+        Runner(app.config).run(job_id)
+    finally:
+        event.remove(Session, "after_commit", after_commit)
+    assert seen, f"job {job_id} never finished"
+    return seen[0]

@@ -358,14 +358,40 @@ class Runner:
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    def _end(self, job_id: str, state: str, message: str, **fields: Any) -> None:
-        self._retry_db(job_id, f"recording {state}", lambda: self._end_once(job_id, state, message, **fields))
+    def _end(self, job_id: str, state: str, message: str, outputs: list[dict[str, Any]] | None = None,
+             **fields: Any) -> None:
+        """Record the job's end. Whatever a download reads is in place first: tmp/ is gone and, with S3 storage,
+        the job directory is in the bucket, named in the same UPDATE that ends the job (a download never sees the
+        end before the outputs it serves). The local copy goes, and caesar_job.json is written, after."""
+        where = self._workdir_and_owner(job_id)
+        stored = None
+        if where is not None:
+            workdir, owner = where
+            shutil.rmtree(workdir / "tmp", ignore_errors=True)
+            if self.settings.get("STORAGE") == "s3" and self.settings.get("S3_JOB_OUTPUTS", True):
+                stored = self._archive(job_id, owner, workdir, outputs)
+        self._retry_db(job_id, f"recording {state}",
+                       lambda: self._end_once(job_id, state, message, outputs=outputs, stored=stored, **fields))
+
+    def _workdir_and_owner(self, job_id: str) -> tuple[Path, str] | None:
+        """The job directory and its owner when the directory exists here; None otherwise."""
+        claimed = getattr(self, "_claimed", None)
+        if claimed and claimed[0] == job_id and self.settings.get("STORAGE") != "s3":
+            workdir, owner = claimed[1], None        # the usual path needs no query (the owner is for S3 only)
+        else:
+            def read() -> tuple[str, str]:
+                with session_scope(self.url) as s:
+                    return s.execute(select(Job.workdir, Job.owner).where(Job.id == job_id)).one()
+            found, owner = self._retry_db(job_id, "reading the job directory", read)
+            workdir = Path(found)
+        return (workdir, owner) if workdir.is_dir() else None
 
     def _end_once(self, job_id: str, state: str, message: str, outputs: list[dict[str, Any]] | None = None,
-                  **fields: Any) -> None:
+                  stored: dict[str, str] | None = None, **fields: Any) -> None:
         # The output manifest is kept whether or not this end wins the transition (a cancel may have ended the
         # job first): merged into extra by the database, in the UPDATE that ends the job or on its own.
-        merge = {"extra": json_merge(JOBS.c.extra, {"outputs": outputs})} if outputs is not None else {}
+        kept = {"outputs": outputs} if outputs is not None else {}
+        merge = {"extra": json_merge(JOBS.c.extra, {**kept, **(stored or {})})} if kept or stored else {}
         known = getattr(self, "_run_date", None)    # run() set RUNNING itself: no query for the run date
         with session_scope(self.url) as s:
             now = utcnow()
@@ -376,8 +402,12 @@ class Runner:
             fields = {k: v for k, v in fields.items() if v is not None or k == "exit_status"}
             row = transition(s, job_id, state, message, returning=tuple(JOBS.c), end_date=now, **merge, **fields)
             if not row:
-                if merge:
-                    s.execute(JOBS.update().where(JOBS.c.id == job_id).values(**merge))
+                # Ended already (a cancel won): downloads read the local directory, which stays; the copy goes.
+                if kept:
+                    s.execute(JOBS.update().where(JOBS.c.id == job_id).values(extra=json_merge(JOBS.c.extra, kept)))
+                s.commit()
+                if stored and stored.get("output_store"):
+                    self._drop_archive(job_id, stored["output_store"])
                 return
             s.commit()              # the end is recorded now; caesar_job.json is built after, in this session
             claimed = getattr(self, "_claimed", None)
@@ -386,33 +416,42 @@ class Runner:
             events = [JobEvent(**r._asdict()) for r in
                       s.execute(EVENTS.select().where(EVENTS.c.job_id == job_id).order_by(EVENTS.c.id))]
         job = Job(**row._asdict(), inputs=inputs, events=events)
-        metadata = to_metadata(job)
-        workdir, owner = Path(job.workdir), job.owner
-        if workdir.is_dir():
-            shutil.rmtree(workdir / "tmp", ignore_errors=True)
-            try:
-                with open(workdir / "caesar_job.json", "w", encoding="utf-8") as fh:
-                    fh.write(json.dumps(metadata, indent=2))     # json.dump: a write() call per token
-            except OSError as exc:   # the database keeps the record; the file is a convenience copy
-                log.warning("job %s: caesar_job.json not written: %s", job_id, exc)
-        if self.settings.get("STORAGE") == "s3" and self.settings.get("S3_JOB_OUTPUTS", True) and workdir.is_dir():
-            self._archive(job_id, owner, workdir)
+        self._write_metadata(job, (stored or {}).get("output_store"))
 
-    def _archive(self, job_id: str, owner: str, workdir: Path) -> None:
-        """Job outputs live in S3 too: the finished job directory moves there (the API streams it back)."""
+    def _write_metadata(self, job: Job, archived: str | None) -> None:
+        """caesar_job.json beside the outputs (the database keeps the record; downloads build theirs from it)."""
+        body = json.dumps(to_metadata(job), indent=2).encode()      # json.dump: a write() call per token
+        workdir = Path(job.workdir)
+        if archived:
+            try:
+                s3store.put_job_file(s3store.store_for(self.settings), archived, "caesar_job.json", body)
+            except Exception as exc:
+                log.warning("job %s: caesar_job.json not written to S3: %s", job.id, exc)
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif workdir.is_dir():
+            part = workdir.parent / f".{job.id}.caesar_job.json.part"      # renamed in: never read half-written
+            try:
+                part.write_bytes(body)
+                part.replace(workdir / "caesar_job.json")
+            except OSError as exc:
+                log.warning("job %s: caesar_job.json not written: %s", job.id, exc)
+                part.unlink(missing_ok=True)
+
+    def _archive(self, job_id: str, owner: str, workdir: Path,
+                 manifest: list[dict[str, Any]] | None) -> dict[str, str]:
+        """Job outputs live in S3 too: the finished job directory is copied there (the API streams it back)."""
         try:
-            url = s3store.archive_job(s3store.store_for(self.settings), owner, job_id, workdir)
-            extra = {"output_store": url}
+            return {"output_store": s3store.upload_job_dir(s3store.store_for(self.settings), owner, job_id,
+                                                           workdir, manifest)}
         except Exception as exc:       # the job's result stands; its files stay on the local disk
             log.error("job %s: outputs not archived to S3: %s", job_id, exc)
-            extra = {"output_store_error": str(exc)}
+            return {"output_store_error": str(exc)}
 
-        def record() -> None:
-            with session_scope(self.url) as s:
-                job = s.get(Job, job_id)
-                job.extra = {**(job.extra or {}), **extra}
-
-        self._retry_db(job_id, "recording where the outputs are", record)
+    def _drop_archive(self, job_id: str, url: str) -> None:
+        try:
+            s3store.delete_job_dir(s3store.store_for(self.settings), url)
+        except Exception as exc:
+            log.warning("job %s: the S3 copy of its directory (%s) was not removed: %s", job_id, url, exc)
 
 
 def _exit_message(rc: int | None, status: BackendStatus, workdir: Path) -> str:

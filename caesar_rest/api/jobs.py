@@ -1,6 +1,7 @@
 """Jobs: submit, list, status, cancel, output tarball, logs, metadata."""
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from .. import s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..models import ALL_STATES, Job
-from ..tarball import stream_tar_gz, tar_gz
+from ..tarball import given, stream_tar_gz, tar_gz
 from . import docs
 from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, registry, session, settings
 
@@ -143,31 +144,37 @@ def output(job_id: str):
                            state=job.state)
         workdir = Path(job.workdir)
         archived = (job.extra or {}).get("output_store")
+        # The record the worker also writes beside the outputs, built here from the database: a download just
+        # after the end holds it even before the worker has written its copy.
+        record = {"caesar_job.json": json.dumps(service.to_metadata(job), indent=2).encode()}
     if archived:
-        body = _archived_tar_gz(cfg, archived, f"job_{job_id}")
+        body = _archived_tar_gz(cfg, archived, f"job_{job_id}", record)
     elif not workdir.is_dir():
         raise Conflict(f"Job {job_id} ended ({job.state}) without a job directory: {job.status}", state=job.state)
     else:
         exclude = () if cfg["OUTPUT_INCLUDE_INPUTS"] else ("inputs",)
         body = stream_tar_gz(workdir, f"job_{job_id}", level=int(cfg["OUTPUT_GZIP_LEVEL"]),
-                             chunk=int(cfg["UPLOAD_CHUNK_BYTES"]), exclude=exclude)
+                             chunk=int(cfg["UPLOAD_CHUNK_BYTES"]), exclude=exclude, extra=record)
     response = Response(stream_with_context(body), mimetype="application/gzip", direct_passthrough=True)
     response.headers["Content-Disposition"] = f'attachment; filename="job_{job_id}.tar.gz"'
     return response
 
 
-def _archived_tar_gz(cfg, url: str, prefix: str):
-    """The tar.gz of a job directory that moved to S3, streamed object by object."""
+def _archived_tar_gz(cfg, url: str, prefix: str, extra: dict[str, bytes]):
+    """The tar.gz of a job directory that moved to S3, streamed object by object (extra: top-level files given
+    as bytes, standing in for objects of the same names)."""
     store = s3store.store_for(cfg)
-    objects = list(s3store.job_objects(store, url))     # listed before the first byte: errors are still a 503
-    bucket = s3store.split_url(url)[0]
     folder = s3store.split_url(url)[1]
+    objects = [obj for obj in s3store.job_objects(store, url)      # listed before the first byte: errors are a 503
+               if obj["Key"][len(folder):] not in extra]
+    bucket = s3store.split_url(url)[0]
 
     def members():
         seen_dirs: set[str] = set()
         root = tarfile.TarInfo(prefix)
         root.type, root.mode = tarfile.DIRTYPE, 0o755
         yield root, None
+        yield from given(prefix, extra, int(objects[0]["LastModified"].timestamp()) if objects else 0)
         for obj in objects:
             rel = obj["Key"][len(folder):]
             parts = rel.split("/")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -15,7 +16,7 @@ from caesar_rest.db import session_scope
 from caesar_rest.models import Job
 from workers.runner import Runner, reap
 
-from ..support import API, client_status, job_processes, upload, wait_state
+from ..support import API, client_status, job_processes, run_watching_the_end, upload, wait_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,6 +87,25 @@ def test_checksum_job_runs_to_success_with_logs_metadata_and_output(app, client)
         assert not any(n.endswith(".tar.gz") for n in names)
         line = tar.extractfile(f"job_{job_id}/checksum.txt").read().decode()
     assert line.split()[0] == rec["sha256"]
+
+
+def test_the_tarball_is_whole_from_the_moment_the_job_is_finished(app, client):
+    """A client that downloads as soon as it sees the end gets every output and caesar_job.json (which the worker
+    writes only after recording the end: the download builds it from the database, and it says SUCCESS)."""
+    rec = upload(client, b"whole\n", "w.txt")
+    job_id = submit(client, "checksum", inputfile=rec["uuid"])
+    state, _, files = run_watching_the_end(app, job_id)
+    assert state == "SUCCESS"
+    assert {"checksum.txt", "stdout.log", "stderr.log", "caesar_job.json"} <= set(files), sorted(files)
+    assert files["checksum.txt"].split()[0].decode() == rec["sha256"]
+    record = json.loads(files["caesar_job.json"])
+    assert record["state"] == "SUCCESS" and record["job_id"] == job_id and record["outputs"]
+    # the worker's own copy, written after, says the same; a download now gives it once
+    workdir = Path(app.config["ROOT"]) / "jobs" / "anonymous" / job_id
+    assert json.loads((workdir / "caesar_job.json").read_text())["state"] == "SUCCESS"
+    assert not list(workdir.parent.glob(f".{job_id}*"))           # no half-written copy left behind
+    with tarfile.open(fileobj=io.BytesIO(client.get(f"{API}/job/{job_id}/output").data), mode="r:gz") as tar:
+        assert [n for n in tar.getnames() if n.endswith("caesar_job.json")] == [f"job_{job_id}/caesar_job.json"]
 
 
 def test_failure_records_exit_status_and_stderr(app, client):

@@ -168,7 +168,7 @@ def test_job_outputs_move_to_s3_and_come_back(batch_stack):
     settings = batch_stack.settings
     workdir = Path(settings["ROOT"]) / "jobs" / "anonymous" / job_id
     deadline = time.time() + 30
-    while workdir.exists() and time.time() < deadline:      # archived right after the final state
+    while workdir.exists() and time.time() < deadline:      # removed right after the final state
         time.sleep(0.2)
     assert not workdir.exists()
     bucket = settings["S3_BUCKET"]
@@ -186,6 +186,36 @@ def test_job_outputs_move_to_s3_and_come_back(batch_stack):
         assert f"job_{job_id}/stdout.log" in tar.getnames()
     logs = client.get(f"{API}/job/{job_id}/logs?tail=1").get_json()
     assert record["sha256"] in logs["stdout"]
+
+
+def test_archived_outputs_are_in_place_when_the_end_is_recorded(tmp_path, aws_setup):
+    """With S3 storage the end of a job is recorded in the same commit that names the S3 copy of its directory, so a
+    client that downloads as soon as it sees the end gets the whole tarball. (The end used to be committed first and
+    the directory moved after: a download in between got a tarball without the app's outputs.)"""
+    import json
+    from pathlib import Path
+
+    from caesar_rest import create_app
+    from ..support import run_watching_the_end
+
+    settings = s3_settings(tmp_path, aws_setup)
+    app = create_app(settings)
+    client = app.test_client()
+    record = upload(client, b"in place\n" * 10, "p.txt")
+    job_id = client.post(f"{API}/job", json={"app": "checksum", "backend": "local",
+                                             "job_inputs": {"inputfile": record["uuid"]}}).get_json()["job_id"]
+    state, extra, files = run_watching_the_end(app, job_id)
+    assert state == "SUCCESS"
+    assert extra.get("output_store", "").startswith("s3://"), extra
+    assert {"checksum.txt", "stdout.log", "stderr.log", "caesar_job.json"} <= set(files), sorted(files)
+    assert files["checksum.txt"].split()[0].decode() == record["sha256"]
+    assert json.loads(files["caesar_job.json"])["state"] == "SUCCESS"
+    # after the end: the local copy is gone, the worker's caesar_job.json is in the bucket
+    assert not (Path(settings["ROOT"]) / "jobs" / "anonymous" / job_id).exists()
+    bucket, prefix = s3store.split_url(extra["output_store"])
+    body = aws("s3", aws_setup.endpoint).get_object(Bucket=bucket, Key=f"{prefix}caesar_job.json")["Body"].read()
+    assert json.loads(body)["state"] == "SUCCESS"
+    dispose_all()
 
 
 def test_s3_secret_never_reaches_answers_logs_or_files(tmp_path, aws_setup, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import time
 
 from caesar_rest.s3store import Checksums
 
@@ -97,7 +98,6 @@ def test_cancel_terminates_the_batch_job(batch_stack):
     job_id = submit(batch_stack.client, "echo started; sleep 300")
     wait_state(client_status(batch_stack.client), job_id, states=("RUNNING",), timeout=TIMEOUT)
     # wait for the container itself, not only the submission
-    import time
     deadline = time.time() + TIMEOUT
     while batch_job(batch_stack, job_id)["status"] != "RUNNING" and time.time() < deadline:
         time.sleep(0.5)
@@ -129,3 +129,30 @@ def test_missing_image_fails_the_job(batch_stack):
     status = wait_state(client_status(batch_stack.client), job_id, timeout=TIMEOUT)
     assert status["state"] == "FAILURE", status
     assert "AWS Batch job" in status["status"] and "FAILED" in status["status"]
+
+
+def test_succeeded_without_the_stagers_record_is_a_failure(batch_stack):
+    """A Batch job that SUCCEEDED without the stager's result record never uploaded its outputs: the backend says
+    FAILED with that reason instead of a SUCCESS with an empty job directory. The job here is submitted straight
+    to moto (command `true`, no stager), as a container that Batch reports done before it ran would look."""
+    from workers.backends.base import FAILED
+    from workers.backends.batch import BatchBackend
+
+    options = batch_stack.settings["BACKENDS"]["batch"]
+    backend = BatchBackend(batch_stack.settings, options)
+    batch = aws("batch", batch_stack.setup.endpoint)
+    definition = batch.register_job_definition(
+        jobDefinitionName="caesar-test-true", type="container",
+        containerProperties={"image": "localhost/caesar-apps:latest", "command": ["true"],
+                             "resourceRequirements": [{"type": "VCPU", "value": "1"},
+                                                      {"type": "MEMORY", "value": "256"}]})["jobDefinitionArn"]
+    batch_id = batch.submit_job(jobName="caesar-test-true", jobQueue=batch_stack.setup.job_queue,
+                                jobDefinition=definition)["jobId"]
+    deadline = time.time() + TIMEOUT
+    while batch.describe_jobs(jobs=[batch_id])["jobs"][0]["status"] not in ("SUCCEEDED", "FAILED"):
+        assert time.time() < deadline, "moto did not run the job"
+        time.sleep(0.5)
+    assert batch.describe_jobs(jobs=[batch_id])["jobs"][0]["status"] == "SUCCEEDED"
+    status = backend.poll(f"{batch_id}|{options['prefix']}never-written-{batch_id}/")
+    assert status.state == FAILED, status
+    assert "SUCCEEDED" in status.reason and "no result record" in status.reason and batch_id in status.reason

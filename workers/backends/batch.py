@@ -152,10 +152,16 @@ class BatchBackend:
             return BackendStatus(RUNNING)
         result = self._result(handle, key_prefix)
         exit_code = result.get("exit_code") if isinstance(result.get("exit_code"), int) else None
-        if status == "SUCCEEDED":
-            return BackendStatus(EXITED, exit_code=0 if exit_code is None else exit_code)
         if result.get("error"):
             return BackendStatus(FAILED, reason=f"Staging inside the AWS Batch job failed: {result['error']}")
+        if status == "SUCCEEDED":
+            if exit_code is None:
+                # The stager writes its record before it exits 0: without one the program did not run to its end
+                # (the container was stopped from outside, or its command replaced), and no outputs were uploaded.
+                return BackendStatus(FAILED, reason=f"AWS Batch reports job {batch_id} SUCCEEDED, but the job left "
+                                                    "no result record in S3: its program did not run to the end "
+                                                    "and its outputs were never uploaded")
+            return BackendStatus(EXITED, exit_code=exit_code)
         if exit_code is not None and exit_code != 0:
             return BackendStatus(EXITED, exit_code=exit_code)
         # No record from the stager (it was killed, or never started): what Batch says, exit code where known.
