@@ -6,9 +6,6 @@ and, when the task fails, job.extra["tes_error"] ("executor" or "system").
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import posixpath
 import re
@@ -19,12 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import storage
 from .errors import BadRequest, NotFound, ServiceUnavailable
 from .jobs import JOB_ID_RE
+from .paging import after_token, encode_token
 from .models import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS,
                      TERMINAL_STATES, TIMED_OUT, Job, JobEvent, utcnow)
 
@@ -460,20 +458,6 @@ def get_task(session: Session, owner: str | None, task_id: str) -> Job:
 
 
 # ---- listing -----------------------------------------------------------------------------------------------------------
-def encode_token(job: Job) -> str:
-    raw = json.dumps([job.submit_date.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_token(token: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, job_id = json.loads(raw)
-        return datetime.fromisoformat(when), str(job_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise BadRequest("'page_token' is not a token this server gave out", field="page_token") from None
-
-
 def list_tasks(session: Session, owner: str | None, page_size: int, page_token: str | None,
                name_prefix: str | None, state: str | None, tags: dict[str, str]) -> tuple[list[Job], str | None]:
     """One page, newest first, and the token of the next page when there is one."""
@@ -482,10 +466,7 @@ def list_tasks(session: Session, owner: str | None, page_size: int, page_token: 
         query = query.where(Job.owner == owner)
     if state is not None:
         query = query.where(Job.state.in_(JOB_STATES_FOR.get(state, ())))
-    if page_token:
-        when, last_id = decode_token(page_token)
-        query = query.where(tuple_(Job.submit_date, Job.id) < tuple_(when, last_id))
-    query = query.order_by(Job.submit_date.desc(), Job.id.desc())
+    query = after_token(query, page_token, key="field")
 
     def wanted(job: Job) -> bool:
         doc = (job.extra or {}).get("tes") or {}

@@ -38,9 +38,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "job_id": {"type": "string"}, "app": {"type": "string"}, "job_inputs": {"type": "object"},
         "submit_date": {"type": "string"}, "state": {"type": "string"}, "status": {"type": "string"},
         "tag": NULLABLE_STR, "backend": {"type": "string"}, "end_date": NULLABLE_STR}},
-    "JobList": {"type": "object", "required": ["jobs", "page", "per_page", "total", "pages", "has_next"], "properties": {
-        "jobs": {"type": "array", "items": {"$ref": S + "JobSummary"}}, "page": {"type": "integer"},
+    "JobList": {"type": "object", "required": ["jobs", "page", "per_page", "total", "pages", "has_next", "next_page_token"], "properties": {
+        "jobs": {"type": "array", "items": {"$ref": S + "JobSummary"}},
+        "page": {"type": "integer", "nullable": True, "description": "null for a page asked by page_token"},
         "per_page": {"type": "integer"}, "has_next": {"type": "boolean"},
+        "next_page_token": {"type": "string", "nullable": True,
+                            "description": "pass as page_token for the next page; null on the last"},
         "total": {"type": "integer", "nullable": True, "description": "null when more than total_exceeds jobs match"},
         "pages": {"type": "integer", "nullable": True},
         "total_exceeds": {"type": "integer", "description": "present when the count stopped at JOBS_COUNT_LIMIT"}}},

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
 from .. import jobs as service
-from .. import s3store
+from .. import paging, s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..models import ALL_STATES, Job
@@ -54,11 +54,16 @@ def submit():
 
 @blp.route("/jobs", methods=["GET"])
 @blp.doc(summary="List your jobs (paginated; filter by state, app, tag)",
-         parameters=docs.query(("page", "integer", "page number, from 1"), ("per_page", "integer", "jobs a page, 1-1000"),
+         parameters=docs.query(("page", "integer", "page number, from 1"),
+                               ("page_token", "string", "next_page_token of the page before (instead of page)"),
+                               ("per_page", "integer", "jobs a page, 1-1000"),
                                ("state", "string", "comma-separated states"), ("app", "string", "app name"),
                                ("tag", "string", "job tag"), ("backend", "string", "backend name")),
          responses=docs.responses(200, "JobList", "A page of jobs, newest first"))
 def list_jobs():
+    token = request.args.get("page_token") or None
+    if token is not None and "page" in request.args:
+        raise BadRequest("Give either 'page' or 'page_token', not both", parameter="page_token")
     page = int_arg("page", 1, 1, 10**9)
     per_page = int_arg("per_page", settings()["JOBS_PAGE_SIZE"], 1, 1000)
     query = select(Job)
@@ -80,13 +85,15 @@ def list_jobs():
         # Only the columns a summary shows: the JSON ones it does not (argv, spec, extra) are neither sent nor decoded.
         summary = load_only(Job.app, Job.job_inputs, Job.submit_date, Job.state, Job.status, Job.tag, Job.backend,
                             Job.end_date)
-        offset = (page - 1) * per_page
-        rows = s.scalars(query.options(summary).order_by(Job.submit_date.desc(), Job.id.desc())
+        # A token starts below the last job of the page before (an index range, at any depth); a page number
+        # skips rows (OFFSET), which costs more the deeper the page.
+        offset = 0 if token else (page - 1) * per_page
+        rows = s.scalars(paging.after_token(query.options(summary), token)
                          .offset(offset).limit(per_page + 1)).all()
         has_next = len(rows) > per_page
         rows = rows[:per_page]
         exact = True
-        if not has_next and (rows or page == 1):
+        if not token and not has_next and (rows or page == 1):
             total = offset + len(rows)           # the last page: the count is known without counting
         else:
             # Counting every row of a big table is most of a listing's time (10 ms at 100,000 jobs): count up
@@ -94,9 +101,10 @@ def list_jobs():
             ids = query.with_only_columns(Job.id)
             total = s.scalar(select(func.count()).select_from((ids.limit(cap + 1) if cap > 0 else ids).subquery()))
             exact = cap <= 0 or total <= cap
-        answer = {"jobs": [service.to_summary(j) for j in rows], "page": page, "per_page": per_page,
-                  "total": total if exact else None, "pages": (total + per_page - 1) // per_page if exact else None,
-                  "has_next": has_next}
+        answer = {"jobs": [service.to_summary(j) for j in rows], "page": None if token else page,
+                  "per_page": per_page, "total": total if exact else None,
+                  "pages": (total + per_page - 1) // per_page if exact else None, "has_next": has_next,
+                  "next_page_token": paging.encode_token(rows[-1]) if has_next else None}
         if not exact:
             answer["total_exceeds"] = cap
         return jsonify(answer)

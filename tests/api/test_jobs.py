@@ -235,6 +235,34 @@ def test_jobs_list_counts_up_to_its_limit(app, client):
     assert client.get(f"{API}/jobs?per_page=3").get_json()["total"] == 7
 
 
+def test_jobs_list_walks_by_page_token(app, client):
+    """Tokens walk every job once, newest first; jobs submitted meanwhile do not shift the pages (page numbers
+    would repeat a job); filters hold; a bad token, or a page number with it, is a 400 naming the parameter."""
+    ids = [submit(client, "sleeper", seconds=0) for _ in range(7)]
+    client.post(f"{API}/job", json={"app": "sleeper", "tag": "other"})
+    seen, token, pages = [], None, 0
+    while True:
+        body = client.get(f"{API}/jobs?per_page=3&app=sleeper&state=PENDING"
+                          + (f"&page_token={token}" if token else "")).get_json()
+        pages += 1
+        assert body["per_page"] == 3 and body["page"] == (None if token else 1)
+        seen += [j["job_id"] for j in body["jobs"] if j.get("tag") != "other"]
+        if pages == 1:
+            newer = submit(client, "sleeper", seconds=0)     # lands above the walk: not seen, nothing repeated
+        token = body["next_page_token"]
+        assert body["has_next"] is (token is not None)
+        if token is None:
+            break
+    assert seen == ids[::-1] and pages == 3 and newer not in seen
+    untagged = client.get(f"{API}/jobs?per_page=2&tag=other").get_json()
+    assert len(untagged["jobs"]) == 1 and untagged["next_page_token"] is None
+    for bad in ("nonsense", "e30", "W10"):
+        r = client.get(f"{API}/jobs?page_token={bad}")
+        assert r.status_code == 400 and r.get_json()["parameter"] == "page_token", r.get_json()
+    r = client.get(f"{API}/jobs?page=2&page_token={body['jobs'][0]['job_id']}")
+    assert r.status_code == 400 and "either 'page' or 'page_token'" in r.get_json()["message"]
+
+
 def test_input_changed_on_disk_aborts_the_job(app, client):
     rec = upload(client, b"original", "a.txt")
     job_id = submit(client, "checksum", inputfile=rec["uuid"])
