@@ -2,7 +2,7 @@
 and record the TES logs (job.extra["tes_logs"]) and the failure kind (job.extra["tes_error"]).
 
 Every task directory (volumes, the directories of inputs, outputs, workdirs and std streams: see
-caesar_rest.tes.mount_points) is a directory under <job dir>/fs/ mounted at its path for each executor.
+caesar_rest.tes_task.mount_points) is a directory under <job dir>/fs/ mounted at its path for each executor.
 On the container backend an executor is a container (image, argv = command). On the host runtime
 (TES_HOST_RUNTIME) the local backend runs this file as a launcher (`python workers/tes.py exec SPEC`):
 it builds a private mount namespace showing the host's own filesystem with the task directories mounted
@@ -133,8 +133,8 @@ from caesar_rest.db import session_scope  # noqa: E402
 from caesar_rest.models import (ABORTED, CANCELED, FAILURE, RUNNING, STARTED, SUCCESS, TIMED_OUT, Job,  # noqa: E402
                                 utcnow)
 from caesar_rest.jobs import transition  # noqa: E402
-from caesar_rest.tes import (DIRECTORY, EXECUTOR, SYSTEM, WILDCARD_RE, mount_points, norm,  # noqa: E402
-                             rfc3339)
+from caesar_rest.tes import EXECUTOR, SYSTEM, rfc3339  # noqa: E402
+from caesar_rest.tes_task import DIRECTORY, WILDCARD_RE, mount_points, norm  # noqa: E402
 
 from .backends import get_backend  # noqa: E402
 from .backends.base import QUEUED, BackendError, JobSpec, poll_in_slot  # noqa: E402

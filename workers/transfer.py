@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from caesar_rest.tes import DIRECTORY, allowed_file_path, file_url_path
+from caesar_rest.tes_task import DIRECTORY, allowed_file_path, file_url_path
 
 CHUNK = 1024 * 1024
 

@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from .. import __version__
 from .. import jobs as jobs_service
 from .. import tes as service
+from .. import tes_task as task_doc
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from . import docs
@@ -78,7 +79,7 @@ def _view(default: str) -> str:
          responses=docs.responses(200, "tesServiceInfo", "The service"))
 def service_info():
     cfg = settings()
-    storage = [f"file://{root}" for root in service.file_roots(cfg)]
+    storage = [f"file://{root}" for root in task_doc.file_roots(cfg)]
     storage += ["http://", "https://", "ftp://", "s3://"]
     org = cfg.get("TES_ORGANIZATION") or {}
     return jsonify({
@@ -86,11 +87,11 @@ def service_info():
         "name": "caesar-rest TES",
         "type": {"group": "org.ga4gh", "artifact": "tes", "version": service.TES_VERSION},
         "description": "GA4GH TES v1.1 on the caesar-rest job engine "
-                       f"({'host processes' if service.host_runtime(cfg) else 'containers'})",
+                       f"({'host processes' if task_doc.host_runtime(cfg) else 'containers'})",
         "organization": {"name": str(org.get("name") or "caesar-rest"), "url": str(org.get("url") or "https://github.com/SKA-INAF/caesar-rest")},
         "version": __version__,
         "storage": storage,
-        "tesResources_backend_parameters": service.supported_parameters(cfg),
+        "tesResources_backend_parameters": task_doc.supported_parameters(cfg),
     })
 
 
