@@ -50,15 +50,27 @@ def upload():
                                 f"not {request.mimetype or 'no content type'}")
     cfg = settings()
     owner = current_owner()
+    name, fmt, sink, form = _receive(cfg, owner)
+    tag = form.get("tag")
+    if tag is not None and (len(tag) > 255 or "\x00" in tag):
+        raise BadRequest("'tag' must be at most 255 characters without NUL", field="tag")
+    record = _register(cfg, owner, name, fmt, sink, tag)
+    request.environ[SINKS_KEY].remove(sink)
+    return jsonify({**record.to_dict(), "status": "File uploaded with success"})
+
+
+def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
+    """Read the request body: the one 'file' part into its sink (the data directory or S3), every other file part
+    discarded. Returns (file name, format, sink, form); a part refused at its headers (bad name or format, a
+    second file) is the error, raised once the body has been read."""
     data_dir = storage.user_dir(cfg["DATA_DIR"], owner)
     limit = int(cfg["MAX_UPLOAD_BYTES"])
     allowed = cfg.get("ALLOWED_FORMATS")
-    sinks = request.environ.setdefault(SINKS_KEY, [])
+    sinks = request.environ.setdefault(SINKS_KEY, [])       # discarded by the teardown if the request fails
     chosen: list[tuple[str, str, Any]] = []
     refused: list[Exception] = []
 
     def open_file(field: str, filename: str | None):
-        """The sink for a file part: the data directory (or S3) for the one 'file' part, else a discard."""
         if field != "file":
             return _Discard()
         try:
@@ -100,15 +112,18 @@ def upload():
         raise PayloadTooLarge(f"The file is larger than the {limit} bytes this server accepts")
     if sink.size == 0 and sink.error is None:
         raise BadRequest(f"The file {name!r} is empty", field="file")
-    tag = form.get("tag")
-    if tag is not None and (len(tag) > 255 or "\x00" in tag):
-        raise BadRequest("'tag' must be at most 255 characters without NUL", field="tag")
+    return name, fmt, sink, form
+
+
+def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None) -> File:
+    """Move the received file to its final place and insert its record, within the owner's quota; on any error
+    the stored file is removed again (nothing half-registered)."""
     quota = user_setting(owner, "max_stored_bytes", cfg.get("MAX_STORED_BYTES_PER_USER"))
     if isinstance(sink, s3store.S3UploadSink):
         sink.commit()
         final, drop = sink.url, sink.discard
     else:
-        final = data_dir / f"{sink.uuid}.{fmt}"
+        final = storage.user_dir(cfg["DATA_DIR"], owner) / f"{sink.uuid}.{fmt}"
         sink.commit(final)
         drop = lambda: final.unlink(missing_ok=True)   # noqa: E731
     try:
@@ -130,8 +145,7 @@ def upload():
     except BaseException:
         drop()
         raise
-    sinks.remove(sink)
-    return jsonify({**record.to_dict(), "status": "File uploaded with success"})
+    return record
 
 
 def _lock_quota(s, owner: str) -> None:
