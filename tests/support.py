@@ -245,10 +245,11 @@ def seed_walkthrough(base: str, workdir: Path) -> dict[str, Any]:
     return {"upload": up, "job": job, "status": status, "names": names}
 
 
-def run_watching_the_end(app, job_id: str) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+def run_watching_the_end(app, job_id: str, runner=None) -> tuple[str, dict[str, Any], dict[str, bytes]]:
     """Run job_id in-process (workers.runner.Runner) while every database commit is watched: at the first one after
     which the job is finished, its state and extra are read and its tarball is fetched through the API, as a client
-    polling for the end would. Returns (state, extra, {name in the tarball: bytes}) as they were at that moment."""
+    polling for the end would. Returns (state, extra, {name in the tarball: bytes}) as they were at that moment.
+    runner: the Runner to use (default: one with the app's settings)."""
     import tarfile
 
     from sqlalchemy import event, select
@@ -279,7 +280,7 @@ def run_watching_the_end(app, job_id: str) -> tuple[str, dict[str, Any], dict[st
 
     event.listen(Session, "after_commit", after_commit)
     try:
-        Runner(app.config).run(job_id)
+        (runner or Runner(app.config)).run(job_id)
     finally:
         event.remove(Session, "after_commit", after_commit)
     assert seen, f"job {job_id} never finished"

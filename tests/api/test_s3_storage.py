@@ -218,6 +218,73 @@ def test_archived_outputs_are_in_place_when_the_end_is_recorded(tmp_path, aws_se
     dispose_all()
 
 
+def test_outputs_stay_on_disk_when_the_archive_fails(tmp_path, aws_setup):
+    """The worker's S3 copy fails (its bucket does not exist): the job's result stands, the failure is named in its
+    record, committed with the end, and the tarball comes whole from the local directory."""
+    from pathlib import Path
+
+    from caesar_rest import create_app
+    from workers.runner import Runner
+    from ..support import run_watching_the_end
+
+    settings = s3_settings(tmp_path, aws_setup)
+    app = create_app(settings)
+    job_id = app.test_client().post(f"{API}/job", json={"app": "sleeper", "backend": "local",
+                                                         "job_inputs": {"seconds": 0}}).get_json()["job_id"]
+    runner = Runner({**app.config, "S3_BUCKET": "caesar-no-such-bucket"})
+    state, extra, files = run_watching_the_end(app, job_id, runner)
+    assert state == "SUCCESS" and "output_store" not in extra
+    assert "caesar-no-such-bucket" in extra["output_store_error"] or "NoSuchBucket" in extra["output_store_error"]
+    assert {"sleeper.txt", "stdout.log", "caesar_job.json"} <= set(files), sorted(files)
+    workdir = Path(settings["ROOT"]) / "jobs" / "anonymous" / job_id
+    assert (workdir / "sleeper.txt").is_file() and (workdir / "caesar_job.json").is_file()
+    dispose_all()
+
+
+def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aws_setup):
+    """Another writer (a cancel) ends the job while the worker copies its directory to S3: the worker's end loses,
+    so its copy is dropped again and the directory stays where downloads of the canceled job read it."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    from caesar_rest import create_app
+    from caesar_rest.db import session_scope
+    from caesar_rest.jobs import transition
+    from caesar_rest.models import Job
+    from workers.runner import Runner
+
+    settings = s3_settings(tmp_path, aws_setup)
+    app = create_app(settings)
+    client = app.test_client()
+    job_id = client.post(f"{API}/job", json={"app": "sleeper", "backend": "local",
+                                             "job_inputs": {"seconds": 0}}).get_json()["job_id"]
+    runner = Runner(app.config)
+    real_archive, copies = runner._archive, []
+
+    def archive_then_cancelled(*args):
+        stored = real_archive(*args)
+        copies.append(stored)
+        with session_scope(app.config["DATABASE_URL"]) as s:     # the cancel lands while the copy was made
+            assert transition(s, job_id, "CANCELED", "Job canceled by user")
+        return stored
+
+    runner._archive = archive_then_cancelled
+    runner.run(job_id)
+    assert copies and copies[0]["output_store"].startswith("s3://")
+    status = client.get(f"{API}/job/{job_id}/status").get_json()
+    assert status["state"] == "CANCELED", status
+    with session_scope(app.config["DATABASE_URL"]) as s:
+        extra = s.get(Job, job_id).extra
+    assert extra["outputs"] and "output_store" not in extra, extra      # the manifest is kept all the same
+    bucket, prefix = s3store.split_url(copies[0]["output_store"])
+    assert aws("s3", aws_setup.endpoint).list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount", 0) == 0
+    assert (Path(settings["ROOT"]) / "jobs" / "anonymous" / job_id / "sleeper.txt").is_file()
+    with tarfile.open(fileobj=io.BytesIO(client.get(f"{API}/job/{job_id}/output").data), mode="r:gz") as tar:
+        assert f"job_{job_id}/sleeper.txt" in tar.getnames()
+    dispose_all()
+
+
 def test_s3_secret_never_reaches_answers_logs_or_files(tmp_path, aws_setup, caplog):
     """moto takes any key pair: a unique secret shows whether ours leaks anywhere."""
     import uuid
