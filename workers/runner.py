@@ -47,7 +47,7 @@ class Runner:
         if claimed is None:
             return self._on_redelivery(job_id)
         job = claimed
-        self._claimed = (job_id, Path(job.workdir), job.backend, job.inputs)
+        self._claimed = (job_id, Path(job.workdir), job.backend, job.inputs, job.owner)
         if job.kind == "tes":               # GA4GH TES tasks: executors from the request (workers/tes.py)
             from .tes import run_task
             return run_task(self, job)
@@ -376,8 +376,8 @@ class Runner:
     def _workdir_and_owner(self, job_id: str) -> tuple[Path, str] | None:
         """The job directory and its owner when the directory exists here; None otherwise."""
         claimed = getattr(self, "_claimed", None)
-        if claimed and claimed[0] == job_id and self.settings.get("STORAGE") != "s3":
-            workdir, owner = claimed[1], None        # the usual path needs no query (the owner is for S3 only)
+        if claimed and claimed[0] == job_id:
+            workdir, owner = claimed[1], claimed[4]      # the worker that ran the job needs no query
         else:
             def read() -> tuple[str, str]:
                 with session_scope(self.url) as s:
