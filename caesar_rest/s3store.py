@@ -288,13 +288,18 @@ def put_job_file(store: S3Store, url: str, name: str, data: bytes) -> None:
         raise StorageError(f"writing {name} to S3 failed: {describe_error(exc)}") from exc
 
 
+def delete_prefix(client, bucket: str, prefix: str) -> None:
+    """Remove every object under prefix, a page (at most 1,000 keys) at a time."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": obj["Key"]} for obj in page.get("Contents") or []]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def delete_job_dir(store: S3Store, url: str) -> None:
     """Remove every object of an archived job."""
-    bucket, _ = split_url(url)
-    keys = [{"Key": obj["Key"]} for obj in job_objects(store, url)]
     try:
-        for i in range(0, len(keys), 1000):
-            store.client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+        delete_prefix(store.client, *split_url(url))
     except Exception as exc:
         raise StorageUnavailable(f"S3 storage failed deleting the job's outputs: {describe_error(exc)}") from exc
 

@@ -71,12 +71,13 @@ def stream_tar_gz(root: str | Path, prefix: str, level: int = 6, chunk: int = 10
             if info is not None:
                 yield info, _file_blocks(path, chunk) if info.type == tarfile.REGTYPE else None
             if path == root:
-                yield from given(prefix, extra, int(info.mtime) if info is not None else 0)
+                yield from files_in_memory(prefix, extra, int(info.mtime) if info is not None else 0)
 
     return tar_gz(members(), level)
 
 
-def given(prefix: str, files: Mapping[str, bytes], mtime: int) -> Iterator[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]]]]:
+def files_in_memory(prefix: str, files: Mapping[str, bytes],
+                    mtime: int) -> Iterator[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]]]]:
     """Members for files held in memory."""
     for name, data in sorted(files.items()):
         info = tarfile.TarInfo(f"{prefix}/{name}")

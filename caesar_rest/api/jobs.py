@@ -16,7 +16,7 @@ from .. import paging, s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..models import ALL_STATES, Job
-from ..tarball import given, stream_tar_gz, tar_gz
+from ..tarball import files_in_memory, stream_tar_gz, tar_gz
 from . import docs
 from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, registry, session, settings
 
@@ -182,7 +182,7 @@ def _archived_tar_gz(cfg, url: str, prefix: str, extra: dict[str, bytes]):
         root = tarfile.TarInfo(prefix)
         root.type, root.mode = tarfile.DIRTYPE, 0o755
         yield root, None
-        yield from given(prefix, extra, int(objects[0]["LastModified"].timestamp()) if objects else 0)
+        yield from files_in_memory(prefix, extra, int(objects[0]["LastModified"].timestamp()) if objects else 0)
         for obj in objects:
             rel = obj["Key"][len(folder):]
             parts = rel.split("/")

@@ -296,10 +296,7 @@ class BatchBackend:
 
     def _remove_prefix(self, key_prefix: str) -> None:
         with self._errors("removing the job's S3 objects"):
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key_prefix):
-                keys = [{"Key": obj["Key"]} for obj in page.get("Contents") or []]
-                if keys:
-                    self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+            s3store.delete_prefix(self.s3, self.bucket, key_prefix)
 
     def _translate(self, exc: Exception, what: str) -> BackendError:
         if isinstance(exc, ClientError):
