@@ -1,11 +1,9 @@
 """Around every backend, once: claim, stage, submit, follow, cancel, time limits, finish, lost-job detection."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -18,10 +16,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from caesar_rest import s3store, storage
 from caesar_rest.db import json_merge, session_scope
-from caesar_rest.jobs import EVENTS, INPUTS, JOBS, to_metadata, transition
+from caesar_rest.jobs import EVENTS, INPUTS, JOBS, transition
 from caesar_rest.models import (ABORTED, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
                                 TIMED_OUT, Job, JobEvent, JobInput, utcnow)
 
+from . import job_dir
 from .backends import get_backend
 from .backends.base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, BackendError, BackendStatus, BackendUnavailable,
                             InputFile, JobSpec, poll_in_slot)
@@ -312,7 +311,7 @@ class Runner:
             except Exception as exc:
                 log.exception("%s of %s failed", step, job_id)
                 problems.append(f"{step} failed: {exc}")
-        outputs = self._output_manifest(job_id, workdir)
+        outputs = job_dir.output_manifest(job_id, workdir)
         rc = status.exit_code
         if canceled:
             state, message = CANCELED, "Job canceled by user"
@@ -321,7 +320,7 @@ class Runner:
         elif status.state == EXITED and rc == 0 and not problems:
             state, message = SUCCESS, "Process terminated with success"
         elif status.state == EXITED:
-            state, message = FAILURE, _exit_message(rc, status, workdir)
+            state, message = FAILURE, job_dir.exit_message(rc, status, workdir)
         elif status.state == CANCELLED:
             state, message = CANCELED, status.reason or "Job was removed on the backend"
         elif status.state == LOST:
@@ -334,15 +333,6 @@ class Runner:
             message = f"{message}; {'; '.join(problems)}"
         self._end(job_id, state, message, exit_status=rc, pid=status.pid, outputs=outputs)
         return state
-
-    def _output_manifest(self, job_id: str, workdir: Path) -> list[dict[str, Any]] | None:
-        """Size, sha256 and CRC64NVME of each output file, kept with the job (metadata 'outputs') by _end_once,
-        in the transaction that ends the job (one commit fewer per job)."""
-        try:
-            return s3store.output_manifest(workdir) if workdir.is_dir() else []
-        except OSError as exc:
-            log.warning("job %s: output checksums not computed: %s", job_id, exc)
-            return None
 
     def _retry_db(self, job_id: str, what: str, fn):
         """Run fn, waiting out a database outage (up to DB_RETRY_FOR s) so a finished job's result is not lost."""
@@ -369,7 +359,7 @@ class Runner:
             workdir, owner = where
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
             if self.settings.get("STORAGE") == "s3" and self.settings.get("S3_JOB_OUTPUTS", True):
-                stored = self._archive(job_id, owner, workdir, outputs)
+                stored = job_dir.archive(self.settings, job_id, owner, workdir, outputs)
         self._retry_db(job_id, f"recording {state}",
                        lambda: self._end_once(job_id, state, message, outputs=outputs, stored=stored, **fields))
 
@@ -407,7 +397,7 @@ class Runner:
                     s.execute(JOBS.update().where(JOBS.c.id == job_id).values(extra=json_merge(JOBS.c.extra, kept)))
                 s.commit()
                 if stored and stored.get("output_store"):
-                    self._drop_archive(job_id, stored["output_store"])
+                    job_dir.drop_archive(self.settings, job_id, stored["output_store"])
                 return
             s.commit()              # the end is recorded now; caesar_job.json is built after, in this session
             claimed = getattr(self, "_claimed", None)
@@ -416,82 +406,7 @@ class Runner:
             events = [JobEvent(**r._asdict()) for r in
                       s.execute(EVENTS.select().where(EVENTS.c.job_id == job_id).order_by(EVENTS.c.id))]
         job = Job(**row._asdict(), inputs=inputs, events=events)
-        self._write_metadata(job, (stored or {}).get("output_store"))
-
-    def _write_metadata(self, job: Job, archived: str | None) -> None:
-        """caesar_job.json beside the outputs (the database keeps the record; downloads build theirs from it)."""
-        body = json.dumps(to_metadata(job), indent=2).encode()      # json.dump: a write() call per token
-        workdir = Path(job.workdir)
-        if archived:
-            try:
-                s3store.put_job_file(s3store.store_for(self.settings), archived, "caesar_job.json", body)
-            except Exception as exc:
-                log.warning("job %s: caesar_job.json not written to S3: %s", job.id, exc)
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif workdir.is_dir():
-            part = workdir.parent / f".{job.id}.caesar_job.json.part"      # renamed in: never read half-written
-            try:
-                part.write_bytes(body)
-                part.replace(workdir / "caesar_job.json")
-            except OSError as exc:
-                log.warning("job %s: caesar_job.json not written: %s", job.id, exc)
-                part.unlink(missing_ok=True)
-
-    def _archive(self, job_id: str, owner: str, workdir: Path,
-                 manifest: list[dict[str, Any]] | None) -> dict[str, str]:
-        """Job outputs live in S3 too: the finished job directory is copied there (the API streams it back)."""
-        try:
-            return {"output_store": s3store.upload_job_dir(s3store.store_for(self.settings), owner, job_id,
-                                                           workdir, manifest)}
-        except Exception as exc:       # the job's result stands; its files stay on the local disk
-            log.error("job %s: outputs not archived to S3: %s", job_id, exc)
-            return {"output_store_error": str(exc)}
-
-    def _drop_archive(self, job_id: str, url: str) -> None:
-        try:
-            s3store.delete_job_dir(s3store.store_for(self.settings), url)
-        except Exception as exc:
-            log.warning("job %s: the S3 copy of its directory (%s) was not removed: %s", job_id, url, exc)
-
-
-def _exit_message(rc: int | None, status: BackendStatus, workdir: Path) -> str:
-    if status.oom_killed:
-        return f"Process killed: memory limit exceeded (exit status {rc})"
-    if rc is not None and rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        return f"Process killed by {name}"
-    message = f"Process exited with status {rc}"
-    if _disk_full(workdir):
-        return f"{message}: No space left on device in the job directory"
-    last = _last_line(workdir / "stderr.log")
-    if last:
-        if "MemoryError" in last or "Cannot allocate memory" in last:
-            message += " (memory limit exceeded?)"
-        message += f": {last[:300]}"
-    return message
-
-
-def _disk_full(path: Path) -> bool:
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 256 * 1024
-
-
-def _last_line(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 4096))
-            lines = [ln for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else ""
-    except OSError:
-        return ""
-
+        job_dir.write_metadata(self.settings, job, (stored or {}).get("output_store"))
 
 def reap(settings: Mapping[str, Any], publish, follow) -> dict[str, int]:
     """Nothing lost: stale running jobs are declared lost (or re-followed), old PENDING ones re-published."""

@@ -241,7 +241,7 @@ def test_outputs_stay_on_disk_when_the_archive_fails(tmp_path, aws_setup):
     dispose_all()
 
 
-def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aws_setup):
+def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aws_setup, monkeypatch):
     """Another writer (a cancel) ends the job while the worker copies its directory to S3: the worker's end loses,
     so its copy is dropped again and the directory stays where downloads of the canceled job read it."""
     import io
@@ -252,6 +252,7 @@ def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aw
     from caesar_rest.db import session_scope
     from caesar_rest.jobs import transition
     from caesar_rest.models import Job
+    from workers import job_dir
     from workers.runner import Runner
 
     settings = s3_settings(tmp_path, aws_setup)
@@ -259,8 +260,7 @@ def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aw
     client = app.test_client()
     job_id = client.post(f"{API}/job", json={"app": "sleeper", "backend": "local",
                                              "job_inputs": {"seconds": 0}}).get_json()["job_id"]
-    runner = Runner(app.config)
-    real_archive, copies = runner._archive, []
+    real_archive, copies = job_dir.archive, []
 
     def archive_then_cancelled(*args):
         stored = real_archive(*args)
@@ -269,8 +269,8 @@ def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aw
             assert transition(s, job_id, "CANCELED", "Job canceled by user")
         return stored
 
-    runner._archive = archive_then_cancelled
-    runner.run(job_id)
+    monkeypatch.setattr(job_dir, "archive", archive_then_cancelled)
+    Runner(app.config).run(job_id)
     assert copies and copies[0]["output_store"].startswith("s3://")
     status = client.get(f"{API}/job/{job_id}/status").get_json()
     assert status["state"] == "CANCELED", status
