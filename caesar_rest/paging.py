@@ -19,20 +19,20 @@ def encode_token(job: Job) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str, name: str = "page_token", key: str = "parameter") -> tuple[datetime, str]:
-    """The (submit_date, id) a token ends at; a 400 naming the parameter (as `key` in the error body: TES says
+def decode_token(token: str, key: str = "parameter") -> tuple[datetime, str]:
+    """The (submit_date, id) a token ends at; a 400 naming page_token (as `key` in the error body: TES says
     "field") when the server never gave it out."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         when, job_id = json.loads(raw)
         return datetime.fromisoformat(when), str(job_id)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise BadRequest(f"{name!r} is not a token this server gave out", **{key: name}) from None
+        raise BadRequest("'page_token' is not a token this server gave out", **{key: "page_token"}) from None
 
 
-def after_token(query: Select, token: str | None, name: str = "page_token", key: str = "parameter") -> Select:
+def after_token(query: Select, token: str | None, key: str = "parameter") -> Select:
     """query, newest first, from just below the token's job on (from the start without a token)."""
     if token:
-        when, last_id = decode_token(token, name, key)
+        when, last_id = decode_token(token, key)
         query = query.where(tuple_(Job.submit_date, Job.id) < tuple_(when, last_id))
     return query.order_by(Job.submit_date.desc(), Job.id.desc())
