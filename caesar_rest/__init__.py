@@ -18,7 +18,7 @@ logs.install_worker_hooks()   # the Celery workers import this package: each job
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The Flask app: settings in the fixed order (defaults, file, env, `config`), then blueprints."""
-    from . import auth, db, errors
+    from . import auth, db, errors, tes_access
     from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api
     from .api import tes as tes_api
     from .apps import Registry
@@ -27,6 +27,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     settings = load_settings(config)
     auth.check_settings(settings)
+    tes_access.check_settings(settings)       # TES file roots, S3 access and egress settings: fail at start
     app = Flask(__name__)
     app.config.update(settings)
     app.config.update(

@@ -63,7 +63,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "MAX_ACTIVE_JOBS_PER_USER": (None, "Queued + running jobs a user may have at once (429 above); null: no limit."),
     "MAX_STORED_BYTES_PER_USER": (None, "Bytes of uploaded files a user may keep (507 above); null: no limit."),
     "TES_HOST_RUNTIME": (None, "TES executors run as host processes on the local backend (image recorded, not used); null: when the container backend is not enabled."),
-    "TES_FILE_ROOTS": ([], "Directories TES file:// inputs may be read from and outputs written to; empty: no file:// URLs."),
+    "TES_FILE_ROOTS": ([], "Directories for TES file:// URLs, each {path, scope}: scope user (a user reads and writes <path>/<user>/ only) or shared (read-only for all); plain paths are refused; empty: no file:// URLs."),
     "TES_TIME_LIMIT": (None, "Time limit (s) of a TES task's executors when its backend_parameters give no time_limit; null: DEFAULT_TIME_LIMIT."),
     "TES_MAX_CONTENT_BYTES": (1024 * 1024, "Largest inline 'content' of one TES input (the spec asks for at least 128 KiB)."),
     "TES_MAX_TASK_BYTES": (16 * 1024 * 1024, "Largest TES task document accepted (413 above)."),
@@ -82,6 +82,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "S3_PREFIX": ("caesar/data/", "Key prefix of uploaded files in S3_BUCKET (then <owner>/<uuid>.<format>)."),
     "S3_PART_BYTES": (8 * 1024 * 1024, "Multipart part size of S3 uploads (at least 5 MiB): the memory one upload holds."),
     "S3_PRESIGN_EXPIRY": (3600, "Seconds a presigned download URL (/download-id/<uuid>?presign=1) stays valid."),
+    # ---- TES transfers: egress rules and S3 access (issue 19)
+    "EGRESS_ALLOWED_NETWORKS": ([], "Networks (CIDR) that transfers made for users (TES http/https/ftp) may reach although loopback, link-local, private, unique-local, multicast or otherwise not global; empty: public addresses only."),
+    "TES_MAX_INPUT_BYTES": (16 * 1024**3, "Largest TES input (a DIRECTORY input: all its files) a worker fetches; the transfer fails above it. null: no cap."),
+    "TES_S3_BUCKETS": ([], "S3 buckets TES tasks may use without keys of their own: [{bucket, prefix?, users: [names] or '*', access: read|write|readwrite, endpoint_url?, region?, credentials?: {access_key_id, secret_access_key}}]; no credentials: unsigned requests. Users' own keys: AUTH_USERS.<name>.s3. The service's S3 keys never serve TES URLs."),
 }
 
 

@@ -51,7 +51,7 @@ def tes_state(job: Job) -> str:
 def create_task(session: Session, settings: Mapping[str, Any], owner: str, body: Any) -> Job:
     """Validate a tesTask and insert its PENDING job (the caller commits and publishes)."""
     backend = runtime_backend(settings)
-    doc, options, warnings = validate(settings, body, backend)
+    doc, options, warnings = validate(settings, body, backend, owner)
     resources = doc.get("resources") or {}
     params = resources.get("backend_parameters") or {}
     time_limit = int(params.get("time_limit") or settings.get("TES_TIME_LIMIT") or settings["DEFAULT_TIME_LIMIT"])

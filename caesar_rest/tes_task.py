@@ -7,12 +7,12 @@ import math
 import posixpath
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from . import storage
+from .egress import Rules, literal_refusal, redact
 from .errors import BadRequest, ServiceUnavailable
+from .tes_access import READ, WRITE, Refused, allowed_file_path, file_root_rules, file_url_path, s3_access
 
 FILE, DIRECTORY = "FILE", "DIRECTORY"
 INPUT_SCHEMES = ("file", "http", "https", "ftp", "s3")
@@ -72,27 +72,8 @@ def supported_parameters(settings: Mapping[str, Any]) -> list[str]:
 
 
 def file_roots(settings: Mapping[str, Any]) -> list[str]:
-    roots = settings.get("TES_FILE_ROOTS") or []
-    return [roots] if isinstance(roots, str) else list(roots)
-
-
-def file_url_path(url: str) -> str | None:
-    """Local path of a file:// URL (or a bare absolute path); None when the URL names another host."""
-    if url.startswith("/"):
-        return url
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        return None
-    return unquote(parts.path)
-
-
-def allowed_file_path(settings: Mapping[str, Any], path: str) -> str | None:
-    """path resolved, if it lies inside one of TES_FILE_ROOTS; else None."""
-    for root in file_roots(settings):
-        real = storage.within(Path(root), path)
-        if real is not None:
-            return str(real)
-    return None
+    """The TES_FILE_ROOTS directories (per-user ones hold a directory for each user)."""
+    return [root.path for root in file_root_rules(settings)]
 
 
 # ---- validation ---------------------------------------------------------------------------------------------------
@@ -155,28 +136,41 @@ def _str_map(value: Any, field: str) -> dict[str, str]:
     return dict(value)
 
 
-def _check_url(settings: Mapping[str, Any], url: Any, field: str, schemes: tuple[str, ...], kind: str) -> str:
+def _check_url(settings: Mapping[str, Any], owner: str, url: Any, field: str, schemes: tuple[str, ...],
+               kind: str, access: str) -> str:
+    """url, if owner may reach it for access (READ for inputs, WRITE for outputs); a 400 naming it otherwise.
+    (The worker checks again before each transfer; what only resolution can tell is its to refuse.)"""
     text = _string(url, field, required=True)
     assert text is not None
-    scheme = "file" if text.startswith("/") else urlsplit(text).scheme.lower()
+    try:
+        parts = urlsplit(text)
+        parts.port                                  # a port that is not a number is a ValueError here
+    except ValueError as exc:
+        raise _fail(field, f"{text!r} is not a URL: {exc}") from None
+    scheme = "file" if text.startswith("/") else parts.scheme.lower()
     if scheme not in schemes:
         raise _fail(field, f"{scheme or 'this'}:// URLs are not supported here; use one of "
                            f"{', '.join(s + '://' for s in schemes)}")
-    if scheme == "file":
-        path = file_url_path(text)
-        if path is None or not path.startswith("/"):
-            raise _fail(field, f"{text!r} must name a local absolute path (file:///path)")
-        if allowed_file_path(settings, path) is None:
-            roots = file_roots(settings)
-            raise _fail(field, f"{path!r} is outside the directories this service may read and write for tasks "
-                               f"({', '.join(roots) if roots else 'none: set TES_FILE_ROOTS'})")
-    elif scheme == "s3":
-        if not urlsplit(text).netloc:
-            raise _fail(field, f"{text!r} names no bucket (s3://bucket/key)")
-        if kind == FILE and not urlsplit(text).path.strip("/"):
-            raise _fail(field, f"{text!r} names no object key")
-    elif not urlsplit(text).hostname:
-        raise _fail(field, f"{text!r} names no host")
+    try:
+        if scheme == "file":
+            path = file_url_path(text)
+            if path is None or not path.startswith("/"):
+                raise _fail(field, f"{text!r} must name a local absolute path (file:///path)")
+            allowed_file_path(settings, owner, path, access)
+        elif scheme == "s3":
+            if not parts.netloc:
+                raise _fail(field, f"{text!r} names no bucket (s3://bucket/key)")
+            if kind == FILE and not parts.path.strip("/"):
+                raise _fail(field, f"{text!r} names no object key")
+            s3_access(settings, owner, text, access, kind == DIRECTORY)
+        elif not parts.hostname:
+            raise _fail(field, f"{text!r} names no host")
+        else:
+            refused = literal_refusal(Rules.from_settings(settings), text)
+            if refused:
+                raise Refused(refused)
+    except Refused as exc:
+        raise _fail(field, f"{redact(text)}: {exc}") from None
     return text
 
 
@@ -188,7 +182,8 @@ def _file_type(value: Any, field: str) -> str:
     return value
 
 
-def _validate_input(settings: Mapping[str, Any], raw: Any, field: str, warnings: list[str]) -> dict[str, Any]:
+def _validate_input(settings: Mapping[str, Any], owner: str, raw: Any, field: str,
+                    warnings: list[str]) -> dict[str, Any]:
     item = _object(raw, field, INPUT_FIELDS, warnings)
     for key in ("name", "description"):
         _string(item.get(key), f"{field}.{key}")
@@ -205,7 +200,7 @@ def _validate_input(settings: Mapping[str, Any], raw: Any, field: str, warnings:
             raise _fail(f"{field}.content", f"is larger than {limit} bytes (TES_MAX_CONTENT_BYTES); give a url")
         item.pop("url", None)           # the spec: with content, url is ignored
     elif item.get("url") is not None:
-        item["url"] = _check_url(settings, item["url"], f"{field}.url", INPUT_SCHEMES, item["type"])
+        item["url"] = _check_url(settings, owner, item["url"], f"{field}.url", INPUT_SCHEMES, item["type"], READ)
         if item["type"] == DIRECTORY and urlsplit(item["url"]).scheme.lower() in ("http", "https"):
             raise _fail(f"{field}.url", "an http(s) URL names one file; DIRECTORY inputs need file://, ftp:// or s3://")
         item.pop("content", None)
@@ -216,7 +211,8 @@ def _validate_input(settings: Mapping[str, Any], raw: Any, field: str, warnings:
     return item
 
 
-def _validate_output(settings: Mapping[str, Any], raw: Any, field: str, warnings: list[str]) -> dict[str, Any]:
+def _validate_output(settings: Mapping[str, Any], owner: str, raw: Any, field: str,
+                     warnings: list[str]) -> dict[str, Any]:
     item = _object(raw, field, OUTPUT_FIELDS, warnings)
     for key in ("name", "description"):
         _string(item.get(key), f"{field}.{key}")
@@ -239,8 +235,8 @@ def _validate_output(settings: Mapping[str, Any], raw: Any, field: str, warnings
         if not (norm(path).startswith(prefix.rstrip("/") + "/")) or WILDCARD_RE.search(prefix):
             raise _fail(f"{field}.path_prefix", f"{prefix!r} must be a directory above the pattern {path!r}")
         item["path_prefix"] = prefix
-    item["url"] = _check_url(settings, url, f"{field}.url", OUTPUT_SCHEMES,
-                             DIRECTORY if WILDCARD_RE.search(path) else item["type"])
+    item["url"] = _check_url(settings, owner, url, f"{field}.url", OUTPUT_SCHEMES,
+                             DIRECTORY if WILDCARD_RE.search(path) else item["type"], WRITE)
     item["path"] = path
     return item
 
@@ -356,8 +352,10 @@ def _field_using(doc: Mapping[str, Any], mount: str) -> str:
     return "volumes"
 
 
-def validate(settings: Mapping[str, Any], body: Any, backend: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-    """The normalised task document, backend options, and warnings for system_logs; 400 naming the field."""
+def validate(settings: Mapping[str, Any], body: Any, backend: str,
+             owner: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The normalised task document of owner's task, backend options, and warnings for system_logs; 400 naming
+    the field."""
     if not isinstance(body, dict):
         raise BadRequest("The task must be a JSON object (tesTask) with at least 'executors'", field="task")
     warnings: list[str] = []
@@ -376,10 +374,10 @@ def validate(settings: Mapping[str, Any], body: Any, backend: str) -> tuple[dict
         raise _fail("executors", "is required: at least one executor with 'image' and 'command'")
     doc["executors"] = [_validate_executor(e, f"executors[{i}]", warnings) for i, e in enumerate(executors)]
     if "inputs" in doc:
-        doc["inputs"] = [_validate_input(settings, x, f"inputs[{i}]", warnings)
+        doc["inputs"] = [_validate_input(settings, owner, x, f"inputs[{i}]", warnings)
                          for i, x in enumerate(_list(doc["inputs"], "inputs"))]
     if "outputs" in doc:
-        doc["outputs"] = [_validate_output(settings, x, f"outputs[{i}]", warnings)
+        doc["outputs"] = [_validate_output(settings, owner, x, f"outputs[{i}]", warnings)
                           for i, x in enumerate(_list(doc["outputs"], "outputs"))]
     if "volumes" in doc:
         doc["volumes"] = [_abs_path(v, f"volumes[{i}]") for i, v in enumerate(_list(doc["volumes"], "volumes"))]

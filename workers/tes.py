@@ -110,7 +110,7 @@ class TaskRun:
         problem = self._check_disk()
         if problem:
             return self._end(ABORTED, problem, SYSTEM)
-        transfers = Transfers(self.settings, should_stop=self.canceled.is_set)
+        transfers = Transfers(self.settings, self.owner, should_stop=self.canceled.is_set)
         for i, item in enumerate(self.doc.get("inputs") or []):
             if self.canceled.is_set():
                 break

@@ -1,21 +1,25 @@
-"""TES inputs in, outputs out: file:// (inside TES_FILE_ROOTS), http(s)://, ftp:// and s3:// URLs, files and
-directories. Every transfer is checked (byte counts, or the object's size on the far side): a transfer that
-did not happen completely raises TransferError naming the URL and the reason, never a silent success."""
+"""TES inputs in, outputs out: file:// (inside the owner's TES_FILE_ROOTS), http(s)://, ftp:// and s3:// URLs, files
+and directories, each reached only as caesar_rest.tes_access allows its owner (S3 with the owner's or an open
+bucket's keys, never the service's) and, over the network, through caesar_rest.egress (every connection and
+redirect checked). Every transfer is checked (byte counts, or the object's size on the far side) and every input
+capped (TES_MAX_INPUT_BYTES): a transfer that did not happen completely raises TransferError naming the URL and
+the reason, never a silent success."""
 from __future__ import annotations
 
 import ftplib
 import os
 import posixpath
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from caesar_rest.tes_task import DIRECTORY, allowed_file_path, file_url_path
+from caesar_rest import egress
+from caesar_rest.egress import redact
+from caesar_rest.tes_access import READ, WRITE, Refused, S3Access, allowed_file_path, file_url_path, s3_access
+from caesar_rest.tes_task import DIRECTORY
 
 CHUNK = 1024 * 1024
 
@@ -33,13 +37,7 @@ class TransferStopped(TransferError):
     """The task was canceled (or ran out of time) while data was moving."""
 
 
-def redact(url: str) -> str:
-    """The URL without a password (ftp://user:secret@host)."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+__all__ = ["TransferError", "TransferStopped", "Transfers", "redact"]
 
 
 def _scheme(url: str) -> str:
@@ -76,17 +74,24 @@ def _walk_files(root: Path) -> Iterator[tuple[Path, str]]:
 class Transfers:
     """Moves data for one task; should_stop() is checked between chunks so a cancel interrupts a transfer."""
 
-    def __init__(self, settings: Mapping[str, Any], should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, settings: Mapping[str, Any], owner: str,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
+        self.owner = owner
         self.should_stop = should_stop
         self.timeout = float(settings.get("TES_TRANSFER_TIMEOUT") or 60)
-        self._s3: Any = None
+        self.rules = egress.Rules.from_settings(settings)
+        cap = settings.get("TES_MAX_INPUT_BYTES")
+        self.max_input = int(cap) if cap else None
+        self._left: int | None = None            # bytes the input being fetched may still bring
+        self._s3: dict[tuple[Any, ...], Any] = {}
 
     # ---- public ---------------------------------------------------------------------------------------------
     def download(self, url: str, dest: Path, kind: str) -> int:
         """Fetch url to dest (a file, or a directory for DIRECTORY); returns the bytes written."""
         scheme = _scheme(url)
         dest = Path(dest)
+        self._left = self.max_input
         try:
             if scheme == "file":
                 return self._file_in(url, dest, kind)
@@ -100,6 +105,8 @@ class Transfers:
                 return self._s3_in(url, dest, kind)
         except TransferError:
             raise
+        except (Refused, egress.EgressRefused, egress.RedirectRefused) as exc:
+            raise TransferError(url, str(exc)) from exc
         except Exception as exc:          # whatever a client library raises, the task learns the URL and why
             raise TransferError(url, f"{exc.__class__.__name__}: {exc}") from exc
         raise TransferError(url, f"{scheme}:// is not a supported input scheme")
@@ -130,6 +137,8 @@ class Transfers:
                     raise TransferError(url, f"{scheme}:// is not a supported output scheme")
             except TransferError:
                 raise
+            except (Refused, egress.EgressRefused) as exc:
+                raise TransferError(target, str(exc)) from exc
             except Exception as exc:
                 raise TransferError(target, f"{exc.__class__.__name__}: {exc}") from exc
             done.append((target, rel, size))
@@ -140,15 +149,28 @@ class Transfers:
         if self.should_stop():
             raise TransferStopped(url, "stopped: the task was canceled or ran out of time")
 
+    def _count(self, url: str, size: int | None) -> None:
+        """Charge size bytes (or a size announced ahead) to the input being fetched; over its cap, stop."""
+        if self._left is None or size is None:
+            return
+        if size > self._left:
+            raise TransferError(url, f"the input is larger than TES_MAX_INPUT_BYTES ({self.max_input} bytes)")
+
     def _copy(self, url: str, chunks: Iterable[bytes], dest: Path) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         with open(dest, "wb") as out:
             for chunk in chunks:
                 self._check_stop(url)
+                self._take(url, len(chunk))
                 out.write(chunk)
                 written += len(chunk)
         return written
+
+    def _take(self, url: str, size: int) -> None:
+        if self._left is not None:
+            self._count(url, size)
+            self._left -= size
 
     @staticmethod
     def _chunks(fh: BinaryIO) -> Iterator[bytes]:
@@ -165,15 +187,14 @@ class Transfers:
         return got
 
     # ---- file:// ----------------------------------------------------------------------------------------------
-    def _local(self, url: str) -> Path:
+    def _local(self, url: str, access: str) -> Path:
         path = file_url_path(url)
-        real = allowed_file_path(self.settings, path) if path and path.startswith("/") else None
-        if real is None:
-            raise TransferError(url, "outside the directories TES tasks may use (TES_FILE_ROOTS)")
-        return Path(real)
+        if not path or not path.startswith("/"):
+            raise TransferError(url, "not a local absolute path")
+        return Path(allowed_file_path(self.settings, self.owner, path, access))
 
     def _file_in(self, url: str, dest: Path, kind: str) -> int:
-        src = self._local(url)
+        src = self._local(url, READ)
         if kind == DIRECTORY:
             if not src.is_dir():
                 raise TransferError(url, "no such directory")
@@ -185,11 +206,12 @@ class Transfers:
         if not src.is_file():
             raise TransferError(url, "no such file")
         expected = src.stat().st_size
+        self._count(url, expected)
         with open(src, "rb") as fh:
             return self._expect(url, self._copy(url, self._chunks(fh), dest), expected)
 
     def _file_out(self, path: Path, url: str) -> int:
-        target = self._local(url)
+        target = self._local(url, WRITE)
         if target.is_dir():
             raise TransferError(url, "a directory is in the way of the output file")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -203,30 +225,44 @@ class Transfers:
 
     # ---- http(s):// -------------------------------------------------------------------------------------------
     def _http_in(self, url: str, dest: Path) -> int:
-        request = urllib.request.Request(url, headers={"User-Agent": "caesar-rest-tes/1.1"})
+        from urllib3.exceptions import HTTPError, TimeoutError as Urllib3Timeout
+
+        response = None
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                length = response.headers.get("Content-Length")
-                encoded = response.headers.get("Content-Encoding") not in (None, "identity")
-                expected = int(length) if length and length.isdigit() and not encoded else None
-                return self._expect(url, self._copy(url, self._chunks(response), dest), expected)
-        except urllib.error.HTTPError as exc:
-            raise TransferError(url, f"HTTP {exc.code} {exc.reason}") from exc
-        except urllib.error.URLError as exc:
-            raise TransferError(url, f"cannot connect: {exc.reason}") from exc
-        except (socket.timeout, TimeoutError) as exc:
+            final, response = egress.http_request(self.rules, "GET", url, self.timeout,
+                                                  headers={"User-Agent": "caesar-rest-tes/1.1"})
+            if response.status >= 400:
+                raise TransferError(url, f"HTTP {response.status} {response.reason or ''}".rstrip()
+                                    + (f" (redirected to {redact(final)})" if final != url else ""))
+            length = response.headers.get("Content-Length")
+            encoded = response.headers.get("Content-Encoding") not in (None, "identity")
+            expected = int(length) if length and length.isdigit() and not encoded else None
+            self._count(url, expected)
+            return self._expect(url, self._copy(url, self._chunks(response), dest), expected)
+        except egress.EgressRefused as exc:
+            raise TransferError(url, f"refused by the egress rules: {exc}") from exc
+        except egress.RedirectRefused as exc:
+            raise TransferError(url, str(exc)) from exc
+        except (Urllib3Timeout, socket.timeout, TimeoutError) as exc:
             raise TransferError(url, f"no answer in {self.timeout:g} s") from exc
+        except HTTPError as exc:
+            raise TransferError(url, f"cannot fetch: {exc}") from exc
+        finally:
+            if response is not None:
+                response.release_conn()
 
     # ---- ftp:// ---------------------------------------------------------------------------------------------------
     @contextmanager
     def _ftp(self, url: str) -> Iterator[tuple[ftplib.FTP, str]]:
         parts = urlsplit(url)
-        ftp = ftplib.FTP(timeout=self.timeout)
+        ftp = egress.FTP(self.rules, timeout=self.timeout)
         try:
             ftp.connect(parts.hostname or "", parts.port or 21)
             ftp.login(unquote(parts.username or "anonymous"), unquote(parts.password or "anonymous@"))
             ftp.voidcmd("TYPE I")
             yield ftp, unquote(parts.path) or "/"
+        except egress.EgressRefused as exc:
+            raise TransferError(url, f"refused by the egress rules: {exc}") from exc
         except ftplib.all_errors as exc:
             raise TransferError(url, f"FTP: {str(exc).strip() or exc.__class__.__name__}") from exc
         finally:
@@ -249,12 +285,14 @@ class Transfers:
             expected: int | None = ftp.size(path)
         except ftplib.error_perm as exc:
             raise TransferError(url, f"FTP: {str(exc).strip()}") from exc
+        self._count(url, expected)
         dest.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         with open(dest, "wb") as out:
             def sink(chunk: bytes) -> None:
                 nonlocal written
                 self._check_stop(url)
+                self._take(url, len(chunk))
                 out.write(chunk)
                 written += len(chunk)
             ftp.retrbinary(f"RETR {path}", sink, blocksize=CHUNK)
@@ -295,23 +333,30 @@ class Transfers:
             return self._expect(url, ftp.size(target) or 0, size)
 
     # ---- s3:// ----------------------------------------------------------------------------------------------------
-    def _client(self):
-        if self._s3 is None:
+    def _client(self, where: S3Access):
+        """A client for where's endpoint and keys (none: unsigned requests). Never the service's own keys, nor
+        boto3's credential chain, which would find the worker's (environment, ~/.aws, instance role)."""
+        cache = (where.endpoint_url, where.region, where.access_key_id, where.secret_access_key, where.session_token)
+        if cache not in self._s3:
             try:
                 import boto3
+                from botocore import UNSIGNED
                 from botocore.config import Config
             except ImportError as exc:
                 raise TransferError("s3://", "boto3 is not installed: pip install 'caesar-rest[s3]'") from exc
-            cfg = self.settings
             # Checksums only where S3 requires them: S3 look-alikes disagree with boto3's default CRCs.
-            config = Config(s3={"addressing_style": "path"}, connect_timeout=self.timeout, read_timeout=self.timeout,
-                            retries={"max_attempts": 3, "mode": "standard"},
-                            request_checksum_calculation="when_required", response_checksum_validation="when_required")
-            self._s3 = boto3.client("s3", endpoint_url=cfg.get("S3_ENDPOINT_URL") or None,
-                                    aws_access_key_id=cfg.get("S3_ACCESS_KEY_ID") or None,
-                                    aws_secret_access_key=cfg.get("S3_SECRET_ACCESS_KEY") or None,
-                                    region_name=cfg.get("S3_REGION") or None, config=config)
-        return self._s3
+            options: dict[str, Any] = dict(
+                s3={"addressing_style": "path"}, connect_timeout=self.timeout, read_timeout=self.timeout,
+                retries={"max_attempts": 3, "mode": "standard"},
+                request_checksum_calculation="when_required", response_checksum_validation="when_required")
+            if not where.access_key_id:
+                options["signature_version"] = UNSIGNED
+            session = boto3.session.Session(aws_access_key_id=where.access_key_id or None,
+                                            aws_secret_access_key=where.secret_access_key or None,
+                                            aws_session_token=where.session_token or None,
+                                            region_name=where.region or "us-east-1")
+            self._s3[cache] = session.client("s3", endpoint_url=where.endpoint_url or None, config=Config(**options))
+        return self._s3[cache]
 
     @contextmanager
     def _s3_errors(self, url: str) -> Iterator[None]:
@@ -332,14 +377,10 @@ class Transfers:
         except BotoCoreError as exc:
             raise TransferError(url, f"S3: {exc}") from exc
 
-    @staticmethod
-    def _bucket_key(url: str) -> tuple[str, str]:
-        parts = urlsplit(url)
-        return parts.netloc, unquote(parts.path.lstrip("/"))
-
     def _s3_in(self, url: str, dest: Path, kind: str) -> int:
-        bucket, key = self._bucket_key(url)
-        client = self._client()
+        where = s3_access(self.settings, self.owner, url, READ, kind == DIRECTORY)
+        bucket, key = where.bucket, where.key
+        client = self._client(where)
         with self._s3_errors(url):
             if kind != DIRECTORY:
                 return self._s3_get(client, url, bucket, key, dest)
@@ -358,16 +399,17 @@ class Transfers:
         answer = client.get_object(Bucket=bucket, Key=key)
         body = answer["Body"]
         try:
+            self._count(url, answer.get("ContentLength"))
             written = self._copy(url, iter(lambda: body.read(CHUNK), b""), dest)
         finally:
             body.close()
         return self._expect(url, written, answer.get("ContentLength"))
 
     def _s3_out(self, path: Path, url: str) -> int:
-        bucket, key = self._bucket_key(url)
+        where = s3_access(self.settings, self.owner, url, WRITE, False)
+        bucket, key = where.bucket, where.key
         size = path.stat().st_size
-        client = self._client()
+        client = self._client(where)
         with self._s3_errors(url):
             client.upload_file(str(path), bucket, key, Callback=lambda _n: self._check_stop(url))
             return self._expect(url, int(client.head_object(Bucket=bucket, Key=key)["ContentLength"]), size)
-

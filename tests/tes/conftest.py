@@ -1,6 +1,11 @@
 """TES fixtures: real peers (HTTP server, FTP server, moto's S3 server), the API and a worker as real processes
 on the embedded stack with token auth for three users, and clients whose every response is checked against the
-TES v1.1 schemas (no field the spec does not define)."""
+TES v1.1 schemas (no field the spec does not define).
+
+The HTTP and FTP servers listen on 127.0.0.2, the one network the stack's egress rules allow
+(EGRESS_ALLOWED_NETWORKS, the operator's switch): 127.0.0.1 and the rest of loopback stay refused, as for a
+real deployment. moto's bucket is opened to every user with its own keys (TES_S3_BUCKETS); file:// URLs reach
+each user's own <files>/<user>/ (TES_FILE_ROOTS scope user)."""
 from __future__ import annotations
 
 import functools
@@ -31,17 +36,25 @@ USERS = {"alice": {"tokens_sha256": [hash_token(TOKENS["alice"])]},
 TERMINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
 FTP_USER, FTP_PASSWORD = "tes", "ftp-secret"
 BUCKET = "tes-bucket"
+MISSING_BUCKET = "no-such-bucket"          # opened by the settings, never created: a failure at transfer time
+PEER_HOST = "127.0.0.2"                    # where the test's HTTP and FTP servers listen (allowed)
 
 
 # ---- peers ------------------------------------------------------------------------------------------------------
 class _QuietHandler(SimpleHTTPRequestHandler):
-    """Files of a directory, plus /slow/* (a trickle, to cancel during staging) and /short/* (promises more
-    bytes than it sends, then hangs up)."""
+    """Files of a directory, plus /slow/* (a trickle, to cancel during staging), /short/* (promises more
+    bytes than it sends, then hangs up) and /redirect?to=<url> (a 302 there)."""
 
     def log_message(self, *_args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
+        if self.path.startswith("/redirect?"):
+            self.send_response(302)
+            self.send_header("Location", parse_qs(self.path.split("?", 1)[1])["to"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.startswith(("/slow/", "/short/")):
             self.send_response(200)
             self.send_header("Content-Length", str(10**6))
@@ -62,12 +75,12 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 def http_server(tmp_path_factory):
     """Python's http.server over a directory; yields (base URL, directory)."""
     root = tmp_path_factory.mktemp("http")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    server = ThreadingHTTPServer((PEER_HOST, 0), functools.partial(_QuietHandler, directory=str(root)))
     server.daemon_threads = True        # closing does not wait for a trickle nobody reads any more
     server.block_on_close = False
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    yield f"http://{PEER_HOST}:{server.server_address[1]}", root
     server.shutdown()
     server.server_close()
 
@@ -85,10 +98,10 @@ def ftp_server(tmp_path_factory):
     authorizer.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmwMT")
     authorizer.add_anonymous(str(root))
     handler = type("TesFtpHandler", (FTPHandler,), {"authorizer": authorizer, "banner": "caesar-rest test FTP"})
-    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    server = ThreadedFTPServer((PEER_HOST, 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
     thread.start()
-    yield f"127.0.0.1:{server.address[1]}", root
+    yield f"{PEER_HOST}:{server.address[1]}", root
     server.close_all()
 
 
@@ -126,15 +139,26 @@ def s3_server(tmp_path_factory):
 
 
 # ---- the service ------------------------------------------------------------------------------------------------
+def transfer_settings(files: Path, s3_endpoint: str, **extra: Any) -> dict[str, Any]:
+    """What an operator sets for the test's peers: file:// under <files>/<user>/, the peers' network allowed,
+    moto's test bucket open to everyone with keys of its own (the service has none here: they never serve TES
+    URLs anyway)."""
+    s3_keys = {"access_key_id": "testing", "secret_access_key": "testing"}
+    return {"TES_FILE_ROOTS": [{"path": str(files), "scope": "user"}],
+            "EGRESS_ALLOWED_NETWORKS": [f"{PEER_HOST}/32"], "S3_ENDPOINT_URL": s3_endpoint,
+            "TES_S3_BUCKETS": [{"bucket": BUCKET, "users": "*", "access": "readwrite", "credentials": s3_keys},
+                               {"bucket": MISSING_BUCKET, "users": "*", "access": "write", "credentials": s3_keys}],
+            **extra}
+
+
 @pytest.fixture(scope="session")
 def tes_stack(tmp_path_factory, s3_server):
-    """API + worker processes; yields (base URL, settings, shared files directory)."""
+    """API + worker processes; yields (base URL, settings, the file:// root holding a directory per user)."""
     base = tmp_path_factory.mktemp("tes-stack")
-    files = base / "files"          # what file:// URLs may reach (TES_FILE_ROOTS)
+    files = base / "files"          # what file:// URLs may reach (TES_FILE_ROOTS), <files>/<user>/ each
     files.mkdir()
-    settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS, TES_FILE_ROOTS=[str(files)],
-                                 S3_ENDPOINT_URL=s3_server[0], S3_ACCESS_KEY_ID="testing",
-                                 S3_SECRET_ACCESS_KEY="testing", TES_TRANSFER_TIMEOUT=10, HEARTBEAT_INTERVAL=1.0)
+    settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS, TES_TRANSFER_TIMEOUT=10,
+                                 HEARTBEAT_INTERVAL=1.0, **transfer_settings(files, s3_server[0]))
     worker = start_worker(settings, ["local"], base / "worker.log", concurrency=2)
     try:
         api, url = start_api(settings, base / "api.log")
@@ -192,7 +216,10 @@ def tes(tes_stack):
 
 @pytest.fixture(scope="session")
 def files(tes_stack) -> Path:
-    return tes_stack[2]
+    """alice's own file:// directory (the tes fixture's user)."""
+    mine = tes_stack[2] / "alice"
+    mine.mkdir(exist_ok=True)
+    return mine
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import requests
 import tes as py_tes
 
 from ..support import API, job_processes
-from .conftest import TOKENS, Tes, make_client, unique
+from .conftest import BUCKET, TOKENS, Tes, make_client, unique
 
 pytestmark = pytest.mark.usefixtures("checked_py_tes")
 
@@ -25,7 +25,7 @@ def echo_task(name: str, text: str = "hello", exit_code: int = 0, tags: dict | N
 def test_service_info_names_storage_and_backend_parameters(tes_stack, files):
     info = make_client(tes_stack).get_service_info()
     assert info.type["artifact"] == "tes" and info.type["version"].startswith("1.1")
-    assert f"file://{files}" in info.storage and "s3://" in info.storage and "ftp://" in info.storage
+    assert f"file://{tes_stack[2]}" in info.storage and "s3://" in info.storage and "ftp://" in info.storage
     assert "time_limit" in info.tes_resources_backend_parameters
     for prefix in ("/ga4gh/tes/v1", "/v1"):     # public: no token needed, on both prefixes
         r = requests.get(f"{tes_stack[0]}{prefix}/service-info", timeout=10)
@@ -153,7 +153,7 @@ BAD = [
     ({"executors": [{"image": "alpine", "command": ["true"]}], "tags": {"a": 1}}, "tags"),
     ({"executors": [{"image": "alpine", "command": ["true"], "ignore_error": "yes"}]}, "executors[0].ignore_error"),
     ({"executors": [{"image": "alpine", "command": ["true"]}], "outputs": [{"path": "/data/out"}]}, "outputs[0].url"),
-    ({"executors": [{"image": "alpine", "command": ["true"]}], "outputs": [{"path": "/out.txt", "url": "s3://b/k"}]},
+    ({"executors": [{"image": "alpine", "command": ["true"]}], "outputs": [{"path": "/out.txt", "url": f"s3://{BUCKET}/k"}]},
      "outputs[0].path"),
     ({"executors": [{"image": "alpine", "command": ["true"]}], "volumes": ["/usr"]}, "volumes"),
     ({"executors": [{"image": "alpine", "command": ["true"]}],

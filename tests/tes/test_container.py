@@ -14,8 +14,9 @@ from .conftest import TOKENS, USERS, Tes
 def container_tes(tmp_path_factory, podman_socket):  # noqa: F811
     base = tmp_path_factory.mktemp("tes-container")
     files = base / "files"
-    files.mkdir()
-    settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS, TES_FILE_ROOTS=[str(files)],
+    (files / "alice").mkdir(parents=True)           # alice's own file:// directory (TES_FILE_ROOTS scope user)
+    settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS,
+                                 TES_FILE_ROOTS=[{"path": str(files), "scope": "user"}],
                                  BACKENDS={"local": {}, "container": {"base_url": f"unix://{podman_socket}"}})
     worker = start_worker(settings, ["container"], base / "worker.log", concurrency=2)
     try:
@@ -23,7 +24,7 @@ def container_tes(tmp_path_factory, podman_socket):  # noqa: F811
     except Exception:
         worker.stop()
         raise
-    yield Tes(url, TOKENS["alice"]), files, docker.APIClient(base_url=f"unix://{podman_socket}", version="1.41")
+    yield Tes(url, TOKENS["alice"]), files / "alice", docker.APIClient(base_url=f"unix://{podman_socket}", version="1.41")
     api.stop()
     worker.stop()
 
