@@ -62,7 +62,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "OIDC_LEEWAY": (30, "Seconds of clock skew tolerated on exp/nbf/iat."),
     "MAX_ACTIVE_JOBS_PER_USER": (None, "Queued + running jobs a user may have at once (429 above); null: no limit."),
     "MAX_STORED_BYTES_PER_USER": (None, "Bytes of uploaded files a user may keep (507 above); null: no limit."),
-    "TES_HOST_RUNTIME": (None, "TES executors run as host processes on the local backend (image recorded, not used); null: when the container backend is not enabled."),
+    "TES_HOST_RUNTIME": (False, "TES executors run as host processes on the local backend, in the job sandbox (image recorded, not used); off: TES tasks need the container backend."),
     "TES_FILE_ROOTS": ([], "Directories for TES file:// URLs, each {path, scope}: scope user (a user reads and writes <path>/<user>/ only) or shared (read-only for all); plain paths are refused; empty: no file:// URLs."),
     "TES_TIME_LIMIT": (None, "Time limit (s) of a TES task's executors when its backend_parameters give no time_limit; null: DEFAULT_TIME_LIMIT."),
     "TES_MAX_CONTENT_BYTES": (1024 * 1024, "Largest inline 'content' of one TES input (the spec asks for at least 128 KiB)."),
@@ -86,6 +86,15 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "EGRESS_ALLOWED_NETWORKS": ([], "Networks (CIDR) that transfers made for users (TES http/https/ftp) may reach although loopback, link-local, private, unique-local, multicast or otherwise not global; empty: public addresses only."),
     "TES_MAX_INPUT_BYTES": (16 * 1024**3, "Largest TES input (a DIRECTORY input: all its files) a worker fetches; the transfer fails above it. null: no cap."),
     "TES_S3_BUCKETS": ([], "S3 buckets TES tasks may use without keys of their own: [{bucket, prefix?, users: [names] or '*', access: read|write|readwrite, endpoint_url?, region?, credentials?: {access_key_id, secret_access_key}}]; no credentials: unsigned requests. Users' own keys: AUTH_USERS.<name>.s3. The service's S3 keys never serve TES URLs."),
+    # ---- job sandbox on worker hosts (issue 19)
+    "SANDBOX": ("bwrap", "How local-backend jobs and TES host executors are isolated: bwrap (bubblewrap; the worker refuses to start when it cannot be set up) or none (UNSAFE: jobs run with the worker's own powers)."),
+    "SANDBOX_USER": ("nobody", "User (name, uid or uid:gid) sandboxed jobs run as when the worker is root; a dedicated user and group in production. A worker that is not root runs jobs as itself, in a user namespace."),
+    "SANDBOX_READ_ONLY_PATHS": ([], "Extra host directories every sandboxed job sees read-only (beyond /usr, /etc, the Python prefix, the venv and the apps' package)."),
+    "SANDBOX_PIDS_MAX": (512, "Processes and threads one sandboxed job may have at once (its own control group's pids.max)."),
+    "SANDBOX_MAX_OPEN_FILES": (1024, "Open files per process of a sandboxed job (RLIMIT_NOFILE)."),
+    "SANDBOX_MAX_FILE_BYTES": (64 * 1024**3, "Largest file a sandboxed job may write (RLIMIT_FSIZE); null: no limit."),
+    "SANDBOX_CGROUP": ("auto", "Control group under which each sandboxed job gets its own (pids limit): auto (cgroup v2 when its pids controller can be enabled there, else the v1 pids hierarchy) or a cgroupfs directory delegated to the worker."),
+    "TES_HOST_NETWORK": (False, "TES host-runtime executors get the host's network; off: a network namespace with only its own loopback."),
 }
 
 

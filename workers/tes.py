@@ -4,8 +4,8 @@ and record the TES logs (job.extra["tes_logs"]) and the failure kind (job.extra[
 Every task directory (volumes, the directories of inputs, outputs, workdirs and std streams: see
 caesar_rest.tes_task.mount_points) is a directory under <job dir>/fs/ mounted at its path for each executor.
 On the container backend an executor is a container (image, argv = command). On the host runtime
-(TES_HOST_RUNTIME) the local backend runs workers/tes_launcher.py, which mounts those directories at their
-paths in a private mount namespace and exec()s the command.
+(TES_HOST_RUNTIME, off unless enabled) the local backend runs it in the job sandbox (workers/sandbox.py), which
+binds those directories at their paths, through workers/tes_launcher.py.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from caesar_rest.tes_task import DIRECTORY, WILDCARD_RE, mount_points, norm
 from .backends import get_backend
 from .backends.base import QUEUED, BackendError, JobSpec, poll_in_slot
 from .backends.base import RUNNING as B_RUNNING
-from .tes_launcher import SETUP_FAILED
+from .tes_launcher import SETUP_FAILED, STATUS_PATH
 from .transfer import TransferError, TransferStopped, Transfers
 
 log = logging.getLogger("caesar.tes")
@@ -161,7 +161,7 @@ class TaskRun:
         return self.fs / norm(path).lstrip("/")
 
     def _layout(self) -> None:
-        for directory in (self.jobdir, self.fs, self.meta, self.meta / "root"):
+        for directory in (self.jobdir, self.fs, self.meta):
             directory.mkdir(parents=True, exist_ok=True)
         for mount in self.mounts:
             self.host_path(mount).mkdir(parents=True, exist_ok=True)
@@ -211,16 +211,7 @@ class TaskRun:
                                       time_limit_s=int(self.time_limit))
         mounts = {m: str(self.host_path(m)) for m in self.mounts}
         if self.backend_name == "local":
-            status = self.meta / f"executor-{i}.status"
-            status.unlink(missing_ok=True)
-            launch_spec = {"argv": executor["command"], "mounts": mounts, "sysroot": str(self.meta / "root"),
-                           "workdir": executor.get("workdir"), "stdin": executor.get("stdin"),
-                           "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": str(status)}
-            path = self.meta / f"executor-{i}.json"
-            path.write_text(json.dumps(launch_spec, indent=1), encoding="utf-8")
-            env = {"PATH": HOST_PATH, "HOME": executor.get("workdir") or "/tmp", "TMPDIR": "/tmp", **env}
-            return JobSpec(argv=[sys.executable, "-I", str(LAUNCHER), "exec", str(path)],
-                           image=executor["image"], env=env, options={"image_recorded": executor["image"]}, **common)
+            return self._host_job_spec(i, executor, env, common)
         if self.backend_name != "container":
             raise BackendError(f"TES executors run on the local (host runtime) or container backend, not on "
                                f"{self.backend_name!r}")
@@ -230,6 +221,27 @@ class TaskRun:
                                 "tes": {"index": i, "mounts": mounts, "workdir": executor.get("workdir"),
                                         "stdin": str(self._inside(self.host_path(executor["stdin"])))
                                         if executor.get("stdin") else None}})
+
+    def _host_job_spec(self, i: int, executor: dict[str, Any], env: dict[str, str],
+                       common: dict[str, Any]) -> JobSpec:
+        """A host-runtime executor: the local backend runs it in the job sandbox, the task directories bound at
+        their paths (staged inputs read-only), through workers/tes_launcher.py (stdin/stdout/stderr opened inside
+        the sandbox, as the sandbox user, then the command exec()ed unchanged)."""
+        status = self.meta / f"executor-{i}.status"
+        status.write_bytes(b"")
+        binds = [[str(self.host_path(m)), m, True] for m in self.mounts]
+        for item in self.doc.get("inputs") or []:
+            binds.append([str(self._inside(self.host_path(item["path"]))), norm(item["path"]), False])
+        binds += [[str(LAUNCHER), str(LAUNCHER), False], [str(status), STATUS_PATH, True]]
+        launch = {"argv": executor["command"], "workdir": executor.get("workdir"), "stdin": executor.get("stdin"),
+                  "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": STATUS_PATH}
+        env = {"PATH": HOST_PATH, "HOME": executor.get("workdir") or "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+               **env}
+        return JobSpec(argv=[sys.executable, "-I", str(LAUNCHER), "exec", json.dumps(launch)],
+                       image=executor["image"], env=env, **common,
+                       options={"image_recorded": executor["image"],
+                                "host_task": {"binds": binds, "cwd": "/",
+                                              "network": bool(self.settings.get("TES_HOST_NETWORK"))}})
 
     def _run_executor(self, backend, i: int, executor: dict[str, Any], deadline: float) -> tuple[str, str, int | None]:
         """Runs executor i to its end; returns (outcome, message, exit code), outcome one of
@@ -282,7 +294,7 @@ class TaskRun:
                      stderr=self._tail(executor.get("stderr"), "stderr.log", offsets))
         self._save()
         setup = self.meta / f"executor-{i}.status"
-        if rc == SETUP_FAILED and setup.exists():
+        if rc == SETUP_FAILED and setup.exists() and setup.stat().st_size:
             return "system", f"Executor {i} could not be set up: {setup.read_text(errors='replace').strip()}", rc
         if outcome == "timeout":
             return outcome, (f"Executor {i} exceeded the task's time limit of {self.time_limit:g} s "

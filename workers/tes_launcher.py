@@ -1,74 +1,18 @@
-"""Host-runtime launcher of TES executors (TES_HOST_RUNTIME): the local backend runs this file as
-`python -I workers/tes_launcher.py exec SPEC.json` (workers/tes.py writes the spec). It builds a private mount
-namespace showing the host's own filesystem with the task directories mounted at their paths, chroots into it,
-opens the executor's stdin/stdout/stderr files and exec()s the command unchanged, so the command's process is
-the job's process (no shell is added). This gives executors the paths they were promised; it is not a security
-sandbox (the local backend never was one). Standard library only: it runs before any project import.
+"""Host-runtime launcher of TES executors (TES_HOST_RUNTIME), run inside the job sandbox as the sandbox user:
+`python -I workers/tes_launcher.py exec SPEC_JSON` (workers/tes.py builds the spec; the local backend's bubblewrap
+sandbox has already bound the task directories at their paths). It opens the executor's stdin/stdout/stderr, as
+the job and inside its view of the filesystem (a link planted by an earlier executor reaches nothing of the host's),
+changes to its workdir and exec()s the command unchanged, so the command's process is the job's process (no shell
+is added). Standard library only: it runs before any project import.
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import os
 import sys
 
 SETUP_FAILED = 125          # the launcher's exit status when the executor could not be set up (docker's too)
-CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-
-
-def _mount(libc, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    encode = (lambda v: v.encode() if v is not None else None)
-    if libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {source or fstype} on {target}: {os.strerror(err)}")
-
-
-def _populate(libc, host: str, new: str, targets: set[str]) -> None:
-    """Mirror host directory `host` into `new`, except for the task directories and the way down to them."""
-    prefix = host.rstrip("/")
-    for name in sorted(os.listdir(host)):
-        here, there = f"{prefix}/{name}", os.path.join(new, name)
-        if here in targets:
-            continue
-        on_the_way = any(t.startswith(here + "/") for t in targets)
-        if os.path.islink(here):
-            if on_the_way:
-                raise OSError(errno.ELOOP, f"a task directory lies under {here}, a symbolic link on this host")
-            os.symlink(os.readlink(here), there)
-        elif on_the_way:
-            os.mkdir(there)
-            _populate(libc, here, there, targets)
-        else:
-            if os.path.isdir(here):
-                os.mkdir(there)
-            else:
-                open(there, "w").close()
-            _mount(libc, here, there, None, MS_BIND | MS_REC)
-
-
-def _enter_task_fs(spec: dict) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    uid, gid = os.geteuid(), os.getegid()
-    if libc.unshare(CLONE_NEWNS if uid == 0 else CLONE_NEWNS | CLONE_NEWUSER) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"no private mount namespace for the executor ({os.strerror(err)}); the host runtime "
-                           "needs root or unprivileged user namespaces")
-    if uid != 0:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as fh:
-                fh.write(text)
-    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)     # nothing we mount leaks back to the host
-    root = spec["sysroot"]
-    _mount(libc, "tmpfs", root, "tmpfs", 0, "mode=0755")
-    mounts: dict[str, str] = spec["mounts"]
-    _populate(libc, "/", root, set(mounts))
-    for target in sorted(mounts):
-        os.makedirs(root + target, exist_ok=True)
-        _mount(libc, mounts[target], root + target, None, MS_BIND | MS_REC)
-    os.chroot(root)
-    os.chdir(spec.get("workdir") or "/")
+STATUS_PATH = "/.caesar-executor-status"      # where the sandbox binds the file the task runner reads the reason from
 
 
 def _redirect(spec: dict) -> None:
@@ -80,13 +24,11 @@ def _redirect(spec: dict) -> None:
             os.close(opened)
 
 
-def launch(spec_path: str) -> int:
-    """Enter the task's filesystem and exec the command; returns only on failure."""
-    with open(spec_path, encoding="utf-8") as fh:
-        spec = json.load(fh)
+def launch(spec: dict) -> int:
+    """Redirect, change directory and exec the command; returns only on failure."""
     try:
-        _enter_task_fs(spec)
         _redirect(spec)
+        os.chdir(spec.get("workdir") or "/")
     except Exception as exc:
         reason = f"{exc.__class__.__name__}: {exc}"
         with open(spec["status"], "w", encoding="utf-8") as fh:
@@ -107,5 +49,5 @@ def launch(spec_path: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "exec":
-        sys.exit("usage: tes_launcher.py exec SPEC.json")
-    sys.exit(launch(sys.argv[2]))
+        sys.exit("usage: tes_launcher.py exec SPEC_JSON")
+    sys.exit(launch(json.loads(sys.argv[2])))

@@ -1,4 +1,5 @@
-"""Local backend: argv as a child process of the worker, in its own process group, in the job directory."""
+"""Local backend: argv as a child process of the worker, in its own process group, in the job directory, inside
+the bubblewrap sandbox (workers/sandbox.py) unless SANDBOX is none (unsafe: the job gets the worker's powers)."""
 from __future__ import annotations
 
 import ctypes
@@ -15,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import EXITED, LOST, RUNNING, BackendError, BackendStatus, JobSpec
+from ..sandbox import Bind, Sandbox, SandboxError, SandboxSpec, Started, hand_over
+from .base import EXITED, LOST, RUNNING, BackendError, BackendNotConfigured, BackendStatus, JobSpec
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -40,7 +42,7 @@ _PRLIMIT = shutil.which("prlimit", path=_SYSTEM_PATH)
 
 
 def _launcher(memory_mb: int | None) -> list[str] | None:
-    """The same parent-death signal and memory limit as _child_setup, set by util-linux's setpriv and prlimit
+    """Unsandboxed (SANDBOX none): the same parent-death signal and memory limit as _child_setup, set by util-linux's setpriv and prlimit
     exec'd in front of the command (same pid). No Python runs in the child, so subprocess uses vfork: a
     preexec_fn makes it fork the whole worker instead, ~10 ms a job on a 2-core VM against ~1 ms.
     None when the tools are missing (then _child_setup is used)."""
@@ -122,25 +124,92 @@ class LocalBackend:
         self.jobs_dir = Path(settings["JOBS_DIR"])
         self.grace = float(options.get("cancel_grace", settings.get("CANCEL_GRACE", 1.0)))
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, Started] = {}
+        self.handed: dict[str, list[Path]] = {}        # directories given to the sandbox user, by handle
         self.host = socket.gethostname()
+        try:
+            self.sandbox = Sandbox(settings)
+        except SandboxError as exc:
+            raise BackendNotConfigured(str(exc)) from exc
 
     def health(self) -> None:
-        """Jobs can start here: the job directory is writable and has room."""
+        """Jobs can start here: the job directory is writable and has room, and the sandbox can be set up."""
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(self.jobs_dir, os.W_OK):
             raise BackendError(f"{self.jobs_dir} is not writable")
         st = os.statvfs(self.jobs_dir)
         if st.f_bavail * st.f_frsize < 16 * 1024 * 1024:
             raise BackendError(f"{self.jobs_dir} has less than 16 MiB free")
+        self.check_sandbox()
+
+    def check_sandbox(self) -> str:
+        """A description of the sandbox jobs get; BackendError saying why when it cannot be set up."""
+        try:
+            return self.sandbox.check()
+        except SandboxError as exc:
+            raise BackendError(f"the job sandbox cannot be set up on {self.host}: {exc}") from exc
 
     def submit(self, job: JobSpec) -> str:
         workdir = Path(job.workdir)
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        host_task = job.options.get("host_task")
+        if not self.sandbox.enabled:
+            if host_task:
+                raise BackendError("TES host-runtime executors run only in the sandbox, and SANDBOX is none here")
+            return self._submit_unsandboxed(job, workdir)
+        self.check_sandbox()
+        if host_task:       # a TES executor: the task runner names its binds and environment
+            binds = [Bind(*b) for b in host_task["binds"]]
+            env, cwd, network = {"OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}, \
+                host_task.get("cwd") or "/", \
+                bool(host_task.get("network"))
+        else:
+            binds, env, cwd, network = self._app_sandbox(job, workdir)
+            _check_command(job.argv[0], env["PATH"], workdir)
+        handed = [Path(b.source) for b in binds if b.writable and Path(b.source).is_dir()] \
+            if self.sandbox.privileged else []
+        if self.sandbox.privileged:
+            uid, gid = self.sandbox.uid, self.sandbox.gid
+            for bind in binds:
+                if bind.writable:
+                    hand_over(Path(bind.source), uid, gid, skip=(workdir / "inputs",))
+            if not host_task:
+                _readable_inputs(workdir / "inputs", gid)
+        spec = SandboxSpec(argv=list(job.argv), cwd=cwd, env=env, binds=binds, network=network,
+                           limits=self.sandbox.limits(job.memory_mb))
+        with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
+            try:
+                started = self.sandbox.start(spec, subprocess.DEVNULL, out, err, job.job_id[:16])
+            except FileNotFoundError as exc:
+                raise BackendError(f"Command {job.argv[0]!r} not found on {self.host}") from exc
+            except (SandboxError, OSError) as exc:
+                raise BackendError(f"The job's sandbox did not start on {self.host}: {exc}") from exc
+        handle = str(started.popen.pid)
+        self.procs[handle] = started.popen
+        self.started[handle] = started
+        self.handed[handle] = handed
+        return handle
+
+    def _app_sandbox(self, job: JobSpec, workdir: Path) -> tuple[list[Bind], dict[str, str], str, bool]:
+        """An app job: its directory read-write, its staged inputs read-only, HOME a scratch directory under
+        tmp/ (removed before the job's end, so .cache/ and .config/ never reach the tarball)."""
+        home = workdir / "tmp" / "home"
+        home.mkdir(exist_ok=True)
         bindir = os.path.dirname(sys.executable)   # the venv's console scripts (caesar-sfinder...) come first
+        env = {"PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
+               "TMPDIR": str(workdir / "tmp"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))),
+               **job.env, "CAESAR_JOB_ID": job.job_id}
+        binds = [Bind(str(workdir), str(workdir), True)]
+        if (workdir / "inputs").is_dir():
+            binds.append(Bind(str(workdir / "inputs"), str(workdir / "inputs")))
+        return binds, env, str(workdir), bool(job.options.get("network"))
+
+    def _submit_unsandboxed(self, job: JobSpec, workdir: Path) -> str:
+        bindir = os.path.dirname(sys.executable)
         env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
-               "HOME": str(workdir), "LANG": os.environ.get("LANG", "C.UTF-8"), "TMPDIR": str(workdir / "tmp"),
+               "HOME": str(workdir / "tmp"), "LANG": os.environ.get("LANG", "C.UTF-8"), "TMPDIR": str(workdir / "tmp"),
                "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))),
                **job.env, "CAESAR_JOB_ID": job.job_id}
-        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
         with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
             launcher = _launcher(job.memory_mb)
             try:
@@ -167,6 +236,8 @@ class LocalBackend:
         rc = proc.poll()
         if rc is None:
             return BackendStatus(RUNNING, pid=proc.pid, host=self.host)
+        if handle in self.started and 128 < rc <= 128 + 64:
+            rc = 128 - rc           # bwrap reports a command killed by signal N as 128 + N, as a shell does
         return BackendStatus(EXITED, exit_code=rc, pid=proc.pid, host=self.host)
 
     def wait(self, handle: str, timeout: float) -> None:
@@ -192,7 +263,21 @@ class LocalBackend:
 
     def cancel(self, handle: str) -> None:
         proc = self.procs.get(handle)
+        started = self.started.get(handle)
+        if started is not None and started.groups is not None and proc is not None:
+            # SIGTERM the job's own processes first: bwrap would die of it at once and SIGKILL them, no grace.
+            for pid in started.groups.pids() - {proc.pid}:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                pass
         kill_group(int(handle), self.grace)
+        if started is not None and started.groups is not None:
+            started.groups.kill()
         if proc is not None:
             try:
                 proc.wait(timeout=self.grace + 2)
@@ -208,6 +293,24 @@ class LocalBackend:
             os.killpg(int(handle), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        started = self.started.pop(handle, None)
         proc = self.procs.pop(handle, None)
         if proc is not None and proc.poll() is None:
             proc.wait(timeout=5)
+        handed = self.handed.pop(handle, [])
+        if started is not None:
+            self.sandbox.release(started)
+        for path in handed:         # what the job wrote becomes the service's again (readable by the API)
+            hand_over(path, os.geteuid(), os.getegid(), skip=(path / "inputs",))
+
+
+def _readable_inputs(inputs: Path, gid: int) -> None:
+    """Staged inputs are hard links to the uploads (mode 0440, the service's): the sandbox's group may read them."""
+    if not inputs.is_dir():
+        return
+    for path in inputs.rglob("*"):
+        st = os.lstat(path)
+        if not os.path.islink(path) and not st.st_mode & 0o004 and st.st_gid != gid:
+            os.chown(path, -1, gid, follow_symlinks=False)
+            if not st.st_mode & 0o040:
+                os.chmod(path, st.st_mode | 0o040)

@@ -1,0 +1,289 @@
+"""The bubblewrap sandbox of every job process on a worker host: a SandboxSpec in, one bwrap argv out, started.
+
+What a job sees: the system's read-only directories (/usr, /etc, the /bin and /lib links), the interpreter and
+the registered apps' code read-only (derived from sys.base_prefix, sys.prefix and the app package, never the
+project directory: it holds config/ and, under `make run`, ROOT), SANDBOX_READ_ONLY_PATHS, its own binds (the
+job directory read-write, staged inputs read-only), a private /tmp, and its own /proc in a new pid namespace.
+Its network namespace has only a loopback of its own unless the spec asks for the host's network.
+
+Who it runs as: a root worker runs bubblewrap privileged (it can reach every bind source, whatever the modes of
+the directories above it), and util-linux's setpriv, inside the new namespaces, becomes SANDBOX_USER with no
+supplementary groups, no capabilities (bounding set emptied) and no new privileges before exec()ing the command.
+A worker that is not root runs bubblewrap in a user namespace of its own: the job keeps the worker's uid and has
+no capabilities; SANDBOX_USER cannot be honoured.
+
+Limits: RLIMIT_NOFILE, RLIMIT_FSIZE and (when the app declares memory) RLIMIT_AS by prlimit, a pids limit (and
+memory.max on cgroup v2) by a control group of the job's own (workers/cgroups.py). Its processes join the group
+before any of them forks: bwrap waits on --block-fd, after telling its child's pid on --info-fd.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .cgroups import Cgroups, CgroupError, JobGroups
+
+SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+APP_PACKAGES = ("caesar_apps",)         # the registered apps' code (console scripts caesar-sfinder...)
+
+
+class SandboxError(Exception):
+    """The sandbox cannot be set up here, or one job's sandbox could not start; the message says why."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    dest: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    pids: int = 512
+    open_files: int | None = 1024
+    file_bytes: int | None = None
+    memory_mb: int | None = None
+
+
+@dataclass
+class SandboxSpec:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    binds: list[Bind] = field(default_factory=list)     # in order: a read-only bind may sit inside a writable one
+    network: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Started:
+    popen: subprocess.Popen
+    groups: JobGroups | None
+
+
+def _user(value: Any) -> tuple[int, int]:
+    """SANDBOX_USER: a user name, a uid, or "uid:gid"."""
+    text = str(value)
+    if ":" in text:
+        uid, gid = text.split(":", 1)
+        return int(uid), int(gid)
+    try:
+        entry = pwd.getpwnam(text) if not text.isdigit() else pwd.getpwuid(int(text))
+    except KeyError:
+        raise SandboxError(f"SANDBOX_USER {text!r} is not a user on this host") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def code_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Read-only directories a job needs beyond the system's: the interpreter's prefix, the virtual environment
+    and the apps' package (an editable install keeps it in the project directory, which is not shown whole)."""
+    paths = [sys.base_prefix, sys.prefix]
+    for name in APP_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            paths.append(location)
+    paths.extend(extra)
+    seen: list[str] = []
+    for path in (os.path.realpath(p) for p in paths):
+        if os.path.exists(path) and not any(path == s or path.startswith(s + "/") for s in seen):
+            seen = [s for s in seen if not s.startswith(path + "/")] + [path]
+    return seen
+
+
+class Sandbox:
+    """One per worker process: the settings' sandbox, checked once, then used for every job."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        mode = str(settings.get("SANDBOX") or "bwrap").lower()
+        if mode not in ("bwrap", "none"):
+            raise SandboxError(f"SANDBOX must be bwrap or none, not {mode!r}")
+        self.enabled = mode == "bwrap"
+        self.privileged = os.geteuid() == 0
+        self.uid, self.gid = _user(settings.get("SANDBOX_USER") or "nobody") if self.privileged else \
+            (os.geteuid(), os.getegid())
+        self.pids_max = int(settings.get("SANDBOX_PIDS_MAX") or 512)
+        self.open_files = settings.get("SANDBOX_MAX_OPEN_FILES")
+        self.file_bytes = settings.get("SANDBOX_MAX_FILE_BYTES")
+        self.bwrap = shutil.which("bwrap", path=SYSTEM_PATH)
+        self.setpriv = shutil.which("setpriv", path=SYSTEM_PATH)
+        self.prlimit = shutil.which("prlimit", path=SYSTEM_PATH)
+        self.code = code_paths(list(settings.get("SANDBOX_READ_ONLY_PATHS") or []))
+        self.hidden = [p for p in (os.environ.get("CAESAR_CONFIG"),) if p and os.path.isfile(p)]
+        self.cgroup_setting = settings.get("SANDBOX_CGROUP") or "auto"
+        self.cgroups: Cgroups | None = None
+        self._checked = False
+        self._lock = threading.Lock()
+
+    def limits(self, memory_mb: int | None) -> Limits:
+        return Limits(pids=self.pids_max, open_files=int(self.open_files) if self.open_files else None,
+                      file_bytes=int(self.file_bytes) if self.file_bytes else None, memory_mb=memory_mb)
+
+    # ---- start-up check ------------------------------------------------------------------------------------
+    def check(self) -> str:
+        """Raise SandboxError saying why jobs cannot be sandboxed here; return a one-line description."""
+        if not self.enabled:
+            return "SANDBOX is none: jobs run unsandboxed, with the worker's powers (unsafe)"
+        with self._lock:
+            if not self._checked:
+                self._check()
+                self._checked = True
+        assert self.cgroups is not None
+        who = f"uid {self.uid} gid {self.gid}" if self.privileged else \
+            f"the worker's uid {self.uid} in a user namespace (the worker is not root: SANDBOX_USER is not used)"
+        return f"jobs run in bubblewrap as {who}, pids limit {self.pids_max} by {self.cgroups.description}"
+
+    def _check(self) -> None:
+        missing = [name for name, path in (("bwrap", self.bwrap), ("setpriv", self.setpriv),
+                                           ("prlimit", self.prlimit)) if path is None]
+        if missing:
+            raise SandboxError(f"{', '.join(missing)} not found in {SYSTEM_PATH} (Debian packages bubblewrap, "
+                               "util-linux); SANDBOX: none runs jobs unsandboxed (unsafe)")
+        if self.privileged and self.uid == 0:
+            raise SandboxError("SANDBOX_USER is root: jobs must run as an unprivileged user")
+        try:
+            self.cgroups = Cgroups.detect(self.cgroup_setting)
+        except CgroupError as exc:
+            raise SandboxError(str(exc)) from None
+        spec = SandboxSpec(argv=["true"], cwd="/", env={"PATH": SYSTEM_PATH})
+        try:
+            started = self.start(spec, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.PIPE, "check")
+        except (SandboxError, OSError) as exc:
+            raise SandboxError(f"a trial sandbox did not start: {exc}") from None
+        _out, err = started.popen.communicate(timeout=30)
+        self.release(started)
+        if started.popen.returncode != 0:
+            text = (err or b"").decode(errors="replace").strip()
+            raise SandboxError(f"a trial sandbox failed (exit status {started.popen.returncode}): {text}")
+
+    # ---- one job ---------------------------------------------------------------------------------------------
+    def argv(self, spec: SandboxSpec, info_fd: int, block_fd: int) -> list[str]:
+        assert self.bwrap and self.setpriv and self.prlimit
+        out = [self.setpriv, "--pdeathsig", "KILL", "--"]         # the sandbox dies with the worker
+        limits = spec.limits
+        rlimits = [f"--{name}={value}:{value}" for name, value in (
+            ("nofile", limits.open_files), ("fsize", limits.file_bytes),
+            ("as", limits.memory_mb * 1024 * 1024 if limits.memory_mb else None)) if value]
+        if rlimits:
+            out += [self.prlimit, *rlimits, "--"]
+        out += [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try"]
+        if not spec.network:
+            out.append("--unshare-net")
+        if not self.privileged:
+            out += ["--unshare-user", "--cap-drop", "ALL"]
+        for directory in SYSTEM_DIRS:
+            if os.path.islink(directory):
+                out += ["--symlink", os.readlink(directory), directory]
+            elif os.path.isdir(directory):
+                out += ["--ro-bind", directory, directory]
+        out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+        # bwrap makes the directories above a bind 0700 (root's): the job, another user, must pass them.
+        for parent in _parents([*self.code, *(b.dest for b in spec.binds)]):
+            out += ["--perms", "0755", "--dir", parent]
+        for path in self.code:
+            out += ["--ro-bind", path, path]
+        for path in self.hidden:
+            if any(path.startswith(d + "/") for d in (*SYSTEM_DIRS, *self.code)):
+                out += ["--ro-bind", "/dev/null", path]
+        for bind in spec.binds:
+            out += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.dest]
+        out += ["--chdir", spec.cwd, "--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
+        if self.privileged:
+            out += [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        return out + list(spec.argv)
+
+    def start(self, spec: SandboxSpec, stdin: Any, stdout: IO | int, stderr: IO | int, name: str) -> Started:
+        """Start spec's command in a sandbox of its own; the Popen's pid is bwrap's, its process group the job's."""
+        if self.cgroups is None:
+            self.check()
+        assert self.cgroups is not None
+        groups = self.cgroups.create(f"{name}-{os.getpid()}-{threading.get_ident() % 100000}", spec.limits.pids,
+                                     spec.limits.memory_mb * 1024 * 1024 if spec.limits.memory_mb else None)
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        try:
+            try:
+                # No preexec_fn: subprocess keeps vfork (a preexec_fn forks the whole worker, ~10 ms a job).
+                popen = subprocess.Popen(self.argv(spec, info_w, block_r), env=spec.env, stdin=stdin,
+                                         stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True, umask=0o022,
+                                         pass_fds=(info_w, block_r))
+            finally:
+                os.close(info_w)
+                os.close(block_r)
+            info = _read_info(info_r)
+            if info is None:            # bwrap stopped before its child was made: its reason is on stderr
+                popen.wait()
+                raise SandboxError(f"bubblewrap could not set up the sandbox (exit status {popen.returncode})")
+            try:
+                groups.attach(popen.pid, int(info["child-pid"]))
+            except OSError:
+                popen.kill()
+                popen.wait()
+                raise
+            os.write(block_w, b"x")
+        except BaseException:
+            groups.remove()
+            raise
+        finally:
+            os.close(info_r)
+            os.close(block_w)
+        return Started(popen, groups)
+
+    def release(self, started: Started) -> None:
+        """After the job's process ended: whatever is left in its group is killed, and the group goes."""
+        if started.groups is not None:
+            started.groups.remove()
+
+
+def _parents(paths: list[str]) -> list[str]:
+    """Directories above the bind targets that the sandbox's own root must make, outermost first."""
+    found: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(path.rstrip("/"))
+        while parent not in ("/", "", "/tmp") and not any(parent == d or parent.startswith(d + "/")
+                                                           for d in SYSTEM_DIRS):
+            found.add(parent)
+            parent = os.path.dirname(parent)
+    return sorted(found, key=lambda p: (p.count("/"), p))
+
+
+def _read_info(fd: int) -> dict[str, Any] | None:
+    data = b""
+    while not data.rstrip().endswith(b"}"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data)
+
+
+def hand_over(path: Path, uid: int, gid: int, skip: tuple[Path, ...] = ()) -> None:
+    """chown a tree without following links (a job's links may point anywhere), leaving `skip` alone."""
+    if os.lstat(path).st_uid != uid or os.lstat(path).st_gid != gid:
+        os.chown(path, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(path):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if here / d not in skip]
+        for name in dirnames + filenames:
+            target = here / name
+            if target in skip:
+                continue
+            try:
+                st = os.lstat(target)
+                if st.st_uid != uid or st.st_gid != gid:
+                    os.chown(target, uid, gid, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
