@@ -68,6 +68,7 @@ class App:
     time_limit: int | None = None
     outputs: list[str] = field(default_factory=list)
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)   # per backend name
+    network: bool = False               # the operator lets the app's sandboxed job reach the network
     source: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -148,7 +149,13 @@ def load_app(path: Path) -> App:
                image=raw.get("image"), image_pull=image_pull, cpus=float(resources.get("cpus", 1)),
                memory_mb=resources.get("memory_mb"), time_limit=resources.get("time_limit"),
                outputs=list(raw.get("outputs") or []), backend_options=dict(raw.get("backend_options") or {}),
-               source=str(path))
+               network=_network(path, raw.get("network", False)), source=str(path))
+
+
+def _network(path: Path, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise AppConfigError(f"{path}: 'network' must be true or false")
+    return value
 
 
 class Registry:

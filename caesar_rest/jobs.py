@@ -159,7 +159,8 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
 
 def app_spec(app: App) -> dict[str, Any]:
     return {"image": app.image, "image_pull": app.image_pull, "cpus": app.cpus, "memory_mb": app.memory_mb,
-            "time_limit": app.time_limit, "outputs": app.outputs, "env": {}}
+            "time_limit": app.time_limit, "outputs": app.outputs, "env": {},
+            "network": app.network}
 
 
 def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the peers the tests talk to are running: RabbitMQ, Redis, PostgreSQL.
+# Make sure the peers the tests talk to are running (RabbitMQ, Redis, PostgreSQL) and the job sandbox's tools
+# (bubblewrap) are installed.
 # They already run on the project's machines; elsewhere they are installed from Debian's packages.
 set -euo pipefail
 
@@ -10,6 +11,11 @@ need_pkg() {
   if [ -z "$apt_ready" ]; then apt-get update -qq; apt_ready=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
 }
+
+# The job sandbox (workers/sandbox.py): bubblewrap, and util-linux's setpriv and prlimit.
+need_pkg bwrap bubblewrap
+need_pkg setpriv util-linux
+need_pkg prlimit util-linux
 
 if ! listening 6379; then
   echo "services: starting Redis"

@@ -235,7 +235,8 @@ class Runner:
                        cpus=float(spec.get("cpus") or 1), memory_mb=spec.get("memory_mb"),
                        time_limit_s=int(spec.get("time_limit") or self.settings["DEFAULT_TIME_LIMIT"]),
                        options={"image_pull": spec.get("image_pull"), **(spec.get("backend_options") or {}),
-                                "tes": job.extra.get("tes") if job.kind == "tes" else None})
+                                "tes": job.extra.get("tes") if job.kind == "tes" else None,
+                                "network": bool(spec.get("network"))})
 
     # ---- following an in-slot job -------------------------------------------------------------------------
     def _follow_blocking(self, job_id: str, backend, handle: str, time_limit: int | None) -> str:

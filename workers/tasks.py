@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
 
 from caesar_rest.celery_app import POLL_TASK, REAP_TASK, RUN_TASK, publish_run
 from caesar_rest.config import queue_name
@@ -56,6 +56,24 @@ def poll_job(self, job_id: str) -> str:
 @shared_task(name=REAP_TASK, bind=True, ignore_result=True)
 def reap_jobs(self) -> dict:
     return _reap(self.app)
+
+
+@celeryd_after_setup.connect
+def _refuse_without_sandbox(sender=None, instance=None, **_kwargs) -> None:
+    """A worker of the local pool starts only when its jobs can be sandboxed (SANDBOX: none opts out, unsafe)."""
+    settings = instance.app.conf["caesar_settings"]
+    consumed = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
+    if "local" not in (settings.get("BACKENDS") or {}) or queue_name(settings, "local") not in consumed:
+        return
+    from .backends import get_backend
+    from .backends.base import BackendError
+
+    try:
+        described = get_backend(settings, "local").check_sandbox()
+    except BackendError as exc:
+        log.critical("refusing to start: %s (SANDBOX: none runs jobs unsandboxed, unsafe)", exc)
+        raise SystemExit(f"caesar-rest worker: refusing to start: {exc}") from None
+    (log.warning if described.startswith("SANDBOX is none") else log.info)("local backend: %s", described)
 
 
 @worker_process_init.connect
