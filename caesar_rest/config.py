@@ -95,6 +95,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "SANDBOX_MAX_FILE_BYTES": (64 * 1024**3, "Largest file a sandboxed job may write (RLIMIT_FSIZE); null: no limit."),
     "SANDBOX_CGROUP": ("auto", "Control group under which each sandboxed job gets its own (pids limit): auto (cgroup v2 when its pids controller can be enabled there, else the v1 pids hierarchy) or a cgroupfs directory delegated to the worker."),
     "TES_HOST_NETWORK": (False, "TES host-runtime executors get the host's network; off: a network namespace with only its own loopback."),
+    # ---- containers hardened (issue 19)
+    "ALLOWED_IMAGES": ([], "Container images app jobs and TES executors may run (400 otherwise): shell-style patterns matched against the full reference, e.g. 'localhost/caesar-*' or 'docker.io/library/python:3.*' (a short name reads docker.io/library/NAME:latest); empty: any image."),
 }
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
-from . import storage
+from . import images, storage
 from .apps import App, Registry, ResolvedFile, render
 from .errors import BadRequest, Conflict, InvalidOption, NotFound
 from .models import (ACTIVE_STATES, CANCELED, PENDING, TERMINAL_STATES, File, Job, JobEvent, JobInput, utcnow)
@@ -113,6 +113,7 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     if tag is not None and (not isinstance(tag, str) or len(tag) > TAG_MAX or "\x00" in tag):
         raise BadRequest(f"'tag' must be a string of at most {TAG_MAX} characters", field="tag")
     backend = _pick_backend(settings, app, body.get("backend"))
+    _check_image(settings, backend, app)
     backend_options = {**app.backend_options.get(backend, {}),
                        **_check_backend_options(settings, backend, body.get("backend_options"))}
     rendered = render(app, body.get("job_inputs"), _file_resolver(session, settings, owner))
@@ -175,6 +176,17 @@ def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
         raise BadRequest(f"Backend {backend!r} of app {app.name!r} is not enabled on this server "
                          f"(enabled: {sorted(settings['BACKENDS'])})", field="backend")
     return backend
+
+
+def _check_image(settings: Mapping[str, Any], backend: str, app: App) -> None:
+    """ALLOWED_IMAGES, for the backends that run the app's image (container, batch): a 400 before any row exists."""
+    if not app.image or images.patterns(settings) is None:
+        return
+    from workers.backends import backend_class
+
+    problem = images.refusal(settings, app.image)
+    if problem and getattr(backend_class(backend, settings["BACKENDS"].get(backend)), "runs_images", False):
+        raise BadRequest(f"App {app.name!r}: {problem}", field="app")
 
 
 def _check_backend_options(settings: Mapping[str, Any], backend: str, options: Any) -> dict[str, Any]:

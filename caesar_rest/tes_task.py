@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import images
 from .egress import Rules, literal_refusal, redact
 from .errors import BadRequest, ServiceUnavailable
 from .tes_access import READ, WRITE, Refused, allowed_file_path, file_root_rules, file_url_path, s3_access
@@ -373,6 +374,10 @@ def validate(settings: Mapping[str, Any], body: Any, backend: str,
     if not executors:
         raise _fail("executors", "is required: at least one executor with 'image' and 'command'")
     doc["executors"] = [_validate_executor(e, f"executors[{i}]", warnings) for i, e in enumerate(executors)]
+    for i, executor in enumerate(doc["executors"] if backend != "local" else ()):    # host runtime: image unused
+        problem = images.refusal(settings, executor["image"])
+        if problem:
+            raise _fail(f"executors[{i}].image", problem)
     if "inputs" in doc:
         doc["inputs"] = [_validate_input(settings, owner, x, f"inputs[{i}]", warnings)
                          for i, x in enumerate(_list(doc["inputs"], "inputs"))]

@@ -26,7 +26,7 @@ import requests
 
 from caesar_rest.auth import hash_token
 
-from ..support import embedded_settings, free_port, start_api, start_worker
+from ..support import Proc, embedded_settings, free_port, settings_env, start_api, start_worker
 from . import schema
 
 TOKENS = {"alice": "tes-alice-token", "bob": "tes-bob-token", "root": "tes-admin-token"}
@@ -81,6 +81,39 @@ def http_server(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     yield f"http://{PEER_HOST}:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+class _SecretHandler(SimpleHTTPRequestHandler):
+    """An internal service: answers every GET with SECRET and counts the requests it saw."""
+
+    seen: list[str] = []
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(SECRET)))
+        self.end_headers()
+        self.wfile.write(SECRET)
+
+
+SECRET = b"internal-only: the metadata service's credentials\n"
+
+
+@pytest.fixture(scope="session")
+def secret_server():
+    """What an SSRF is after: an HTTP service listening on 127.0.0.1 only (refused by the egress rules);
+    yields (port, the paths it was asked for)."""
+    handler = type("Secret", (_SecretHandler,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield server.server_address[1], handler.seen
     server.shutdown()
     server.server_close()
 
@@ -158,7 +191,8 @@ def tes_stack(tmp_path_factory, s3_server):
     files = base / "files"          # what file:// URLs may reach (TES_FILE_ROOTS), <files>/<user>/ each
     files.mkdir()
     settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS, TES_TRANSFER_TIMEOUT=10,
-                                 HEARTBEAT_INTERVAL=1.0, **transfer_settings(files, s3_server[0]))
+                                 HEARTBEAT_INTERVAL=1.0, TES_HOST_RUNTIME=True,
+                                 **transfer_settings(files, s3_server[0]))
     worker = start_worker(settings, ["local"], base / "worker.log", concurrency=2)
     try:
         api, url = start_api(settings, base / "api.log")
@@ -168,6 +202,24 @@ def tes_stack(tmp_path_factory, s3_server):
     yield url, settings, files
     api.stop()
     worker.stop()
+
+
+def start_worker_with_hosts(settings: dict[str, Any], hosts: Path, log: Path) -> Proc:
+    """A local-backend worker in a mount namespace of its own where /etc/hosts is the file hosts
+    (tests/tes/hosts_namespace.py; util-linux unshare, as root): its name lookups see the test's entries."""
+    cmd = ["unshare", "--mount", "--propagation", "private", "--", sys.executable,
+           str(Path(__file__).with_name("hosts_namespace.py")), str(hosts),
+           sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-Q",
+           settings.get("QUEUE_PREFIX", "") + "local", "--concurrency", "1", "--without-gossip", "--without-mingle",
+           "--hostname", f"hosts-{os.urandom(3).hex()}@%h"]
+    proc = Proc(cmd, settings_env(settings), log)
+    deadline = time.time() + 60
+    while "ready." not in proc.log():
+        if proc.popen.poll() is not None or time.time() > deadline:
+            proc.stop()
+            raise RuntimeError(f"worker with its own /etc/hosts did not start:\n{proc.log()}")
+        time.sleep(0.2)
+    return proc
 
 
 class Tes:

@@ -85,6 +85,7 @@ class Backend(Protocol):
     # Names a job may set in its request's "backend_options" (validated by the API); optionally
     # `check_job_options(backend_settings, options) -> str | None` (a message when invalid) as a staticmethod.
     job_options: ClassVar[tuple[str, ...]]
+    # Optional `runs_images: ClassVar[bool]`: its jobs run their app's container image, so ALLOWED_IMAGES applies.
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         """settings: the whole settings mapping; options: settings["BACKENDS"][name]."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from caesar_rest import s3store
+from caesar_rest import images, s3store
 
 from .base import (EXITED, FAILED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus,
                    BackendUnavailable, JobSpec)
@@ -56,6 +56,7 @@ class BatchBackend:
 
     name: ClassVar[str] = "batch"
     blocking: ClassVar[bool] = False
+    runs_images: ClassVar[bool] = True      # ALLOWED_IMAGES applies to its jobs (caesar_rest.images)
     job_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
@@ -106,6 +107,9 @@ class BatchBackend:
             raise BackendError("the job has an empty command")
         if not job.image:
             raise BackendError(f"app {job.app!r} names no container image; the batch backend runs containers")
+        problem = images.refusal(self.settings, job.image)
+        if problem:
+            raise BackendError(problem)
         key_prefix = f"{self.prefix}{job.job_id}-{secrets.token_hex(3)}/"
         expiry = int(min(_MAX_PRESIGN, (job.time_limit_s or 86400) + self.queue_allowance))
         with self._errors("staging the inputs in S3"):

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,6 +12,7 @@ from typing import Any, ClassVar
 
 from .base import (EXITED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus, BackendUnavailable,
                    JobSpec)
+from .container_security import Hardening, check_image, check_user, refuse_job_options
 
 try:
     import docker
@@ -22,11 +21,12 @@ try:
 except ImportError as exc:  # the `container` extra
     raise ImportError(f"the container backend needs the docker SDK: pip install 'caesar-rest[container]' ({exc})") from exc
 
+from .container_streams import LogPump, feed_stdin  # noqa: E402  (needs the docker SDK checked above)
+
 JOB_MOUNT = "/job"                      # the job directory inside the container (working directory)
 JOB_LABEL = "caesar.job_id"             # every container we create carries it: leak checks and orphan hunts
 PULL_POLICIES = ("never", "if-missing", "always")
 STREAMS = (("stdout", "stdout.log"), ("stderr", "stderr.log"))
-USER_RE = re.compile(r"^(?:root|\d{1,10})(?::\d{1,10})?$")
 DEFAULT_UID = 1000                      # the `caesar` user of localhost/caesar-apps
 RUNNING_STATES = {"running", "paused", "restarting", "stopping", "removing"}
 QUEUED_STATES = {"created", "configured", "initialized"}
@@ -39,29 +39,24 @@ def default_base_url() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def check_user(value: Any) -> str | None:
-    """A message when value is not a container user this backend accepts: 'root', 'uid' or 'uid:gid' (numeric)."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not USER_RE.match(value):
-        return (f"container user {value!r} must be 'root', a numeric uid or 'uid:gid' (numeric ids work in any "
-                "image, with or without /etc/passwd)")
-    return None
-
-
 class ContainerBackend:
     """One container per job, created and removed by this worker; the worker's slot is held while it runs.
 
     Settings (BACKENDS["container"]): base_url (engine endpoint, default $DOCKER_HOST or the Docker socket),
     api_version ("1.41", Podman's level; "auto" asks the engine), timeout (s per API call), user (container
-    user, default 1000 with the job directory's group when the worker is root, else the worker's own ids),
-    image_pull (policy when the job gives none), default_image (for jobs that name none), network (network
-    mode, default "none"), init (a tiny init as PID 1 that forwards signals, default true), stop_grace
-    (s between SIGTERM and SIGKILL on cancel).
+    user, default 1000 with the job directory's group when the worker is root, else the worker's own ids; an
+    app's YAML may set backend_options.container.user, a job's request never), image_pull (policy when the job
+    gives none), default_image (for jobs that name none), network (network mode of every job, default "none"),
+    app_network (mode for apps that declare `network: true`, default "bridge"), pids_limit (default 1024),
+    tmpfs_size (of the tmpfs /tmp, default "1g"), init (a tiny init as PID 1 that forwards signals, default
+    true), stop_grace (s between SIGTERM and SIGKILL on cancel).
+    Every container runs with all capabilities dropped, no-new-privileges and a read-only root filesystem
+    (container_security.Hardening); images must match ALLOWED_IMAGES when it is set.
     """
 
     name: ClassVar[str] = "container"
     blocking: ClassVar[bool] = True
+    runs_images: ClassVar[bool] = True      # ALLOWED_IMAGES applies to its jobs (caesar_rest.images)
     job_options: ClassVar[tuple[str, ...]] = ("user",)
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
@@ -71,7 +66,8 @@ class ContainerBackend:
         self.user = options.get("user")
         self.image_pull = options.get("image_pull") or "if-missing"
         self.default_image = options.get("default_image")
-        self.network = str(options.get("network") or "none")
+        self.settings = settings
+        self.hardening = Hardening.from_options(options)
         self.init = bool(options.get("init", True))
         self.stop_grace = float(options.get("stop_grace", min(float(settings.get("CANCEL_GRACE", 1.0)), 1.0)))
         problem = check_user(self.user)
@@ -85,7 +81,8 @@ class ContainerBackend:
 
     @staticmethod
     def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
-        return check_user(options.get("user"))
+        # "user" stays a known option so that asking for it is a 400 naming it, on both the app and TES paths.
+        return refuse_job_options(options)
 
     # ---- engine access ------------------------------------------------------------------------------------
     @contextmanager
@@ -120,6 +117,7 @@ class ContainerBackend:
             raise BackendError(f"app {job.app!r} names no container image and the container backend has no default_image")
         if not job.argv:
             raise BackendError("empty command")
+        check_image(self.settings, image)
         policy = job.options.get("image_pull") or self.image_pull
         if policy not in PULL_POLICIES:
             raise BackendError(f"image_pull {policy!r} is not one of {PULL_POLICIES}")
@@ -131,12 +129,15 @@ class ContainerBackend:
             binds = {str(workdir): {"bind": JOB_MOUNT, "mode": "rw"}}
             if (workdir / "inputs").is_dir():
                 binds[str(workdir / "inputs")] = {"bind": f"{JOB_MOUNT}/inputs", "mode": "ro"}
-            env = {"HOME": f"{JOB_MOUNT}/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+            # HOME is the tmpfs /tmp (the root filesystem is read-only), never in the outputs; TMPDIR stays on the
+            # job's disk for large scratch files, removed before the tarball is made.
+            env = {"HOME": "/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
                    "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}
             name, app, working_dir, stdin = f"caesar-{job.job_id}", job.app, JOB_MOUNT, None
         else:
             binds = {source: {"bind": target, "mode": "rw"} for target, source in tes["mounts"].items()}
-            env = {"LANG": "C.UTF-8", **job.env, "CAESAR_JOB_ID": job.job_id}
+            # The root filesystem is read-only: HOME is the tmpfs /tmp, scratch that leaves no trace in outputs.
+            env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", **job.env, "CAESAR_JOB_ID": job.job_id}
             name, app, working_dir = f"caesar-{job.job_id}-{tes['index']}", "tes", tes.get("workdir") or None
             stdin = tes.get("stdin")
         with self._engine(f"starting job {job.job_id}") as api:
@@ -144,8 +145,8 @@ class ContainerBackend:
             limits: dict[str, Any] = {"nano_cpus": max(1, int(float(job.cpus) * 1e9))}
             if job.memory_mb:
                 limits["mem_limit"] = limits["memswap_limit"] = f"{int(job.memory_mb)}m"   # no swap beyond it
-            host_config = api.create_host_config(binds=binds, network_mode=self.network, init=self.init or None,
-                                                 **limits)
+            host_config = api.create_host_config(binds=binds, init=self.init or None, **limits,
+                                                 **self.hardening.host_config(job.options))
             labels = {JOB_LABEL: job.job_id, "caesar.app": app, "caesar.owner": job.owner}
             create = dict(image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=working_dir,
                           user=user, environment=env, labels=labels, host_config=host_config, name=name,
@@ -173,7 +174,7 @@ class ContainerBackend:
                     raise BackendError(f"{message}; removing container {handle[:12]} failed too: {rm_exc}") from exc
                 raise BackendError(message) from exc
         if feed is not None:
-            _feed_stdin(feed, Path(stdin), handle, job.job_id)
+            feed_stdin(feed, Path(stdin), handle, job.job_id)
         if tes is None:
             # TES executors' streams are read whole at the end (fetch_outputs): the task keeps them per executor.
             self._pumps[handle] = {stream: LogPump(self.base_url, self.api_version, handle, stream,
@@ -344,65 +345,6 @@ class ContainerBackend:
             if exc.status_code == 409 and "already in progress" in str(exc):
                 return
             raise BackendError(f"removing container {handle[:12]} failed: {_explain(exc)}") from exc
-
-
-class LogPump:
-    """Follows one stream of a container's log into a file while it runs, so the job's logs are live."""
-
-    def __init__(self, base_url: str, api_version: str, handle: str, stream: str, path: Path) -> None:
-        self.path = path
-        self.start = path.stat().st_size if path.exists() else 0
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._abandoned = False
-        # Its own client: no read timeout (an app may print nothing for hours), no sharing across threads.
-        self._api = docker.APIClient(base_url=base_url, version=api_version, timeout=None)
-        self.thread = threading.Thread(target=self._run, args=(handle, stream), daemon=True,
-                                       name=f"logs-{handle[:12]}-{stream}")
-        self.thread.start()
-
-    def _run(self, handle: str, stream: str) -> None:
-        try:
-            with open(self.path, "ab") as fh:
-                for chunk in self._api.logs(handle, stdout=stream == "stdout", stderr=stream == "stderr",
-                                            stream=True, follow=True):
-                    with self._lock:
-                        if self._abandoned:
-                            return
-                        fh.write(chunk)
-                        fh.flush()
-        except Exception as exc:    # handed to fetch_outputs, which reads the whole stream again
-            self.error = exc
-        finally:
-            self._api.close()
-
-    def abandon(self) -> None:
-        """Stop following: nothing more is written to the file once this returns (the caller reads the log
-        whole instead); the connection is closed so the thread ends when the engine lets it."""
-        with self._lock:
-            self._abandoned = True
-        try:
-            self._api.close()
-        except Exception:
-            pass
-
-
-def _feed_stdin(sock: Any, path: Path, handle: str, job_id: str) -> None:
-    """Stream a file into a started container's stdin on a thread, then close it (EOF for the program)."""
-    raw = getattr(sock, "_sock", sock)
-
-    def feed() -> None:             # the program reads while the runner watches for cancel and time limit
-        try:
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-                    raw.sendall(chunk)
-            raw.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            log.warning("job %s: stdin of container %s: %s", job_id, handle[:12], exc)
-        finally:
-            raw.close()
-
-    threading.Thread(target=feed, name=f"stdin-{handle[:8]}", daemon=True).start()
 
 
 def kernel_oom_killed(container_id: str) -> bool:

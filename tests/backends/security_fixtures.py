@@ -1,0 +1,118 @@
+"""The stack the container security tests attack: real Podman, a real worker on the container pool, a low pids
+limit (so a contained fork bomb is cheap on a 2-core machine) and an image allow-list."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from caesar_rest import create_app
+from caesar_rest.db import dispose_all
+
+from ..support import Proc, embedded_settings, start_worker
+from ..support import write_apps as support_write_apps
+from .container_fixtures import APPS_IMAGE, BUSYBOX
+
+PIDS_LIMIT = 64
+ALLOWED = ["localhost/busybox:*", "localhost/caesar-apps:*"]
+OUTSIDE_IMAGE = "busybox:latest"          # a short name: docker.io/library/busybox:latest, outside the list
+
+SECURITY_APPS: dict[str, str] = {
+    # sh -c SCRIPT, as the default container user (1000)
+    "probe": f"""
+name: probe
+version: "1"
+description: a busybox shell script that looks at its own powers
+command: [sh, -c]
+backends: [container]
+default_backend: container
+image: {BUSYBOX}
+image_pull: never
+resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
+options:
+  script: {{type: string, required: true, style: positional}}
+""",
+    # the operator runs this app as root (its YAML may; a request may not)
+    "probe-root": f"""
+name: probe-root
+version: "1"
+description: the same, as root, which the operator chose in the app's YAML
+command: [sh, -c]
+backends: [container]
+default_backend: container
+image: {BUSYBOX}
+image_pull: never
+resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
+backend_options: {{container: {{user: root}}}}
+options:
+  script: {{type: string, required: true, style: positional}}
+""",
+    "probe-net": f"""
+name: probe-net
+version: "1"
+description: an app the operator lets reach the network
+command: [sh, -c]
+backends: [container]
+default_backend: container
+image: {BUSYBOX}
+image_pull: never
+network: true
+resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
+options:
+  script: {{type: string, required: true, style: positional}}
+""",
+    # python3 -c SCRIPT in the caesar-apps image
+    "py": f"""
+name: py
+version: "1"
+description: a python script
+command: [python3, -c]
+backends: [container]
+default_backend: container
+image: {APPS_IMAGE}
+image_pull: never
+resources: {{cpus: 1, memory_mb: 256, time_limit: 90}}
+options:
+  script: {{type: string, required: true, style: positional}}
+""",
+    "elsewhere": f"""
+name: elsewhere
+version: "1"
+description: an image outside ALLOWED_IMAGES
+command: [sh, -c, "echo ran"]
+backends: [container]
+default_backend: container
+image: {OUTSIDE_IMAGE}
+image_pull: never
+resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
+options: {{}}
+""",
+}
+
+
+@dataclass
+class SecurityStack:
+    settings: dict[str, Any]
+    client: Any
+    worker: Proc
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def secure_stack(tmp_path_factory, podman_socket, engine) -> Iterator[SecurityStack]:
+    """API (Flask test client) + one real worker (2 processes) on the container pool, which also runs TES executors."""
+    root = tmp_path_factory.mktemp("container-security")
+    settings = embedded_settings(root / "var", APPS_DIR=str(support_write_apps(root / "apps", SECURITY_APPS)),
+                                 ALLOWED_IMAGES=ALLOWED, TES_HOST_RUNTIME=False,
+                                 BACKENDS={"local": {}, "container": {"base_url": f"unix://{podman_socket}",
+                                                                      "pids_limit": PIDS_LIMIT}})
+    app = create_app(settings)
+    worker = start_worker(settings, ["container"], root / "worker.log", concurrency=2)
+    try:
+        yield SecurityStack(settings=settings, client=app.test_client(), worker=worker, root=root)
+    finally:
+        worker.stop()
+        dispose_all()
