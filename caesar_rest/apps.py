@@ -1,7 +1,6 @@
 """App registry: YAML files under config/apps → typed option schema → validated job inputs → argv."""
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any
 import yaml
 
 from .errors import CaesarError, InvalidOption
+from .numbers import NumberError, json_int, json_number
 
 OPTION_TYPES = ("string", "int", "float", "bool", "enum", "file")
 STYLES = ("separate", "equals", "positional")
@@ -181,18 +181,12 @@ def _coerce(app: str, opt: Option, value: Any) -> Any:
         if not isinstance(value, bool):
             raise bad(f"must be true or false, not {value!r}")
         return value
-    if opt.type == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise bad(f"must be an integer, not {value!r}")
-    elif opt.type == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(f"must be a number, not {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise bad("must be a finite number")
+    if opt.type in ("int", "float"):
+        # caesar_rest.numbers: never true/false, NaN, infinity or an integer wider than 64 bits.
+        try:
+            value = json_int(value, "") if opt.type == "int" else float(json_number(value, ""))
+        except NumberError as exc:
+            raise bad(exc.message.strip()) from None
     elif opt.type in ("string", "enum", "file"):
         if not isinstance(value, str):
             raise bad(f"must be a string, not {type(value).__name__}")

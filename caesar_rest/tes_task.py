@@ -3,7 +3,6 @@ validation that turns a request body into the normalised document a TES job keep
 (caesar_rest/tes.py creates, lists and renders tasks from it; workers/tes.py runs them.)"""
 from __future__ import annotations
 
-import math
 import posixpath
 import re
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 from . import images
 from .egress import Rules, literal_refusal, redact
 from .errors import BadRequest, ServiceUnavailable
+from .numbers import json_int, json_number, parse_int
 from .tes_access import READ, WRITE, Refused, allowed_file_path, file_root_rules, file_url_path, s3_access
 
 FILE, DIRECTORY = "FILE", "DIRECTORY"
@@ -268,15 +268,13 @@ def _validate_resources(settings: Mapping[str, Any], raw: Any, warnings: list[st
     """The resources as stored, and the backend options they carry."""
     field = "resources"
     res = _object(raw, field, RESOURCE_FIELDS, warnings)
+    # Numbers through caesar_rest.numbers: never true/false, NaN, infinity or wider than 64 bits.
     if "cpu_cores" in res:
-        cores = res["cpu_cores"]
-        if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= int(settings.get("TES_MAX_CPU_CORES") or 64):
-            raise _fail("resources.cpu_cores", f"must be an integer from 1 to {settings.get('TES_MAX_CPU_CORES') or 64}")
+        res["cpu_cores"] = json_int(res["cpu_cores"], "'resources.cpu_cores'", 1,
+                                    int(settings.get("TES_MAX_CPU_CORES") or 64), field="resources.cpu_cores")
     for key in ("ram_gb", "disk_gb"):
         if key in res:
-            value = res[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise _fail(f"resources.{key}", "must be a non-negative number")
+            res[key] = json_number(res[key], f"'resources.{key}'", 0, 1024**3, field=f"resources.{key}")
     for key in ("preemptible", "backend_parameters_strict"):
         if key in res and not isinstance(res[key], bool):
             raise _fail(f"resources.{key}", "must be true or false")
@@ -298,8 +296,9 @@ def _validate_resources(settings: Mapping[str, Any], raw: Any, warnings: list[st
                 warnings.append(f"Ignored unsupported backend parameter {key!r}")
                 continue
             kept[name] = value
-        if "time_limit" in kept and not (kept["time_limit"].isdigit() and int(kept["time_limit"]) > 0):
-            raise _fail("resources.backend_parameters.time_limit", "must be a whole number of seconds above 0")
+        if "time_limit" in kept:       # a string, as every backend parameter: "²" and "1e400" are not seconds
+            parse_int(kept["time_limit"], "'resources.backend_parameters.time_limit' (whole seconds)", 1, 10**9,
+                      field="resources.backend_parameters.time_limit")
         options = {k: v for k, v in kept.items() if k not in PARAMETERS}
         if checker is not None and options:
             problem = checker((settings.get("BACKENDS") or {}).get(backend) or {}, options)

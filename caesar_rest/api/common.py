@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app, request
 from sqlalchemy.orm import Session
 
-from .. import db
+from .. import db, numbers
 from ..apps import Registry
 from ..errors import BadRequest
 
@@ -54,6 +54,8 @@ def json_body(limit: int | None = None, limit_setting: str = "MAX_JSON_BYTES") -
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _Duplicate as exc:
         raise BadRequest(f"The JSON document repeats the field {exc.args[0]!r}", field=exc.args[0]) from None
+        # Numbers stay as parsed (1e400 is inf): each field's validator refuses what it cannot use, naming the
+        # field (caesar_rest.numbers.json_int / json_number).
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON") from None
 
@@ -75,17 +77,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def int_arg(name: str, default: int, low: int, high: int) -> int:
+def int_arg(name: str, default: int, low: int, high: int, key: str = "parameter") -> int:
+    """An integer query parameter (caesar_rest.numbers: ASCII digits, in range), or its default when absent.
+    key: what the error body calls the parameter's name (TES says "field")."""
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"Query parameter {name!r} must be an integer, not {raw!r}", parameter=name) from None
-    if not low <= value <= high:
-        raise BadRequest(f"Query parameter {name!r} must be between {low} and {high}", parameter=name)
-    return value
+    return numbers.parse_int(raw, f"Query parameter {name!r}", low, high, **{key: name})
 
 
 def check_active_limit(s: Session, owner: str) -> None:
