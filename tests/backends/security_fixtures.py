@@ -1,7 +1,9 @@
-"""The stack the container security tests attack: real Podman, a real worker on the container pool, a low pids
-limit (so a contained fork bomb is cheap on a 2-core machine) and an image allow-list."""
+"""Stacks the security tests attack. Containers: real Podman, a real worker on the container pool, a low pids limit
+(so a contained fork bomb is cheap on a 2-core machine) and an image allow-list. HTCondor: the personal pool and a
+worker that holds a secret in its environment."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from caesar_rest.db import dispose_all
 from ..support import Proc, embedded_settings, start_worker
 from ..support import write_apps as support_write_apps
 from .container_fixtures import APPS_IMAGE, BUSYBOX
+from .htcondor_fixtures import condor_options
+from .htcondor_fixtures import write_apps as condor_write_apps
 
 PIDS_LIMIT = 64
 ALLOWED = ["localhost/busybox:*", "localhost/caesar-apps:*"]
@@ -111,6 +115,26 @@ def secure_stack(tmp_path_factory, podman_socket, engine) -> Iterator[SecuritySt
                                                                       "pids_limit": PIDS_LIMIT}})
     app = create_app(settings)
     worker = start_worker(settings, ["container"], root / "worker.log", concurrency=2)
+    try:
+        yield SecurityStack(settings=settings, client=app.test_client(), worker=worker, root=root)
+    finally:
+        worker.stop()
+        dispose_all()
+
+
+# In the worker's environment as CAESAR_S3_SECRET_ACCESS_KEY (every setting reaches it as CAESAR_<NAME>).
+WORKER_SECRET = f"s3cret-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def condor_secret_stack(tmp_path_factory, condor_pool) -> Iterator[SecurityStack]:
+    """API (Flask test client) + a real worker on the condor pool (spool mode) whose environment holds a secret."""
+    root = tmp_path_factory.mktemp("condor-security")
+    settings = embedded_settings(root / "var", APPS_DIR=str(condor_write_apps(root / "apps")),
+                                 S3_SECRET_ACCESS_KEY=WORKER_SECRET, REMOTE_POLL_INTERVAL=0.5,
+                                 BACKENDS={"local": {}, "condor": condor_options(condor_pool)})
+    app = create_app(settings)
+    worker = start_worker(settings, ["condor"], root / "worker.log", concurrency=2)
     try:
         yield SecurityStack(settings=settings, client=app.test_client(), worker=worker, root=root)
     finally:

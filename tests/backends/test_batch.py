@@ -10,7 +10,7 @@ import time
 from caesar_rest.s3store import Checksums
 
 from ..support import API, client_status, upload, wait_state
-from .batch_fixtures import aws, batch_stack, aws_setup, moto_server  # noqa: F401  (fixtures)
+from .batch_fixtures import aws
 
 TIMEOUT = 180
 

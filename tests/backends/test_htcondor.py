@@ -14,7 +14,7 @@ from workers.backends.htcondor import condor_arguments, condor_environment
 
 from ..apps.fitsgen import default_sources, make_image
 from ..support import API, client_status, upload, wait_state
-from .htcondor_fixtures import CondorStack, condor_pool, condor_stack, htcondor_script, outage_pool  # noqa: F401
+from .htcondor_fixtures import CondorStack, htcondor_script
 
 # A condor job takes a few seconds to be matched and started; the machine may be busy with other tests.
 JOB_TIMEOUT = 180

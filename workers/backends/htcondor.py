@@ -12,7 +12,8 @@ Settings (BACKENDS["condor"]):
     accounting_group  fair-share group prefix (default "caesar"); each user is accounted as <prefix>.<owner>
     workdir_owner     "uid:gid" the job directory is given to before submit ("files" and "shared" modes), for
                       pools where the submitting identity maps to another account than the worker's
-    requirements      ClassAd requirements expression added to every job
+    requirements      ClassAd requirements expression added to every job (submit language: the operator's macros
+                      expand in it). A job's own `requirements` option is set on the job ad verbatim instead.
     environment       extra environment variables of every job
     disk_mb           scratch disk requested beyond the inputs' size (default 1024)
     submit            further submit commands merged last, e.g. {"periodic_hold": "...", "+ProjectName": '"x"'}
@@ -186,6 +187,7 @@ class HTCondorBackend:
     def submit(self, job: JobSpec) -> str:
         workdir = Path(job.workdir)
         description, arguments, environment = self._description(job, workdir)
+        wanted = self._job_requirements(job.options.get("requirements"))
         if self.workdir_owner and self.transfer != "spool":
             self._give_to_job_user(workdir, *self.workdir_owner)
         schedd, schedd_name = self._schedd(self.schedd_name)
@@ -201,6 +203,12 @@ class HTCondorBackend:
                 schedd.edit(job_id, "Arguments", ad_string(arguments))
                 schedd.edit(job_id, "Environment", ad_string(environment))
                 schedd.edit(job_id, "CaesarOwner", ad_string(job.owner))
+                if wanted is not None:
+                    # On the ad, never in the submit description: the submit language would expand $ENV(NAME)
+                    # and $(NAME) in it from this worker's environment and config, and a job that matches (or
+                    # not) would tell its owner their values. The submit-made clauses (arch, disk...) stay.
+                    made = result.clusterad().get("Requirements")
+                    schedd.edit(job_id, "Requirements", f"({wanted}) && ({made})" if made is not None else wanted)
                 if spool:
                     schedd.spool(result)        # uploads inputs/; the schedd then lets the job run
                 else:
@@ -285,11 +293,22 @@ class HTCondorBackend:
                 description["transfer_input_files"] = "inputs"
         if self.transfer != "spool":
             description["hold"] = "true"    # released once Arguments and Environment are set
-        requirements = [r for r in (self.requirements, job.options.get("requirements")) if r]
-        if requirements:
-            description["requirements"] = " && ".join(f"({r})" for r in requirements)
+        if self.requirements:
+            description["requirements"] = f"({self.requirements})"
         description.update(self.extra_submit)
         return description, condor_arguments(job.argv[1:]), condor_environment(env)
+
+    @staticmethod
+    def _job_requirements(expr: Any) -> str | None:
+        """A job's requirements as one parsed ClassAd expression (its canonical text), or None when it gives none."""
+        if expr is None:
+            return None
+        import classad2
+
+        try:
+            return str(classad2.ExprTree(str(expr)))
+        except Exception as exc:
+            raise BackendError(f"'requirements' is not a valid ClassAd expression: {expr!r}") from exc
 
     @staticmethod
     def _give_to_job_user(workdir: Path, uid: int, gid: int) -> None:
