@@ -173,11 +173,13 @@ def s3_server(tmp_path_factory):
 
 # ---- the service ------------------------------------------------------------------------------------------------
 def transfer_settings(files: Path, s3_endpoint: str, **extra: Any) -> dict[str, Any]:
-    """What an operator sets for the test's peers: file:// under <files>/<user>/, the peers' network allowed,
-    moto's test bucket open to everyone with keys of its own (the service has none here: they never serve TES
-    URLs anyway)."""
+    """What an operator sets for the test's peers: file:// under <files>/<user>/ (and <files>-shared/, read-only),
+    the peers' network allowed, moto's test bucket open to everyone with keys of its own (the service has none
+    here: they never serve TES URLs anyway)."""
     s3_keys = {"access_key_id": "testing", "secret_access_key": "testing"}
-    return {"TES_FILE_ROOTS": [{"path": str(files), "scope": "user"}],
+    shared = files.with_name(files.name + "-shared")         # a read-only directory every user may read
+    shared.mkdir(exist_ok=True)
+    return {"TES_FILE_ROOTS": [{"path": str(files), "scope": "user"}, {"path": str(shared), "scope": "shared"}],
             "EGRESS_ALLOWED_NETWORKS": [f"{PEER_HOST}/32"], "S3_ENDPOINT_URL": s3_endpoint,
             "TES_S3_BUCKETS": [{"bucket": BUCKET, "users": "*", "access": "readwrite", "credentials": s3_keys},
                                {"bucket": MISSING_BUCKET, "users": "*", "access": "write", "credentials": s3_keys}],

@@ -3,6 +3,9 @@ that fails is a SYSTEM_ERROR naming the URL and the reason, never a silent succe
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from .conftest import BUCKET, FTP_PASSWORD, FTP_USER, unique
 
@@ -145,3 +148,46 @@ def test_cancel_during_staging(tes, http_server):
     assert tes.call("POST", f"/tasks/{task_id}:cancel").status_code == 200
     task = tes.wait(task_id, timeout=20)
     assert task["state"] == "CANCELED" and task["logs"][0]["logs"] == []
+
+
+def test_file_roots_are_per_user_or_shared_read_only(tes_stack, tes, files):
+    """alice's root is <files>/alice/: bob's directory beside it is refused both ways; the shared root is read
+    by everyone and written by no one. Refused at submission, with nothing created."""
+    settings = tes_stack[1]
+    bobs = tes_stack[2] / "bob"
+    bobs.mkdir(exist_ok=True)
+    (bobs / "secret.txt").write_text("bob's\n")
+    shared = [r["path"] for r in settings["TES_FILE_ROOTS"] if r["scope"] == "shared"][0]
+    Path(shared, "reference.txt").write_text("shared\n")
+    cat = {"image": "alpine", "command": ["cat", "/data/x"]}
+    for body, field, why in (
+            ({"inputs": [{"url": f"file://{bobs}/secret.txt", "path": "/data/x"}], "executors": [cat]},
+             "inputs[0].url", f"your directory {tes_stack[2]}/alice/"),
+            ({"outputs": [{"url": f"file://{bobs}/secret.txt", "path": "/data/x"}], "executors": [cat]},
+             "outputs[0].url", "outside the directories"),
+            ({"outputs": [{"url": f"file://{shared}/reference.txt", "path": "/data/x"}], "executors": [cat]},
+             "outputs[0].url", "shared read-only")):
+        r = tes.call("POST", "/tasks", json=body)
+        assert r.status_code == 400 and r.json()["field"] == field and why in r.json()["message"], r.text
+    assert (bobs / "secret.txt").read_text() == "bob's\n"
+    task = tes.run({"inputs": [{"url": f"file://{shared}/reference.txt", "path": "/data/x"}], "executors": [cat]})
+    assert task["state"] == "COMPLETE" and task["logs"][0]["logs"][0]["stdout"] == "shared\n"
+
+
+def test_old_settings_shapes_stop_the_service_at_start(tmp_path):
+    """A plain TES_FILE_ROOTS path used to be shared read-write by all users: refused, saying so, not reread."""
+    from caesar_rest import create_app
+    from caesar_rest.tes_access import AccessConfigError
+
+    from ..support import embedded_settings
+
+    for bad, words in (({"TES_FILE_ROOTS": [str(tmp_path)]}, "no longer accepted"),
+                       ({"TES_FILE_ROOTS": [{"path": str(tmp_path)}]}, "scope"),
+                       ({"EGRESS_ALLOWED_NETWORKS": "10.0.0.0/8"}, "a list of networks"),
+                       ({"EGRESS_ALLOWED_NETWORKS": ["10.0.0.0/33"]}, "not a network"),
+                       ({"TES_S3_BUCKETS": [{"bucket": "caesar", "users": "*", "access": "all"}]}, "'access'"),
+                       ({"STORAGE": "s3", "S3_BUCKET": "caesar", "TES_S3_BUCKETS": [
+                           {"bucket": "caesar", "users": "*", "access": "read"}]}, "service's own storage"),
+                       ({"AUTH_USERS": {"alice": {"s3": {"access_key_id": "k"}}}}, "AUTH_USERS.alice.s3")):
+        with pytest.raises(AccessConfigError, match=words):
+            create_app(embedded_settings(tmp_path / "var", **bad))
