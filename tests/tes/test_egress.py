@@ -104,3 +104,41 @@ def test_a_name_that_resolves_to_loopback_is_a_system_error(hosts_stack, http_se
     task = hosts_stack.run(_fetch(base.replace(PEER_HOST, "peer.test") + "/by-name.txt"))
     assert task["state"] == "COMPLETE", _system_logs(task)
     assert task["logs"][0]["logs"][0]["stdout"] == "by name\n"
+
+
+def test_every_input_is_capped_and_no_fetch_waits_forever(tmp_path, http_server, ftp_server):
+    """The worker's transfers in this process (workers.transfer.Transfers) against the real peers: an input over
+    TES_MAX_INPUT_BYTES fails (an announced size at once, before its bytes are read; a directory counts all its
+    files), and a server that accepts and never answers fails after TES_TRANSFER_TIMEOUT."""
+    import socket
+    import time
+
+    from workers.transfer import TransferError, Transfers
+
+    base, root = http_server
+    ftp_host, ftp_root = ftp_server
+    (root / "big.bin").write_bytes(b"x" * 5000)
+    tree = unique("capped")
+    (ftp_root / tree).mkdir()
+    for name in ("a", "b", "c"):
+        (ftp_root / tree / name).write_bytes(b"y" * 400)          # 1,200 bytes in all
+    transfers = Transfers({"EGRESS_ALLOWED_NETWORKS": [f"{PEER_HOST}/32"], "TES_MAX_INPUT_BYTES": 1000,
+                           "TES_TRANSFER_TIMEOUT": 1}, "alice")
+    with pytest.raises(TransferError, match="larger than TES_MAX_INPUT_BYTES"):
+        transfers.download(f"{base}/big.bin", tmp_path / "big.bin", "FILE")
+    started = time.monotonic()
+    with pytest.raises(TransferError, match="larger than TES_MAX_INPUT_BYTES"):
+        transfers.download(f"{base}/slow/announced-a-megabyte", tmp_path / "slow.bin", "FILE")
+    assert time.monotonic() - started < 5                       # the trickle would take a minute
+    with pytest.raises(TransferError, match="larger than TES_MAX_INPUT_BYTES"):
+        transfers.download(f"ftp://{ftp_host}/{tree}", tmp_path / "tree", "DIRECTORY")
+    assert transfers.download(f"ftp://{ftp_host}/{tree}/a", tmp_path / "a", "FILE") == 400   # each input afresh
+
+    silent = socket.create_server((PEER_HOST, 0))                # accepts (the kernel does), never answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransferError, match="no answer in 1 s"):
+            transfers.download(f"http://{PEER_HOST}:{silent.getsockname()[1]}/x", tmp_path / "x", "FILE")
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
