@@ -34,7 +34,7 @@ from caesar_rest.tes_task import DIRECTORY, WILDCARD_RE, mount_points, norm
 from .backends import get_backend
 from .backends.base import QUEUED, BackendError, JobSpec, poll_in_slot
 from .backends.base import RUNNING as B_RUNNING
-from .tes_launcher import SETUP_FAILED, STATUS_PATH
+from .tes_launcher import SANDBOX_LAUNCHER, SANDBOX_PYTHON, SETUP_FAILED, STATUS_PATH
 from .transfer import TransferError, TransferStopped, Transfers
 
 log = logging.getLogger("caesar.tes")
@@ -232,13 +232,25 @@ class TaskRun:
         binds = [[str(self.host_path(m)), m, True] for m in self.mounts]
         for item in self.doc.get("inputs") or []:
             binds.append([str(self._inside(self.host_path(item["path"]))), norm(item["path"]), False])
-        binds += [[str(LAUNCHER), str(LAUNCHER), False], [str(status), STATUS_PATH, True]]
+        # The launcher and its interpreter at a place of their own: a task directory may cover their host paths
+        # (a Nextflow task mounts /work, an ancestor of a venv in /work/...).
+        base = os.path.realpath(sys.base_prefix)
+        python = os.path.realpath(sys.executable)
+        if not python.startswith(base + "/"):
+            raise BackendError(f"the worker's interpreter {python} is not under its prefix {base}")
+        binds += [[base, SANDBOX_PYTHON, False], [str(LAUNCHER), SANDBOX_LAUNCHER, False],
+                  [str(status), STATUS_PATH, True]]
         launch = {"argv": executor["command"], "workdir": executor.get("workdir"), "stdin": executor.get("stdin"),
                   "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": STATUS_PATH}
         env = {"PATH": HOST_PATH, "HOME": executor.get("workdir") or "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
                **env}
-        return JobSpec(argv=[sys.executable, "-I", str(LAUNCHER), "exec", json.dumps(launch)],
-                       image=executor["image"], env=env, **common,
+        if any(base == m or base.startswith(m.rstrip("/") + "/") for m in self.mounts):
+            # The interpreter finds its libpython by an absolute RUNPATH under a covered path: point the loader at
+            # the copy under SANDBOX_PYTHON for the launcher alone, and give the command its own value back.
+            launch["restore_env"] = {"LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH")}
+            env["LD_LIBRARY_PATH"] = f"{SANDBOX_PYTHON}/lib"
+        argv = [SANDBOX_PYTHON + python[len(base):], "-I", SANDBOX_LAUNCHER, "exec", json.dumps(launch)]
+        return JobSpec(argv=argv, image=executor["image"], env=env, **common,
                        options={"image_recorded": executor["image"],
                                 "host_task": {"binds": binds, "cwd": "/",
                                               "network": bool(self.settings.get("TES_HOST_NETWORK"))}})

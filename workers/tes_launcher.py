@@ -12,7 +12,10 @@ import os
 import sys
 
 SETUP_FAILED = 125          # the launcher's exit status when the executor could not be set up (docker's too)
-STATUS_PATH = "/.caesar-executor-status"      # where the sandbox binds the file the task runner reads the reason from
+# Where the sandbox binds this file, the interpreter running it, and the file the task runner reads a reason from.
+SANDBOX_LAUNCHER = "/.caesar/tes_launcher.py"
+SANDBOX_PYTHON = "/.caesar/python"
+STATUS_PATH = "/.caesar/executor-status"
 
 
 def _redirect(spec: dict) -> None:
@@ -36,8 +39,14 @@ def launch(spec: dict) -> int:
         print(f"caesar-rest TES: executor setup failed: {reason}", file=sys.stderr, flush=True)
         return SETUP_FAILED
     argv = spec["argv"]
+    env = dict(os.environ)
+    for name, value in (spec.get("restore_env") or {}).items():     # set for this launcher alone
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     try:
-        os.execvpe(argv[0], argv, dict(os.environ))
+        os.execvpe(argv[0], argv, env)
     except FileNotFoundError:
         print(f"{argv[0]}: command not found", file=sys.stderr, flush=True)
         return 127

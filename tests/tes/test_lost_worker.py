@@ -14,7 +14,8 @@ from ..support import job_processes
 
 
 def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
-    settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5)
+    settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5,
+                                 TES_HOST_RUNTIME=True)
     client = create_app(settings).test_client()
 
     def task(task_id):

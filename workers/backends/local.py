@@ -20,6 +20,7 @@ from ..sandbox import Bind, Sandbox, SandboxError, SandboxSpec, Started, hand_ov
 from .base import EXITED, LOST, RUNNING, BackendError, BackendNotConfigured, BackendStatus, JobSpec
 
 PR_SET_PDEATHSIG = 1
+JOB_DIR = "/job"            # where a sandboxed app job sees its own directory
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
@@ -191,18 +192,18 @@ class LocalBackend:
         return handle
 
     def _app_sandbox(self, job: JobSpec, workdir: Path) -> tuple[list[Bind], dict[str, str], str, bool]:
-        """An app job: its directory read-write, its staged inputs read-only, HOME a scratch directory under
-        tmp/ (removed before the job's end, so .cache/ and .config/ never reach the tarball)."""
-        home = workdir / "tmp" / "home"
-        home.mkdir(exist_ok=True)
+        """An app job: its directory read-write at JOB_DIR (not at its host path, whose parents would name ROOT,
+        the owner and the job), its staged inputs read-only, HOME a scratch directory under tmp/ (removed before
+        the job's end, so .cache/ and .config/ never reach the tarball). argv paths are relative to it."""
+        (workdir / "tmp" / "home").mkdir(exist_ok=True)
         bindir = os.path.dirname(sys.executable)   # the venv's console scripts (caesar-sfinder...) come first
-        env = {"PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-               "TMPDIR": str(workdir / "tmp"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))),
+        env = {"PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin", "HOME": f"{JOB_DIR}/tmp/home", "LANG": "C.UTF-8",
+               "TMPDIR": f"{JOB_DIR}/tmp", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))),
                **job.env, "CAESAR_JOB_ID": job.job_id}
-        binds = [Bind(str(workdir), str(workdir), True)]
+        binds = [Bind(str(workdir), JOB_DIR, True)]
         if (workdir / "inputs").is_dir():
-            binds.append(Bind(str(workdir / "inputs"), str(workdir / "inputs")))
-        return binds, env, str(workdir), bool(job.options.get("network"))
+            binds.append(Bind(str(workdir / "inputs"), f"{JOB_DIR}/inputs"))
+        return binds, env, JOB_DIR, bool(job.options.get("network"))
 
     def _submit_unsandboxed(self, job: JobSpec, workdir: Path) -> str:
         bindir = os.path.dirname(sys.executable)

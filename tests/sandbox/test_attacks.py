@@ -1,0 +1,102 @@
+"""Hostile jobs against real API and worker processes and real bubblewrap: each tries, as an app job on the local
+backend and as a TES host-runtime task, what issue 19 saw working, and must fail with the sandbox."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ..support import job_processes
+
+RUNS = ["app_job", "tes_task"]
+
+
+def _session_leaders(job_id: str) -> list[int]:
+    """The job's processes that lead a session of their own (setsid)."""
+    found = []
+    for pid in job_processes(job_id):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                session = int(fh.read().rsplit(")", 1)[1].split()[3])
+        except (OSError, IndexError, ValueError):
+            continue
+        if session == pid:
+            found.append(pid)
+    return found
+
+
+def _run(stack, how: str, action: str, target: str = "") -> dict:
+    if how == "app_job":
+        return stack.app_job(action, target)[0]
+    return stack.tes_task(action, target)
+
+
+@pytest.mark.parametrize("how", RUNS)
+@pytest.mark.parametrize("where", ["root", "home"])
+def test_a_host_file_outside_the_job_cannot_be_read(stack, bait, how, where):
+    out = _run(stack, how, "read", str(bait[where]))
+    assert "data" not in out and out["error"].startswith(("FileNotFoundError", "PermissionError")), out
+    assert bait["text"] not in str(out)
+
+
+@pytest.mark.parametrize("how", RUNS)
+def test_the_workers_secret_is_not_in_the_jobs_environment(stack, secret, how):
+    out = _run(stack, how, "env", secret)
+    assert out.get("ok") and out["found"] == [], out
+    # Its own pid namespace: the worker's processes are not there to read /proc/<pid>/environ from.
+    assert max(out["pids"]) < 100, out
+
+
+@pytest.mark.parametrize("how", RUNS)
+def test_root_cannot_be_listed(stack, how):
+    assert (stack.root / "caesar.db").exists()
+    out = _run(stack, how, "list", str(stack.root))
+    assert "names" not in out and out["error"].startswith("FileNotFoundError"), out
+    assert "caesar.db" not in str(_run(stack, how, "list", "/")), "the job's root shows only system directories"
+
+
+@pytest.mark.parametrize("how", RUNS)
+def test_a_service_on_the_hosts_loopback_cannot_be_reached(stack, listener, how):
+    before = listener.accepted
+    out = _run(stack, how, "connect", str(listener.port))
+    assert "data" not in out and out["error"].startswith(("ConnectionRefusedError", "OSError")), out
+    assert listener.accepted == before
+
+
+@pytest.mark.parametrize("how", RUNS)
+def test_a_fork_bomb_stays_inside_its_pids_limit(stack, pids_max, how):
+    # Bounded: at most 200 sleeping children even if no limit held, which this machine takes in its stride.
+    out = _run(stack, how, "fork", "200")
+    assert out.get("ok") and out["forked"] < pids_max and out["fork_error"], out
+    # The worker is fine and runs the next job.
+    assert _run(stack, how, "list", "/")["ok"]
+
+
+def test_home_is_scratch_and_stays_out_of_the_tarball(stack):
+    out, files = stack.app_job("home")
+    assert out["ok"] and out["home"].endswith("/tmp/home"), out
+    assert not [name for name in files if ".cache" in name or "left-behind" in name], sorted(files)
+
+
+@pytest.mark.parametrize("how", RUNS)
+def test_cancel_reaches_a_child_that_left_the_process_group(stack, how):
+    job_id = stack.submit(how, "escape")
+    deadline = time.time() + 30
+    while len(_session_leaders(job_id)) < 2:    # the one Popen started, and the probe's child after its setsid()
+        assert time.time() < deadline, job_processes(job_id)
+        time.sleep(0.1)
+    assert stack.cancel(how, job_id) == "CANCELED"
+    deadline = time.time() + 10
+    while job_processes(job_id) and time.time() < deadline:
+        time.sleep(0.1)
+    assert job_processes(job_id) == []
+
+
+def test_a_task_directory_over_the_interpreters_home_still_runs(stack):
+    """The launcher's interpreter is bound at a place of its own, so a volume may cover the worker's Python
+    (here its prefix's ancestor); the loader path it needs then is not left in the command's environment."""
+    import sys
+
+    top = "/" + sys.base_prefix.strip("/").split("/")[0]
+    out = stack.tes_task("env", "/.caesar/python", volumes=[top])
+    assert out.get("ok") and out["found"] == [], out
