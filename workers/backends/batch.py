@@ -48,9 +48,15 @@ class BatchBackend:
         job_s3_endpoint_url: the S3 endpoint as the containers see it (presigned URLs); default the same
         access_key_id, secret_access_key: default S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY, else boto3's chain
         default_memory_mb (2048), log_group ("/aws/batch/job"), queue_allowance (86400 s a job may wait
-        in the queue before its presigned URLs expire), settle_timeout (20 s to wait for a stopped job's logs)
+        in the queue: its manifest and input URLs expire then, its output URLs that long after its time limit),
+        settle_timeout (20 s to wait for a stopped job's logs)
     The container runs `python3 -c <batch_stager.py> <manifest URL> -- <argv>`: the image needs python3 (the
-    caesar-apps image has it) and network access to S3, no AWS credentials (every URL is presigned).
+    caesar-apps image has it) and network access to S3, no AWS credentials (every URL is presigned; the job
+    definition has no job role).
+    What one job may reach of another's is nothing: each job's objects live under a key prefix of 128 random bits
+    (nothing in it derives from the job id), its URLs name only its own objects and go only into its own command
+    and manifest, and the stager deletes the manifest and each input as soon as it has read them, so a leaked
+    manifest or input URL is dead once the job has started.
     The handle is "<Batch job id>|<S3 key prefix>".
     """
 
@@ -110,7 +116,9 @@ class BatchBackend:
         problem = images.refusal(self.settings, job.image)
         if problem:
             raise BackendError(problem)
-        key_prefix = f"{self.prefix}{job.job_id}-{secrets.token_hex(3)}/"
+        key_prefix = f"{self.prefix}{secrets.token_hex(16)}/"
+        # What the job reads is read when it starts; what it writes, at most its time limit later.
+        start_by = int(min(_MAX_PRESIGN, max(60.0, self.queue_allowance)))
         expiry = int(min(_MAX_PRESIGN, (job.time_limit_s or 86400) + self.queue_allowance))
         with self._errors("staging the inputs in S3"):
             inputs = []
@@ -121,12 +129,15 @@ class BatchBackend:
                 self.s3.upload_file(str(Path(job.workdir) / rel), self.bucket, key, ExtraArgs={
                     "Metadata": {"sha256": sums.sha256, "crc64nvme": sums.crc64nvme or ""}})
                 inputs.append({"path": rel, "sha256": sums.sha256, "size": sums.size,
-                               "url": self._presign("get_object", key, expiry)})
+                               "url": self._presign("get_object", key, start_by),
+                               "delete_url": self._presign("delete_object", key, start_by)})
+            manifest_key = f"{key_prefix}manifest.json"
             manifest = {"inputs": inputs, "env": {**job.env, "CAESAR_JOB_ID": job.job_id},
+                        "delete_url": self._presign("delete_object", manifest_key, start_by),
                         "outputs_url": self._presign("put_object", f"{key_prefix}outputs.tar.gz", expiry),
                         "result_url": self._presign("put_object", f"{key_prefix}result.json", expiry)}
-            self.s3.put_object(Bucket=self.bucket, Key=f"{key_prefix}manifest.json", Body=json.dumps(manifest).encode())
-            manifest_url = self._presign("get_object", f"{key_prefix}manifest.json", expiry)
+            self.s3.put_object(Bucket=self.bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
+            manifest_url = self._presign("get_object", manifest_key, start_by)
         handle_prefix = key_prefix
         try:
             definition = self._definition(job)

@@ -1,7 +1,8 @@
 """Runs inside an AWS Batch container (sent as `python3 -c <this file> MANIFEST_URL -- ARGV...`, stdlib only):
-downloads the inputs from presigned S3 URLs (sha256 checked), runs ARGV without a shell, uploads the job
-directory as a tar.gz plus a result record (exit status, sha256 of every output), exits with the app's status.
-The app's stdout and stderr go to the container's (CloudWatch); stderr is also kept as stderr.log."""
+reads its manifest and deletes it, downloads the inputs from presigned S3 URLs (sha256 checked; each deleted once
+read), runs ARGV without a shell, uploads the job directory as a tar.gz plus a result record (exit status, sha256
+of every output), exits with the app's status. The app's stdout and stderr go to the container's (CloudWatch);
+stderr is also kept as stderr.log."""
 import hashlib
 import json
 import os
@@ -22,9 +23,11 @@ def say(text):
     sys.stderr.flush()
 
 
-def request(url, data=None, size=None, attempts=4):
+def request(url, data=None, size=None, attempts=4, method=None):
     for attempt in range(attempts):
         try:
+            if method is not None:
+                return urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=120)
             if data is None:
                 return urllib.request.urlopen(url, timeout=120)
             if hasattr(data, "seek"):
@@ -58,7 +61,19 @@ def fetch_inputs(manifest):
                 out.write(block)
         if digest.hexdigest() != item["sha256"]:
             return "input file %s arrived with sha256 %s, expected %s" % (path, digest.hexdigest(), item["sha256"])
+        forget(item, "input file %s" % path)
     return None
+
+
+def forget(item, what):
+    """Delete a staged object once read: a URL to it that leaked is of no use after the job has started. Its
+    URL expires anyway, and the service removes the job's objects at its end: a failure here does not stop the job."""
+    if not item.get("delete_url"):
+        return
+    try:
+        request(item["delete_url"], method="DELETE", attempts=2).close()
+    except OSError as exc:
+        say("could not delete %s from S3 after reading it: %s" % (what, exc))
 
 
 def run(argv, env, stderr_path):
@@ -113,6 +128,7 @@ def main():
     manifest_url, argv = sys.argv[1], sys.argv[3:]
     with request(manifest_url) as answer:
         manifest = json.load(answer)
+    forget(manifest, "the manifest")
     problem = fetch_inputs(manifest)
     if problem:
         say(problem)
