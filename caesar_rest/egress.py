@@ -198,7 +198,7 @@ def http_request(rules: Rules, method: str, url: str, timeout: float, headers: M
 
     http_pool, https_pool = _pools()
     sent = {"User-Agent": USER_AGENT, **(headers or {})}
-    for _hop in range(max_redirects + 1):
+    for hop in range(max_redirects + 1):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -207,8 +207,13 @@ def http_request(rules: Rules, method: str, url: str, timeout: float, headers: M
         pool = pool_class(parts.hostname, parts.port, egress_rules=rules, timeout=Timeout(connect=timeout,
                           read=timeout), retries=False, maxsize=1, block=False)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        response = pool.urlopen(method, target, body=body, headers=sent, redirect=False, retries=False,
-                                preload_content=False, assert_same_host=False)
+        try:
+            response = pool.urlopen(method, target, body=body, headers=sent, redirect=False, retries=False,
+                                    preload_content=False, assert_same_host=False)
+        except EgressRefused as exc:
+            if hop:                                   # say where the redirect led, not only the address
+                exc.args = (f"redirected to {redact(url)}: {exc}",)
+            raise
         location = response.headers.get("Location")
         if response.status not in REDIRECTS or not location:
             return url, response

@@ -225,7 +225,7 @@ class Transfers:
 
     # ---- http(s):// -------------------------------------------------------------------------------------------
     def _http_in(self, url: str, dest: Path) -> int:
-        from urllib3.exceptions import HTTPError, TimeoutError as Urllib3Timeout
+        from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as Urllib3Timeout
 
         response = None
         try:
@@ -243,6 +243,8 @@ class Transfers:
             raise TransferError(url, f"refused by the egress rules: {exc}") from exc
         except egress.RedirectRefused as exc:
             raise TransferError(url, str(exc)) from exc
+        except NewConnectionError as exc:         # a subclass of urllib3's TimeoutError, but not a time-out
+            raise TransferError(url, f"cannot connect: {exc}") from exc
         except (Urllib3Timeout, socket.timeout, TimeoutError) as exc:
             raise TransferError(url, f"no answer in {self.timeout:g} s") from exc
         except HTTPError as exc:

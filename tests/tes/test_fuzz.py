@@ -21,7 +21,8 @@ from ..support import embedded_settings
 _ROOT = Path(tempfile.mkdtemp(prefix="caesar-tes-fuzz-"))
 atexit.register(shutil.rmtree, _ROOT, True)
 (_ROOT / "files").mkdir()
-fuzz_app = create_app(embedded_settings(_ROOT / "var", TES_FILE_ROOTS=[{"path": str(_ROOT / "files"), "scope": "user"}]))
+fuzz_app = create_app(embedded_settings(_ROOT / "var", TES_HOST_RUNTIME=True,
+                                        TES_FILE_ROOTS=[{"path": str(_ROOT / "files"), "scope": "user"}]))
 schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app,
                                         config=SchemathesisConfig.from_dict({"generation": {"mode": "all"}}))
 schema = schema.include(path_regex="^/ga4gh/tes/")
