@@ -206,15 +206,17 @@ def tes_stack(tmp_path_factory, s3_server):
     worker.stop()
 
 
-def start_worker_with_hosts(settings: dict[str, Any], hosts: Path, log: Path) -> Proc:
+def start_worker_with_hosts(settings: dict[str, Any], hosts: Path, log: Path,
+                            env: dict[str, str] | None = None) -> Proc:
     """A local-backend worker in a mount namespace of its own where /etc/hosts is the file hosts
-    (tests/tes/hosts_namespace.py; util-linux unshare, as root): its name lookups see the test's entries."""
+    (tests/tes/hosts_namespace.py; util-linux unshare, as root): its name lookups see the test's entries.
+    env: more environment for it (SSL_CERT_FILE, say)."""
     cmd = ["unshare", "--mount", "--propagation", "private", "--", sys.executable,
            str(Path(__file__).with_name("hosts_namespace.py")), str(hosts),
            sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-Q",
            settings.get("QUEUE_PREFIX", "") + "local", "--concurrency", "1", "--without-gossip", "--without-mingle",
            "--hostname", f"hosts-{os.urandom(3).hex()}@%h"]
-    proc = Proc(cmd, settings_env(settings), log)
+    proc = Proc(cmd, {**settings_env(settings), **(env or {})}, log)
     deadline = time.time() + 60
     while "ready." not in proc.log():
         if proc.popen.poll() is not None or time.time() > deadline:
@@ -222,6 +224,38 @@ def start_worker_with_hosts(settings: dict[str, Any], hosts: Path, log: Path) ->
             raise RuntimeError(f"worker with its own /etc/hosts did not start:\n{proc.log()}")
         time.sleep(0.2)
     return proc
+
+
+def tls_server(directory: Path, name: str) -> tuple[ThreadingHTTPServer, Path]:
+    """An HTTPS file server on PEER_HOST whose certificate names only `name` (self-signed with the cryptography
+    package); returns (server, the certificate file for SSL_CERT_FILE). The caller serves and shuts it down."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory.with_suffix(".crt"), directory.with_suffix(".key")
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ThreadingHTTPServer((PEER_HOST, 0), functools.partial(_QuietHandler, directory=str(directory)))
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server, cert_file
 
 
 class Tes:

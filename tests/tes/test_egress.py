@@ -4,12 +4,14 @@ listen. The internal service must never be asked for anything: by a literal addr
 redirect from an allowed server, or by a name that resolves to 127.0.0.1 (SYSTEM_ERROR naming URL and rule)."""
 from __future__ import annotations
 
+import threading
 from urllib.parse import quote
 
 import pytest
 
 from ..support import embedded_settings, start_api
-from .conftest import PEER_HOST, SECRET, TOKENS, USERS, Tes, start_worker_with_hosts, transfer_settings, unique
+from .conftest import (PEER_HOST, SECRET, TOKENS, USERS, Tes, start_worker_with_hosts, tls_server, transfer_settings,
+                       unique)
 
 
 def _system_logs(task) -> str:
@@ -67,32 +69,41 @@ def test_a_redirect_to_an_internal_address_or_another_scheme_is_a_system_error(t
 @pytest.fixture(scope="module")
 def hosts_stack(tmp_path_factory, s3_server):
     """API + a worker whose /etc/hosts (in its own mount namespace) says internal.test is 127.0.0.1 and
-    peer.test is 127.0.0.2: the answers a hostile DNS server could give for a name a user chose."""
+    peer.test is 127.0.0.2: the answers a hostile DNS server could give for a name a user chose. An HTTPS
+    server for peer.test (certificate for that name only, trusted by the worker through SSL_CERT_FILE) shows
+    the checked connection still verifies the name although it connects to the address. Yields (client, the
+    HTTPS server's directory and port)."""
     base = tmp_path_factory.mktemp("tes-hosts")
     (base / "files").mkdir()
+    (base / "tls").mkdir()
     hosts = base / "hosts"
     hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 internal.test\n{PEER_HOST} peer.test\n")
+    tls, cert = tls_server(base / "tls", "peer.test")
+    threading.Thread(target=tls.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     settings = embedded_settings(base / "var", AUTH_MODE="token", AUTH_USERS=USERS, TES_TRANSFER_TIMEOUT=10,
                                  TES_HOST_RUNTIME=True, **transfer_settings(base / "files", s3_server[0]))
-    worker = start_worker_with_hosts(settings, hosts, base / "worker.log")
+    worker = start_worker_with_hosts(settings, hosts, base / "worker.log", env={"SSL_CERT_FILE": str(cert)})
     try:
         api, url = start_api(settings, base / "api.log")
     except Exception:
         worker.stop()
         raise
-    yield Tes(url, TOKENS["alice"])
+    yield Tes(url, TOKENS["alice"]), (base / "tls", tls.server_address[1])
     api.stop()
     worker.stop()
+    tls.shutdown()
+    tls.server_close()
 
 
 def test_a_name_that_resolves_to_loopback_is_a_system_error(hosts_stack, http_server, secret_server):
     """Resolution happens in the worker process, started under `unshare --mount` with a bind-mounted test
     /etc/hosts (tests/tes/hosts_namespace.py): internal.test -> 127.0.0.1, peer.test -> 127.0.0.2. The API takes
     the URL (a name is not refused before it is resolved); the worker resolves it, refuses the address, names it."""
+    tes, (tls_dir, tls_port) = hosts_stack
     port, seen = secret_server
     before = len(seen)
     url = f"http://internal.test:{port}/secret"
-    task = hosts_stack.run(_fetch(url))
+    task = tes.run(_fetch(url))
     assert task["state"] == "SYSTEM_ERROR", task
     logs = _system_logs(task)
     assert url in logs and "internal.test resolves to 127.0.0.1" in logs and "loopback" in logs
@@ -101,9 +112,16 @@ def test_a_name_that_resolves_to_loopback_is_a_system_error(hosts_stack, http_se
 
     base, root = http_server                  # the same worker reaches a name that resolves where it may
     (root / "by-name.txt").write_text("by name\n")
-    task = hosts_stack.run(_fetch(base.replace(PEER_HOST, "peer.test") + "/by-name.txt"))
+    task = tes.run(_fetch(base.replace(PEER_HOST, "peer.test") + "/by-name.txt"))
     assert task["state"] == "COMPLETE", _system_logs(task)
     assert task["logs"][0]["logs"][0]["stdout"] == "by name\n"
+
+    (tls_dir / "tls.txt").write_text("verified\n")       # TLS checks the name on the pinned connection ...
+    task = tes.run(_fetch(f"https://peer.test:{tls_port}/tls.txt"))
+    assert task["state"] == "COMPLETE", _system_logs(task)
+    assert task["logs"][0]["logs"][0]["stdout"] == "verified\n"
+    task = tes.run(_fetch(f"https://{PEER_HOST}:{tls_port}/tls.txt"))      # ... so the bare address fails it
+    assert task["state"] == "SYSTEM_ERROR" and "CERTIFICATE_VERIFY_FAILED" in _system_logs(task)
 
 
 def test_every_input_is_capped_and_no_fetch_waits_forever(tmp_path, http_server, ftp_server):
