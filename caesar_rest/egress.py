@@ -191,7 +191,7 @@ class RedirectRefused(Exception):
 def http_request(rules: Rules, method: str, url: str, timeout: float, headers: Mapping[str, str] | None = None,
                  body: bytes | None = None, max_redirects: int = MAX_REDIRECTS) -> tuple[str, Any]:
     """Send one request, following redirects with every hop checked; returns (final URL, the urllib3 response,
-    its body not read: the caller streams it and must release_conn()). Raises EgressRefused for a refused
+    its body not read: the caller streams it and must close() it). Raises EgressRefused for a refused
     address, RedirectRefused for a refused redirect, urllib3's errors for the rest. No proxy is used: a proxy
     would connect on the service's behalf where the rules cannot see."""
     from urllib3 import Timeout
@@ -217,8 +217,7 @@ def http_request(rules: Rules, method: str, url: str, timeout: float, headers: M
         location = response.headers.get("Location")
         if response.status not in REDIRECTS or not location:
             return url, response
-        response.drain_conn()
-        response.release_conn()
+        response.close()                  # unread: a redirect's body could be endless
         pool.close()
         following = urljoin(url, location)
         new = urlsplit(following)

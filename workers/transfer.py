@@ -251,7 +251,7 @@ class Transfers:
             raise TransferError(url, f"cannot fetch: {exc}") from exc
         finally:
             if response is not None:
-                response.release_conn()
+                response.close()
 
     # ---- ftp:// ---------------------------------------------------------------------------------------------------
     @contextmanager
