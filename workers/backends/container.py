@@ -124,11 +124,13 @@ class ContainerBackend:
         workdir = Path(job.workdir)
         user = self._container_user(job.options.get("user"), workdir)
         tes = job.options.get("tes")
+        groups: list[str] = []
         if tes is None:
             self._prepare_workdir(workdir, user)
             binds = {str(workdir): {"bind": JOB_MOUNT, "mode": "rw"}}
             if (workdir / "inputs").is_dir():
                 binds[str(workdir / "inputs")] = {"bind": f"{JOB_MOUNT}/inputs", "mode": "ro"}
+                groups = _input_groups(workdir / "inputs", user)
             # HOME is the tmpfs /tmp (the root filesystem is read-only), never in the outputs; TMPDIR stays on the
             # job's disk for large scratch files, removed before the tarball is made.
             env = {"HOME": "/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
@@ -145,8 +147,8 @@ class ContainerBackend:
             limits: dict[str, Any] = {"nano_cpus": max(1, int(float(job.cpus) * 1e9))}
             if job.memory_mb:
                 limits["mem_limit"] = limits["memswap_limit"] = f"{int(job.memory_mb)}m"   # no swap beyond it
-            host_config = api.create_host_config(binds=binds, init=self.init or None, **limits,
-                                                 **self.hardening.host_config(job.options))
+            host_config = api.create_host_config(binds=binds, init=self.init or None, group_add=groups or None,
+                                                 **limits, **self.hardening.host_config(job.options))
             labels = {JOB_LABEL: job.job_id, "caesar.app": app, "caesar.owner": job.owner}
             create = dict(image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=working_dir,
                           user=user, environment=env, labels=labels, host_config=host_config, name=name,
@@ -369,6 +371,14 @@ def kernel_oom_killed(container_id: str) -> bool:
                 return True
     finally:
         os.close(fd)
+
+
+def _input_groups(inputs: Path, user: str) -> list[str]:
+    """Groups of the staged inputs (0440 hard links to the uploads) besides the container user's own: they are
+    read through their group, whichever it is (another backend's sandbox may have given them its own)."""
+    gid = user.partition(":")[2]
+    found = {str(path.stat().st_gid) for path in inputs.rglob("*") if path.is_file() and not path.is_symlink()}
+    return sorted(found - {gid})
 
 
 def _split_tag(image: str) -> tuple[str, str | None]:
