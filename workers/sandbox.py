@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -35,7 +36,8 @@ from .cgroups import Cgroups, CgroupError, JobGroups
 
 SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-APP_PACKAGES = ("caesar_apps",)         # the registered apps' code (console scripts caesar-sfinder...)
+APP_PACKAGES = ("caesar_apps",)
+log = logging.getLogger("caesar.sandbox")         # the registered apps' code (console scripts caesar-sfinder...)
 
 
 class SandboxError(Exception):
@@ -228,7 +230,9 @@ class Sandbox:
                 popen.wait()
                 raise SandboxError(f"bubblewrap could not set up the sandbox (exit status {popen.returncode})")
             try:
-                groups.attach(popen.pid, int(info["child-pid"]))
+                # The namespace's init only: every process of the job descends from it. (bwrap's outer process only
+                # waits; each move into a v1 group costs an RCU grace period, several ms on a busy VM.)
+                groups.attach(int(info["child-pid"]))
             except OSError:
                 popen.kill()
                 popen.wait()
@@ -243,9 +247,21 @@ class Sandbox:
         return Started(popen, groups)
 
     def release(self, started: Started) -> None:
-        """After the job's process ended: whatever is left in its group is killed, and the group goes."""
-        if started.groups is not None:
-            started.groups.remove()
+        """After the job's process ended: whatever is left in its group is killed now, and the group is removed
+        by a background thread (an emptied group goes once the kernel has let its last task go; the job's end
+        need not wait for that)."""
+        groups = started.groups
+        if groups is None:
+            return
+        groups.kill()
+        threading.Thread(target=_remove_quietly, args=(groups,), name="cgroup-remove", daemon=True).start()
+
+
+def _remove_quietly(groups: JobGroups) -> None:
+    try:
+        groups.remove(timeout=30)
+    except OSError:
+        log.warning("could not remove the job's control group %s", groups.dirs, exc_info=True)
 
 
 def _parents(paths: list[str]) -> list[str]:
