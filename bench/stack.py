@@ -161,6 +161,8 @@ class Stack:
         self.logs.mkdir()
         self.db_url = create_pg_database()
         extra: dict[str, Any] = {"APPS_DIR": str(APPS_DIR), "BACKENDS": {"local": {}},
+                                 # gunicorn/uWSGI refuse AUTH_MODE none unless told: the bench measures anonymous
+                                 "ALLOW_ANONYMOUS": True,
                                  # the reaper must not republish jobs the drain test queued on purpose
                                  "PENDING_REPUBLISH_AFTER": 3600.0}
         #: What differs from the defaults: passed to every process as CAESAR_* variables.

@@ -16,9 +16,11 @@ from . import logs  # noqa: E402
 logs.install_worker_hooks()   # the Celery workers import this package: each job's log lines carry the job id
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """The Flask app: settings in the fixed order (defaults, file, env, `config`), then blueprints."""
-    from . import auth, db, errors, tes_access
+def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = None) -> Flask:
+    """The Flask app: settings in the fixed order (defaults, file, env, `config`), then blueprints.
+    served_by: how others reach it ("served by uWSGI", "bound to 0.0.0.0"), when they can: there AUTH_MODE none
+    is refused unless ALLOW_ANONYMOUS says so (auth.check_exposure)."""
+    from . import auth, db, errors, guard, tes_access
     from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api
     from .api import tes as tes_api
     from .apps import Registry
@@ -27,6 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     settings = load_settings(config)
     auth.check_settings(settings)
+    auth.check_exposure(settings, served_by)
     tes_access.check_settings(settings)       # TES file roots, S3 access and egress settings: fail at start
     app = Flask(__name__)
     app.config.update(settings)
@@ -59,6 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(ops_api.blp)
     ops_api.init_app(app)
     tes_api.register(api, app)
+    guard.init_app(app)                     # Host, cross-site and CORS checks come before authentication
     app.before_request(auth.authenticate)
     app.teardown_request(files_api.discard_uploads)
     errors.register(app)

@@ -154,24 +154,62 @@ def authenticate() -> None:
         g.caesar_user = User(current_app.config["DEFAULT_USER"], admin=True)
         return
     path = request.path
-    if request.method == "OPTIONS" or path.startswith(PUBLIC_PREFIXES) or path.endswith(PUBLIC_SUFFIXES):
-        return
     header = request.headers.get("Authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    credentials = credentials.strip()
-    user: User | None = None
-    if mode == "basic" and scheme.lower() == "basic" and credentials:
-        user = _by_password(credentials)
-    elif mode == "token" and scheme.lower() == "bearer" and credentials:
-        user = _by_token(credentials)
-    elif mode == "oidc" and scheme.lower() == "bearer" and credentials:
-        user = _by_oidc(credentials)
+    if request.method == "OPTIONS" or path.startswith(PUBLIC_PREFIXES) or path.endswith(PUBLIC_SUFFIXES):
+        if header:      # anyone may read these; an admin's credentials show more (/health's error texts)
+            try:
+                user = _identify(mode, header)
+            except Unauthorized:
+                user = None
+            if user is not None:
+                g.caesar_user = user
+            else:
+                time.sleep(0.05)   # the same friction as below: a password guessed here shows as more detail
+        return
+    user = _identify(mode, header)
     if user is None:
         if header:
             time.sleep(0.05)   # a little friction against guessing
             raise Unauthorized("The credentials were not accepted")
         raise _challenge(mode)
     g.caesar_user = user
+
+
+def _identify(mode: str, header: str) -> User | None:
+    """The user an Authorization header names in this mode; None when it names none (an expired or foreign
+    OIDC token is an Unauthorized that says why)."""
+    scheme, _, credentials = header.partition(" ")
+    credentials = credentials.strip()
+    if mode == "basic" and scheme.lower() == "basic" and credentials:
+        return _by_password(credentials)
+    if mode == "token" and scheme.lower() == "bearer" and credentials:
+        return _by_token(credentials)
+    if mode == "oidc" and scheme.lower() == "bearer" and credentials:
+        return _by_oidc(credentials)
+    return None
+
+
+def is_authenticated_admin() -> bool:
+    """An admin who proved it: with AUTH_MODE none every caller is the anonymous admin, which does not count."""
+    user = g.get("caesar_user")
+    return current_app.config["AUTH_MODE"] != "none" and user is not None and user.admin
+
+
+def _setting_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"))
+
+
+def check_exposure(settings: dict[str, Any], served_by: str | None) -> None:
+    """Refuse to start an anonymous service where others can reach it: under uWSGI/gunicorn, or bound to an address
+    that is not loopback (served_by says which), AUTH_MODE none needs ALLOW_ANONYMOUS: true."""
+    from .errors import CaesarError
+
+    if served_by is None or settings.get("AUTH_MODE", "none") != "none" or _setting_true(settings.get("ALLOW_ANONYMOUS")):
+        return
+    raise CaesarError(
+        f"caesar-rest refuses to start: AUTH_MODE is none (every caller would be the admin user "
+        f"{settings.get('DEFAULT_USER', 'anonymous')!r}) and the API is {served_by}. Set AUTH_MODE to token, basic "
+        "or oidc (with AUTH_USERS or OIDC_*), or set ALLOW_ANONYMOUS: true to serve without authentication on purpose.")
 
 
 def check_settings(settings: dict[str, Any]) -> None:

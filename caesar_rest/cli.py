@@ -20,14 +20,54 @@ def _worker_cmd(settings: dict, queues: list[str], concurrency: int, beat: bool)
     return cmd
 
 
+def is_loopback(host: str) -> bool:
+    """host (an address or a name) reaches this machine only: every address it resolves to is loopback."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
 def serve(settings_overrides: dict, host: str, port: int) -> None:
-    """The API on a threaded WSGI server (use uWSGI or gunicorn in production)."""
+    """The API on a threaded WSGI server (use uWSGI or gunicorn in production). On loopback it is the
+    developer's own (anonymous allowed, and only loopback names accepted in Host, against DNS rebinding); on any
+    other address it serves others, and AUTH_MODE none is refused unless ALLOW_ANONYMOUS is true."""
     from werkzeug.serving import run_simple
 
     from . import create_app
+    from .guard import LOOPBACK_HOSTS
 
-    app = create_app(settings_overrides)
+    overrides = dict(settings_overrides)
+    loopback = is_loopback(host)
+    if loopback and load_settings(overrides).get("ALLOWED_HOSTS") is None:
+        overrides["ALLOWED_HOSTS"] = sorted({*LOOPBACK_HOSTS, host if ":" not in host else f"[{host.strip('[]')}]"})
+    app = create_app(overrides, served_by=None if loopback else f"bound to {host}, not a loopback address")
     run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+
+
+def new_token(user: str) -> int:
+    """A fresh API token for AUTH_MODE token: the token for the user, its sha256 for AUTH_USERS."""
+    import secrets
+
+    from .auth import hash_token
+
+    from .storage import USER_RE
+
+    if not USER_RE.match(user):
+        print(f"caesar-rest: {user!r} is not a valid user name", file=sys.stderr)
+        return 2
+    token = secrets.token_urlsafe(32)
+    print(f"token (give it to {user}; it is not stored): {token}")
+    print(f"settings.yml:\nAUTH_USERS:\n  {user}:\n    tokens_sha256: [{hash_token(token)}]")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,11 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, default=8080)
     sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     sub.add_parser("settings", help="print every setting with its value and meaning")
+    p_token = sub.add_parser("new-token", help="make an API token for AUTH_MODE token, and its AUTH_USERS entry")
+    p_token.add_argument("user")
     args = parser.parse_args(argv)
+    if args.command == "new-token":
+        return new_token(args.user)
     if args.command == "run":
         return run(args)
     if args.command == "serve":
-        serve({}, args.host, args.port)
+        from .errors import CaesarError
+        try:
+            serve({}, args.host, args.port)
+        except CaesarError as exc:      # a setting that cannot work (refusal to serve anonymously...): say it plainly
+            print(f"caesar-rest: {exc}", file=sys.stderr)
+            return 2
         return 0
     settings = load_settings()
     if args.command == "migrate":

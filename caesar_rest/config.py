@@ -82,6 +82,14 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "S3_PREFIX": ("caesar/data/", "Key prefix of uploaded files in S3_BUCKET (then <owner>/<uuid>.<format>)."),
     "S3_PART_BYTES": (8 * 1024 * 1024, "Multipart part size of S3 uploads (at least 5 MiB): the memory one upload holds."),
     "S3_PRESIGN_EXPIRY": (3600, "Seconds a presigned download URL (/download-id/<uuid>?presign=1) stays valid."),
+    # ---- requests from browsers and hostile clients, secure production defaults (issue 19)
+    "ALLOW_ANONYMOUS": (False, "Let AUTH_MODE none (every caller is the one admin user) serve under uWSGI/gunicorn or on "
+                               "a non-loopback address; without it the service refuses to start there."),
+    "ALLOWED_HOSTS": (None, "Names the Host header may give (400 otherwise: DNS rebinding); '.example.org' is the domain "
+                            "and its subdomains, '*' any. null: unchecked, but `caesar-rest serve/run` on loopback "
+                            "takes localhost, 127.0.0.1 and [::1] only."),
+    "TRUSTED_ORIGINS": ([], "Browser origins (scheme://host[:port]) besides the service's own that may send state-changing "
+                            "requests (others: 403) and get CORS answers; empty: no CORS."),
     # ---- TES transfers: egress rules and S3 access (issue 19)
     "EGRESS_ALLOWED_NETWORKS": ([], "Networks (CIDR) that transfers made for users (TES http/https/ftp) may reach although loopback, link-local, private, unique-local, multicast or otherwise not global; empty: public addresses only."),
     "TES_MAX_INPUT_BYTES": (16 * 1024**3, "Largest TES input (a DIRECTORY input: all its files) a worker fetches; the transfer fails above it. null: no cap."),

@@ -34,6 +34,10 @@ class InvalidOption(ApiError):
     code, error = 400, "invalid_option"
 
 
+class Forbidden(ApiError):
+    code, error = 403, "forbidden"
+
+
 class NotFound(ApiError):
     code, error = 404, "not_found"
 

@@ -125,12 +125,28 @@ COUNTERS = {
 }
 
 
+# Label values come from fixed sets, never from the request as sent: `curl -X FOOBAR` or a random path must
+# not create a new series (each one costs Prometheus memory for good, and this counter file a row).
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+UNMATCHED = "unmatched"      # the endpoint of a path no route matches (404, 405)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def endpoint_label(endpoint: str | None) -> str:
+    """Flask's endpoint name (one per route, fixed by the code), or 'unmatched'."""
+    return endpoint if endpoint and endpoint != "-" else UNMATCHED
+
+
 def count_request(settings: Mapping[str, Any], request_fields: Mapping[str, Any], response) -> None:
     """Close hook of every request (caesar_rest.logs): the counters for that request, in one transaction."""
     fields = request_fields
-    endpoint, status = fields.get("endpoint", "-"), int(fields["status"])
+    endpoint, status = endpoint_label(fields.get("endpoint")), int(fields["status"])
     items: list[tuple[str, Mapping[str, Any], float]] = [
-        ("caesar_http_requests_total", {"method": fields["method"], "endpoint": endpoint, "status": status}, 1),
+        ("caesar_http_requests_total", {"method": method_label(fields["method"]), "endpoint": endpoint,
+                                        "status": status}, 1),
         ("caesar_http_request_duration_seconds_total", {"endpoint": endpoint}, fields.get("duration_ms", 0) / 1000),
     ]
     if endpoint == "files.upload" and status == 200:

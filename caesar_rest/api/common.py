@@ -34,11 +34,14 @@ def session() -> Iterator[Session]:
 
 def json_body(limit: int | None = None, limit_setting: str = "MAX_JSON_BYTES") -> Any:
     """The request's JSON document, or a 400/413/415 that says what is wrong with it.
-    Strict: repeated fields and NaN/Infinity are refused; the size is capped before parsing."""
+    Strict: the Content-Type must say JSON (a missing one too is a 415: a web page can send a body without one,
+    or as text/plain, in a "simple" cross-site request that no CORS preflight stops, but never as JSON);
+    repeated fields and NaN/Infinity are refused; the size is capped before parsing."""
     mimetype = request.mimetype or ""
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
         from ..errors import UnsupportedFormat
-        raise UnsupportedFormat(f"Content-Type must be application/json, not {mimetype}")
+        raise UnsupportedFormat(f"Content-Type must be application/json, not {mimetype or 'missing'}",
+                                content_type=mimetype or None)
     if limit is None:
         limit = int(current_app.config.get(limit_setting) or 1024 * 1024)
     from ..errors import PayloadTooLarge
@@ -51,11 +54,11 @@ def json_body(limit: int | None = None, limit_setting: str = "MAX_JSON_BYTES") -
     if not raw:
         raise BadRequest("The request body is empty; send a JSON document with Content-Type: application/json")
     try:
+        # Numbers stay as parsed (1e400 is inf): each field's validator refuses what it cannot use, naming the
+        # field (caesar_rest.numbers.json_int / json_number).
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _Duplicate as exc:
         raise BadRequest(f"The JSON document repeats the field {exc.args[0]!r}", field=exc.args[0]) from None
-        # Numbers stay as parsed (1e400 is inf): each field's validator refuses what it cannot use, naming the
-        # field (caesar_rest.numbers.json_int / json_number).
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON") from None
 
