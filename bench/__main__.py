@@ -17,7 +17,7 @@ from .report import Figure, machine, table, write_json
 PHASES = ("overhead", "throughput", "drain", "upload", "download", "listing")
 #: What each phase must produce: the smoke test checks every key is present with a number.
 FIGURE_KEYS = {
-    "overhead": ("job_overhead_p50", "job_overhead_p95"),
+    "overhead": ("job_overhead_p50", "job_overhead_p95", "job_overhead_sandbox_p50"),
     "throughput": ("submit_throughput",),
     "drain": ("drain_rate", "drain_lost", "drain_run_twice"),
     "upload": ("upload_throughput", "upload_rss_growth", "upload_throughput_uwsgi", "upload_sha256_floor",
@@ -120,9 +120,16 @@ def _overhead(stack, base: str, args: argparse.Namespace) -> list[Figure]:
     bare = stack.spawn_bare_worker()
     try:
         stack.wait_ready(worker, bare)
-        return overhead.measure(stack, base, args.overhead_jobs, worker)
+        figures = overhead.measure(stack, base, args.overhead_jobs, worker)
     finally:
         stack.stop_worker(bare, worker)
+    # The same jobs on a pool without the sandbox (SANDBOX none): what the sandbox adds to a job.
+    plain = stack.spawn_worker(args.worker_concurrency, name=f"nosandbox{uuid.uuid4().hex[:6]}", extra={"SANDBOX": "none"})
+    try:
+        stack.wait_ready(plain)
+        return figures + [overhead.sandbox_cost(stack, base, args.overhead_jobs, figures[0])]
+    finally:
+        stack.stop_worker(plain)
 
 
 def main(argv: list[str] | None = None) -> int:

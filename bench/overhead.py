@@ -2,7 +2,8 @@
 trip of an empty task plus spawning `true`. The end is the commit of the job's terminal state, seen through
 PostgreSQL LISTEN/NOTIFY: a trigger (in the bench's own database) notifies when a job's state becomes
 terminal, and notifications are delivered at commit. Nothing polls, so the measurement takes no CPU from
-the two cores the service runs on (a 1 ms polling loop took a third of one)."""
+the two cores the service runs on (a 1 ms polling loop took a third of one). The same jobs on a pool with
+SANDBOX none give what the job sandbox (bubblewrap, workers/sandbox.py) adds per job."""
 from __future__ import annotations
 
 import json
@@ -132,3 +133,22 @@ def measure(stack, base: str, n: int, worker) -> list[Figure]:
         Figure("job_overhead_p95", "job overhead p95", p95 * 1000, "ms", baseline_p95 * 1000,
                "celery + spawn, p95", "(reported)", None),
     ]
+
+
+SANDBOX_BUDGET_MS = 5.0         # issue 19: the sandbox may add at most 5 ms p50
+
+
+def sandbox_cost(stack, base: str, n: int, sandboxed: Figure) -> Figure:
+    """The no-op job's p50 with the sandbox (sandboxed, measured first) against a pool with SANDBOX none."""
+    plain = job_round_trips(stack, base, n)
+    without_p50 = percentile(plain["total"], 50) * 1000
+    with_p50 = sandboxed.value
+    added = with_p50 - without_p50
+    success = plain["states"].get("SUCCESS", 0) == len(plain["total"])
+    details = {"with_sandbox_job_ms": sandboxed.details.get("job_ms"), "without_sandbox_job_ms": summary_ms(plain["total"]),
+               "without_sandbox_phases_ms_p50": {k: round(median(v) * 1000, 2) for k, v in plain["phases"].items() if v},
+               "added_ms_p50": round(added, 2), "end_states_without": plain["states"]}
+    return Figure("job_overhead_sandbox_p50", "job overhead p50 with the sandbox (baseline: SANDBOX none)", with_p50,
+                  "ms", without_p50, "same jobs, pool without the sandbox", f"adds ≤ {SANDBOX_BUDGET_MS:g} ms",
+                  bool(success and added <= SANDBOX_BUDGET_MS), notes=f"the sandbox adds {added:.2f} ms p50",
+                  details=details)

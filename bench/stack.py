@@ -195,11 +195,13 @@ class Stack:
         self.api.start()
         return f"http://127.0.0.1:{self.api.port}"
 
-    def spawn_worker(self, concurrency: int, name: str = "local", app: str = "workers", queue: str = "local") -> Proc:
-        """A Celery pool, not waited for (see wait_ready); its hostname is <name>@<host>, name it uniquely."""
+    def spawn_worker(self, concurrency: int, name: str = "local", app: str = "workers", queue: str = "local",
+                     extra: dict[str, Any] | None = None) -> Proc:
+        """A Celery pool, not waited for (see wait_ready); its hostname is <name>@<host>, name it uniquely.
+        extra: settings of this pool only (e.g. SANDBOX none for the without-sandbox baseline)."""
         cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO", "-Q", self.prefix + queue,
                "--concurrency", str(concurrency), "--without-gossip", "--without-mingle", "--hostname", f"{name}@%h"]
-        proc = Proc(cmd, settings_env(self.overrides), self.logs / f"worker-{name}.log")
+        proc = Proc(cmd, settings_env({**self.overrides, **(extra or {})}), self.logs / f"worker-{name}.log")
         self.workers.append(proc)
         return proc
 

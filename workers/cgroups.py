@@ -161,6 +161,18 @@ class Cgroups:
                                   "set SANDBOX_CGROUP to a delegated, empty group)") from None
         return cls(2, {"": parent})
 
+    def sweep(self) -> None:
+        """Remove the empty groups of workers that died before removing them (named <worker pid>.<thread>.<job>)."""
+        for parent in self.parents.values():
+            for directory in parent.iterdir():
+                owner = directory.name.split(".", 1)[0]
+                if not directory.is_dir() or not owner.isdigit() or Path(f"/proc/{owner}").exists():
+                    continue
+                try:
+                    directory.rmdir()           # refused (EBUSY) while a process is still in it
+                except OSError:
+                    pass
+
     def create(self, name: str, pids_max: int, memory_bytes: int | None) -> JobGroups:
         dirs = []
         try:

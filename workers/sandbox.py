@@ -158,6 +158,7 @@ class Sandbox:
             self.cgroups = Cgroups.detect(self.cgroup_setting)
         except CgroupError as exc:
             raise SandboxError(str(exc)) from None
+        self.cgroups.sweep()
         spec = SandboxSpec(argv=["true"], cwd="/", env={"PATH": SYSTEM_PATH})
         try:
             started = self.start(spec, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.PIPE, "check")
@@ -212,7 +213,7 @@ class Sandbox:
         if self.cgroups is None:
             self.check()
         assert self.cgroups is not None
-        groups = self.cgroups.create(f"{name}-{os.getpid()}-{threading.get_ident() % 100000}", spec.limits.pids,
+        groups = self.cgroups.create(f"{os.getpid()}.{threading.get_ident() % 100000}.{name}", spec.limits.pids,
                                      spec.limits.memory_mb * 1024 * 1024 if spec.limits.memory_mb else None)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()

@@ -220,3 +220,22 @@ def stack(tmp_path_factory, secret):
     yield Stack(url, Path(settings["ROOT"]))
     worker.stop()
     api.stop()
+
+
+@pytest.fixture
+def delegated_cgroup():
+    """A control group under the one root's sandboxes use, handed to nobody (what systemd's Delegate= does)."""
+    import shutil
+
+    from workers.cgroups import Cgroups
+
+    parent = next(iter(Cgroups.detect().parents.values()))
+    group = parent / f"delegated-{secrets.token_hex(4)}"
+    group.mkdir()
+    for path in (group, *group.iterdir()):
+        shutil.chown(path, "nobody", "nogroup")
+    yield group
+    for child in sorted(group.iterdir(), reverse=True):
+        if child.is_dir():
+            child.rmdir()
+    group.rmdir()

@@ -100,3 +100,52 @@ def test_a_task_directory_over_the_interpreters_home_still_runs(stack):
     top = "/" + sys.base_prefix.strip("/").split("/")[0]
     out = stack.tes_task("env", "/.caesar/python", volumes=[top])
     assert out.get("ok") and out["found"] == [], out
+
+
+NON_ROOT_PROBE = r"""
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from sbpkg import sandbox
+box = sandbox.Sandbox({"SANDBOX_CGROUP": sys.argv[2], "SANDBOX_PIDS_MAX": 16})
+try:
+    print("check:", box.check(), flush=True)
+except sandbox.SandboxError as exc:
+    print("refused:", exc)
+    sys.exit(0)
+spec = sandbox.SandboxSpec(argv=["/bin/sh", "-c", "id -u; i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done"],
+                           cwd="/", env={"PATH": "/usr/bin:/bin"}, limits=box.limits(None))
+started = box.start(spec, subprocess.DEVNULL, None, subprocess.STDOUT, "nonroot")
+started.popen.wait()
+box.release(started)
+"""
+
+
+def test_a_worker_that_is_not_root_needs_a_delegated_cgroup_and_runs_jobs_as_itself(delegated_cgroup):
+    """The sandbox module run by an unprivileged user (nobody, with Debian's python3: the venv's interpreter
+    lives under /root): bubblewrap in a user namespace of its own, the job keeps that uid, and the pids limit
+    needs a control group delegated to the user."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from ..support import REPO
+
+    scratch = tempfile.TemporaryDirectory(prefix="caesar-nonroot-")   # pytest's tmp_path is root's alone (0700)
+    tmp_path = Path(scratch.name)
+    package = tmp_path / "sbpkg"
+    package.mkdir()
+    for name in ("sandbox.py", "cgroups.py"):
+        shutil.copy(REPO / "workers" / name, package / name)
+    (package / "__init__.py").write_text("")
+    for path in (tmp_path, package, *package.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-I", "-c",
+                 NON_ROOT_PROBE, str(tmp_path)]
+    refused = subprocess.run(as_nobody + ["auto"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert refused.stdout.startswith("refused: no per-job pids limit is possible"), refused
+    done = subprocess.run(as_nobody + [str(delegated_cgroup)], capture_output=True, text=True, timeout=60, cwd="/")
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("check: jobs run in bubblewrap as the worker's uid 65534 in a user namespace"), done
+    assert lines[1] == "65534" and "Cannot fork" in done.stdout, done
+    scratch.cleanup()
