@@ -16,6 +16,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.exceptions import HTTPException
 
 from .errors import BadRequest
+from .numbers import parse_int
 
 READ_SIZE = 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
@@ -64,11 +65,15 @@ class LengthBound:
 def body_stream(environ: dict, fallback: Callable[[], BinaryIO]) -> BinaryIO:
     """The request body: LengthBound when Content-Length is given, else fallback() (werkzeug's stream,
     which handles chunked bodies)."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or "")
-    except ValueError:
+    raw = environ.get("CONTENT_LENGTH") or ""
+    if not raw or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return fallback()
-    return LengthBound(environ["wsgi.input"], length) if length >= 0 else fallback()
+    return LengthBound(environ["wsgi.input"], content_length(raw))
+
+
+def content_length(raw: str) -> int:
+    """A Content-Length header's value, strictly (caesar_rest.numbers): digits only, or a 400."""
+    return parse_int(raw.strip(" \t"), "The Content-Length header", 0, None)
 
 
 class _Reader:

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import current_app, jsonify, request, send_file
+from flask import jsonify, request, send_file
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
@@ -21,6 +21,7 @@ from .common import session, settings
 
 blp = Blueprint("files", __name__, description="Upload, list, download and delete data files")
 
+FRAMING_BYTES = 1024 * 1024             # room for what a multipart body holds besides its file
 SINKS_KEY = "caesar.upload_sinks"      # the sinks a request opened, discarded at teardown unless registered
 
 
@@ -65,6 +66,8 @@ def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
     second file) is the error, raised once the body has been read."""
     data_dir = storage.user_dir(cfg["DATA_DIR"], owner)
     limit = int(cfg["MAX_UPLOAD_BYTES"])
+    room = _quota_room(cfg, owner)          # None: no quota; else bytes the owner may still store
+    sink_limit = limit if room is None else min(limit, room)
     allowed = cfg.get("ALLOWED_FORMATS")
     sinks = request.environ.setdefault(SINKS_KEY, [])       # discarded by the teardown if the request fails
     chosen: list[tuple[str, str, Any]] = []
@@ -84,16 +87,24 @@ def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
         except ApiError as exc:
             refused.append(exc)
             return _Discard()
+        # The sink stops storing past sink_limit (the body is still read to its end, and the sink dropped after).
         if cfg.get("STORAGE") == "s3":
-            sink = s3store.S3UploadSink(s3store.store_for(cfg), owner, fmt, limit)
+            sink = s3store.S3UploadSink(s3store.store_for(cfg), owner, fmt, sink_limit)
         else:
-            sink = storage.UploadSink(data_dir, limit)
+            sink = storage.UploadSink(data_dir, sink_limit)
         sinks.append(sink)
         chosen.append((name, fmt, sink))
         return sink
 
-    if request.content_length is not None and request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
-        raise PayloadTooLarge(f"The file is larger than the {limit} bytes this server accepts")
+    # Refused before a byte of the body is read when its Content-Length already says it cannot fit: a body may
+    # hold FRAMING_BYTES besides the file (boundaries, headers, the tag); what is within that is decided as the
+    # file streams in (the sink stops storing at sink_limit).
+    length = request.content_length
+    if length is not None:
+        if length > limit + FRAMING_BYTES:
+            raise PayloadTooLarge(f"The file is larger than the {limit} bytes this server accepts")
+        if room is not None and length > room + FRAMING_BYTES:
+            raise _over_quota(cfg, owner, room)
     body = multipart.body_stream(request.environ, lambda: request.stream)
     form = multipart.parse(body, request.content_type or "", open_file)
     if refused:
@@ -108,6 +119,8 @@ def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
         raise BadRequest("No file in the request: send it in the multipart field 'file' (curl -F 'file=@name')",
                          field="file")
     name, fmt, sink = chosen[0]
+    if room is not None and sink.size > room:
+        raise _over_quota(cfg, owner, room)
     if sink.size > limit:
         raise PayloadTooLarge(f"The file is larger than the {limit} bytes this server accepts")
     if sink.size == 0 and sink.error is None:
@@ -115,10 +128,36 @@ def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
     return name, fmt, sink, form
 
 
+def _quota(cfg, owner: str) -> int | None:
+    quota = user_setting(owner, "max_stored_bytes", cfg.get("MAX_STORED_BYTES_PER_USER"))
+    return None if quota is None else int(quota)
+
+
+def _quota_room(cfg, owner: str) -> int | None:
+    """Bytes the owner may still store, before the upload is read (None: no quota). _register checks again under
+    the owner's lock, for uploads that ran at the same time."""
+    quota = _quota(cfg, owner)
+    if quota is None:
+        return None
+    with session() as s:
+        used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
+    room = quota - int(used)
+    if room <= 0:
+        raise _over_quota(cfg, owner, room)
+    return room
+
+
+def _over_quota(cfg, owner: str, room: int) -> InsufficientStorage:
+    quota = _quota(cfg, owner) or 0
+    used = quota - room
+    return InsufficientStorage(f"This upload would exceed your quota of {quota} bytes ({used} used, {max(room, 0)} "
+                               "free); delete files first", used_bytes=used, quota_bytes=quota)
+
+
 def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None) -> File:
     """Move the received file to its final place and insert its record, within the owner's quota; on any error
     the stored file is removed again (nothing half-registered)."""
-    quota = user_setting(owner, "max_stored_bytes", cfg.get("MAX_STORED_BYTES_PER_USER"))
+    quota = _quota(cfg, owner)
     if isinstance(sink, s3store.S3UploadSink):
         sink.commit()
         final, drop = sink.url, sink.discard

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import text
 
 from .. import __version__, metrics
+from ..auth import is_authenticated_admin
 from ..db import session_scope
 from . import docs
 from .common import celery, settings
@@ -24,6 +26,8 @@ _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="caesar-health")
 # so a stuck backend cannot fill the pool and starve the database and broker checks.
 _in_flight: dict[tuple[int, str], Future] = {}
 _in_flight_lock = threading.Lock()
+_last_error: dict[tuple[int, str], str | None] = {}
+log = logging.getLogger(__name__)
 
 
 def _database(cfg: Mapping[str, Any]) -> None:
@@ -133,11 +137,40 @@ def run_checks(cfg: Mapping[str, Any], app) -> tuple[str, dict[str, Any]]:
         result["required"] = name in required_backends
     for result in results.values():
         result["required"] = True
+    _log_changes(app, {**results, **{f"backend:{k}": v for k, v in backends.items()}})
     every = [*results.values(), *backends.values()]
     status = "ok"
     if any(r["status"] == "down" for r in every):
         status = "down" if any(r["status"] == "down" and r["required"] for r in every) else "degraded"
     return status, {**results, "backends": dict(sorted(backends.items()))}
+
+
+# What an anonymous caller sees of a check: error texts and details name internal hosts, URLs and paths, so they
+# go to the log (run_checks) and to authenticated admins only.
+PUBLIC_FIELDS = ("status", "latency_ms", "required")
+
+
+def _public(checks: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in checks.items():
+        if key == "backends":
+            out[key] = _public(value)
+        else:
+            out[key] = {k: v for k, v in value.items() if k in PUBLIC_FIELDS}
+    return out
+
+
+def _log_changes(app, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Log a check's error when it first appears or changes, and its recovery, not at every poll."""
+    for key, result in results.items():
+        error = result.get("error") if result.get("status") == "down" else None
+        previous = _last_error.get((id(app), key))
+        if error != previous:
+            _last_error[(id(app), key)] = error
+            if error:
+                log.warning("health: %s is down: %s", key, error)
+            elif previous:
+                log.info("health: %s is up again", key)
 
 
 HEALTH = {"type": "object", "required": ["status", "checks"], "properties": {
@@ -151,6 +184,8 @@ HEALTH = {"type": "object", "required": ["status", "checks"], "properties": {
                     "503": docs.json_response(HEALTH, "A required part is down"), **docs.ERRORS})
 def health():
     status, checks = run_checks(settings(), celery())
+    if not is_authenticated_admin():
+        checks = _public(checks)
     response = jsonify({"status": status, "checks": checks, "version": __version__})
     response.status_code = 503 if status == "down" else 200
     response.headers["Cache-Control"] = "no-store"
