@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .base import (EXITED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus, BackendUnavailable,
                    JobSpec)
-from .container_security import Hardening, check_image, check_user, refuse_job_options
+from .container_security import Hardening, check_image, check_user, input_groups, refuse_job_options
 
 try:
     import docker
@@ -135,7 +135,7 @@ class ContainerBackend:
             binds = {str(workdir): {"bind": JOB_MOUNT, "mode": "rw"}}
             if (workdir / "inputs").is_dir():
                 binds[str(workdir / "inputs")] = {"bind": f"{JOB_MOUNT}/inputs", "mode": "ro"}
-                groups = _input_groups(workdir / "inputs", user)
+                groups = input_groups(workdir / "inputs", user)
             # HOME is the tmpfs /tmp (the root filesystem is read-only), never in the outputs; TMPDIR stays on the
             # job's disk for large scratch files, removed before the tarball is made.
             env = {"HOME": "/tmp", "TMPDIR": f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
@@ -376,14 +376,6 @@ def kernel_oom_killed(container_id: str) -> bool:
                 return True
     finally:
         os.close(fd)
-
-
-def _input_groups(inputs: Path, user: str) -> list[str]:
-    """Groups of the staged inputs (0440 hard links to the uploads) besides the container user's own: they are
-    read through their group, whichever it is (another backend's sandbox may have given them its own)."""
-    gid = user.partition(":")[2]
-    found = {str(path.stat().st_gid) for path in inputs.rglob("*") if path.is_file() and not path.is_symlink()}
-    return sorted(found - {gid})
 
 
 def _split_tag(image: str) -> tuple[str, str | None]:

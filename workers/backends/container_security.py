@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from caesar_rest import images
@@ -42,6 +43,14 @@ def check_image(settings: Mapping[str, Any], image: str) -> None:
     problem = images.refusal(settings, image)
     if problem:
         raise BackendError(problem)
+
+
+def input_groups(inputs: Path, user: str) -> list[str]:
+    """Groups of the staged inputs (0440 hard links to the uploads) besides the container user's own: they are
+    read through their group, whichever it is (another backend's sandbox may have given them its own)."""
+    gid = user.partition(":")[2]
+    found = {str(path.stat().st_gid) for path in inputs.rglob("*") if path.is_file() and not path.is_symlink()}
+    return sorted(found - {gid})
 
 
 @dataclass(frozen=True)
