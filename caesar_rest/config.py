@@ -66,7 +66,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "TES_FILE_ROOTS": ([], "Directories for TES file:// URLs, each {path, scope}: scope user (a user reads and writes <path>/<user>/ only) or shared (read-only for all); plain paths are refused; empty: no file:// URLs."),
     "TES_TIME_LIMIT": (None, "Time limit (s) of a TES task's executors when its backend_parameters give no time_limit; null: DEFAULT_TIME_LIMIT."),
     "TES_MAX_CONTENT_BYTES": (1024 * 1024, "Largest inline 'content' of one TES input (the spec asks for at least 128 KiB)."),
-    "TES_MAX_TASK_BYTES": (16 * 1024 * 1024, "Largest TES task document accepted (413 above)."),
+    "TES_MAX_TASK_BYTES": (2 * 1024 * 1024, "Largest TES task document accepted (413 above): one inline content at its cap and the rest."),
     "TES_MAX_CPU_CORES": (64, "Largest cpu_cores a TES task may request."),
     "TES_PAGE_SIZE": (256, "Default page_size of the TES task list."),
     "TES_LOG_TAIL_BYTES": (64 * 1024, "Bytes of each TES executor's stdout and stderr kept for the FULL view (the tail)."),

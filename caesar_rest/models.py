@@ -86,6 +86,8 @@ class Job(Base):
     unreachable_since: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     elapsed: Mapped[float | None] = mapped_column(Float, nullable=True)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # TES request and logs, etc.
+    # A TES task's name, beside its document (extra["tes"]): ListTasks filters on it in SQL (migration 0004).
+    tes_name: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan")
     inputs: Mapped[list[JobInput]] = relationship(back_populates="job", cascade="all, delete-orphan")
@@ -123,3 +125,15 @@ class JobInput(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
 
     job: Mapped[Job] = relationship(back_populates="inputs")
+
+
+class TesTag(Base):
+    """One tag of a TES task (the document's "tags" object, a row per key): ListTasks' tag_key/tag_value filter
+    is an EXISTS on this table, so a listing never reads the task documents (migration 0004)."""
+
+    __tablename__ = "tes_tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Text)

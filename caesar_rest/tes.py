@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, case, false, func, select, true
 from sqlalchemy.orm import Session
 
 from . import storage
 from .errors import NotFound
 from .jobs import JOB_ID_RE
 from .models import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS,
-                     TERMINAL_STATES, TIMED_OUT, Job, JobEvent, utcnow)
+                     TERMINAL_STATES, TIMED_OUT, Job, JobEvent, TesTag, utcnow)
 from .paging import after_token, encode_token
 from .tes_task import runtime_backend, validate
 
@@ -29,22 +29,40 @@ VIEWS = ("MINIMAL", "BASIC", "FULL")
 TES_STATES = ("UNKNOWN", "QUEUED", "INITIALIZING", "RUNNING", "PAUSED", "COMPLETE", "EXECUTOR_ERROR",
               "SYSTEM_ERROR", "CANCELED", "PREEMPTED", "CANCELING")
 EXECUTOR, SYSTEM = "executor", "system"            # job.extra["tes_error"]
-# Which job states can show as a TES state (the exact state is decided per job by tes_state()).
-JOB_STATES_FOR = {"QUEUED": (PENDING,), "INITIALIZING": (STARTED,), "RUNNING": (RUNNING,),
-                  "CANCELING": ACTIVE_STATES, "COMPLETE": (SUCCESS,), "EXECUTOR_ERROR": (FAILURE, TIMED_OUT),
-                  "SYSTEM_ERROR": (FAILURE, ABORTED), "CANCELED": (CANCELED,)}
 
 
 # ---- states -------------------------------------------------------------------------------------------------
-def tes_state(job: Job) -> str:
-    """The job's state in TES terms. A time-out is an EXECUTOR_ERROR: the executor outran the task's limit."""
-    state = job.state
-    if state not in TERMINAL_STATES and job.cancel_requested:
+def state_of(state: str, cancel_requested: bool, failure_kind: str | None) -> str:
+    """A job's state in TES terms. A time-out is an EXECUTOR_ERROR: the executor outran the task's limit."""
+    if state not in TERMINAL_STATES and cancel_requested:
         return "CANCELING"
     if state == FAILURE:
-        return "EXECUTOR_ERROR" if (job.extra or {}).get("tes_error") == EXECUTOR else "SYSTEM_ERROR"
+        return "EXECUTOR_ERROR" if failure_kind == EXECUTOR else "SYSTEM_ERROR"
     return {PENDING: "QUEUED", STARTED: "INITIALIZING", RUNNING: "RUNNING", SUCCESS: "COMPLETE",
             CANCELED: "CANCELED", TIMED_OUT: "EXECUTOR_ERROR", ABORTED: "SYSTEM_ERROR"}.get(state, "UNKNOWN")
+
+
+def tes_state(job: Job) -> str:
+    return state_of(job.state, job.cancel_requested, (job.extra or {}).get("tes_error"))
+
+
+# extra["tes_error"] of a FAILURE, read by the database (CASE: only failed tasks' documents are opened).
+FAILURE_KIND = case((Job.state == FAILURE, Job.extra["tes_error"].as_string()), else_=None)
+
+
+def _state_filter(state: str) -> ColumnElement[bool]:
+    """The SQL condition for the jobs that tes_state() shows as `state`."""
+    def active(job_state: str) -> ColumnElement[bool]:
+        return (Job.state == job_state) & (Job.cancel_requested == false())
+
+    conditions: dict[str, ColumnElement[bool]] = {
+        "QUEUED": active(PENDING), "INITIALIZING": active(STARTED), "RUNNING": active(RUNNING),
+        "CANCELING": Job.state.in_(ACTIVE_STATES) & (Job.cancel_requested == true()),
+        "COMPLETE": Job.state == SUCCESS, "CANCELED": Job.state == CANCELED,
+        "EXECUTOR_ERROR": (Job.state == TIMED_OUT) | (FAILURE_KIND == EXECUTOR),
+        "SYSTEM_ERROR": (Job.state == ABORTED) | ((Job.state == FAILURE) & (func.coalesce(FAILURE_KIND, "") != EXECUTOR)),
+    }
+    return conditions.get(state, false())
 
 
 # ---- creation ---------------------------------------------------------------------------------------------------------
@@ -65,8 +83,9 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
               spec={"image": doc["executors"][0]["image"], "cpus": resources.get("cpu_cores") or 1,
                     "memory_mb": math.ceil(ram_gb * 1024) if ram_gb else None, "time_limit": time_limit,
                     "disk_gb": resources.get("disk_gb"), "backend_options": options, "env": {}, "outputs": []},
-              extra={"tes": doc, "tes_logs": {"system_logs": warnings}})
+              extra={"tes": doc, "tes_logs": {"system_logs": warnings}}, tes_name=doc.get("name"))
     session.add(job)
+    session.add_all(TesTag(job_id=job_id, key=k, value=v) for k, v in (doc.get("tags") or {}).items())
     session.add(JobEvent(job_id=job_id, state=PENDING, message="TES task submitted", at=now))
     return job
 
@@ -80,35 +99,33 @@ def get_task(session: Session, owner: str | None, task_id: str) -> Job:
 
 
 # ---- listing -----------------------------------------------------------------------------------------------------------
-def list_tasks(session: Session, owner: str | None, page_size: int, page_token: str | None,
-               name_prefix: str | None, state: str | None, tags: dict[str, str]) -> tuple[list[Job], str | None]:
-    """One page, newest first, and the token of the next page when there is one."""
-    query = select(Job).where(Job.kind == "tes")
+def list_tasks(session: Session, owner: str | None, view: str, page_size: int, page_token: str | None,
+               name_prefix: str | None, state: str | None, tags: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
+    """One page, newest first, rendered in `view`, and the token of the next page when there is one. Every filter
+    is SQL; MINIMAL reads ids and states only, never the task documents."""
+    if view == "MINIMAL":
+        query = select(Job.id, Job.submit_date, Job.state, Job.cancel_requested, FAILURE_KIND.label("failure_kind"))
+    else:
+        query = select(Job)
+    query = query.where(Job.kind == "tes")
     if owner is not None:
         query = query.where(Job.owner == owner)
     if state is not None:
-        query = query.where(Job.state.in_(JOB_STATES_FOR.get(state, ())))
-    query = after_token(query, page_token, key="field")
-
-    def wanted(job: Job) -> bool:
-        doc = (job.extra or {}).get("tes") or {}
-        if name_prefix and not str(doc.get("name") or "").startswith(name_prefix):
-            return False
-        if state is not None and tes_state(job) != state:
-            return False
-        have = doc.get("tags") or {}
-        return all(k in have and (not v or have[k] == v) for k, v in tags.items())
-
-    found: list[Job] = []
-    batch, offset = max(page_size + 1, 200), 0
-    while len(found) <= page_size:
-        rows = session.scalars(query.offset(offset).limit(batch)).all()
-        found.extend(j for j in rows if wanted(j))
-        if len(rows) < batch:
-            break
-        offset += batch
-    page = found[:page_size]
-    return page, encode_token(page[-1]) if len(found) > page_size else None
+        query = query.where(_state_filter(state))
+    if name_prefix:
+        # substr, not LIKE: exact and case-sensitive on SQLite and PostgreSQL alike, no wildcards to escape.
+        query = query.where(func.substr(Job.tes_name, 1, len(name_prefix)) == name_prefix)
+    for key, value in tags.items():
+        tagged = select(TesTag.id).where(TesTag.job_id == Job.id, TesTag.key == key)
+        query = query.where((tagged.where(TesTag.value == value) if value else tagged).exists())
+    query = after_token(query, page_token, key="field").limit(page_size + 1)
+    if view == "MINIMAL":
+        rows: list[Any] = session.execute(query).all()
+        tasks = [{"id": r.id, "state": state_of(r.state, r.cancel_requested, r.failure_kind)} for r in rows[:page_size]]
+    else:
+        rows = list(session.scalars(query).all())
+        tasks = [render(job, view) for job in rows[:page_size]]
+    return tasks, encode_token(rows[page_size - 1]) if len(rows) > page_size else None
 
 
 # ---- views -----------------------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def service_info():
 def create_task():
     cfg = settings()
     # Content inputs make big documents: TES has its own size limit.
-    body = json_body(int(cfg.get("TES_MAX_TASK_BYTES") or 16 * 1024 * 1024), "TES_MAX_TASK_BYTES")
+    body = json_body(int(cfg.get("TES_MAX_TASK_BYTES") or 2 * 1024 * 1024), "TES_MAX_TASK_BYTES")
     owner = current_owner()
     with session() as s:
         check_active_limit(s, owner)
@@ -126,9 +126,9 @@ def list_tasks():
         raise BadRequest("Each 'tag_value' needs a 'tag_key' before it", field="tag_value")
     tags = {k: (values[i] if i < len(values) else "") for i, k in enumerate(keys)}
     with session() as s:
-        page, token = service.list_tasks(s, owner_filter(), page_size, request.args.get("page_token") or None,
-                                         request.args.get("name_prefix") or None, state, tags)
-        answer = {"tasks": [service.render(job, view) for job in page]}
+        tasks, token = service.list_tasks(s, owner_filter(), view, page_size, request.args.get("page_token") or None,
+                                          request.args.get("name_prefix") or None, state, tags)
+    answer: dict[str, Any] = {"tasks": tasks}
     if token:
         answer["next_page_token"] = token
     return jsonify(answer)
