@@ -14,7 +14,9 @@ no capabilities; SANDBOX_USER cannot be honoured.
 
 Limits: RLIMIT_NOFILE, RLIMIT_FSIZE and (when the app declares memory) RLIMIT_AS by prlimit, a pids limit (and
 memory.max on cgroup v2) by a control group of the job's own (workers/cgroups.py). Its processes join the group
-before any of them forks: bwrap waits on --block-fd, after telling its child's pid on --info-fd.
+before any of them forks: bwrap waits on --block-fd, after telling its child's pid on --info-fd. A worker that is
+not root and has no control group to make children in uses RLIMIT_NPROC instead, set inside the job's own user
+namespace: since Linux 5.14 it counts per (user namespace, uid), so it bounds that one job.
 """
 from __future__ import annotations
 
@@ -125,7 +127,9 @@ class Sandbox:
         self.hidden = [p for p in (os.environ.get("CAESAR_CONFIG"),) if p and os.path.isfile(p)]
         self.cgroup_setting = settings.get("SANDBOX_CGROUP") or "auto"
         self.cgroups: Cgroups | None = None
+        self.nproc_limit = False        # no cgroup, not root: RLIMIT_NPROC in the job's own user namespace
         self._checked = False
+        self._detected = False          # the control groups (or RLIMIT_NPROC) chosen: a trial sandbox may start
         self._lock = threading.Lock()
 
     def limits(self, memory_mb: int | None) -> Limits:
@@ -141,10 +145,11 @@ class Sandbox:
             if not self._checked:
                 self._check()
                 self._checked = True
-        assert self.cgroups is not None
         who = f"uid {self.uid} gid {self.gid}" if self.privileged else \
             f"the worker's uid {self.uid} in a user namespace (the worker is not root: SANDBOX_USER is not used)"
-        return f"jobs run in bubblewrap as {who}, pids limit {self.pids_max} by {self.cgroups.description}"
+        how = "RLIMIT_NPROC in the job's user namespace" if self.nproc_limit or self.cgroups is None else \
+            self.cgroups.description
+        return f"jobs run in bubblewrap as {who}, pids limit {self.pids_max} by {how}"
 
     def _check(self) -> None:
         missing = [name for name, path in (("bwrap", self.bwrap), ("setpriv", self.setpriv),
@@ -156,9 +161,12 @@ class Sandbox:
             raise SandboxError("SANDBOX_USER is root: jobs must run as an unprivileged user")
         try:
             self.cgroups = Cgroups.detect(self.cgroup_setting)
+            self.cgroups.sweep()
         except CgroupError as exc:
-            raise SandboxError(str(exc)) from None
-        self.cgroups.sweep()
+            if self.privileged or self.cgroup_setting != "auto" or not _nproc_per_user_namespace():
+                raise SandboxError(str(exc)) from None
+            self.nproc_limit = True
+        self._detected = True
         spec = SandboxSpec(argv=["true"], cwd="/", env={"PATH": SYSTEM_PATH})
         try:
             started = self.start(spec, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.PIPE, "check")
@@ -206,15 +214,17 @@ class Sandbox:
         if self.privileged:
             out += [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        elif self.nproc_limit:
+            out += [self.prlimit, f"--nproc={limits.pids}:{limits.pids}", "--"]
         return out + list(spec.argv)
 
     def start(self, spec: SandboxSpec, stdin: Any, stdout: IO | int, stderr: IO | int, name: str) -> Started:
         """Start spec's command in a sandbox of its own; the Popen's pid is bwrap's, its process group the job's."""
-        if self.cgroups is None:
+        if not self._detected:
             self.check()
-        assert self.cgroups is not None
-        groups = self.cgroups.create(f"{os.getpid()}.{threading.get_ident() % 100000}.{name}", spec.limits.pids,
-                                     spec.limits.memory_mb * 1024 * 1024 if spec.limits.memory_mb else None)
+        groups = None if self.cgroups is None else \
+            self.cgroups.create(f"{os.getpid()}.{threading.get_ident() % 100000}.{name}", spec.limits.pids,
+                                spec.limits.memory_mb * 1024 * 1024 if spec.limits.memory_mb else None)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         try:
@@ -233,14 +243,16 @@ class Sandbox:
             try:
                 # The namespace's init only: every process of the job descends from it. (bwrap's outer process only
                 # waits; each move into a v1 group costs an RCU grace period, several ms on a busy VM.)
-                groups.attach(int(info["child-pid"]))
+                if groups is not None:
+                    groups.attach(int(info["child-pid"]))
             except OSError:
                 popen.kill()
                 popen.wait()
                 raise
             os.write(block_w, b"x")
         except BaseException:
-            groups.remove()
+            if groups is not None:
+                groups.remove()
             raise
         finally:
             os.close(info_r)
@@ -256,6 +268,12 @@ class Sandbox:
             return
         groups.kill()
         threading.Thread(target=_remove_quietly, args=(groups,), name="cgroup-remove", daemon=True).start()
+
+
+def _nproc_per_user_namespace() -> bool:
+    """RLIMIT_NPROC counts per user namespace since Linux 5.14 (ucounts)."""
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (5, 14)
 
 
 def _remove_quietly(groups: JobGroups) -> None:

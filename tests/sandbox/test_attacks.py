@@ -120,10 +120,10 @@ box.release(started)
 """
 
 
-def test_a_worker_that_is_not_root_needs_a_delegated_cgroup_and_runs_jobs_as_itself(delegated_cgroup):
+def test_a_worker_that_is_not_root_runs_jobs_as_itself_with_a_pids_limit_each(delegated_cgroup):
     """The sandbox module run by an unprivileged user (nobody, with Debian's python3: the venv's interpreter
-    lives under /root): bubblewrap in a user namespace of its own, the job keeps that uid, and the pids limit
-    needs a control group delegated to the user."""
+    lives under /root): bubblewrap in a user namespace of its own, the job keeps that uid, and its pids limit is
+    a control group delegated to the user or, without one, RLIMIT_NPROC inside the job's user namespace."""
     import shutil
     import subprocess
     import tempfile
@@ -142,10 +142,11 @@ def test_a_worker_that_is_not_root_needs_a_delegated_cgroup_and_runs_jobs_as_its
         path.chmod(0o755 if path.is_dir() else 0o644)
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-I", "-c",
                  NON_ROOT_PROBE, str(tmp_path)]
-    refused = subprocess.run(as_nobody + ["auto"], capture_output=True, text=True, timeout=60, cwd="/")
-    assert refused.stdout.startswith("refused: no per-job pids limit is possible"), refused
-    done = subprocess.run(as_nobody + [str(delegated_cgroup)], capture_output=True, text=True, timeout=60, cwd="/")
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("check: jobs run in bubblewrap as the worker's uid 65534 in a user namespace"), done
-    assert lines[1] == "65534" and "Cannot fork" in done.stdout, done
+    for setting, how in ((str(delegated_cgroup), f" at {delegated_cgroup}"),
+                         ("auto", "RLIMIT_NPROC in the job's user namespace")):
+        done = subprocess.run(as_nobody + [setting], capture_output=True, text=True, timeout=60, cwd="/")
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith("check: jobs run in bubblewrap as the worker's uid 65534 in a user namespace"), done
+        assert "pids limit 16 by " in lines[0] and lines[0].endswith(how), done
+        assert lines[1] == "65534" and "Cannot fork" in done.stdout, done
     scratch.cleanup()
