@@ -87,6 +87,10 @@ options:
   target: {{type: string, default: ""}}
 """
 
+# The same probe from an app whose operator lets it reach the network (network: true in its YAML).
+NET_PROBE_APP = PROBE_APP.replace("name: probe", "name: netprobe").replace("backends: [local]",
+                                                                           "backends: [local]\nnetwork: true")
+
 
 class Listener:
     """A TCP service on 127.0.0.1 only: answers "internal" and counts the connections it accepted."""
@@ -118,8 +122,9 @@ class Stack:
         self.base = base
         self.root = root
 
-    def app_job(self, action: str, target: str = "", timeout: float = 90) -> tuple[dict[str, Any], dict[str, Any]]:
-        r = requests.post(f"{self.base}{API}/job", json={"app": "probe", "job_inputs": {"action": action,
+    def app_job(self, action: str, target: str = "", timeout: float = 90,
+                app: str = "probe") -> tuple[dict[str, Any], dict[str, Any]]:
+        r = requests.post(f"{self.base}{API}/job", json={"app": app, "job_inputs": {"action": action,
                                                                                        "target": target}}, timeout=30)
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
@@ -208,7 +213,7 @@ def bait(tmp_path_factory, stack):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, secret):
     base = tmp_path_factory.mktemp("sandbox")
-    apps = write_apps(base / "apps", {"probe": PROBE_APP})
+    apps = write_apps(base / "apps", {"probe": PROBE_APP, "netprobe": NET_PROBE_APP})
     settings = embedded_settings(base / "var", APPS_DIR=str(apps), TES_HOST_RUNTIME=True,
                                  S3_SECRET_ACCESS_KEY=secret, SANDBOX_PIDS_MAX=PIDS_MAX)
     (base / "var").mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,13 @@ def test_a_service_on_the_hosts_loopback_cannot_be_reached(stack, listener, how)
     assert listener.accepted == before
 
 
+def test_an_app_the_operator_lets_onto_the_network_reaches_it(stack, listener):
+    """network: true in an app's YAML (the operator's choice) shares the host's network: the same probe connects."""
+    before = listener.accepted
+    out, _files = stack.app_job("connect", str(listener.port), app="netprobe")
+    assert out.get("data") == "internal" and listener.accepted == before + 1, out
+
+
 @pytest.mark.parametrize("how", RUNS)
 def test_a_fork_bomb_stays_inside_its_pids_limit(stack, pids_max, how):
     # Bounded: at most 200 sleeping children even if no limit held, which this machine takes in its stride.

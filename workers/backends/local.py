@@ -161,12 +161,16 @@ class LocalBackend:
         self.check_sandbox()
         if host_task:       # a TES executor: the task runner names its binds and environment
             binds = [Bind(*b) for b in host_task["binds"]]
-            env, cwd, network = {"OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}, \
-                host_task.get("cwd") or "/", \
-                bool(host_task.get("network"))
+            env = {"OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env, "CAESAR_JOB_ID": job.job_id}
+            cwd, network = host_task.get("cwd") or "/", bool(host_task.get("network"))
         else:
             binds, env, cwd, network = self._app_sandbox(job, workdir)
-            _check_command(job.argv[0], env["PATH"], workdir)
+            try:
+                _check_command(job.argv[0], env["PATH"], workdir)
+            except FileNotFoundError as exc:
+                raise BackendError(f"Command {job.argv[0]!r} not found on {self.host}") from exc
+            except PermissionError as exc:
+                raise BackendError(f"Command {job.argv[0]!r} is not executable on {self.host}") from exc
         handed = [Path(b.source) for b in binds if b.writable and Path(b.source).is_dir()] \
             if self.sandbox.privileged else []
         if self.sandbox.privileged:
