@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .base import (EXITED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus, BackendUnavailable,
                    JobSpec)
-from .container_security import Hardening, check_image, check_user, input_groups, refuse_job_options
+from .container_security import Hardening, check_user, checked_image, input_groups, refuse_job_options
 
 try:
     import docker
@@ -122,7 +122,7 @@ class ContainerBackend:
             raise BackendError(f"app {job.app!r} names no container image and the container backend has no default_image")
         if not job.argv:
             raise BackendError("empty command")
-        check_image(self.settings, image)
+        image = checked_image(self.settings, image)
         policy = job.options.get("image_pull") or self.image_pull
         if policy not in PULL_POLICIES:
             raise BackendError(f"image_pull {policy!r} is not one of {PULL_POLICIES}")

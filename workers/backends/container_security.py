@@ -38,11 +38,16 @@ def refuse_job_options(options: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_image(settings: Mapping[str, Any], image: str) -> None:
-    """The worker's own look at ALLOWED_IMAGES (the API refused such a job already, unless settings differ)."""
+def checked_image(settings: Mapping[str, Any], image: str) -> str:
+    """The image to ask the engine for. With ALLOWED_IMAGES set: checked again here (the API refused such a job
+    already, unless settings differ), and as the full reference that was matched, so that Podman's short-name
+    search (registries.conf) cannot fetch a same-named image from a registry the list does not allow."""
+    if images.patterns(settings) is None:
+        return image
     problem = images.refusal(settings, image)
     if problem:
         raise BackendError(problem)
+    return images.full_reference(image)
 
 
 def input_groups(inputs: Path, user: str) -> list[str]:
