@@ -73,7 +73,10 @@ def body_stream(environ: dict, fallback: Callable[[], BinaryIO]) -> BinaryIO:
 
 def content_length(raw: str) -> int:
     """A Content-Length header's value, strictly (caesar_rest.numbers): digits only, or a 400."""
-    return parse_int(raw.strip(" \t"), "The Content-Length header", 0, None)
+    text = raw.strip(" \t")
+    if text[:1] in ("+", "-"):           # RFC 9110: 1*DIGIT, no sign
+        raise BadRequest(f"The Content-Length header must be written in digits 0-9, not {raw!r}")
+    return parse_int(text, "The Content-Length header", 0, None)
 
 
 class _Reader:
