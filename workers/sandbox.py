@@ -124,7 +124,7 @@ class Sandbox:
         self.setpriv = shutil.which("setpriv", path=SYSTEM_PATH)
         self.prlimit = shutil.which("prlimit", path=SYSTEM_PATH)
         self.code = code_paths(list(settings.get("SANDBOX_READ_ONLY_PATHS") or []))
-        self.hidden = [p for p in (os.environ.get("CAESAR_CONFIG"),) if p and os.path.isfile(p)]
+        self.hidden = _service_config()
         self.cgroup_setting = settings.get("SANDBOX_CGROUP") or "auto"
         self.cgroups: Cgroups | None = None
         self.nproc_limit = False        # no cgroup, not root: RLIMIT_NPROC in the job's own user namespace
@@ -205,9 +205,9 @@ class Sandbox:
             out += ["--perms", "0755", "--dir", parent]
         for path in self.code:
             out += ["--ro-bind", path, path]
-        for path in self.hidden:
+        for path in self.hidden:           # the service's settings and env files, where jobs would see them
             if any(path.startswith(d + "/") for d in (*SYSTEM_DIRS, *self.code)):
-                out += ["--ro-bind", "/dev/null", path]
+                out += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
         for bind in spec.binds:
             out += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.dest]
         out += ["--chdir", spec.cwd, "--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
@@ -268,6 +268,19 @@ class Sandbox:
             return
         groups.kill()
         threading.Thread(target=_remove_quietly, args=(groups,), name="cgroup-remove", daemon=True).start()
+
+
+def _service_config() -> list[str]:
+    """What of the service's configuration lies in a directory jobs see (/etc): the directory of CAESAR_CONFIG
+    (the systemd units keep settings.yml and the env files with their secrets in /etc/caesar-rest), else the file."""
+    found = []
+    for path in (os.environ.get("CAESAR_CONFIG"), "/etc/caesar-rest"):
+        if not path or not os.path.exists(path):
+            continue
+        path = os.path.realpath(path)
+        parent = os.path.dirname(path)
+        found.append(parent if os.path.isfile(path) and parent not in SYSTEM_DIRS else path)
+    return sorted(set(found))
 
 
 def _nproc_per_user_namespace() -> bool:

@@ -211,11 +211,29 @@ def bait(tmp_path_factory, stack):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, secret):
+def service_config(secret):
+    """The service's settings file in /etc, as the systemd units keep it, with an env file of secrets beside it
+    (world-readable: only the sandbox keeps jobs from them)."""
+    import shutil
+
+    directory = Path("/etc") / f"caesar-sandbox-test-{secrets.token_hex(4)}"
+    directory.mkdir()
+    (directory / "settings.yml").write_text("LOG_LEVEL: INFO\n")
+    (directory / "caesar-rest.env").write_text(f"CAESAR_S3_SECRET_ACCESS_KEY={secret}\n")
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, secret, service_config):
     base = tmp_path_factory.mktemp("sandbox")
     apps = write_apps(base / "apps", {"probe": PROBE_APP, "netprobe": NET_PROBE_APP})
+    # CONFIG becomes CAESAR_CONFIG in the processes' environment (tests.support.settings_env).
     settings = embedded_settings(base / "var", APPS_DIR=str(apps), TES_HOST_RUNTIME=True,
-                                 S3_SECRET_ACCESS_KEY=secret, SANDBOX_PIDS_MAX=PIDS_MAX)
+                                 S3_SECRET_ACCESS_KEY=secret, SANDBOX_PIDS_MAX=PIDS_MAX,
+                                 CONFIG=str(service_config / "settings.yml"))
     (base / "var").mkdir(parents=True, exist_ok=True)
     api, url = start_api(settings, base / "api.log")
     worker = start_worker(settings, ["local"], base / "worker.log", concurrency=1)

@@ -40,6 +40,13 @@ def test_a_host_file_outside_the_job_cannot_be_read(stack, bait, how, where):
 
 
 @pytest.mark.parametrize("how", RUNS)
+def test_the_services_configuration_in_etc_cannot_be_read(stack, service_config, secret, how):
+    out = _run(stack, how, "read", str(service_config / "caesar-rest.env"))
+    assert "data" not in out and out["error"].startswith("FileNotFoundError"), out
+    assert secret not in str(out)
+
+
+@pytest.mark.parametrize("how", RUNS)
 def test_the_workers_secret_is_not_in_the_jobs_environment(stack, secret, how):
     out = _run(stack, how, "env", secret)
     assert out.get("ok") and out["found"] == [], out
