@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 import json
+import re
 from typing import Any
 
 from flask import current_app, request
@@ -56,11 +57,22 @@ def json_body(limit: int | None = None, limit_setting: str = "MAX_JSON_BYTES") -
     try:
         # Numbers stay as parsed (1e400 is inf): each field's validator refuses what it cannot use, naming the
         # field (caesar_rest.numbers.json_int / json_number).
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE.search(raw):
+            # "\ud800" alone is valid JSON but not text: PostgreSQL cannot store it (a 500 at the INSERT).
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        return doc
+    except UnicodeEncodeError:
+        raise BadRequest("The JSON document holds an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF), "
+                         "which is not text") from None
     except _Duplicate as exc:
         raise BadRequest(f"The JSON document repeats the field {exc.args[0]!r}", field=exc.args[0]) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON") from None
+
+
+# A \u escape in the surrogate range; a valid pair becomes one character when parsed, a lone one stays.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class _Duplicate(ValueError):

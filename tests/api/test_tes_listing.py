@@ -145,3 +145,19 @@ def test_states_are_filtered_and_shown_in_sql(tes_client):
     assert shown == {ids[name]: state for name, state in expected.items()}
     for state in ("EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELING", "QUEUED", "RUNNING"):
         assert sorted(_ids(client, f"state={state}")) == sorted(ids[n] for n, s in expected.items() if s == state)
+
+
+def test_a_lone_surrogate_is_a_400_not_a_database_error(tes_client):
+    """'\\ud800' alone is valid JSON but no text: a job's tag with one was a 500 at the INSERT on the old code (the
+    databases store text as UTF-8), and a TES name with one now has a column of its own."""
+    app, client = tes_client
+    job = client.post("/caesar/api/v1.0/job", content_type="application/json",
+                      data=b'{"app": "sleeper", "tag": "x\\udfff", "job_inputs": {"seconds": 1}}')
+    assert job.status_code == 400 and "surrogate" in job.get_json()["message"], job.get_data(as_text=True)
+    for raw in (b'{"name": "a\\ud800", "executors": [{"image": "a", "command": ["true"]}]}',
+                b'{"executors": [{"image": "a", "command": ["true"]}], "tags": {"k": "\\uDFFFx"}}'):
+        answer = client.post(f"{TES}/tasks", data=raw, content_type="application/json")
+        assert answer.status_code == 400 and "surrogate" in answer.get_json()["message"], answer.get_json()
+    paired = b'{"name": "\\ud83d\\ude00", "executors": [{"image": "a", "command": ["true"]}]}'
+    assert client.post(f"{TES}/tasks", data=paired, content_type="application/json").status_code == 200
+    assert _ids(client, "name_prefix=%F0%9F%98%80") != []
