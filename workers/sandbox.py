@@ -12,7 +12,8 @@ supplementary groups, no capabilities (bounding set emptied) and no new privileg
 A worker that is not root runs bubblewrap in a user namespace of its own: the job keeps the worker's uid and has
 no capabilities; SANDBOX_USER cannot be honoured.
 
-Limits: RLIMIT_NOFILE, RLIMIT_FSIZE and (when the app declares memory) RLIMIT_AS by prlimit, a pids limit (and
+Limits: RLIMIT_NOFILE, RLIMIT_FSIZE and (when the app declares memory) RLIMIT_AS, set with prlimit(2) on the
+namespace's init while bwrap holds it (no launcher exec()ed in front: each costs a millisecond), a pids limit (and
 memory.max on cgroup v2) by a control group of the job's own (workers/cgroups.py). Its processes join the group
 before any of them forks: bwrap waits on --block-fd, after telling its child's pid on --info-fd. A worker that is
 not root and has no control group to make children in uses RLIMIT_NPROC instead, set inside the job's own user
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 import sys
@@ -181,15 +183,10 @@ class Sandbox:
     # ---- one job ---------------------------------------------------------------------------------------------
     def argv(self, spec: SandboxSpec, info_fd: int, block_fd: int) -> list[str]:
         assert self.bwrap and self.setpriv and self.prlimit
-        out = [self.setpriv, "--pdeathsig", "KILL", "--"]         # the sandbox dies with the worker
         limits = spec.limits
-        rlimits = [f"--{name}={value}:{value}" for name, value in (
-            ("nofile", limits.open_files), ("fsize", limits.file_bytes),
-            ("as", limits.memory_mb * 1024 * 1024 if limits.memory_mb else None)) if value]
-        if rlimits:
-            out += [self.prlimit, *rlimits, "--"]
-        out += [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try"]
+        # --die-with-parent: both of bwrap's processes get SIGKILL when the worker dies (PR_SET_PDEATHSIG).
+        out = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+               "--unshare-cgroup-try"]
         if not spec.network:
             out.append("--unshare-net")
         if not self.privileged:
@@ -243,8 +240,11 @@ class Sandbox:
             try:
                 # The namespace's init only: every process of the job descends from it. (bwrap's outer process only
                 # waits; each move into a v1 group costs an RCU grace period, several ms on a busy VM.)
+                child = int(info["child-pid"])
+                for which, value in _rlimits(spec.limits):
+                    resource.prlimit(child, which, (value, value))
                 if groups is not None:
-                    groups.attach(int(info["child-pid"]))
+                    groups.attach(child)
             except OSError:
                 popen.kill()
                 popen.wait()
@@ -268,6 +268,12 @@ class Sandbox:
             return
         groups.kill()
         threading.Thread(target=_remove_quietly, args=(groups,), name="cgroup-remove", daemon=True).start()
+
+
+def _rlimits(limits: Limits) -> list[tuple[int, int]]:
+    return [(which, int(value)) for which, value in (
+        (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_FSIZE, limits.file_bytes),
+        (resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024 if limits.memory_mb else None)) if value]
 
 
 def _service_config() -> list[str]:
