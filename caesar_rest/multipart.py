@@ -66,7 +66,7 @@ def body_stream(environ: dict, fallback: Callable[[], BinaryIO]) -> BinaryIO:
     """The request body: LengthBound when Content-Length is given, else fallback() (werkzeug's stream,
     which handles chunked bodies)."""
     raw = environ.get("CONTENT_LENGTH") or ""
-    if not raw or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+    if not raw:         # a length wins over Transfer-Encoding: nginx de-chunks a body and passes both headers on
         return fallback()
     return LengthBound(environ["wsgi.input"], content_length(raw))
 

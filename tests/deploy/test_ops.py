@@ -2,6 +2,7 @@
 queue depth on each broker transport), request ids and JSON access lines, job ids on worker lines, X-Accel-Redirect."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -24,6 +25,10 @@ from caesar_rest.models import Job, utcnow
 from ..support import API, RABBIT, REDIS, embedded_settings, free_port
 
 FAKES = "tests.deploy.fake_backends"
+# /health shows error texts and details to authenticated admins only (anonymous callers get status and latency).
+ADMIN = {"AUTH_MODE": "token", "AUTH_USERS": {"ops": {"tokens_sha256": [hashlib.sha256(b"ops-token").hexdigest()],
+                                                      "admin": True}}}
+AS_ADMIN = {"Authorization": "Bearer ops-token"}
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
                     r'(-?[0-9.]+(e[+-]?[0-9]+)?|\+Inf|-Inf|NaN)$')
 
@@ -62,9 +67,9 @@ def test_health_reports_every_part_with_latency(client):
 
 
 def test_health_is_503_when_the_broker_is_unreachable(make_app):
-    app = make_app(BROKER_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    app = make_app(BROKER_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}//", **ADMIN)
     t0 = time.monotonic()
-    r = get(app.test_client(), "/health")
+    r = get(app.test_client(), "/health", headers=AS_ADMIN)
     assert time.monotonic() - t0 < 6
     body = r.get_json()
     assert r.status_code == 503 and body["status"] == "down"
@@ -75,8 +80,8 @@ def test_health_is_503_when_the_broker_is_unreachable(make_app):
 def test_backend_health_methods_are_called_when_present(make_app):
     backends = {"local": {}, "plain": {"class": f"{FAKES}:PlainBackend"}, "healthy": {"class": f"{FAKES}:HealthyBackend"},
                 "broken": {"class": f"{FAKES}:BrokenBackend"}, "hanging": {"class": f"{FAKES}:HangingBackend"}}
-    app = make_app(BACKENDS=backends, HEALTH_TIMEOUT=1)
-    r = get(app.test_client(), "/health")
+    app = make_app(BACKENDS=backends, HEALTH_TIMEOUT=1, **ADMIN)
+    r = get(app.test_client(), "/health", headers=AS_ADMIN)
     body = r.get_json()
     got = body["checks"]["backends"]
     # Only the default backend is required: the others going down degrade the service, they do not fail it.
@@ -89,7 +94,7 @@ def test_backend_health_methods_are_called_when_present(make_app):
     # Asked again while the stuck check still runs: reported down again, not started a second time.
     from .fake_backends import HangingBackend
 
-    again = get(app.test_client(), "/health").get_json()["checks"]["backends"]["hanging"]
+    again = get(app.test_client(), "/health", headers=AS_ADMIN).get_json()["checks"]["backends"]["hanging"]
     assert again["status"] == "down" and HangingBackend.calls == 1
     strict = make_app(BACKENDS=backends, HEALTH_TIMEOUT=1, HEALTH_REQUIRED_BACKENDS=["local", "broken"])
     r = get(strict.test_client(), "/health")
