@@ -134,14 +134,17 @@ class LocalBackend:
             raise BackendNotConfigured(str(exc)) from exc
 
     def health(self) -> None:
-        """Jobs can start here: the job directory is writable and has room, and the sandbox can be set up."""
+        """Jobs can start here: the job directory is writable and has room, and bubblewrap is installed. (The full
+        sandbox check, a trial sandbox, is the worker's at start: /health runs in API processes too.)"""
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(self.jobs_dir, os.W_OK):
             raise BackendError(f"{self.jobs_dir} is not writable")
         st = os.statvfs(self.jobs_dir)
         if st.f_bavail * st.f_frsize < 16 * 1024 * 1024:
             raise BackendError(f"{self.jobs_dir} has less than 16 MiB free")
-        self.check_sandbox()
+        if self.sandbox.enabled and self.sandbox.bwrap is None:
+            raise BackendError(f"bwrap (Debian package bubblewrap) is not installed on {self.host}: jobs cannot be "
+                               "sandboxed")
 
     def check_sandbox(self) -> str:
         """A description of the sandbox jobs get; BackendError saying why when it cannot be set up."""
