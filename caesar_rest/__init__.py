@@ -47,6 +47,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     logs.init_app(app)
     for sub in ("DATA_DIR", "JOBS_DIR"):
         Path(settings[sub]).mkdir(parents=True, exist_ok=True)
+    _close_to_others(Path(settings["DATA_DIR"]))
     from .storage import remove_stale_uploads
     remove_stale_uploads(settings["DATA_DIR"], float(settings["STALE_UPLOAD_AFTER"]))
     if settings.get("AUTO_MIGRATE", True):
@@ -67,3 +68,14 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     app.teardown_request(files_api.discard_uploads)
     errors.register(app)
     return app
+
+
+def _close_to_others(path: Path) -> None:
+    """DATA_DIR is the service's group's only (0750 at most): a job's sandbox user, or any other account on the
+    host, must not walk into the uploads, some of which carry an ACL entry for the sandbox group once staged."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+        if mode & 0o007:
+            path.chmod(mode & ~0o007)
+    except PermissionError:     # not ours to change: the operator set it up
+        pass

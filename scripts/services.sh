@@ -16,6 +16,7 @@ need_pkg() {
 need_pkg bwrap bubblewrap
 need_pkg setpriv util-linux
 need_pkg prlimit util-linux
+need_pkg setfacl acl        # staged uploads opened to the sandbox's group by an ACL entry, never a chgrp
 
 if ! listening 6379; then
   echo "services: starting Redis"

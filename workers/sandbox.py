@@ -125,6 +125,7 @@ class Sandbox:
         self.bwrap = shutil.which("bwrap", path=SYSTEM_PATH)
         self.setpriv = shutil.which("setpriv", path=SYSTEM_PATH)
         self.prlimit = shutil.which("prlimit", path=SYSTEM_PATH)
+        self.setfacl = shutil.which("setfacl", path=SYSTEM_PATH) or "setfacl"   # opens staged uploads to the job
         self.code = code_paths(list(settings.get("SANDBOX_READ_ONLY_PATHS") or []))
         self.hidden = _service_config()
         self.cgroup_setting = settings.get("SANDBOX_CGROUP") or "auto"
@@ -154,11 +155,13 @@ class Sandbox:
         return f"jobs run in bubblewrap as {who}, pids limit {self.pids_max} by {how}"
 
     def _check(self) -> None:
-        missing = [name for name, path in (("bwrap", self.bwrap), ("setpriv", self.setpriv),
-                                           ("prlimit", self.prlimit)) if path is None]
+        tools = [("bwrap", self.bwrap), ("setpriv", self.setpriv), ("prlimit", self.prlimit)]
+        if self.privileged:
+            tools.append(("setfacl", shutil.which("setfacl", path=SYSTEM_PATH)))
+        missing = [name for name, path in tools if path is None]
         if missing:
             raise SandboxError(f"{', '.join(missing)} not found in {SYSTEM_PATH} (Debian packages bubblewrap, "
-                               "util-linux); SANDBOX: none runs jobs unsandboxed (unsafe)")
+                               "util-linux, acl); SANDBOX: none runs jobs unsandboxed (unsafe)")
         if self.privileged and self.uid == 0:
             raise SandboxError("SANDBOX_USER is root: jobs must run as an unprivileged user")
         try:

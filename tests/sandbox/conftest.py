@@ -66,6 +66,8 @@ try:
             time.sleep(300)
             os._exit(0)
         time.sleep(300)
+    elif action == "readinput":       # a staged upload (a file option), read through its read-only bind
+        out["data"] = open(args["--input"]).read()
     elif action == "home":
         os.makedirs(os.path.expanduser("~/.cache"), exist_ok=True)
         open(os.path.expanduser("~/.cache/left-behind"), "w").write("x")
@@ -83,8 +85,9 @@ command: [python3, -I, -c, {json.dumps(PROBE)}]
 backends: [local]
 resources: {{cpus: 1, time_limit: 60}}
 options:
-  action: {{type: enum, allowed: [read, env, list, connect, fork, escape, home], required: true}}
+  action: {{type: enum, allowed: [read, env, list, connect, fork, escape, home, readinput], required: true}}
   target: {{type: string, default: ""}}
+  input: {{type: file}}
 """
 
 # The same probe from an app whose operator lets it reach the network (network: true in its YAML).
@@ -122,10 +125,11 @@ class Stack:
         self.base = base
         self.root = root
 
-    def app_job(self, action: str, target: str = "", timeout: float = 90,
-                app: str = "probe") -> tuple[dict[str, Any], dict[str, Any]]:
+    def app_job(self, action: str, target: str = "", timeout: float = 90, app: str = "probe",
+                **inputs: str) -> tuple[dict[str, Any], dict[str, Any]]:
         r = requests.post(f"{self.base}{API}/job", json={"app": app, "job_inputs": {"action": action,
-                                                                                       "target": target}}, timeout=30)
+                                                                                       "target": target, **inputs}},
+                          timeout=30)
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
         status = wait_state(lambda j: requests.get(f"{self.base}{API}/job/{j}/status", timeout=10).json(), job_id,

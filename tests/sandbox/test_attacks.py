@@ -2,11 +2,13 @@
 backend and as a TES host-runtime task, what issue 19 saw working, and must fail with the sandbox."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+import requests
 
-from ..support import job_processes
+from ..support import API, job_processes
 
 RUNS = ["app_job", "tes_task"]
 
@@ -84,6 +86,21 @@ def test_a_fork_bomb_stays_inside_its_pids_limit(stack, pids_max, how):
     assert out.get("ok") and out["forked"] < pids_max and out["fork_error"], out
     # The worker is fine and runs the next job.
     assert _run(stack, how, "list", "/")["ok"]
+
+
+def test_a_staged_upload_is_read_without_changing_the_upload(stack):
+    """The job (the sandbox user) reads its input, and the stored upload keeps its owner, group and mode: the
+    staged input is the same inode, so a chgrp there (as the sandbox first did) changed the group nginx and the
+    container backend read uploads through. The data directory stays closed to other accounts."""
+    r = requests.post(f"{stack.base}{API}/upload", files={"file": ("in.txt", b"staged bytes\n")}, timeout=30)
+    assert r.status_code == 200, r.text
+    stored = next((stack.root / "data").glob(f"*/{r.json()['uuid']}.*"))
+    before = os.stat(stored)
+    out, _files = stack.app_job("readinput", input=r.json()["uuid"])
+    assert out.get("data") == "staged bytes\n", out
+    after = os.stat(stored)
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+    assert not os.stat(stack.root / "data").st_mode & 0o007
 
 
 def test_home_is_scratch_and_stays_out_of_the_tarball(stack):

@@ -182,7 +182,7 @@ class LocalBackend:
                 if bind.writable:
                     hand_over(Path(bind.source), uid, gid, skip=(workdir / "inputs",))
             if not host_task:
-                _readable_inputs(workdir / "inputs", gid)
+                _readable_inputs(workdir / "inputs", gid, self.sandbox.setfacl)
         spec = SandboxSpec(argv=list(job.argv), cwd=cwd, env=env, binds=binds, network=network,
                            limits=self.sandbox.limits(job.memory_mb))
         with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
@@ -312,13 +312,18 @@ class LocalBackend:
             hand_over(path, os.geteuid(), os.getegid(), skip=(path / "inputs",))
 
 
-def _readable_inputs(inputs: Path, gid: int) -> None:
-    """Staged inputs are hard links to the uploads (mode 0440, the service's): the sandbox's group may read them."""
+def _readable_inputs(inputs: Path, gid: int, setfacl: str) -> None:
+    """Staged inputs are hard links to the uploads (mode 0440, the service's): an ACL entry lets the sandbox's
+    group read them. Not a chgrp: the link is the upload itself, whose group other readers keep using (nginx's
+    X-Accel-Redirect through the service's group, a container job reading the same upload meanwhile). The data
+    directory stays closed to the sandbox's group (0750), so the entry opens the file only where it is bound."""
     if not inputs.is_dir():
         return
-    for path in inputs.rglob("*"):
-        st = os.lstat(path)
-        if not os.path.islink(path) and not st.st_mode & 0o004 and st.st_gid != gid:
-            os.chown(path, -1, gid, follow_symlinks=False)
-            if not st.st_mode & 0o040:
-                os.chmod(path, st.st_mode | 0o040)
+    paths = [str(path) for path in inputs.rglob("*")
+             if not path.is_symlink() and path.is_file() and not os.lstat(path).st_mode & 0o004]
+    for i in range(0, len(paths), 200):
+        done = subprocess.run([setfacl, "-m", f"g:{gid}:r", "--", *paths[i:i + 200]], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise BackendError(f"the staged inputs could not be opened to the sandbox's group: "
+                               f"{done.stderr.strip() or 'setfacl exited ' + str(done.returncode)}")
