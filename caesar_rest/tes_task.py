@@ -38,8 +38,8 @@ RESOURCE_FIELDS = ("cpu_cores", "preemptible", "ram_gb", "disk_gb", "zones", "ba
 def host_runtime(settings: Mapping[str, Any]) -> bool:
     """Executors run as host processes (local backend) rather than containers."""
     value = settings.get("TES_HOST_RUNTIME")
-    if value is None:
-        return "container" not in (settings.get("BACKENDS") or {})
+    if value is None:           # off unless an operator enables it (it used to mean "when no container backend")
+        return False
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
@@ -48,8 +48,10 @@ def host_runtime(settings: Mapping[str, Any]) -> bool:
 def runtime_backend(settings: Mapping[str, Any]) -> str:
     name = "local" if host_runtime(settings) else "container"
     if name not in (settings.get("BACKENDS") or {}):
+        hint = "" if name == "local" else \
+            "; TES_HOST_RUNTIME: true runs executors as sandboxed host processes on the local backend instead"
         raise ServiceUnavailable(f"TES tasks run on the {name} backend here, and it is not enabled in BACKENDS "
-                                 f"({sorted(settings.get('BACKENDS') or {})})")
+                                 f"({sorted(settings.get('BACKENDS') or {})}){hint}")
     return name
 
 

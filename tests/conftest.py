@@ -11,7 +11,8 @@ from .support import create_pg_database, drop_pg_database, embedded_settings
 
 @pytest.fixture
 def settings(tmp_path):
-    return embedded_settings(tmp_path / "var")
+    # TES tasks validate and run here as host-runtime tasks (off by default in the service: an operator's choice).
+    return {**embedded_settings(tmp_path / "var"), "TES_HOST_RUNTIME": True}
 
 
 @pytest.fixture
