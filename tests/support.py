@@ -285,3 +285,12 @@ def run_watching_the_end(app, job_id: str, runner=None) -> tuple[str, dict[str, 
         event.remove(Session, "after_commit", after_commit)
     assert seen, f"job {job_id} never finished"
     return seen[0]
+
+
+def full_health(client) -> dict:
+    """The checks behind /health in full, as an authenticated admin sees them (anonymous callers, and everyone
+    under AUTH_MODE none, get each check's status only)."""
+    from caesar_rest.api.ops import run_checks
+
+    app = client.application
+    return run_checks(app.config, app.extensions["celery"])[1]

@@ -138,7 +138,7 @@ def test_api_killed_during_upload_registers_nothing(tmp_path):
     body_head = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.fits\"\r\n"
                  b"Content-Type: application/octet-stream\r\n\r\n")
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST " + API.encode() + b"/upload HTTP/1.1\r\nHost: x\r\n"
+    sock.sendall(b"POST " + API.encode() + b"/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000000\r\n\r\n" + body_head)
     for _ in range(40):
         sock.sendall(os.urandom(256 * 1024))

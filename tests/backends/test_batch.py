@@ -9,7 +9,7 @@ import time
 
 from caesar_rest.s3store import Checksums
 
-from ..support import API, client_status, upload, wait_state
+from ..support import API, client_status, full_health, upload, wait_state
 from .batch_fixtures import aws
 
 TIMEOUT = 180
@@ -33,15 +33,6 @@ def tarball(client, job_id: str) -> dict[str, bytes]:
 def batch_job(stack, job_id: str) -> dict:
     handle = stack.client.get(f"{API}/job/{job_id}/metadata").get_json()["handle"]
     return aws("batch", stack.setup.endpoint).describe_jobs(jobs=[handle.split("|")[0]])["jobs"][0]
-
-
-def full_health(client) -> dict:
-    """The checks behind /health in full, as an authenticated admin sees them (anonymous callers, and everyone
-    under AUTH_MODE none, get each check's status only)."""
-    from caesar_rest.api.ops import run_checks
-
-    app = client.application
-    return run_checks(app.config, app.extensions["celery"])[1]
 
 
 def test_job_reads_uploaded_input_from_s3_and_output_lands_in_tarball(batch_stack):

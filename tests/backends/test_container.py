@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from ..apps.fitsgen import make_image
-from ..support import API, TERMINAL, client_status, upload, wait_state
+from ..support import API, TERMINAL, client_status, full_health, upload, wait_state
 from .container_fixtures import (MISSING_IMAGE, ContainerStack, engine, make_stack, podman_socket,  # noqa: F401
                                  stack)
 
@@ -55,15 +55,6 @@ def tarball(stack: ContainerStack, job_id: str) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
         return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()
                 if m.isfile() and "/" in m.name}
-
-
-def full_health(client) -> dict:
-    """The checks behind /health in full, as an authenticated admin sees them (anonymous callers, and everyone
-    under AUTH_MODE none, get each check's status only)."""
-    from caesar_rest.api.ops import run_checks
-
-    app = client.application
-    return run_checks(app.config, app.extensions["celery"])[1]
 
 
 def our_containers(engine, job_ids) -> list[dict]:

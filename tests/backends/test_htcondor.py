@@ -13,7 +13,7 @@ from workers.backends.base import LOST
 from workers.backends.htcondor import condor_arguments, condor_environment
 
 from ..apps.fitsgen import default_sources, make_image
-from ..support import API, client_status, upload, wait_state
+from ..support import API, client_status, full_health, upload, wait_state
 from .htcondor_fixtures import CondorStack, htcondor_script
 
 # A condor job takes a few seconds to be matched and started; the machine may be busy with other tests.
@@ -58,15 +58,6 @@ def in_pool(stack: CondorStack, job_id: str, backend: str = "condor") -> tuple[l
 
 def logs(stack: CondorStack, job_id: str) -> str:
     return stack.client.get(f"{API}/job/{job_id}/logs").get_data(as_text=True)
-
-
-def full_health(client) -> dict:
-    """The checks behind /health in full, as an authenticated admin sees them (anonymous callers, and everyone
-    under AUTH_MODE none, get each check's status only)."""
-    from caesar_rest.api.ops import run_checks
-
-    app = client.application
-    return run_checks(app.config, app.extensions["celery"])[1]
 
 
 # ---- the submit language, without a pool ---------------------------------------------------------------------
