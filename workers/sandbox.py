@@ -21,7 +21,6 @@ namespace: since Linux 5.14 it counts per (user namespace, uid), so it bounds th
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -95,17 +94,31 @@ def _user(value: Any) -> tuple[int, int]:
 def code_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Read-only directories a job needs beyond the system's: the interpreter's prefix, the virtual environment
     and the apps' package (an editable install keeps it in the project directory, which is not shown whole)."""
-    paths = [sys.base_prefix, sys.prefix]
-    for name in APP_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            paths.append(location)
+    paths = [sys.base_prefix, sys.prefix, *_package_locations(APP_PACKAGES)]
     paths.extend(extra)
     seen: list[str] = []
     for path in (os.path.realpath(p) for p in paths):
         if os.path.exists(path) and not any(path == s or path.startswith(s + "/") for s in seen):
             seen = [s for s in seen if not s.startswith(path + "/")] + [path]
     return seen
+
+
+def _package_locations(names: tuple[str, ...]) -> list[str]:
+    """Where the venv's interpreter, isolated (-I: no working directory, no PYTHON* variables) as the apps' console
+    scripts run it, finds the apps' packages. Not this process's own find_spec: a worker started in another
+    checkout would find that checkout's copy on its sys.path and bind the wrong directory."""
+    probe = ("import importlib.util, json, sys\n"
+             "out = []\n"
+             "for name in sys.argv[1:]:\n"
+             "    spec = importlib.util.find_spec(name)\n"
+             "    out += list(spec.submodule_search_locations or []) if spec else []\n"
+             "print(json.dumps(out))")
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", probe, *names], capture_output=True, text=True,
+                              timeout=30, check=True, cwd="/")
+        return [str(p) for p in json.loads(done.stdout)]
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SandboxError(f"could not find the apps' code ({', '.join(names)}) for the sandbox: {exc}") from exc
 
 
 class Sandbox:
