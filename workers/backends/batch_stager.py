@@ -134,8 +134,9 @@ def main():
         say(problem)
         put_json(manifest["result_url"], {"error": problem})
         return STAGE_FAILED
-    os.makedirs("tmp", exist_ok=True)
-    env = dict(os.environ, HOME=os.getcwd(), TMPDIR=os.path.join(os.getcwd(), "tmp"), **manifest.get("env", {}))
+    os.makedirs(os.path.join("tmp", "home"), exist_ok=True)     # HOME in tmp/, which pack() leaves out
+    env = dict(os.environ, HOME=os.path.join(os.getcwd(), "tmp", "home"), TMPDIR=os.path.join(os.getcwd(), "tmp"),
+               **manifest.get("env", {}))
     stderr_path = "/tmp/caesar-stderr.log"
     rc = run(argv, env, stderr_path)
     tar_path = "/tmp/caesar-outputs.tar.gz"

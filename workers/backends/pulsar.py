@@ -221,14 +221,15 @@ class PulsarBackend:
             job_dir, metadata_dir = layout["job_directory"], layout["metadata_directory"]
         except KeyError as exc:
             raise BackendError(f"Pulsar server {server} set the job up without a {exc} in its answer") from exc
-        env = {"HOME": working, "TMPDIR": f"{job_dir}/tmp", "LANG": "C.UTF-8",
+        # HOME is scratch beside TMPDIR, outside the working directory: .cache/ and .config/ stay out of the outputs.
+        env = {"HOME": f"{job_dir}/tmp/home", "TMPDIR": f"{job_dir}/tmp", "LANG": "C.UTF-8",
                "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **job.env,
                "CAESAR_JOB_ID": job.job_id}
         bad = [name for name in env if not _ENV_NAME.match(name)]
         if bad:
             raise BackendError(f"invalid environment variable name {bad[0]!r}")
         q = shlex.quote
-        steps = [f"cd {q(working)}", f"mkdir -p {q(env['TMPDIR'])}"]
+        steps = [f"cd {q(working)}", f"mkdir -p {q(env['HOME'])}"]
         tops = sorted({PurePosixPath(_relative(i.relpath, "input")).parts[0] for i in job.inputs})
         steps += [f"ln -s -- {q(inputs_dir + '/' + top)} {q(top)}" for top in tops]
         assignments = " ".join(f"{name}={q(value)}" for name, value in env.items())
