@@ -24,50 +24,30 @@ PIDS_LIMIT = 64
 ALLOWED = ["localhost/busybox:*", "localhost/caesar-apps:*"]
 OUTSIDE_IMAGE = "busybox:latest"          # a short name: docker.io/library/busybox:latest, outside the list
 
+def _probe(name: str, description: str, extra: str = "") -> str:
+    """A busybox `sh -c SCRIPT` app on the container backend; `extra` adds YAML lines (the operator's choices)."""
+    return f"""
+name: {name}
+version: "1"
+description: {description}
+command: [sh, -c]
+backends: [container]
+default_backend: container
+image: {BUSYBOX}
+image_pull: never
+resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
+{extra}options:
+  script: {{type: string, required: true, style: positional}}
+"""
+
+
 SECURITY_APPS: dict[str, str] = {
     # sh -c SCRIPT, as the default container user (1000)
-    "probe": f"""
-name: probe
-version: "1"
-description: a busybox shell script that looks at its own powers
-command: [sh, -c]
-backends: [container]
-default_backend: container
-image: {BUSYBOX}
-image_pull: never
-resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
-options:
-  script: {{type: string, required: true, style: positional}}
-""",
+    "probe": _probe("probe", "a busybox shell script that looks at its own powers"),
     # the operator runs this app as root (its YAML may; a request may not)
-    "probe-root": f"""
-name: probe-root
-version: "1"
-description: the same, as root, which the operator chose in the app's YAML
-command: [sh, -c]
-backends: [container]
-default_backend: container
-image: {BUSYBOX}
-image_pull: never
-resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
-backend_options: {{container: {{user: root}}}}
-options:
-  script: {{type: string, required: true, style: positional}}
-""",
-    "probe-net": f"""
-name: probe-net
-version: "1"
-description: an app the operator lets reach the network
-command: [sh, -c]
-backends: [container]
-default_backend: container
-image: {BUSYBOX}
-image_pull: never
-network: true
-resources: {{cpus: 0.5, memory_mb: 64, time_limit: 60}}
-options:
-  script: {{type: string, required: true, style: positional}}
-""",
+    "probe-root": _probe("probe-root", "the same, as root, which the operator chose in the app's YAML",
+                         "backend_options: {container: {user: root}}\n"),
+    "probe-net": _probe("probe-net", "an app the operator lets reach the network", "network: true\n"),
     # python3 -c SCRIPT in the caesar-apps image
     "py": f"""
 name: py
