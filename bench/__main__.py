@@ -64,7 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
-    from . import drain, listing, overhead, throughput, transfer
+    from . import drain, listing, throughput, transfer
     from .stack import Stack
 
     started = time.time()

@@ -16,7 +16,6 @@ from typing import Any
 import psycopg
 
 from caesar_rest import API_PREFIX
-from caesar_rest.models import TERMINAL_STATES
 
 from .bare import NOOP_TASK
 from .httpload import Connection

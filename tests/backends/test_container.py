@@ -10,7 +10,6 @@ import io
 import os
 import tarfile
 import time
-from pathlib import Path
 
 import docker
 import pytest
