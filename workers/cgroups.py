@@ -162,7 +162,7 @@ class Cgroups:
         return cls(2, {"": parent})
 
     def sweep(self) -> None:
-        """Remove the empty groups of workers that died before removing them (named <worker pid>.<thread>.<job>)."""
+        """Remove the empty groups of workers that died before removing them (named <worker pid>.<serial>.<job>)."""
         for parent in self.parents.values():
             for directory in parent.iterdir():
                 owner = directory.name.split(".", 1)[0]

@@ -21,6 +21,8 @@ namespace: since Linux 5.14 it counts per (user namespace, uid), so it bounds th
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
@@ -41,6 +43,11 @@ SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 APP_PACKAGES = ("caesar_apps",)
 log = logging.getLogger("caesar.sandbox")         # the registered apps' code (console scripts caesar-sfinder...)
+
+
+# A job's control group is <worker pid>.<serial>.<job>: a TES task's executors share the job id and are started one
+# after the other, while the group of the one before may still wait for its background removal.
+_GROUP_SERIAL = itertools.count(1)
 
 
 class SandboxError(Exception):
@@ -103,6 +110,7 @@ def code_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     return seen
 
 
+@functools.lru_cache(maxsize=None)
 def _package_locations(names: tuple[str, ...]) -> list[str]:
     """Where the venv's interpreter, isolated (-I: no working directory, no PYTHON* variables) as the apps' console
     scripts run it, finds the apps' packages. Not this process's own find_spec: a worker started in another
@@ -113,8 +121,11 @@ def _package_locations(names: tuple[str, ...]) -> list[str]:
              "    spec = importlib.util.find_spec(name)\n"
              "    out += list(spec.submodule_search_locations or []) if spec else []\n"
              "print(json.dumps(out))")
+    # The venv's own interpreter, as the console scripts' #! names it: under uWSGI sys.executable is uwsgi.
+    python = next((str(c) for c in (Path(sys.prefix) / "bin" / "python3", Path(sys.prefix) / "bin" / "python")
+                   if c.is_file()), sys.executable)
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", probe, *names], capture_output=True, text=True,
+        done = subprocess.run([python, "-I", "-c", probe, *names], capture_output=True, text=True,
                               timeout=30, check=True, cwd="/")
         return [str(p) for p in json.loads(done.stdout)]
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -236,7 +247,7 @@ class Sandbox:
         if not self._detected:
             self.check()
         groups = None if self.cgroups is None else \
-            self.cgroups.create(f"{os.getpid()}.{threading.get_ident() % 100000}.{name}", spec.limits.pids,
+            self.cgroups.create(f"{os.getpid()}.{next(_GROUP_SERIAL)}.{name}", spec.limits.pids,
                                 spec.limits.memory_mb * 1024 * 1024 if spec.limits.memory_mb else None)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
