@@ -10,6 +10,23 @@ class CaesarError(Exception):
     """Root of every caesar-rest error."""
 
 
+# ---- worker-side errors (no HTTP status: a job's end records them) -------------------------------------------
+class BackendError(CaesarError):
+    """A permanent backend problem: the job cannot run (bad image, rejected submission...)."""
+
+
+class BackendUnavailable(BackendError):
+    """A transient problem reaching the backend (connection refused, 5xx): retried with backoff."""
+
+
+class BackendNotConfigured(BackendError):
+    """The backend is named but its settings or optional dependency are missing."""
+
+
+class TransferError(CaesarError):
+    """A TES input or output could not be transferred."""
+
+
 class ApiError(wexc.HTTPException, CaesarError):
     """An error a client caused or must know about; rendered as JSON by errors.register()."""
 

@@ -7,16 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 
-class BackendError(Exception):
-    """A permanent backend problem: the job cannot run (bad image, rejected submission...)."""
-
-
-class BackendUnavailable(BackendError):
-    """A transient problem reaching the backend (connection refused, 5xx): retried with backoff."""
-
-
-class BackendNotConfigured(BackendError):
-    """The backend is named but its settings or optional dependency are missing."""
+from caesar_rest.errors import BackendError, BackendNotConfigured, BackendUnavailable  # noqa: F401 (re-exported)
 
 
 @dataclass
