@@ -13,17 +13,13 @@ from typing import Any
 from flask import current_app, g, request
 from werkzeug.security import check_password_hash
 
-from .errors import ApiError
+from .errors import Unauthorized
 from .storage import USER_RE
 
 MODES = ("none", "token", "basic", "oidc")
 # Paths anyone may read: liveness, metrics, the API description and its UI.
 PUBLIC_PREFIXES = ("/health", "/metrics", "/openapi.json", "/swagger", "/static/", "/docs")
 PUBLIC_SUFFIXES = ("/service-info",)
-
-
-class Unauthorized(ApiError):
-    code, error = 401, "unauthorized"
 
 
 @dataclass(frozen=True)
@@ -65,12 +61,11 @@ def user_setting(name: str, key: str, default: Any = None) -> Any:
 
 
 def _challenge(mode: str) -> Unauthorized:
-    exc = Unauthorized("Authentication required: " + {
+    return Unauthorized("Authentication required: " + {
         "token": "send 'Authorization: Bearer <API token>'",
         "basic": "send HTTP Basic credentials (curl -u user:password)",
-        "oidc": "send 'Authorization: Bearer <OIDC access token>'"}[mode])
-    exc.www_authenticate = 'Basic realm="caesar-rest"' if mode == "basic" else 'Bearer realm="caesar-rest"'
-    return exc
+        "oidc": "send 'Authorization: Bearer <OIDC access token>'"}[mode],
+        challenge='Basic realm="caesar-rest"' if mode == "basic" else 'Bearer realm="caesar-rest"')
 
 
 def _config_user(name: str, entry: dict[str, Any]) -> User:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from .. import multipart, s3store, storage
 from ..auth import current_owner, owner_filter, user_setting
-from ..errors import (ApiError, BadRequest, Conflict, InsufficientStorage, LengthRequired, NotFound, PayloadTooLarge,
+from ..errors import (BadRequest, CaesarError, Conflict, InsufficientStorage, LengthRequired, NotFound, PayloadTooLarge,
                       UnsupportedFormat)
 from ..jobs import file_in_use, get_file
 from ..models import File, utcnow
@@ -84,7 +84,7 @@ def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
             if allowed and fmt not in allowed:
                 raise UnsupportedFormat(f"Files of format {fmt!r} are not accepted; allowed: {', '.join(allowed)}",
                                         format=fmt)
-        except ApiError as exc:
+        except CaesarError as exc:
             refused.append(exc)
             return _Discard()
         # The sink stops storing past sink_limit (the body is still read to its end, and the sink dropped after).

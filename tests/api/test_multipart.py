@@ -129,7 +129,7 @@ def test_no_body_is_an_empty_form():
 def test_malformed_bodies_are_400_naming_the_problem(raw, content_type, words):
     with pytest.raises(BadRequest) as caught:
         multipart.parse(io.BytesIO(raw), content_type, lambda field, name: Collect())
-    assert words in caught.value.description
+    assert words in caught.value.message
 
 
 def test_a_failing_stream_is_a_400():
@@ -144,7 +144,7 @@ def test_a_failing_stream_is_a_400():
 
     with pytest.raises(BadRequest) as caught:
         multipart.parse(Broken(), "multipart/form-data; boundary=B", lambda field, name: Collect())
-    assert "could not be read to its end" in caught.value.description and "connection reset" in caught.value.description
+    assert "could not be read to its end" in caught.value.message and "connection reset" in caught.value.message
 
 
 def test_upload_sink_hashes_on_its_thread_and_matches_the_file(tmp_path):
