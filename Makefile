@@ -1,4 +1,5 @@
-# caesar-rest: `make run` (embedded service, no server needed) and `make test` (whole suite on real peers).
+# caesar-rest: `make run` (embedded service, no server needed), `make test` (whole suite on real peers) and
+# `make test-fast` (tests/unit: no service, under a minute).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,10 @@ services:
 
 test: install services
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast layer: pure code and the engine on SQLite with stand-in backends; no service started or needed.
+test-fast: install
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 bench: install services
 	$(PY) -m bench $(BENCH_ARGS)

@@ -1,0 +1,106 @@
+"""Fixtures of the fast layer. A unit test reaches no service and no network: every TCP/UDP connect is refused here
+(loopback too, since that is where RabbitMQ, Redis and PostgreSQL listen), so a test that would need one fails at
+once, naming what it tried, instead of passing only on machines where the service happens to run.
+Unix sockets stay allowed (nothing here needs them, but they are not the network). The guard covers Python's own
+socket objects; a C library opening its own sockets (libpq) is not seen, so no unit test imports one."""
+from __future__ import annotations
+
+import socket
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from caesar_rest import create_app
+from caesar_rest.db import dispose_all
+
+from ..support import embedded_settings
+
+INET = (socket.AF_INET, socket.AF_INET6)
+STANDINS = "tests.unit.standins"
+#: The stand-in backends (tests/unit/standins.py) by the name jobs choose them by.
+STANDIN_BACKENDS: dict[str, dict[str, Any]] = {
+    "exit0": {"class": f"{STANDINS}:ExitZero"},
+    "exit3": {"class": f"{STANDINS}:ExitThree"},
+    "hang": {"class": f"{STANDINS}:StaysRunning"},
+    "refuse": {"class": f"{STANDINS}:RefusesSubmit"},
+    "flaky": {"class": f"{STANDINS}:FlakyPoll", "failures": 3},
+    "remote": {"class": f"{STANDINS}:Remote"},
+    "remote_flaky": {"class": f"{STANDINS}:RemoteFlaky", "failures": 2},
+}
+
+
+class NetworkUsed(AssertionError):
+    """A unit test tried to open a network connection."""
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def refuse(sock: socket.socket, address: Any) -> None:
+        raise NetworkUsed(f"a unit test connected to {address!r}; tests/unit must not use the network or a service "
+                          "(put the test under tests/<feature>/ instead)")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if sock.family in INET:
+            refuse(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        if sock.family in INET:
+            refuse(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+# ---- the engine on stand-in backends ----------------------------------------------------------------------------------
+STANDIN_APP = """
+name: probe
+version: "2.1"
+description: An app for the stand-in backends; what it does is the backend's.
+command: [probe-tool, --mode, fast]
+backends: [exit0, exit3, hang, refuse, flaky, remote, remote_flaky]
+default_backend: exit0
+resources: {cpus: 2, memory_mb: 512, time_limit: 600}
+outputs: [result.txt]
+options:
+  label: {type: string, default: plain}
+"""
+
+QUICK_LIMIT_APP = """
+name: probe-limited
+version: "1"
+command: [probe-tool]
+backends: [hang, remote]
+default_backend: hang
+resources: {time_limit: 1}
+"""
+
+
+@pytest.fixture
+def standin_settings(tmp_path: Path) -> dict[str, Any]:
+    """The embedded default (SQLite, filesystem broker) with the stand-in backends and an APPS_DIR of two apps."""
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "probe.yml").write_text(textwrap.dedent(STANDIN_APP).lstrip())
+    (apps / "probe-limited.yml").write_text(textwrap.dedent(QUICK_LIMIT_APP).lstrip())
+    return embedded_settings(tmp_path / "var", APPS_DIR=str(apps), BACKENDS=dict(STANDIN_BACKENDS),
+                             DEFAULT_BACKEND="exit0", JOB_POLL_INTERVAL=0.02, HEARTBEAT_INTERVAL=0.05)
+
+
+@pytest.fixture
+def standin_app(standin_settings: dict[str, Any]) -> Iterator[Flask]:
+    app = create_app(standin_settings)
+    yield app
+    dispose_all()
+
+
+@pytest.fixture
+def standin_client(standin_app: Flask):
+    return standin_app.test_client()

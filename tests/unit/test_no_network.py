@@ -1,0 +1,33 @@
+"""The fast layer's own guard (tests/unit/conftest.py): a unit test that connects anywhere over IP fails."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+@pytest.mark.parametrize("family, address", [(socket.AF_INET, ("127.0.0.1", 5672)),
+                                             (socket.AF_INET6, ("::1", 6379)),
+                                             (socket.AF_INET, ("192.0.2.1", 80))])
+def test_an_ip_connection_fails_the_test(family, address):
+    with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(AssertionError, match="must not use the network"):
+        sock.connect(address)
+    with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(AssertionError, match="must not use the network"):
+        sock.connect_ex(address)
+
+
+def test_create_connection_and_http_clients_are_refused_too():
+    import requests
+
+    with pytest.raises(AssertionError, match="must not use the network"):
+        socket.create_connection(("127.0.0.1", 5432), timeout=1)
+    with pytest.raises((AssertionError, requests.ConnectionError)) as caught:
+        requests.get("http://127.0.0.1:9/", timeout=1)
+    assert "must not use the network" in str(caught.value)
+
+
+def test_unix_sockets_still_work():
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        left.sendall(b"ping")
+        assert right.recv(4) == b"ping"
