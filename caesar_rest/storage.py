@@ -10,8 +10,8 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import BinaryIO
 
+from .checksums import BackgroundChecksums
 from .errors import BadRequest, InsufficientStorage
-from .s3store import BackgroundChecksums
 from .sinks import WriteSink
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
