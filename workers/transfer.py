@@ -10,86 +10,40 @@ import ftplib
 import os
 import posixpath
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from caesar_rest import egress
 from caesar_rest.egress import redact
-from caesar_rest.tes_access import READ, WRITE, Refused, S3Access, allowed_file_path, file_url_path, s3_access
+from caesar_rest.tes_access import READ, WRITE, Refused, allowed_file_path, file_url_path
 from caesar_rest.tes_task import DIRECTORY
 
-CHUNK = 1024 * 1024
-
-
-class TransferError(Exception):
-    """A transfer failed; str() names the URL and why."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"{redact(url)}: {reason}")
-        self.url = url
-        self.reason = reason
-
-
-class TransferStopped(TransferError):
-    """The task was canceled (or ran out of time) while data was moving."""
-
+from .transfer_base import CHUNK, TransferError, TransferStopped, join_url, safe_rel, scheme_of, walk_files
+from .transfer_s3 import S3Transfers
 
 __all__ = ["TransferError", "TransferStopped", "Transfers", "redact"]
 
 
-def _scheme(url: str) -> str:
-    return "file" if url.startswith("/") else urlsplit(url).scheme.lower()
-
-
-def _safe_rel(url: str, rel: str) -> str:
-    """A relative path from a remote listing, refused when it would leave the destination."""
-    clean = posixpath.normpath(rel.lstrip("/"))
-    if clean in ("", ".") or clean.startswith("..") or "\x00" in clean:
-        raise TransferError(url, f"refusing the entry {rel!r}: it leaves the directory")
-    return clean
-
-
-def _join_url(url: str, rel: str) -> str:
-    from urllib.parse import quote
-
-    if _scheme(url) == "file" and url.startswith("/"):
-        return url.rstrip("/") + "/" + rel
-    return url.rstrip("/") + "/" + quote(rel)
-
-
-def _walk_files(root: Path) -> Iterator[tuple[Path, str]]:
-    """Regular files under root with their relative paths; symbolic links are not followed."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            yield path, path.relative_to(root).as_posix()
-
-
-class Transfers:
+class Transfers(S3Transfers):
     """Moves data for one task; should_stop() is checked between chunks so a cancel interrupts a transfer."""
 
     def __init__(self, settings: Mapping[str, Any], owner: str,
                  should_stop: Callable[[], bool] = lambda: False) -> None:
+        cap = settings.get("TES_MAX_INPUT_BYTES")
+        super().__init__(should_stop, int(cap) if cap else None)
         self.settings = settings
         self.owner = owner
-        self.should_stop = should_stop
         self.timeout = float(settings.get("TES_TRANSFER_TIMEOUT") or 60)
         self.rules = egress.Rules.from_settings(settings)
-        cap = settings.get("TES_MAX_INPUT_BYTES")
-        self.max_input = int(cap) if cap else None
-        self._left: int | None = None            # bytes the input being fetched may still bring
         self._s3: dict[tuple[Any, ...], Any] = {}
 
     # ---- public ---------------------------------------------------------------------------------------------
     def download(self, url: str, dest: Path, kind: str) -> int:
         """Fetch url to dest (a file, or a directory for DIRECTORY); returns the bytes written."""
-        scheme = _scheme(url)
+        scheme = scheme_of(url)
         dest = Path(dest)
         self._left = self.max_input
         try:
@@ -113,12 +67,12 @@ class Transfers:
 
     def upload(self, src: Path, url: str, kind: str) -> list[tuple[str, str, int]]:
         """Send src (a file, or a directory's files) to url; returns (url, path relative to src, size) per file."""
-        scheme = _scheme(url)
+        scheme = scheme_of(url)
         src = Path(src)
         if kind == DIRECTORY:
             if not src.is_dir():
                 raise TransferError(url, f"the output directory {src.name!r} does not exist")
-            items = [(p, rel, _join_url(url, rel)) for p, rel in _walk_files(src)]
+            items = [(p, rel, join_url(url, rel)) for p, rel in walk_files(src)]
         else:
             if src.is_symlink() or not src.is_file():
                 raise TransferError(url, "the output file does not exist (or is not a regular file)")
@@ -144,48 +98,6 @@ class Transfers:
             done.append((target, rel, size))
         return done
 
-    # ---- helpers --------------------------------------------------------------------------------------------
-    def _check_stop(self, url: str) -> None:
-        if self.should_stop():
-            raise TransferStopped(url, "stopped: the task was canceled or ran out of time")
-
-    def _count(self, url: str, size: int | None) -> None:
-        """Charge size bytes (or a size announced ahead) to the input being fetched; over its cap, stop."""
-        if self._left is None or size is None:
-            return
-        if size > self._left:
-            raise TransferError(url, f"the input is larger than TES_MAX_INPUT_BYTES ({self.max_input} bytes)")
-
-    def _copy(self, url: str, chunks: Iterable[bytes], dest: Path) -> int:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
-        with open(dest, "wb") as out:
-            for chunk in chunks:
-                self._check_stop(url)
-                self._take(url, len(chunk))
-                out.write(chunk)
-                written += len(chunk)
-        return written
-
-    def _take(self, url: str, size: int) -> None:
-        if self._left is not None:
-            self._count(url, size)
-            self._left -= size
-
-    @staticmethod
-    def _chunks(fh: BinaryIO) -> Iterator[bytes]:
-        read = getattr(fh, "read1", fh.read)      # what has arrived: a trickling server cannot delay a cancel
-        while True:
-            chunk = read(CHUNK)
-            if not chunk:
-                return
-            yield chunk
-
-    def _expect(self, url: str, got: int, expected: int | None) -> int:
-        if expected is not None and got != expected:
-            raise TransferError(url, f"incomplete transfer: {got} of {expected} bytes")
-        return got
-
     # ---- file:// ----------------------------------------------------------------------------------------------
     def _local(self, url: str, access: str) -> Path:
         path = file_url_path(url)
@@ -200,8 +112,8 @@ class Transfers:
                 raise TransferError(url, "no such directory")
             dest.mkdir(parents=True, exist_ok=True)
             total = 0
-            for path, rel in _walk_files(src):
-                total += self._file_in(_join_url(str(src), rel), dest / rel, "FILE")
+            for path, rel in walk_files(src):
+                total += self._file_in(join_url(str(src), rel), dest / rel, "FILE")
             return total
         if not src.is_file():
             raise TransferError(url, "no such file")
@@ -310,7 +222,7 @@ class Transfers:
         for name, facts in sorted(entries):
             if name in (".", ".."):
                 continue
-            child = _safe_rel(url, f"{rel}/{name}" if rel else name)
+            child = safe_rel(url, f"{rel}/{name}" if rel else name)
             if facts.get("type") == "dir":
                 files += self._ftp_list(ftp, url, base, child)
             elif facts.get("type") == "file":
@@ -333,85 +245,3 @@ class Transfers:
                     self._check_stop(url)
                 ftp.storbinary(f"STOR {target}", fh, blocksize=CHUNK, callback=check)
             return self._expect(url, ftp.size(target) or 0, size)
-
-    # ---- s3:// ----------------------------------------------------------------------------------------------------
-    def _client(self, where: S3Access):
-        """A client for where's endpoint and keys (none: unsigned requests). Never the service's own keys, nor
-        boto3's credential chain, which would find the worker's (environment, ~/.aws, instance role)."""
-        cache = (where.endpoint_url, where.region, where.access_key_id, where.secret_access_key, where.session_token)
-        if cache not in self._s3:
-            try:
-                import boto3
-                from botocore import UNSIGNED
-                from botocore.config import Config
-            except ImportError as exc:
-                raise TransferError("s3://", "boto3 is not installed: pip install 'caesar-rest[s3]'") from exc
-            # Checksums only where S3 requires them: S3 look-alikes disagree with boto3's default CRCs.
-            options: dict[str, Any] = dict(
-                s3={"addressing_style": "path"}, connect_timeout=self.timeout, read_timeout=self.timeout,
-                retries={"max_attempts": 3, "mode": "standard"},
-                request_checksum_calculation="when_required", response_checksum_validation="when_required")
-            if not where.access_key_id:
-                options["signature_version"] = UNSIGNED
-            session = boto3.session.Session(aws_access_key_id=where.access_key_id or None,
-                                            aws_secret_access_key=where.secret_access_key or None,
-                                            aws_session_token=where.session_token or None,
-                                            region_name=where.region or "us-east-1")
-            self._s3[cache] = session.client("s3", endpoint_url=where.endpoint_url or None, config=Config(**options))
-        return self._s3[cache]
-
-    @contextmanager
-    def _s3_errors(self, url: str) -> Iterator[None]:
-        from boto3.exceptions import Boto3Error
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except ClientError as exc:
-            err = exc.response.get("Error", {})
-            raise TransferError(url, f"S3 {err.get('Code', '?')}: {err.get('Message') or exc}") from exc
-        except Boto3Error as exc:          # upload_file wraps the ClientError that says why
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ClientError):
-                err = cause.response.get("Error", {})
-                raise TransferError(url, f"S3 {err.get('Code', '?')}: {err.get('Message') or cause}") from exc
-            raise TransferError(url, f"S3: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransferError(url, f"S3: {exc}") from exc
-
-    def _s3_in(self, url: str, dest: Path, kind: str) -> int:
-        where = s3_access(self.settings, self.owner, url, READ, kind == DIRECTORY)
-        bucket, key = where.bucket, where.key
-        client = self._client(where)
-        with self._s3_errors(url):
-            if kind != DIRECTORY:
-                return self._s3_get(client, url, bucket, key, dest)
-            prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-            dest.mkdir(parents=True, exist_ok=True)
-            total = 0
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents") or []:
-                    if obj["Key"].endswith("/"):
-                        continue          # a "folder" marker
-                    rel = _safe_rel(url, obj["Key"][len(prefix):])
-                    total += self._s3_get(client, url, bucket, obj["Key"], dest / rel)
-            return total
-
-    def _s3_get(self, client, url: str, bucket: str, key: str, dest: Path) -> int:
-        answer = client.get_object(Bucket=bucket, Key=key)
-        body = answer["Body"]
-        try:
-            self._count(url, answer.get("ContentLength"))
-            written = self._copy(url, iter(lambda: body.read(CHUNK), b""), dest)
-        finally:
-            body.close()
-        return self._expect(url, written, answer.get("ContentLength"))
-
-    def _s3_out(self, path: Path, url: str) -> int:
-        where = s3_access(self.settings, self.owner, url, WRITE, False)
-        bucket, key = where.bucket, where.key
-        size = path.stat().st_size
-        client = self._client(where)
-        with self._s3_errors(url):
-            client.upload_file(str(path), bucket, key, Callback=lambda _n: self._check_stop(url))
-            return self._expect(url, int(client.head_object(Bucket=bucket, Key=key)["ContentLength"]), size)
