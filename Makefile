@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 EXTRAS ?= test,postgres,container,pulsar,condor,batch,prod
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench services clean
+.PHONY: install run lint test test-fast bench services clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 run: install
 	$(VENV)/bin/caesar-rest run --host 127.0.0.1 --port 8080
+
+# The gates: ruff (rules in pyproject.toml) over the whole tree, mypy over caesar_rest and workers.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 
 services:
 	bash scripts/services.sh
