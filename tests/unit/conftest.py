@@ -38,10 +38,15 @@ class NetworkUsed(AssertionError):
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every IP connect raises NetworkUsed; one that the code under test caught and swallowed (a broad `except
+    Exception` around a publish, say) still fails the test when it ends. Yields the attempts (the guard's own test
+    empties it)."""
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    attempts: list[str] = []
 
     def refuse(sock: socket.socket, address: Any) -> None:
+        attempts.append(repr(address))
         raise NetworkUsed(f"a unit test connected to {address!r}; tests/unit must not use the network or a service "
                           "(put the test under tests/<feature>/ instead)")
 
@@ -57,6 +62,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield attempts
+    assert not attempts, f"a unit test tried the network ({', '.join(attempts)}); tests/unit must not use it"
 
 
 # ---- the engine on stand-in backends ----------------------------------------------------------------------------------

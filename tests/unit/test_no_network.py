@@ -9,14 +9,16 @@ import pytest
 @pytest.mark.parametrize("family, address", [(socket.AF_INET, ("127.0.0.1", 5672)),
                                              (socket.AF_INET6, ("::1", 6379)),
                                              (socket.AF_INET, ("192.0.2.1", 80))])
-def test_an_ip_connection_fails_the_test(family, address):
+def test_an_ip_connection_fails_the_test(no_network, family, address):
     with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(AssertionError, match="must not use the network"):
         sock.connect(address)
     with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(AssertionError, match="must not use the network"):
         sock.connect_ex(address)
+    assert no_network == [repr(address)] * 2
+    no_network.clear()          # seen: this test wanted them refused
 
 
-def test_create_connection_and_http_clients_are_refused_too():
+def test_create_connection_and_http_clients_are_refused_too(no_network):
     import requests
 
     with pytest.raises(AssertionError, match="must not use the network"):
@@ -24,6 +26,17 @@ def test_create_connection_and_http_clients_are_refused_too():
     with pytest.raises((AssertionError, requests.ConnectionError)) as caught:
         requests.get("http://127.0.0.1:9/", timeout=1)
     assert "must not use the network" in str(caught.value)
+    assert len(no_network) == 2
+    no_network.clear()
+
+
+def test_a_swallowed_attempt_still_fails_the_test(no_network):
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1)
+    except Exception:
+        pass                    # as code under test might
+    assert no_network == [repr(("127.0.0.1", 5672))]       # the fixture fails the test at teardown for this
+    no_network.clear()
 
 
 def test_unix_sockets_still_work():
