@@ -102,7 +102,9 @@ def test_a_job_that_exits_0_succeeds_with_its_outputs_and_every_step_recorded(st
     assert status["state"] == "SUCCESS" and status["exit_status"] == 0
     tarball = standin_client.get(f"{API}/job/{job_id}/output")
     assert tarball.status_code == 200
+    assert tarball.headers["Content-Disposition"] == f'attachment; filename="job_{job_id}.tar.gz"'
     with tarfile.open(fileobj=io.BytesIO(tarball.data), mode="r:gz") as tar:
+        assert {m.name.split("/", 1)[0] for m in tar} == {f"job_{job_id}"}
         files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile()}
     assert files["result.txt"] == result and "caesar_job.json" in files
 
