@@ -180,34 +180,32 @@ def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
 
 def _check_image(settings: Mapping[str, Any], backend: str, app: App) -> None:
     """ALLOWED_IMAGES, for the backends that run the app's image (container, batch): a 400 before any row exists."""
+    from .backends import backend_class
+
     if not app.image or images.patterns(settings) is None:
         return
-    from workers.backends import backend_class
-
     problem = images.refusal(settings, app.image)
-    if problem and getattr(backend_class(backend, settings["BACKENDS"].get(backend)), "runs_images", False):
+    if problem and backend_class(backend, settings["BACKENDS"].get(backend)).runs_images:
         raise BadRequest(f"App {app.name!r}: {problem}", field="app")
 
 
 def _check_backend_options(settings: Mapping[str, Any], backend: str, options: Any) -> dict[str, Any]:
     """Per-job backend options (e.g. which Pulsar server); each backend class lists the names it takes."""
+    from .backends import backend_class
+
     if options is None:
         return {}
     if not isinstance(options, dict):
         raise BadRequest("'backend_options' must be a JSON object", field="backend_options")
-    from workers.backends import backend_class
-
     cls = backend_class(backend, settings["BACKENDS"].get(backend))
-    allowed = set(getattr(cls, "job_options", ()))
+    allowed = set(cls.job_options)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise BadRequest(f"Backend {backend!r} takes no option {unknown[0]!r}"
                          f"{'; it takes ' + ', '.join(sorted(allowed)) if allowed else ''}", field="backend_options")
-    checker = getattr(cls, "check_job_options", None)
-    if checker is not None:
-        problem = checker(settings["BACKENDS"].get(backend) or {}, options)
-        if problem:
-            raise BadRequest(problem, field="backend_options")
+    problem = cls.check_job_options(settings["BACKENDS"].get(backend) or {}, options)
+    if problem:
+        raise BadRequest(problem, field="backend_options")
     return options
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import images
+from .backends import backend_class
 from .egress import Rules, literal_refusal, redact
-from .errors import BadRequest, ServiceUnavailable
+from .errors import BackendError, BadRequest, ServiceUnavailable
 from .numbers import json_int, json_number, parse_int
 from .tes_access import READ, WRITE, Refused, allowed_file_path, file_root_rules, file_url_path, s3_access
 
@@ -55,14 +56,18 @@ def runtime_backend(settings: Mapping[str, Any]) -> str:
     return name
 
 
-def _backend_options(settings: Mapping[str, Any], backend: str) -> tuple[tuple[str, ...], Any]:
-    from workers.backends import backend_class
+#: A backend class's check_job_options(backend_settings, options): a message when the options are invalid.
+OptionsCheck = Callable[[Mapping[str, Any], Mapping[str, Any]], "str | None"]
 
+
+def _backend_options(settings: Mapping[str, Any], backend: str) -> tuple[tuple[str, ...], OptionsCheck | None]:
+    """The runtime backend's job options and their check; none when its class cannot be loaded here (an extra
+    missing on the API host), so that listing the supported parameters still answers."""
     try:
         cls = backend_class(backend, (settings.get("BACKENDS") or {}).get(backend))
-    except Exception:
+    except BackendError:
         return (), None
-    return tuple(getattr(cls, "job_options", ())), getattr(cls, "check_job_options", None)
+    return tuple(cls.job_options), cls.check_job_options
 
 
 def supported_parameters(settings: Mapping[str, Any]) -> list[str]:

@@ -234,6 +234,7 @@ class Runner:
                        inputs=inputs, image=spec.get("image"), env=dict(spec.get("env") or {}),
                        cpus=float(spec.get("cpus") or 1), memory_mb=spec.get("memory_mb"),
                        time_limit_s=int(spec.get("time_limit") or self.settings["DEFAULT_TIME_LIMIT"]),
+                       app_version=job.app_version,
                        options={"image_pull": spec.get("image_pull"), **(spec.get("backend_options") or {}),
                                 "tes": job.extra.get("tes") if job.kind == "tes" else None,
                                 "network": bool(spec.get("network"))})

@@ -1,7 +1,6 @@
 """Operations: health of every part the service needs (with latencies) and Prometheus metrics."""
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ from sqlalchemy import text
 
 from .. import __version__, metrics
 from ..auth import is_authenticated_admin
+from ..backends import health_check
 from ..db import session_scope
 from . import docs
 from .common import celery, settings
@@ -65,20 +65,6 @@ def _result_store(cfg: Mapping[str, Any], app) -> Callable[[], Any]:
     return check
 
 
-def _backend(cfg: Mapping[str, Any], name: str) -> Callable[[], Any] | None:
-    """The backend's own cheap check: an optional `health()` (instance, class or static method). None: it has none."""
-    from workers.backends import backend_class, get_backend
-
-    options = cfg["BACKENDS"].get(name) or {}
-    cls = backend_class(name, options)
-    attr = inspect.getattr_static(cls, "health", None)
-    if attr is None:
-        return None
-    if isinstance(attr, (staticmethod, classmethod)):
-        return getattr(cls, "health")
-    return lambda: get_backend(cfg, name).health()
-
-
 def _timed(check: Callable[[], Any]) -> Callable[[], dict]:
     def run() -> dict:
         start = time.perf_counter()
@@ -108,7 +94,7 @@ def run_checks(cfg: Mapping[str, Any], app) -> tuple[str, dict[str, Any]]:
     backends: dict[str, dict] = {}
     for name in cfg["BACKENDS"]:
         try:
-            check = _backend(cfg, name)
+            check = health_check(cfg, name)
         except Exception as exc:     # not loadable here (missing extra): that is its health
             backends[name] = {"status": "down", "error": f"{exc.__class__.__name__}: {exc}"[:300]}
             continue

@@ -12,13 +12,14 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from caesar_rest import images, s3store
 
-from .base import (EXITED, FAILED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus,
-                   BackendUnavailable, JobSpec)
+from .base import (EXITED, FAILED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured,
+                   BackendStatus, BackendUnavailable, JobSpec, translate_errors)
 
 try:
     import boto3
@@ -38,7 +39,7 @@ _TRANSIENT = {"Throttling", "ThrottlingException", "TooManyRequestsException", "
               "ServerException", "InternalError", "RequestTimeout", "SlowDown"}
 
 
-class BatchBackend:
+class BatchBackend(BackendBase):
     """Submits each job to an AWS Batch queue; a job definition per app version (image, vCPUs, memory, timeout).
 
     Settings, BACKENDS["batch"]:
@@ -67,8 +68,8 @@ class BatchBackend:
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.settings = settings
-        self.queue = options.get("job_queue")
-        self.bucket = options.get("bucket")
+        self.queue: str = options.get("job_queue") or ""
+        self.bucket: str = options.get("bucket") or ""
         if not self.queue or not self.bucket:
             raise BackendNotConfigured("BACKENDS.batch needs 'job_queue' and 'bucket'")
         s3store.require_crc()
@@ -222,7 +223,7 @@ class BatchBackend:
     # ---- helpers ----------------------------------------------------------------------------------------------
     def _definition(self, job: JobSpec) -> str:
         """The ARN of an ACTIVE job definition for this app version and resources; registered when missing."""
-        version = _app_version(self.settings, job.job_id)
+        version = job.app_version or ""
         vcpus = max(1, math.ceil(job.cpus or 1))
         memory = int(job.memory_mb or self.default_memory_mb)
         timeout = max(60, int(job.time_limit_s or 86400) + 60)
@@ -277,7 +278,7 @@ class BatchBackend:
                 self.results[handle] = json.loads(body)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-                    raise self._translate(exc, "reading the job's result") from exc
+                    raise _translate(exc, "reading the job's result") from exc
                 return {}
             except ValueError:
                 return {}
@@ -290,7 +291,7 @@ class BatchBackend:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return False
-            raise self._translate(exc, f"downloading {key}") from exc
+            raise _translate(exc, f"downloading {key}") from exc
         with self._errors(f"downloading {key}"), open(target, "wb") as out:
             for block in body.iter_chunks(s3store.CHUNK):
                 out.write(block)
@@ -300,7 +301,7 @@ class BatchBackend:
         token = None
         with self._errors("reading the job's log"):
             while True:
-                kwargs = {"nextToken": token} if token else {}
+                kwargs: dict[str, str] = {"nextToken": token} if token else {}
                 page = self.logs.get_log_events(logGroupName=self.log_group, logStreamName=stream,
                                                 startFromHead=True, **kwargs)
                 for event in page.get("events") or []:
@@ -313,33 +314,26 @@ class BatchBackend:
         with self._errors("removing the job's S3 objects"):
             s3store.delete_prefix(self.s3, self.bucket, key_prefix)
 
-    def _translate(self, exc: Exception, what: str) -> BackendError:
-        if isinstance(exc, ClientError):
-            err = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            text = f"AWS {err.get('Code', '?')}: {err.get('Message') or exc}"
-            if err.get("Code") in _TRANSIENT or status >= 500:
-                return BackendUnavailable(f"AWS Batch backend failed while {what}: {text}")
-            return BackendError(f"AWS Batch backend failed while {what}: {text}")
-        if isinstance(exc, (BotoConnectionError, BotoCoreError)):
-            return BackendUnavailable(f"AWS Batch backend failed while {what}: {exc}")
-        return BackendError(f"AWS Batch backend failed while {what}: {exc.__class__.__name__}: {exc}")
+    @staticmethod
+    def _errors(what: str) -> AbstractContextManager[None]:
+        """boto3's, S3's and the file system's errors in the block become BackendError naming what was being done."""
+        return translate_errors((ClientError, BotoCoreError, OSError, s3store.StorageError),
+                                lambda exc: _translate(exc, what))
 
-    def _errors(self, what: str):
-        backend = self
 
-        class _Translate:
-            def __enter__(self):
-                return None
-
-            def __exit__(self, kind, exc, tb):
-                if exc is None or isinstance(exc, BackendError):
-                    return False
-                if isinstance(exc, (ClientError, BotoCoreError, OSError, s3store.StorageError)):
-                    raise backend._translate(exc, what) from exc
-                return False
-
-        return _Translate()
+def _translate(exc: Exception, what: str) -> BackendError:
+    """BackendUnavailable (retried) for what heals by waiting: throttling, 5xx, a connection; else BackendError.
+    Classified by AWS's error code, not its message."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        text = f"AWS {err.get('Code', '?')}: {err.get('Message') or exc}"
+        if err.get("Code") in _TRANSIENT or status >= 500:
+            return BackendUnavailable(f"AWS Batch backend failed while {what}: {text}")
+        return BackendError(f"AWS Batch backend failed while {what}: {text}")
+    if isinstance(exc, (BotoConnectionError, BotoCoreError)):
+        return BackendUnavailable(f"AWS Batch backend failed while {what}: {exc}")
+    return BackendError(f"AWS Batch backend failed while {what}: {exc.__class__.__name__}: {exc}")
 
 
 def _definition_shape(definition: Mapping[str, Any]) -> dict[str, Any]:
@@ -349,17 +343,6 @@ def _definition_shape(definition: Mapping[str, Any]) -> dict[str, Any]:
             "memory": int(resources.get("MEMORY") or props.get("memory") or 0),
             "timeout": (definition.get("timeout") or {}).get("attemptDurationSeconds"),
             "stager": (definition.get("tags") or {}).get("caesar-stager")}
-
-
-def _app_version(settings: Mapping[str, Any], job_id: str) -> str:
-    """The job's app version (JobSpec does not carry it): one definition per app version."""
-    from sqlalchemy import select
-
-    from caesar_rest.db import session_scope
-    from caesar_rest.models import Job
-
-    with session_scope(settings["DATABASE_URL"]) as s:
-        return s.scalar(select(Job.app_version).where(Job.id == job_id)) or ""
 
 
 def _name(text: str) -> str:
@@ -393,6 +376,8 @@ def _extract(tarball: Path, dest: Path) -> None:
             elif member.isfile():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
+                if source is None:
+                    raise BackendError(f"the job's outputs hold {rel!r}, which cannot be read")
                 with open(target, "wb") as out:
                     shutil.copyfileobj(source, out, s3store.CHUNK)
             else:

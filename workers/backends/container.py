@@ -10,22 +10,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import (EXITED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured, BackendStatus, BackendUnavailable,
-                   JobSpec)
+from .base import (EXITED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured, BackendStatus,
+                   BackendUnavailable, JobSpec)
 from .container_security import Hardening, check_user, checked_image, input_groups, refuse_job_options
 
 try:
     import docker
     import docker.errors
-    import requests.exceptions
 except ImportError as exc:  # the `container` extra
     raise ImportError(f"the container backend needs the docker SDK: pip install 'caesar-rest[container]' ({exc})") from exc
 
-from .container_streams import LogPump, feed_stdin  # noqa: E402  (needs the docker SDK checked above)
+# These need the docker SDK checked above.
+from .container_engine import (PULL_POLICIES, engine_errors, ensure_image, explain, kernel_oom_killed,  # noqa: E402
+                               root_cause)
+from .container_streams import LogPump, feed_stdin  # noqa: E402
 
 JOB_MOUNT = "/job"                      # the job directory inside the container (working directory)
 JOB_LABEL = "caesar.job_id"             # every container we create carries it: leak checks and orphan hunts
-PULL_POLICIES = ("never", "if-missing", "always")
 STREAMS = (("stdout", "stdout.log"), ("stderr", "stderr.log"))
 DEFAULT_UID = 1000                      # the `caesar` user of localhost/caesar-apps
 RUNNING_STATES = {"running", "paused", "restarting", "stopping", "removing"}
@@ -39,7 +40,7 @@ def default_base_url() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-class ContainerBackend:
+class ContainerBackend(BackendBase):
     """One container per job, created and removed by this worker; the worker's slot is held while it runs.
 
     Settings (BACKENDS["container"]): base_url (engine endpoint, default $DOCKER_HOST or the Docker socket),
@@ -88,17 +89,11 @@ class ContainerBackend:
     @contextmanager
     def _engine(self, doing: str) -> Iterator[docker.APIClient]:
         """The API client; transport failures become BackendUnavailable naming the endpoint."""
-        try:
+        with engine_errors(self.base_url, doing):
             if self._api is None:
-                self._api = docker.APIClient(base_url=self.base_url, version=self.api_version, timeout=self.timeout)
+                self._api = docker.APIClient(base_url=self.base_url, version=self.api_version,
+                                             timeout=self.timeout)  # type: ignore[arg-type]  # a float works; stubs say int
             yield self._api
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise BackendUnavailable(f"cannot reach the container engine at {self.base_url} while {doing}: "
-                                     f"{_root_cause(exc)}") from exc
-        except docker.errors.APIError as exc:
-            raise BackendError(f"the container engine at {self.base_url} failed {doing}: {_explain(exc)}") from exc
-        except docker.errors.DockerException as exc:
-            raise BackendUnavailable(f"container engine at {self.base_url}, {doing}: {exc}") from exc
 
     def health(self) -> dict[str, Any]:
         """The engine answers /_ping; its name and version from the answer's headers (GET /health). Not /version:
@@ -130,6 +125,9 @@ class ContainerBackend:
         user = self._container_user(job.options.get("user"), workdir)
         tes = job.options.get("tes")
         groups: list[str] = []
+        binds: dict[str, Mapping[str, str]]
+        working_dir: str | None
+        stdin: str | None
         if tes is None:
             self._prepare_workdir(workdir, user)
             binds = {str(workdir): {"bind": JOB_MOUNT, "mode": "rw"}}
@@ -148,22 +146,22 @@ class ContainerBackend:
             name, app, working_dir = f"caesar-{job.job_id}-{tes['index']}", "tes", tes.get("workdir") or None
             stdin = tes.get("stdin")
         with self._engine(f"starting job {job.job_id}") as api:
-            self._ensure_image(api, image, policy)
+            ensure_image(api, self.base_url, image, policy)
             limits: dict[str, Any] = {"nano_cpus": max(1, int(float(job.cpus) * 1e9))}
             if job.memory_mb:
                 limits["mem_limit"] = limits["memswap_limit"] = f"{int(job.memory_mb)}m"   # no swap beyond it
             host_config = api.create_host_config(binds=binds, init=self.init or None, group_add=groups or None,
                                                  **limits, **self.hardening.host_config(job.options))
             labels = {JOB_LABEL: job.job_id, "caesar.app": app, "caesar.owner": job.owner}
-            create = dict(image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=working_dir,
-                          user=user, environment=env, labels=labels, host_config=host_config, name=name,
-                          stdin_open=bool(stdin))
+            create: dict[str, Any] = dict(
+                image=image, entrypoint=job.argv[:1], command=job.argv[1:], working_dir=working_dir, user=user,
+                environment=env, labels=labels, host_config=host_config, name=name, stdin_open=bool(stdin))
             try:
                 container = api.create_container(**create)
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
                     raise BackendError(f"the engine refused to create the container from {image}: "
-                                       f"{_explain(exc)}") from exc
+                                       f"{explain(exc)}") from exc
                 # A leftover of a worker that died with this job: the job is ours now, its container is not.
                 self._remove(api, name)
                 container = api.create_container(**create)
@@ -173,14 +171,14 @@ class ContainerBackend:
                 api.start(handle)
             except Exception as exc:
                 # Nothing half-created stays behind: the runner never cleans up after a failed submit.
-                why = _explain(exc) if isinstance(exc, docker.errors.APIError) else _root_cause(exc)
+                why = explain(exc) if isinstance(exc, docker.errors.APIError) else root_cause(exc)
                 message = f"container of image {image} did not start {job.argv[0]!r}: {why}"
                 try:
                     self._remove(api, handle)
                 except Exception as rm_exc:
                     raise BackendError(f"{message}; removing container {handle[:12]} failed too: {rm_exc}") from exc
                 raise BackendError(message) from exc
-        if feed is not None:
+        if feed is not None and stdin:
             feed_stdin(feed, Path(stdin), handle, job.job_id)
         if tes is None:
             # TES executors' streams are read whole at the end (fetch_outputs): the task keeps them per executor.
@@ -210,31 +208,6 @@ class ContainerBackend:
                 if mode & 0o070 != 0o070:
                     os.chmod(path, mode | 0o070)
 
-    def _ensure_image(self, api: docker.APIClient, image: str, policy: str) -> None:
-        present = True
-        if policy != "always":
-            try:
-                api.inspect_image(image)
-            except docker.errors.ImageNotFound:
-                present = False
-            except docker.errors.APIError as exc:
-                raise BackendError(f"cannot inspect image {image}: {_explain(exc)}") from exc
-        if policy == "never" and not present:
-            raise BackendError(f"image {image} is not on the container engine at {self.base_url} "
-                               "and the app's image_pull policy is 'never'")
-        if policy == "always" or not present:
-            repository, tag = _split_tag(image)
-            failed = f"image {image} is not on the container engine at {self.base_url} and pulling it failed " \
-                     f"(image_pull {policy!r})"
-            try:
-                # Docker reports a failed pull inside a 200 response's progress stream, not as an HTTP error.
-                for event in api.pull(repository, tag=tag, stream=True, decode=True):
-                    if isinstance(event, dict) and event.get("error"):
-                        raise BackendError(f"{failed}: {event['error']}")
-                api.inspect_image(image)
-            except docker.errors.APIError as exc:
-                raise BackendError(f"{failed}: {_explain(exc)}") from exc
-
     # ---- follow, stop, collect ------------------------------------------------------------------------------
     def poll(self, handle: str) -> BackendStatus:
         with self._engine(f"polling container {handle[:12]}") as api:
@@ -243,7 +216,7 @@ class ContainerBackend:
             except docker.errors.NotFound:
                 return BackendStatus(LOST, reason=f"container {handle[:12]} no longer exists on {self.base_url}")
             except docker.errors.APIError as exc:
-                raise BackendUnavailable(f"inspecting container {handle[:12]} failed: {_explain(exc)}") from exc
+                raise BackendUnavailable(f"inspecting container {handle[:12]} failed: {explain(exc)}") from exc
         state = info.get("State") or {}
         status = str(state.get("Status") or "").lower()
         pid = int(state.get("Pid") or 0) or None
@@ -271,7 +244,7 @@ class ContainerBackend:
                     return
                 except docker.errors.APIError as exc:
                     if self._running(api, handle):
-                        raise BackendError(f"could not {signal_name} container {handle[:12]}: {_explain(exc)}") from exc
+                        raise BackendError(f"could not {signal_name} container {handle[:12]}: {explain(exc)}") from exc
                     return
                 deadline = time.monotonic() + wait
                 while time.monotonic() < deadline and self._running(api, handle):
@@ -351,50 +324,4 @@ class ContainerBackend:
         except docker.errors.APIError as exc:
             if exc.status_code == 409 and "already in progress" in str(exc):
                 return
-            raise BackendError(f"removing container {handle[:12]} failed: {_explain(exc)}") from exc
-
-
-def kernel_oom_killed(container_id: str) -> bool:
-    """True when the kernel log (/dev/kmsg, readable by root on the engine's host) records an OOM kill in a
-    memory cgroup named after the container (libpod-<id>, docker-<id>.scope, /docker/<id>...)."""
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return False            # not root, or another host's engine: only the engine's flag can tell
-    needle = container_id.encode()
-    try:
-        while True:
-            try:
-                record = os.read(fd, 8192)
-            except BlockingIOError:
-                return False    # read the whole ring buffer
-            except BrokenPipeError:
-                continue        # a record was overwritten while we read: go on with the next
-            if not record:
-                return False
-            if b"oom_memcg=" in record and needle in record:
-                return True
-    finally:
-        os.close(fd)
-
-
-def _split_tag(image: str) -> tuple[str, str | None]:
-    if "@" in image:
-        return image, None
-    name, sep, tag = image.rpartition(":")
-    if sep and "/" not in tag:
-        return name, tag
-    return image, "latest"
-
-
-def _explain(exc: docker.errors.APIError) -> str:
-    return str(getattr(exc, "explanation", None) or exc)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost error (e.g. FileNotFoundError for a missing socket), which says more than urllib3's wrapper."""
-    seen: set[int] = set()
-    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__   # type: ignore[assignment]
-    return f"{exc.__class__.__name__}: {exc}"
+            raise BackendError(f"removing container {handle[:12]} failed: {explain(exc)}") from exc

@@ -22,7 +22,8 @@ class LogPump:
         self._lock = threading.Lock()
         self._abandoned = False
         # Its own client: no read timeout (an app may print nothing for hours), no sharing across threads.
-        self._api = docker.APIClient(base_url=base_url, version=api_version, timeout=None)
+        self._api = docker.APIClient(base_url=base_url, version=api_version,
+                                     timeout=None)  # type: ignore[arg-type]  # None: no timeout (a followed stream)
         self.thread = threading.Thread(target=self._run, args=(handle, stream), daemon=True,
                                        name=f"logs-{handle[:12]}-{stream}")
         self.thread.start()

@@ -28,13 +28,13 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured,
-                   BackendStatus, BackendUnavailable, JobSpec)
+from .base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured,
+                   BackendStatus, BackendUnavailable, JobSpec, translate_errors)
 
 TRANSFER_MODES = ("spool", "files", "shared")
 # JobStatus codes of a job ad
@@ -100,7 +100,7 @@ def _import_bindings() -> Any:
     return htcondor2
 
 
-class HTCondorBackend:
+class HTCondorBackend(BackendBase):
     name: ClassVar[str] = "condor"
     blocking: ClassVar[bool] = False
     job_options: ClassVar[tuple[str, ...]] = ("requirements",)
@@ -147,13 +147,10 @@ class HTCondorBackend:
         self.where = self.collector or self.htcondor.param.get("COLLECTOR_HOST") or "the default collector"
 
     # ---- talking to the pool ------------------------------------------------------------------------------
-    @contextmanager
-    def _reaching(self, what: str) -> Iterator[None]:
+    def _reaching(self, what: str) -> AbstractContextManager[None]:
         """Errors of the bindings become BackendUnavailable (retried by the runner), naming what and where."""
-        try:
-            yield
-        except self.htcondor.HTCondorException as exc:
-            raise BackendUnavailable(f"HTCondor unreachable while {what} (collector {self.where}): {exc}") from exc
+        return translate_errors(self.htcondor.HTCondorException, lambda exc: BackendUnavailable(
+            f"HTCondor unreachable while {what} (collector {self.where}): {exc}"))
 
     def _schedd(self, name: str | None) -> tuple[Any, str]:
         """Locate the schedd through the collector (its address changes when it restarts)."""
@@ -192,10 +189,10 @@ class HTCondorBackend:
             self._give_to_job_user(workdir, *self.workdir_owner)
         schedd, schedd_name = self._schedd(self.schedd_name)
         spool = self.transfer == "spool"
-        try:
+        # Refused (bad description, not authorized) or down: not retried, the job is ABORTED.
+        with translate_errors(self.htcondor.HTCondorException, lambda exc: BackendError(
+                f"HTCondor schedd {schedd_name} did not take job {job.job_id}: {exc}")):
             result = schedd.submit(self.htcondor.Submit(description), spool=spool)
-        except self.htcondor.HTCondorException as exc:     # refused (bad description, not authorized) or down
-            raise BackendError(f"HTCondor schedd {schedd_name} did not take job {job.job_id}: {exc}") from exc
         job_id = f"{result.cluster()}.{result.first_proc()}"
         # The job cannot start yet (held: by us, or by the schedd until its inputs are spooled).
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..sandbox import Bind, Sandbox, SandboxError, SandboxSpec, Started, hand_over
-from .base import EXITED, LOST, RUNNING, BackendError, BackendNotConfigured, BackendStatus, JobSpec
+from .base import EXITED, LOST, RUNNING, BackendBase, BackendError, BackendNotConfigured, BackendStatus, JobSpec
 
 PR_SET_PDEATHSIG = 1
 JOB_DIR = "/job"            # where a sandboxed app job sees its own directory
@@ -50,7 +50,7 @@ def _launcher(memory_mb: int | None) -> list[str] | None:
     if _libc is None or _SETPRIV is None or (memory_mb and _PRLIMIT is None):
         return None
     prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"]
-    if memory_mb:
+    if memory_mb and _PRLIMIT:
         limit = int(memory_mb) * 1024 * 1024
         prefix += [_PRLIMIT, f"--as={limit}:{limit}", "--"]
     return prefix
@@ -116,7 +116,7 @@ def kill_group(pgid: int, grace: float) -> None:
         pass
 
 
-class LocalBackend:
+class LocalBackend(BackendBase):
     name: ClassVar[str] = "local"
     blocking: ClassVar[bool] = True
     job_options: ClassVar[tuple[str, ...]] = ()
@@ -248,8 +248,8 @@ class LocalBackend:
             rc = 128 - rc           # bwrap reports a command killed by signal N as 128 + N, as a shell does
         return BackendStatus(EXITED, exit_code=rc, pid=proc.pid, host=self.host)
 
-    def wait(self, handle: str, timeout: float) -> None:
-        """Return when the process has ended or after timeout seconds, whichever comes first: the runner waits
+    def wait(self, handle: str, seconds: float) -> None:
+        """Return when the process has ended or after `seconds`, whichever comes first: the runner waits
         here instead of sleeping, so a job's end is noticed at once rather than up to JOB_POLL_INTERVAL later."""
         proc = self.procs.get(handle)
         if proc is None or proc.returncode is not None:
@@ -258,14 +258,14 @@ class LocalBackend:
             fd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):           # no pidfd (kernel < 5.3, not Linux) or already reaped
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=seconds)
             except subprocess.TimeoutExpired:
                 pass
             return
         try:
             poller = select.poll()
             poller.register(fd, select.POLLIN)      # a pidfd becomes readable when its process exits
-            poller.poll(max(0, int(timeout * 1000)))
+            poller.poll(max(0, int(seconds * 1000)))
         finally:
             os.close(fd)
 

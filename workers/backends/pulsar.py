@@ -7,12 +7,13 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from .base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING, BackendError, BackendNotConfigured,
-                   BackendStatus, BackendUnavailable, JobSpec)
+from .base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured,
+                   BackendStatus, BackendUnavailable, JobSpec, translate_errors)
 
 try:
     import requests
@@ -53,7 +54,7 @@ _redactor = _RedactTokens()
 logging.getLogger("urllib3.connectionpool").addFilter(_redactor)
 
 
-class PulsarBackend:
+class PulsarBackend(BackendBase):
     """Stages inputs to a Pulsar server, launches argv there as one quoted command line, polls, fetches, cleans.
 
     Settings, BACKENDS["pulsar"]:
@@ -109,10 +110,11 @@ class PulsarBackend:
         for name, conf in self.servers.items():
             query = {"private_token": conf["token"]} if conf["token"] else {}
             try:
-                response = self._session(name).get(f"{conf['url']}/jobs/caesar-health-probe/status", params=query,
-                                                   timeout=(2, 3))
-            except requests.RequestException as exc:
-                problem: str | None = self._redact(_describe(exc))
+                with self._transport(lambda problem: problem):
+                    response = self._session(name).get(f"{conf['url']}/jobs/caesar-health-probe/status",
+                                                       params=query, timeout=(2, 3))
+            except BackendUnavailable as exc:
+                problem: str | None = str(exc)
             else:
                 response.close()
                 problem = None if response.status_code < 400 else f"HTTP {response.status_code} {response.reason}"
@@ -264,13 +266,13 @@ class PulsarBackend:
         response = self._call(server, "GET", f"/jobs/{pulsar_id}/files", {"name": name, "type": kind},
                               stream=True, what=f"downloading {name}")
         try:
-            with open(partial, "wb") as fh:
+            with self._transport(lambda problem: f"Pulsar server {server}: downloading {name} broke off: {problem}"), \
+                    open(partial, "wb") as fh:
                 for block in response.iter_content(1024 * 1024):
                     fh.write(block)
-        except requests.RequestException as exc:
+        except BackendUnavailable:
             partial.unlink(missing_ok=True)
-            raise BackendUnavailable(f"Pulsar server {server}: downloading {name} broke off: "
-                                     f"{self._redact(_describe(exc))}") from _Scrubbed(self._redact(exc))
+            raise
         finally:
             response.close()
         os.replace(partial, target)
@@ -286,6 +288,15 @@ class PulsarBackend:
         if server not in self.sessions:
             self.sessions[server] = requests.Session()
         return self.sessions[server]
+
+    def _transport(self, message: Callable[[str], str]) -> AbstractContextManager[None]:
+        """requests' errors become BackendUnavailable(message(what went wrong)), told and chained without the URL,
+        whose query string carries the private token."""
+        def translate(exc: Exception) -> BackendError:
+            error = BackendUnavailable(message(self._redact(_describe(exc))))
+            error.__cause__ = _Scrubbed(self._redact(exc))
+            return error
+        return translate_errors(requests.RequestException, translate)
 
     def _redact(self, error: BaseException | str) -> str:
         text = error if isinstance(error, str) else f"{error.__class__.__name__}: {error}"
@@ -307,11 +318,12 @@ class PulsarBackend:
             if start is not None:
                 data.seek(start)        # a retried upload sends the whole file again
             try:
-                response = self._session(server).request(method, conf["url"] + path, params=query, data=data,
-                                                         stream=stream, timeout=self.timeout)
-            except requests.RequestException as exc:
-                problem: str = self._redact(_describe(exc))
-                failure: BaseException = _Scrubbed(self._redact(exc))
+                with self._transport(lambda problem: problem):
+                    response = self._session(server).request(method, conf["url"] + path, params=query, data=data,
+                                                             stream=stream, timeout=self.timeout)
+            except BackendUnavailable as exc:
+                problem: str = str(exc)
+                failure: BaseException | None = exc.__cause__
             else:
                 if response.status_code < 400:
                     return response
@@ -339,7 +351,7 @@ def _relative(path: str, what: str) -> str:
     return path
 
 
-def _describe(exc: requests.RequestException) -> str:
+def _describe(exc: BaseException) -> str:
     """A short account of a transport error: requests' own text repeats the whole URL."""
     if isinstance(exc, requests.ConnectTimeout):
         return "connection timed out"
