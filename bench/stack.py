@@ -195,7 +195,7 @@ class Stack:
         self.api.start()
         return f"http://127.0.0.1:{self.api.port}"
 
-    def spawn_worker(self, concurrency: int, name: str = "local", app: str = "workers", queue: str = "local",
+    def spawn_worker(self, concurrency: int, name: str = "local", app: str = "workers.celery", queue: str = "local",
                      extra: dict[str, Any] | None = None) -> Proc:
         """A Celery pool, not waited for (see wait_ready); its hostname is <name>@<host>, name it uniquely.
         extra: settings of this pool only (e.g. SANDBOX none for the without-sandbox baseline)."""

@@ -12,7 +12,7 @@ from .config import DEFAULTS, load_settings, queue_name
 
 
 def _worker_cmd(settings: dict, queues: list[str], concurrency: int, beat: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO",
            "-Q", ",".join(queue_name(settings, q) for q in queues), "--concurrency", str(concurrency),
            "--hostname", f"caesar-{'-'.join(queues)}@%h", "--without-gossip", "--without-mingle"]
     if beat:

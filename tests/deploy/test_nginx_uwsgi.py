@@ -259,7 +259,7 @@ def test_swagger_ui_comes_from_the_server_itself(stack):
 
 def test_celery_inspect_ping_sees_the_worker(stack):
     env = settings_env(stack["settings"])
-    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "inspect", "ping", "--timeout", "5", "--json"],
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.celery", "inspect", "ping", "--timeout", "5", "--json"],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     replies = json.loads(done.stdout.strip().splitlines()[-1])

@@ -213,7 +213,7 @@ def start_worker_with_hosts(settings: dict[str, Any], hosts: Path, log: Path,
     env: more environment for it (SSL_CERT_FILE, say)."""
     cmd = ["unshare", "--mount", "--propagation", "private", "--", sys.executable,
            str(Path(__file__).with_name("hosts_namespace.py")), str(hosts),
-           sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO", "-Q",
+           sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO", "-Q",
            settings.get("QUEUE_PREFIX", "") + "local", "--concurrency", "1", "--without-gossip", "--without-mingle",
            "--hostname", f"hosts-{os.urandom(3).hex()}@%h"]
     proc = Proc(cmd, {**settings_env(settings), **(env or {})}, log)
