@@ -1,10 +1,12 @@
 """Fixtures of the fast layer. A unit test reaches no service and no network: every TCP/UDP connect is refused here
-(loopback too, since that is where RabbitMQ, Redis and PostgreSQL listen), so a test that would need one fails at
-once, naming what it tried, instead of passing only on machines where the service happens to run.
+(loopback too, since that is where RabbitMQ, Redis and PostgreSQL listen) and so is every name lookup but
+localhost's, so a test that would need one fails at once, naming what it tried, instead of passing only on machines
+where the service happens to run.
 Unix sockets stay allowed (nothing here needs them, but they are not the network). The guard covers Python's own
 socket objects; a C library opening its own sockets (libpq) is not seen, so no unit test imports one."""
 from __future__ import annotations
 
+import ipaddress
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ STANDIN_BACKENDS: dict[str, dict[str, Any]] = {
 
 
 class NetworkUsed(AssertionError):
-    """A unit test tried to open a network connection."""
+    """A unit test tried to open a network connection or to look a name up."""
 
 
 @pytest.fixture(autouse=True)
@@ -60,10 +62,30 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             refuse(sock, address)
         return real_connect_ex(sock, address)
 
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # A name lookup is network use too (DNS); addresses written out, localhost and AI_NUMERICHOST (which never
+        # asks DNS: caesar_rest.egress spots literal addresses with it) resolve without it.
+        name = host.decode() if isinstance(host, bytes) else host
+        flags = kwargs.get("flags", args[4] if len(args) > 4 else 0)
+        if name not in (None, "localhost") and not _literal_address(name) and not flags & socket.AI_NUMERICHOST:
+            attempts.append(f"DNS {name!r}")
+            raise NetworkUsed(f"a unit test looked up {name!r}; tests/unit must not use the network or a service")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    real_getaddrinfo = socket.getaddrinfo
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield attempts
     assert not attempts, f"a unit test tried the network ({', '.join(attempts)}); tests/unit must not use it"
+
+
+def _literal_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]").partition("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 # ---- the engine on stand-in backends ----------------------------------------------------------------------------------

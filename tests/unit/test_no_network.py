@@ -39,6 +39,17 @@ def test_a_swallowed_attempt_still_fails_the_test(no_network):
     no_network.clear()
 
 
+def test_a_name_lookup_fails_the_test_but_addresses_and_localhost_resolve(no_network):
+    with pytest.raises(AssertionError, match="looked up 'example.org'"):
+        socket.getaddrinfo("example.org", 80)
+    assert no_network == ["DNS 'example.org'"]
+    no_network.clear()
+    assert socket.getaddrinfo("127.0.0.1", 80) and socket.getaddrinfo("::1", 80) and socket.getaddrinfo("localhost", 80)
+    with pytest.raises(socket.gaierror):            # a numeric-only lookup of a name never asks DNS
+        socket.getaddrinfo("example.org", None, flags=socket.AI_NUMERICHOST)
+    assert no_network == []
+
+
 def test_unix_sockets_still_work():
     left, right = socket.socketpair(socket.AF_UNIX)
     with left, right:
