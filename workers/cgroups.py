@@ -2,7 +2,12 @@
 
 RLIMIT_NPROC counts processes per real uid, and every job runs as the same sandbox user, so it cannot bound one
 job. A control group can: each job gets one, with pids.max (and memory.max on v2), and its processes are put in
-it before the first of them forks (workers/sandbox.py holds bubblewrap on --block-fd until then).
+it before the first of them forks.
+
+On v1 the worker's thread that starts a job moves itself into the job's group for the fork (`0` into `tasks`, then
+back), so bubblewrap is born inside: a thread moving itself skips the global lock that moving another process takes
+(Linux 5.19+), and that lock waits out an RCU grace period, 5-11 ms a job on a 2-core VM. Elsewhere (v2, or a
+worker that may not write its own group's `tasks`) the job's first process is moved in after bwrap made it.
 
 Which hierarchy is used is chosen once at start: cgroup2 when its `pids` controller can be enabled under the
 parent directory, else the v1 `pids` hierarchy. The parent is SANDBOX_CGROUP when set, else a `caesar-jobs`
@@ -15,7 +20,9 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -52,6 +59,29 @@ class JobGroups:
 
     dirs: list[Path]
     kill_file: Path | None              # v2's cgroup.kill
+    hierarchies: list[tuple[str, Path]] = field(default_factory=list)   # v1: (controller, mount) a thread can enter
+
+    @property
+    def enterable(self) -> bool:
+        return bool(self.hierarchies)
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        """The calling thread inside the job's groups for the block: a process it forks then is born there (fork
+        inherits the thread's groups under a read-side lock), and its cgroup namespace is rooted at the job's group.
+        The way back is opened before the thread moves, so a thread that got in always gets out."""
+        back = [os.open(_thread_group(controller, mount) / "tasks", os.O_WRONLY)
+                for controller, mount in self.hierarchies]
+        try:
+            for directory in self.dirs:
+                (directory / "tasks").write_text("0")       # 0: the writing thread itself
+            yield
+        finally:
+            for fd in back:
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
 
     def attach(self, *pids: int) -> None:
         for directory in self.dirs:
@@ -65,7 +95,7 @@ class JobGroups:
                 found |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
             except OSError:
                 pass
-        return found
+        return found - {os.getpid()}    # never the worker, whose thread is inside while it starts the job
 
     def kill(self) -> None:
         """SIGKILL every process left in the group (a job that left the process group is still here)."""
@@ -101,9 +131,11 @@ class JobGroups:
 class Cgroups:
     """Makes per-job groups under one parent; `Cgroups.detect(setting)` raises CgroupError saying what is missing."""
 
-    def __init__(self, version: int, parents: dict[str, Path]) -> None:
+    def __init__(self, version: int, parents: dict[str, Path],
+                 hierarchies: list[tuple[str, Path]] | None = None) -> None:
         self.version = version
         self.parents = parents          # v2: {"": dir}; v1: {"pids": dir}
+        self.hierarchies = hierarchies or []    # v1, when this thread may enter a job's group: (controller, mount)
 
     @property
     def description(self) -> str:
@@ -131,8 +163,14 @@ class Cgroups:
                 parent.mkdir(exist_ok=True)
                 probe = parent / f"probe-{os.getpid()}"
                 probe.mkdir(exist_ok=True)
+                hierarchies = [("pids", Path(pids_mount))]
+                try:
+                    with JobGroups([probe], None, hierarchies).entered():
+                        pass
+                except OSError:         # may not write its own group's tasks (a non-root worker): attach instead
+                    hierarchies = []
                 probe.rmdir()
-                return cls(1, {"pids": parent})
+                return cls(1, {"pids": parent}, hierarchies)
             except OSError as exc:
                 problems.append(f"cgroup v1 pids: cannot make groups under {parent} ({exc.strerror})")
         else:
@@ -181,7 +219,8 @@ class Cgroups:
                 directory.mkdir()
                 dirs.append(directory)
                 if controller in ("", "pids"):
-                    (directory / "pids.max").write_text(str(pids_max))
+                    # An entered group also holds bwrap's outer process, which only waits: the job keeps pids_max.
+                    (directory / "pids.max").write_text(str(pids_max + (1 if self.hierarchies else 0)))
                 if self.version == 2 and memory_bytes and (directory / "memory.max").exists():
                     (directory / "memory.max").write_text(str(memory_bytes))
                     if (directory / "memory.swap.max").exists():
@@ -191,4 +230,14 @@ class Cgroups:
                 directory.rmdir()
             raise
         kill_file = dirs[0] / "cgroup.kill" if self.version == 2 else None
-        return JobGroups(dirs, kill_file if kill_file is not None and kill_file.exists() else None)
+        return JobGroups(dirs, kill_file if kill_file is not None and kill_file.exists() else None, self.hierarchies)
+
+
+def _thread_group(controller: str, mount: Path) -> Path:
+    """The calling thread's own group in the v1 hierarchy of `controller` mounted at `mount`."""
+    with open("/proc/thread-self/cgroup", encoding="utf-8") as fh:
+        for line in fh:
+            _id, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return mount / path.lstrip("/")
+    raise FileNotFoundError(f"this thread is in no {controller} group")

@@ -14,13 +14,15 @@ no capabilities; SANDBOX_USER cannot be honoured.
 
 Limits: RLIMIT_NOFILE, RLIMIT_FSIZE and (when the app declares memory) RLIMIT_AS, set with prlimit(2) on the
 namespace's init while bwrap holds it (no launcher exec()ed in front: each costs a millisecond), a pids limit (and
-memory.max on cgroup v2) by a control group of the job's own (workers/cgroups.py). Its processes join the group
-before any of them forks: bwrap waits on --block-fd, after telling its child's pid on --info-fd. A worker that is
-not root and has no control group to make children in uses RLIMIT_NPROC instead, set inside the job's own user
-namespace: since Linux 5.14 it counts per (user namespace, uid), so it bounds that one job.
+memory.max on cgroup v2) by a control group of the job's own (workers/cgroups.py). Its processes are in the group
+before any of them forks: on v1 bwrap is born there (the starting thread enters the group for the fork), else
+bwrap waits on --block-fd, after telling its child's pid on --info-fd, until the worker has moved that child in.
+A worker that is not root and has no control group to make children in uses RLIMIT_NPROC instead, set inside the
+job's own user namespace: since Linux 5.14 it counts per (user namespace, uid), so it bounds that one job.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -252,11 +254,14 @@ class Sandbox:
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         try:
+            argv = self.argv(spec, info_w, block_r)
             try:
-                # No preexec_fn: subprocess keeps vfork (a preexec_fn forks the whole worker, ~10 ms a job).
-                popen = subprocess.Popen(self.argv(spec, info_w, block_r), env=spec.env, stdin=stdin,
-                                         stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True, umask=0o022,
-                                         pass_fds=(info_w, block_r))
+                # bwrap is born in the job's group when this thread can enter it (v1), else its child is moved in below.
+                with groups.entered() if groups is not None and groups.enterable else contextlib.nullcontext():
+                    # No preexec_fn: subprocess keeps vfork (a preexec_fn forks the whole worker, ~10 ms a job).
+                    popen = subprocess.Popen(argv, env=spec.env, stdin=stdin, stdout=stdout, stderr=stderr,
+                                             start_new_session=True, close_fds=True, umask=0o022,
+                                             pass_fds=(info_w, block_r))
             finally:
                 os.close(info_w)
                 os.close(block_r)
@@ -270,7 +275,7 @@ class Sandbox:
                 child = int(info["child-pid"])
                 for which, value in _rlimits(spec.limits):
                     resource.prlimit(child, which, (value, value))
-                if groups is not None:
+                if groups is not None and not groups.enterable:
                     groups.attach(child)
             except OSError:
                 popen.kill()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from workers.sandbox import SYSTEM_PATH, Sandbox, SandboxSpec
 
@@ -25,3 +26,25 @@ def test_jobs_of_one_name_get_groups_of_their_own(tmp_path):
     finally:
         for s in started:
             sandbox.release(s)
+
+
+def test_a_job_is_born_in_its_group_and_the_worker_thread_goes_back(tmp_path):
+    """On v1 the starting thread enters the job's group for the fork (no move of another process, whose global lock
+    waits out an RCU grace period): the job's processes are inside from the first, its cgroup namespace is rooted at
+    its group, the pids limit still counts the job's own processes, and the worker's thread is back in its group."""
+    sandbox = Sandbox({**embedded_settings(tmp_path / "var"), "SANDBOX_PIDS_MAX": 8})
+    sandbox.check()
+    own = Path("/proc/thread-self/cgroup")
+    before = own.read_text()
+    script = "grep pids /proc/self/cgroup; i=0; while [ $i -lt 20 ]; do sleep 5 & i=$((i+1)); done"
+    spec = SandboxSpec(argv=["/bin/sh", "-c", script], cwd="/", env={"PATH": SYSTEM_PATH}, limits=sandbox.limits(None))
+    started = sandbox.start(spec, subprocess.DEVNULL, subprocess.PIPE, subprocess.STDOUT, "born-inside")
+    try:
+        assert own.read_text() == before
+        out, _ = started.popen.communicate(timeout=30)
+    finally:
+        sandbox.release(started)
+    lines = out.decode().splitlines()
+    if sandbox.cgroups is not None and sandbox.cgroups.hierarchies:
+        assert lines[0].endswith(":pids:/"), lines
+    assert "Cannot fork" in out.decode(), lines
