@@ -2,55 +2,23 @@
 from __future__ import annotations
 
 import re
-import uuid as uuidlib
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ClauseElement
 
 from . import images, storage
 from .apps import App, Registry, ResolvedFile, render
 from .errors import BadRequest, Conflict, InvalidOption, NotFound
-from .models import (ACTIVE_STATES, CANCELED, PENDING, TERMINAL_STATES, File, Job, JobEvent, JobInput, utcnow)
+from .models import File, Job, JobInput, utcnow
+from .states import ACTIVE_STATES, CANCELED, PENDING, TERMINAL_STATES, NewJob, insert_job, transition
 
 UUID_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TAG_MAX = 255
-
-
-JOBS, EVENTS, INPUTS = Job.__table__, JobEvent.__table__, JobInput.__table__
-
-
-def transition(session: Session, job_id: str, state: str, message: str = "",
-               from_states: tuple[str, ...] = ACTIVE_STATES, returning: tuple = (), **fields: Any) -> bool | Row:
-    """Move a job to `state` only if it is in one of from_states (atomic), recording the event.
-    Returns False when another actor got there first (e.g. a cancel raced a finish); else True, or with
-    `returning` (columns) the updated row. Core statements, no ORM flush (this runs 3 times a job); values
-    go as parameters, not in .values(), so the statement's cache key does not walk them."""
-    values: dict[str, Any] = {"state": state, "status": message, **fields}
-    now = utcnow()
-    if state in TERMINAL_STATES:
-        values.setdefault("end_date", now)
-    expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}   # attempts + 1, json_merge
-    params = {k: v for k, v in values.items() if k not in expressions}
-    statement = JOBS.update().where(JOBS.c.id == bindparam("_job_id"),
-                                    JOBS.c.state.in_(bindparam("_from_states", expanding=True)))
-    if expressions:
-        statement = statement.values(**expressions)
-    params.update(_job_id=job_id, _from_states=list(from_states))
-    if returning:
-        row = session.execute(statement.returning(*returning), params).first()
-        if row is None:
-            return False
-    elif session.execute(statement, params).rowcount != 1:
-        return False
-    session.execute(EVENTS.insert(), {"job_id": job_id, "state": state, "message": message, "at": now})
-    return row if returning else True
 
 
 def get_file(session: Session, owner: str | None, file_uuid: str) -> File:
@@ -133,12 +101,6 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
             if rel not in taken:
                 taken.add(rel)
                 extra_files.append(("data_inputs", resolved, rel))
-    job_id = str(uuidlib.uuid4())
-    workdir = storage.user_dir(settings["JOBS_DIR"], owner) / job_id
-    row = {"id": job_id, "owner": owner, "kind": "app", "app": app.name, "app_version": app.version,
-           "backend": backend, "tag": tag, "job_inputs": rendered.inputs, "argv": rendered.argv,
-           "workdir": str(workdir), "state": PENDING, "status": "Job submitted with success",
-           "submit_date": utcnow(), "spec": {**app_spec(app), "backend_options": backend_options}, "extra": {}}
     inputs: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for option, resolved, rel in rendered.files + extra_files:
@@ -146,16 +108,12 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
             continue
         seen.add((resolved.uuid, option))
         stored = session.get(File, resolved.uuid)
-        inputs.append({"job_id": job_id, "file_uuid": resolved.uuid, "option": option, "relpath": rel,
-                       "sha256": resolved.sha256, "size_bytes": resolved.size_bytes,
-                       "crc64nvme": stored.crc64nvme if stored is not None else None})
-    # Core inserts: the ORM's unit of work cost as much as the rest of the request (a POST is CPU-bound).
-    session.execute(JOBS.insert(), row)
-    if inputs:
-        session.execute(INPUTS.insert(), inputs)
-    session.execute(EVENTS.insert(), {"job_id": job_id, "state": PENDING, "message": "Job submitted",
-                                      "at": row["submit_date"]})
-    return Job(**row, inputs=[JobInput(**i) for i in inputs])
+        inputs.append({"file_uuid": resolved.uuid, "option": option, "relpath": rel, "sha256": resolved.sha256,
+                       "size_bytes": resolved.size_bytes, "crc64nvme": stored.crc64nvme if stored is not None else None})
+    return insert_job(session, NewJob(
+        owner=owner, kind="app", app=app.name, app_version=app.version, backend=backend, tag=tag,
+        job_inputs=rendered.inputs, argv=rendered.argv, workdir_root=str(storage.user_dir(settings["JOBS_DIR"], owner)),
+        spec={**app_spec(app), "backend_options": backend_options}, inputs=inputs))
 
 
 def app_spec(app: App) -> dict[str, Any]:

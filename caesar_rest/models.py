@@ -7,12 +7,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Job states (the original caesar-rest names, plus PENDING and CANCELED).
-PENDING, STARTED, RUNNING = "PENDING", "STARTED", "RUNNING"
-SUCCESS, FAILURE, TIMED_OUT, CANCELED, ABORTED = "SUCCESS", "FAILURE", "TIMED-OUT", "CANCELED", "ABORTED"
-ACTIVE_STATES = (PENDING, STARTED, RUNNING)
-TERMINAL_STATES = (SUCCESS, FAILURE, TIMED_OUT, CANCELED, ABORTED)
-ALL_STATES = ACTIVE_STATES + TERMINAL_STATES
+# The states are defined by the state machine (caesar_rest/states.py); re-exported for the modules that read them.
+from .states import (ABORTED, ACTIVE_STATES, ALL_STATES, CANCELED, FAILURE, PENDING, RUNNING,  # noqa: F401
+                     STARTED, SUCCESS, TERMINAL_STATES, TIMED_OUT, JobState)
 
 
 def utcnow() -> datetime:
@@ -69,7 +66,7 @@ class Job(Base):
     job_inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     argv: Mapped[list[Any]] = mapped_column(JSON, default=list)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)   # resources, image, env, backend options
-    state: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
+    state: Mapped[str] = mapped_column(String(16), index=True, default=PENDING.value)
     status: Mapped[str] = mapped_column(Text, default="")
     exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

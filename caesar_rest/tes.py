@@ -8,7 +8,6 @@ and, when the task fails, job.extra["tes_error"] ("executor" or "system").
 from __future__ import annotations
 
 import math
-import uuid as uuidlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -19,8 +18,9 @@ from sqlalchemy.orm import Session
 from . import storage
 from .errors import NotFound
 from .jobs import JOB_ID_RE
-from .models import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS,
-                     TERMINAL_STATES, TIMED_OUT, Job, JobEvent, TesTag, utcnow)
+from .models import Job, TesTag
+from .states import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
+                     TIMED_OUT, NewJob, insert_job)
 from .paging import after_token, encode_token
 from .tes_task import runtime_backend, validate
 
@@ -74,20 +74,14 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
     params = resources.get("backend_parameters") or {}
     time_limit = int(params.get("time_limit") or settings.get("TES_TIME_LIMIT") or settings["DEFAULT_TIME_LIMIT"])
     ram_gb = resources.get("ram_gb")
-    job_id = str(uuidlib.uuid4())
-    now = utcnow()
-    job = Job(id=job_id, owner=owner, kind="tes", app="tes", app_version=TES_VERSION, backend=backend,
-              tag=None, job_inputs={}, argv=list(doc["executors"][0]["command"]),
-              workdir=str(storage.user_dir(settings["JOBS_DIR"], owner) / job_id), state=PENDING,
-              status="Task queued", submit_date=now,
-              spec={"image": doc["executors"][0]["image"], "cpus": resources.get("cpu_cores") or 1,
-                    "memory_mb": math.ceil(ram_gb * 1024) if ram_gb else None, "time_limit": time_limit,
-                    "disk_gb": resources.get("disk_gb"), "backend_options": options, "env": {}, "outputs": []},
-              extra={"tes": doc, "tes_logs": {"system_logs": warnings}}, tes_name=doc.get("name"))
-    session.add(job)
-    session.add_all(TesTag(job_id=job_id, key=k, value=v) for k, v in (doc.get("tags") or {}).items())
-    session.add(JobEvent(job_id=job_id, state=PENDING, message="TES task submitted", at=now))
-    return job
+    return insert_job(session, NewJob(
+        owner=owner, kind="tes", app="tes", app_version=TES_VERSION, backend=backend,
+        argv=list(doc["executors"][0]["command"]), workdir_root=str(storage.user_dir(settings["JOBS_DIR"], owner)),
+        status="Task queued", event="TES task submitted", name=doc.get("name"), tags=dict(doc.get("tags") or {}),
+        spec={"image": doc["executors"][0]["image"], "cpus": resources.get("cpu_cores") or 1,
+              "memory_mb": math.ceil(ram_gb * 1024) if ram_gb else None, "time_limit": time_limit,
+              "disk_gb": resources.get("disk_gb"), "backend_options": options, "env": {}, "outputs": []},
+        extra={"tes": doc, "tes_logs": {"system_logs": warnings}}))
 
 
 def get_task(session: Session, owner: str | None, task_id: str) -> Job:

@@ -1,5 +1,5 @@
-"""TES task runner: stage inputs, run the executors in sequence through the job's backend, upload outputs,
-and record the TES logs (job.extra["tes_logs"]) and the failure kind (job.extra["tes_error"]).
+"""The worker side of TES tasks (kind "tes", workers/kinds.py): stage inputs, one step per executor run in
+sequence on the job's backend by the runner, upload outputs, and record the TES logs (job.extra["tes_logs"]) and the failure kind (job.extra["tes_error"]).
 
 Every task directory (volumes, the directories of inputs, outputs, workdirs and std streams: see
 caesar_rest.tes_task.mount_points) is a directory under <job dir>/fs/ mounted at its path for each executor.
@@ -11,46 +11,43 @@ from __future__ import annotations
 
 import errno
 import glob
-import json
 import logging
-import os
 import shutil
-import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
 from caesar_rest import storage
-from caesar_rest.db import session_scope
-from caesar_rest.models import (ABORTED, CANCELED, FAILURE, RUNNING, STARTED, SUCCESS, TIMED_OUT, Job,
-                                utcnow)
-from caesar_rest.jobs import transition
+from caesar_rest.db import json_merge, session_scope
+from caesar_rest.models import Job, utcnow
+from caesar_rest.states import ABORTED, CANCELED, FAILURE, SUCCESS, TIMED_OUT, Claim, JobState
 from caesar_rest.tes import EXECUTOR, SYSTEM, rfc3339
 from caesar_rest.tes_task import DIRECTORY, WILDCARD_RE, mount_points, norm
 
-from .backends import get_backend
-from .backends.base import QUEUED, BackendError, JobSpec, poll_in_slot
-from .backends.base import RUNNING as B_RUNNING
-from .tes_launcher import SANDBOX_LAUNCHER, SANDBOX_PYTHON, SETUP_FAILED, STATUS_PATH
+from .backends.base import JobSpec
+from .kinds import Ending, StepResult
+from .tes_executors import executor_spec
+from .tes_launcher import SETUP_FAILED
 from .transfer import TransferError, TransferStopped, Transfers
 
 log = logging.getLogger("caesar.tes")
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LAUNCHER = Path(__file__).resolve().with_name("tes_launcher.py")
 
-
-def run_task(runner, job: Job) -> str:
-    """Entry from Runner.run once the job is claimed (STARTED). Returns the final job state."""
-    return TaskRun(runner, job).run()
+if TYPE_CHECKING:
+    from .runner import Runner
 
 
 class TaskRun:
-    """One TES task on one worker: the per-task state around the backend's submit/poll/cancel."""
+    """One TES task on one worker, as the runner drives it (workers/kinds.py): the task's inputs, one step per
+    executor, its outputs, and its TES logs."""
 
-    def __init__(self, runner, job: Job) -> None:
+    running_message = "Task is running"
+
+    def __init__(self, runner: Runner, claim: Claim) -> None:
+        job = claim.job
         self.runner = runner
         self.settings = runner.settings
         self.url = runner.url
@@ -69,19 +66,19 @@ class TaskRun:
         self.canceled = threading.Event()
         self.finished = threading.Event()
         self.poll_interval = float(self.settings["JOB_POLL_INTERVAL"])
+        self.transfers = Transfers(self.settings, self.owner, should_stop=self.canceled.is_set)
+        self.failure: tuple[str, str, int | None] | None = None      # (kind, message, exit code)
+        self._deadline: float | None = None
+        self._current: tuple[int, dict[str, Any], dict[str, Any], dict[str, int]] | None = None
+        self._watcher = threading.Thread(target=self._watch, name=f"tes-watch-{self.job_id[:8]}", daemon=True)
 
-    # ---- driving -----------------------------------------------------------------------------------------------
-    def run(self) -> str:
-        watcher = threading.Thread(target=self._watch, name=f"tes-watch-{self.job_id[:8]}", daemon=True)
-        watcher.start()
-        try:
-            return self._run()
-        except Exception as exc:           # a bug must still end the task, with the reason
-            log.exception("TES task %s failed in the runner", self.job_id)
-            return self._end(FAILURE, f"Internal error running the task: {exc.__class__.__name__}: {exc}", SYSTEM)
-        finally:
-            self.finished.set()
-            watcher.join(timeout=5)
+    def __enter__(self) -> TaskRun:
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finished.set()
+        self._watcher.join(timeout=5)
 
     def _watch(self) -> None:
         """Heartbeats and the cancel flag while the task runs, transfers included."""
@@ -98,63 +95,87 @@ class TaskRun:
             except Exception:
                 log.warning("TES task %s: heartbeat failed", self.job_id, exc_info=True)
 
-    def _run(self) -> str:
-        try:
-            backend = get_backend(self.settings, self.backend_name)
-        except BackendError as exc:
-            return self._end(ABORTED, f"Backend {self.backend_name!r} unavailable on this worker: {exc}", SYSTEM)
+    # ---- what the runner asks --------------------------------------------------------------------------------------
+    def stage(self) -> Ending | None:
         try:
             self._layout()
         except OSError as exc:
-            return self._end(ABORTED, f"Preparing the task directories failed: {exc}", SYSTEM)
+            return self._ending(ABORTED, f"Preparing the task directories failed: {exc}", SYSTEM)
         problem = self._check_disk()
         if problem:
-            return self._end(ABORTED, problem, SYSTEM)
-        transfers = Transfers(self.settings, self.owner, should_stop=self.canceled.is_set)
+            return self._ending(ABORTED, problem, SYSTEM)
         for i, item in enumerate(self.doc.get("inputs") or []):
             if self.canceled.is_set():
                 break
             try:
-                self._stage(transfers, item)
+                self._stage(self.transfers, item)
             except TransferStopped:
                 break
             except (TransferError, OSError) as exc:
-                return self._end(ABORTED, f"Input inputs[{i}] ({item['path']}) could not be staged: {exc}", SYSTEM)
+                return self._ending(ABORTED, f"Input inputs[{i}] ({item['path']}) could not be staged: {exc}", SYSTEM)
         if self.canceled.is_set():
-            return self._end(CANCELED, "Task canceled by user before its executors ran")
-        with session_scope(self.url) as s:
-            transition(s, self.job_id, RUNNING, "Task is running", from_states=(STARTED,), run_date=utcnow())
+            return self._ending(CANCELED, "Task canceled by user before its executors ran")
+        return None
 
-        deadline = time.monotonic() + self.time_limit
-        failure: tuple[str, str, int | None] | None = None      # (kind, message, exit code)
+    def steps(self) -> Iterator[JobSpec]:
         for i, executor in enumerate(self.doc["executors"]):
-            if self.canceled.is_set():
-                break
-            outcome, detail, rc = self._run_executor(backend, i, executor, deadline)
-            if outcome in ("canceled", "timeout", "system"):
-                failure = (outcome, detail, rc)
-                break
-            if rc != 0 and not executor.get("ignore_error"):
-                failure = ("executor", detail, rc)
-                break
-            if rc != 0:
-                self.logs["system_logs"].append(f"{detail} (ignore_error: continuing)")
-        if self.canceled.is_set() or (failure and failure[0] == "canceled"):
-            return self._end(CANCELED, "Task canceled by user")
+            if self.canceled.is_set() or self.failure is not None:
+                return
+            entry: dict[str, Any] = {"start_time": rfc3339(utcnow()), "exit_code": None}
+            self.logs["executors"].append(entry)
+            offsets = {name: _size(self.jobdir / name) for name in ("stdout.log", "stderr.log")}
+            self._current = (i, executor, entry, offsets)
+            yield self._job_spec(i, executor)
 
-        upload_problems = self._upload_outputs(transfers, strict=failure is None)
+    def submit_failed(self, spec: JobSpec | None, exc: Exception) -> Ending:
+        assert self._current is not None
+        i, executor, entry, _offsets = self._current
+        self.logs["executors"].remove(entry)
+        self.failure = ("system", f"Executor {i} ({executor['image']}) could not start: {exc}", None)
+        return self.finish()
+
+    def stop_requested(self) -> bool:
+        return self.canceled.is_set()
+
+    def deadline(self, started: float) -> float:
+        """One limit for all the executors, counted from the first one's start."""
+        if self._deadline is None:
+            self._deadline = started + self.time_limit
+        return self._deadline
+
+    def step_ended(self, spec: JobSpec | None, result: StepResult) -> Ending | None:
+        assert self._current is not None
+        i, executor, _entry, _offsets = self._current
+        outcome, detail, rc = self._executor_ended(result)
+        if outcome == "canceled" or self.canceled.is_set():
+            return self._ending(CANCELED, "Task canceled by user")
+        if outcome in ("timeout", "system"):
+            self.failure = (outcome, detail, rc)
+        elif rc != 0 and not executor.get("ignore_error"):
+            self.failure = ("executor", detail, rc)
+        elif rc != 0:
+            self.logs["system_logs"].append(f"{detail} (ignore_error: continuing)")
+        return None
+
+    def finish(self) -> Ending:
         if self.canceled.is_set():
-            return self._end(CANCELED, "Task canceled by user while its outputs were uploaded")
-        if failure is not None:
-            kind, message, rc = failure
+            return self._ending(CANCELED, "Task canceled by user")
+        upload_problems = self._upload_outputs(self.transfers, strict=self.failure is None)
+        if self.canceled.is_set():
+            return self._ending(CANCELED, "Task canceled by user while its outputs were uploaded")
+        if self.failure is not None:
+            kind, message, rc = self.failure
             if kind == "timeout":
-                return self._end(TIMED_OUT, message, EXECUTOR, exit_status=rc)
+                return self._ending(TIMED_OUT, message, EXECUTOR, exit_status=rc)
             if kind == "executor":
-                return self._end(FAILURE, message, EXECUTOR, exit_status=rc)
-            return self._end(FAILURE, message, SYSTEM, exit_status=rc)
+                return self._ending(FAILURE, message, EXECUTOR, exit_status=rc)
+            return self._ending(FAILURE, message, SYSTEM, exit_status=rc)
         if upload_problems:           # already in system_logs, one line each
-            return self._end(FAILURE, "; ".join(upload_problems), SYSTEM, log_it=False)
-        return self._end(SUCCESS, "Task complete", exit_status=0)
+            return self._ending(FAILURE, "; ".join(upload_problems), SYSTEM, log_it=False)
+        return self._ending(SUCCESS, "Task complete", exit_status=0)
+
+    def internal_error(self, exc: Exception) -> Ending:
+        return self._ending(FAILURE, f"Internal error running the task: {exc.__class__.__name__}: {exc}", SYSTEM)
 
     # ---- layout and inputs ----------------------------------------------------------------------------------------
     def host_path(self, path: str) -> Path:
@@ -176,7 +197,7 @@ class TaskRun:
                     f"{free / 1024**3:.1f} GB free")
         return None
 
-    def _inside(self, path: Path) -> Path:
+    def inside(self, path: Path) -> Path:
         """path, refused when (through links) it leaves the task's directories."""
         real = storage.within(self.fs, path)
         if real is None:
@@ -189,9 +210,9 @@ class TaskRun:
         existing = dest.parent
         while not existing.exists() and existing != self.fs:
             existing = existing.parent
-        self._inside(existing)                   # before making directories through a link
+        self.inside(existing)                   # before making directories through a link
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self._inside(dest.parent)
+        self.inside(dest.parent)
         if dest.is_symlink():
             raise OSError(errno.EXDEV, f"{path} is a symbolic link")
         return dest
@@ -204,93 +225,17 @@ class TaskRun:
             dest.write_bytes(str(item.get("content") or "").encode("utf-8"))
 
     # ---- executors ---------------------------------------------------------------------------------------------------
-    def _job_spec(self, backend, i: int, executor: dict[str, Any]) -> JobSpec:
-        env = dict(executor.get("env") or {})
-        common: dict[str, Any] = dict(job_id=self.job_id, owner=self.owner, app="tes", workdir=self.jobdir,
-                                      cpus=float(self.spec.get("cpus") or 1), memory_mb=self.spec.get("memory_mb"),
-                                      time_limit_s=int(self.time_limit))
-        mounts = {m: str(self.host_path(m)) for m in self.mounts}
-        if self.backend_name == "local":
-            return self._host_job_spec(i, executor, env, common)
-        if self.backend_name != "container":
-            raise BackendError(f"TES executors run on the local (host runtime) or container backend, not on "
-                               f"{self.backend_name!r}")
-        _open_to_group(self.fs)           # the container's user (not root) writes through the group
-        return JobSpec(argv=list(executor["command"]), image=executor["image"], env=env, **common,
-                       options={**(self.spec.get("backend_options") or {}),
-                                "tes": {"index": i, "mounts": mounts, "workdir": executor.get("workdir"),
-                                        "stdin": str(self._inside(self.host_path(executor["stdin"])))
-                                        if executor.get("stdin") else None}})
+    def _job_spec(self, i: int, executor: dict[str, Any]) -> JobSpec:
+        return executor_spec(self, i, executor)
 
-    def _host_job_spec(self, i: int, executor: dict[str, Any], env: dict[str, str],
-                       common: dict[str, Any]) -> JobSpec:
-        """A host-runtime executor: the local backend runs it in the job sandbox, the task directories bound at
-        their paths (staged inputs read-only), through workers/tes_launcher.py (stdin/stdout/stderr opened inside
-        the sandbox, as the sandbox user, then the command exec()ed unchanged)."""
-        status = self.meta / f"executor-{i}.status"
-        status.write_bytes(b"")
-        binds = [[str(self.host_path(m)), m, True] for m in self.mounts]
-        for item in self.doc.get("inputs") or []:
-            binds.append([str(self._inside(self.host_path(item["path"]))), norm(item["path"]), False])
-        # The launcher and its interpreter at a place of their own: a task directory may cover their host paths
-        # (a Nextflow task mounts /work, an ancestor of a venv in /work/...).
-        base = os.path.realpath(sys.base_prefix)
-        python = os.path.realpath(sys.executable)
-        if not python.startswith(base + "/"):
-            raise BackendError(f"the worker's interpreter {python} is not under its prefix {base}")
-        binds += [[base, SANDBOX_PYTHON, False], [str(LAUNCHER), SANDBOX_LAUNCHER, False],
-                  [str(status), STATUS_PATH, True]]
-        launch = {"argv": executor["command"], "workdir": executor.get("workdir"), "stdin": executor.get("stdin"),
-                  "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": STATUS_PATH}
-        env = {"PATH": HOST_PATH, "HOME": executor.get("workdir") or "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-               **env}
-        if any(base == m or base.startswith(m.rstrip("/") + "/") for m in self.mounts):
-            # The interpreter finds its libpython by an absolute RUNPATH under a covered path: point the loader at
-            # the copy under SANDBOX_PYTHON for the launcher alone, and give the command its own value back.
-            launch["restore_env"] = {"LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH")}
-            env["LD_LIBRARY_PATH"] = f"{SANDBOX_PYTHON}/lib"
-        argv = [SANDBOX_PYTHON + python[len(base):], "-I", SANDBOX_LAUNCHER, "exec", json.dumps(launch)]
-        return JobSpec(argv=argv, image=executor["image"], env=env, **common,
-                       options={"image_recorded": executor["image"],
-                                "host_task": {"binds": binds, "cwd": "/",
-                                              "network": bool(self.settings.get("TES_HOST_NETWORK"))}})
-
-    def _run_executor(self, backend, i: int, executor: dict[str, Any], deadline: float) -> tuple[str, str, int | None]:
-        """Runs executor i to its end; returns (outcome, message, exit code), outcome one of
-        exited / canceled / timeout / system."""
-        entry: dict[str, Any] = {"start_time": rfc3339(utcnow()), "exit_code": None}
-        self.logs["executors"].append(entry)
-        offsets = {name: _size(self.jobdir / name) for name in ("stdout.log", "stderr.log")}
-        try:
-            spec = self._job_spec(backend, i, executor)
-            handle = backend.submit(spec)
-        except Exception as exc:
-            self.logs["executors"].remove(entry)
-            return "system", f"Executor {i} ({executor['image']}) could not start: {exc}", None
-        with session_scope(self.url) as s:
-            pid = int(handle) if handle.isdigit() and self.backend_name == "local" else None
-            s.execute(update(Job).where(Job.id == self.job_id).values(handle=handle, pid=pid, heartbeat_at=utcnow()))
-        self._save()
-        outcome = "exited"
-        while True:
-            status = poll_in_slot(backend, handle)
-            if status.state not in (QUEUED, B_RUNNING):
-                break
-            if self.canceled.is_set() or time.monotonic() > deadline:
-                outcome = "canceled" if self.canceled.is_set() else "timeout"
-                backend.cancel(handle)
-                status = backend.poll(handle)
-                break
-            time.sleep(self.poll_interval)
-        problems = []
-        try:
-            backend.fetch_outputs(handle, self.jobdir)
-        except Exception as exc:
-            problems.append(f"collecting its output failed: {exc}")
-        try:
-            backend.cleanup(handle)
-        except Exception as exc:
-            problems.append(f"cleanup failed: {exc}")
+    def _executor_ended(self, result: StepResult) -> tuple[str, str, int | None]:
+        """What executor i's end means: (outcome, message, exit code), outcome one of exited / canceled / timeout /
+        system. Its logs are recorded and its streams copied where the task asked."""
+        assert self._current is not None
+        i, executor, entry, offsets = self._current
+        status = result.after_stop or result.status
+        problems = [f"{what} failed: {exc}" for what, exc in
+                    (("collecting its output", result.fetch_error), ("cleanup", result.cleanup_error)) if exc]
         if self.backend_name != "local":      # a container's streams land in the job's logs: copy them where asked
             for key, logname in (("stdout", "stdout.log"), ("stderr", "stderr.log")):
                 if executor.get(key):
@@ -308,11 +253,11 @@ class TaskRun:
         setup = self.meta / f"executor-{i}.status"
         if rc == SETUP_FAILED and setup.exists() and setup.stat().st_size:
             return "system", f"Executor {i} could not be set up: {setup.read_text(errors='replace').strip()}", rc
-        if outcome == "timeout":
-            return outcome, (f"Executor {i} exceeded the task's time limit of {self.time_limit:g} s "
-                             "and was stopped"), rc
-        if outcome == "canceled":
-            return outcome, "Task canceled by user", rc
+        if result.outcome == "timeout":
+            return "timeout", (f"Executor {i} exceeded the task's time limit of {self.time_limit:g} s "
+                               "and was stopped"), rc
+        if result.outcome == "canceled":
+            return "canceled", "Task canceled by user", rc
         if rc is None:
             return "system", f"Executor {i} ended without an exit status: {status.reason or status.state}", None
         if problems:
@@ -327,7 +272,7 @@ class TaskRun:
         if redirected:
             path, start = self.host_path(redirected), 0
             try:
-                self._inside(path)
+                self.inside(path)
             except OSError:
                 return ""
         else:
@@ -370,50 +315,38 @@ class TaskRun:
         path = norm(item["path"])
         if not WILDCARD_RE.search(item["path"]):
             src = self.host_path(path)
-            self._inside(src.parent)
+            self.inside(src.parent)
             if src.exists():
-                self._inside(src)
+                self.inside(src)
             return [(src, path, item["url"], item["type"])]
         prefix = norm(item["path_prefix"])
         pattern = glob.escape(str(self.fs)) + path
         found = []
         for match in sorted(glob.glob(pattern)):
-            real = self._inside(Path(match))
+            real = self.inside(Path(match))
             rel = Path(match).relative_to(self.host_path(prefix)).as_posix()
             url = item["url"].rstrip("/") + "/" + rel
             found.append((Path(match), f"{prefix.rstrip('/')}/{rel}", url, DIRECTORY if real.is_dir() else "FILE"))
         return found
 
     # ---- bookkeeping -------------------------------------------------------------------------------------------------
-    def _save(self, **extra_fields: Any) -> None:
-        logs = {"system_logs": list(self.logs["system_logs"]), "outputs": list(self.logs["outputs"]),
+    def _snapshot(self) -> dict[str, Any]:
+        return {"system_logs": list(self.logs["system_logs"]), "outputs": list(self.logs["outputs"]),
                 "executors": [dict(e) for e in self.logs["executors"]]}
-        with session_scope(self.url) as s:
-            job = s.get(Job, self.job_id)
-            if job is not None:
-                job.extra = {**(job.extra or {}), "tes_logs": logs, **extra_fields}
 
-    def _end(self, state: str, message: str, kind: str | None = None, exit_status: int | None = None,
-             log_it: bool = True) -> str:
+    def _save(self) -> None:
+        """The TES logs so far, for clients reading the task while it runs."""
+        with session_scope(self.url) as s:
+            s.execute(update(Job).where(Job.id == self.job_id)
+                      .values(extra=json_merge(Job.__table__.c.extra, {"tes_logs": self._snapshot()})))
+
+    def _ending(self, state: JobState, message: str, kind: str | None = None, exit_status: int | None = None,
+                log_it: bool = True) -> Ending:
+        """The task's end, with its TES logs and failure kind (executor / system) recorded with it."""
         if state != SUCCESS and message and log_it:
             self.logs["system_logs"].append(message)
-        self._save(tes_error=kind)
-        self.runner._end(self.job_id, state, message, exit_status=exit_status)
-        with session_scope(self.url) as s:
-            final = s.scalar(select(Job.state).where(Job.id == self.job_id))
-        log.info("TES task %s ended %s: %s", self.job_id, final, message)
-        return final or state
-
-
-def _open_to_group(root: Path) -> None:
-    """Group read/write on the task's files (and search on its directories) for a container's user."""
-    for dirpath, _dirs, names in os.walk(root):
-        for path in [dirpath] + [os.path.join(dirpath, n) for n in names]:
-            st = os.lstat(path)
-            if not os.path.islink(path):
-                wanted = st.st_mode | (0o070 if os.path.isdir(path) else 0o060)
-                if wanted != st.st_mode:
-                    os.chmod(path, wanted)
+        log.info("TES task %s ends %s: %s", self.job_id, state, message)
+        return Ending(state, message, exit_status=exit_status, extra={"tes_logs": self._snapshot(), "tes_error": kind})
 
 
 def _copy_from(src: Path, offset: int, dest: Path) -> None:

@@ -15,6 +15,7 @@ from .. import jobs as service
 from .. import paging, s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
+from ..kinds import AppKind
 from ..models import ALL_STATES, Job
 from ..tarball import files_in_memory, stream_tar_gz, tar_gz
 from . import docs
@@ -42,7 +43,7 @@ def submit():
     owner = current_owner()
     with session() as s:
         check_active_limit(s, owner)
-        job = service.create_job(s, cfg, registry(), owner, body)
+        job = AppKind(registry()).create(s, cfg, owner, body)
         answer = {**service.to_summary(job), "status": "Job submitted with success"}
         job_id, backend = job.id, job.backend
     publish_or_withdraw(job_id, backend)

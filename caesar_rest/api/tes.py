@@ -13,6 +13,7 @@ from .. import __version__
 from .. import jobs as jobs_service
 from .. import tes as service
 from .. import tes_task as task_doc
+from ..kinds import TesKind
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from . import docs
@@ -105,7 +106,7 @@ def create_task():
     owner = current_owner()
     with session() as s:
         check_active_limit(s, owner)
-        job = service.create_task(s, cfg, owner, body)
+        job = TesKind().create(s, cfg, owner, body)
         job_id, backend = job.id, job.backend
     publish_or_withdraw(job_id, backend, what="task")
     return jsonify({"id": job_id})
