@@ -88,7 +88,7 @@ def _literal_address(name: str) -> bool:
     return True
 
 
-# ---- the engine on stand-in backends ----------------------------------------------------------------------------------
+# ---- the engine on stand-in backends ---------------------------------------------------------------------------------
 STANDIN_APP = """
 name: probe
 version: "2.1"

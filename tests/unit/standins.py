@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from workers.backends.base import (EXITED, QUEUED, RUNNING, BackendError, BackendStatus, BackendUnavailable,
-                                   JobSpec)
+from workers.backends.base import EXITED, QUEUED, RUNNING, BackendError, BackendStatus, BackendUnavailable, JobSpec
 
 
 @dataclass

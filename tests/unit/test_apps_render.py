@@ -68,7 +68,7 @@ def refused(app, inputs, resolver=no_files) -> InvalidOption:
     return caught.value
 
 
-# ---- defaults, types, styles ------------------------------------------------------------------------------------
+# ---- defaults, types, styles -----------------------------------------------------------------------------------------
 def test_defaults_alone_make_the_command_with_each_default_in_declaration_order(tool):
     out = render(tool, {}, no_files)
     assert out.argv == ["tool", "--verbose", "--count", "2", "--mode", "fast"]
@@ -122,7 +122,7 @@ def test_the_shipped_apps_render_as_their_commands_expect():
     assert "--run" not in out.argv and "--no-preview" not in out.argv
 
 
-# ---- refusals, each naming the option ---------------------------------------------------------------------------
+# ---- refusals, each naming the option --------------------------------------------------------------------------------
 @pytest.mark.parametrize("inputs, option, words", [
     ({"colour": "red"}, "colour", "Unknown option 'colour'"),
     ({"count": "3"}, "count", "must be an integer"),
@@ -184,7 +184,7 @@ def test_a_wrong_type_is_reported_before_a_missing_option_and_before_any_file_lo
     assert resolver.asked == []
 
 
-# ---- file options -------------------------------------------------------------------------------------------------
+# ---- file options ----------------------------------------------------------------------------------------------------
 def test_a_file_option_is_resolved_and_staged_under_inputs(tool):
     resolver = uploads({UUID: "VGPS.fits"})
     out = render(tool, {"image": UUID}, resolver)
@@ -206,7 +206,7 @@ def test_the_resolver_s_refusal_reaches_the_caller(tool):
     assert error.details["option"] == "image" and "not an uploaded file" in error.message
 
 
-# ---- the YAML itself -----------------------------------------------------------------------------------------------
+# ---- the YAML itself -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, words", [
     ("name: a\ncommand: tool --flag\n", "argv, never a shell line"),
     ("name: a\ncommand: []\n", "non-empty list"),

@@ -136,7 +136,7 @@ def test_a_body_without_its_closing_delimiter_is_refused(tail):
     assert "ended before its closing boundary" in refusal(raw)
 
 
-# ---- limits ------------------------------------------------------------------------------------------------------------
+# ---- limits ----------------------------------------------------------------------------------------------------------
 def test_a_file_part_is_not_bound_by_the_field_limit():
     content = b"z" * (multipart.MAX_FIELD_BYTES * 3)
     assert parse_bytes(part("file", content, "big.bin") + b"--B--") == ({}, [("file", "big.bin", content)])
@@ -159,7 +159,7 @@ def test_parts_up_to_the_limit_are_taken_and_one_more_is_refused():
     assert "more than" in refusal(most + part("extra", b"v") + b"--B--")
 
 
-# ---- header injection and file names ------------------------------------------------------------------------------------
+# ---- header injection and file names ---------------------------------------------------------------------------------
 def test_a_value_that_looks_like_a_part_is_data_of_its_own_part():
     injected = b"x\r\nContent-Disposition: form-data; name=\"admin\"\r\n\r\ntrue"
     fields, files = parse_bytes(part("tag", injected) + b"--B--")

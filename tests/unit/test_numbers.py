@@ -65,7 +65,7 @@ def test_json_values_that_are_not_finite_numbers_are_refused(value):
 
 def test_json_numbers_keep_their_value_and_bounds():
     assert json_number(2, "x") == 2 and json_number(0.25, "x", 0, 1) == 0.25
-    with pytest.raises(NumberError, match="x must be at most 1, not 1.5"):
+    with pytest.raises(NumberError, match=r"x must be at most 1, not 1\.5"):
         json_number(1.5, "x", 0, 1)
 
 

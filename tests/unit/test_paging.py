@@ -15,7 +15,7 @@ from caesar_rest.errors import BadRequest
 from caesar_rest.models import Base, Job
 from caesar_rest.paging import after_token, decode_token, encode_token
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 678901)
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901)      # noqa: DTZ001 (the columns hold naive UTC, as models.utcnow)
 
 
 def job(when: datetime, job_id: str | None = None) -> Job:

@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from caesar_rest.db import session_scope
@@ -19,8 +18,8 @@ from caesar_rest.jobs import transition
 from caesar_rest.models import Job, JobEvent, utcnow
 from workers.runner import Runner
 
-from . import standins
 from ..support import API
+from . import standins
 
 HOST = socket.gethostname()
 
@@ -223,7 +222,7 @@ def test_declare_lost_ends_an_in_slot_job_with_the_reason(standin_app, standin_c
     assert states(job_row(standin_app, job_id)[1]) == ["PENDING", "STARTED", "FAILURE"]
 
 
-# ---- a remote (non-blocking) stand-in, followed by poll_once --------------------------------------------------------
+# ---- a remote (non-blocking) stand-in, followed by poll_once ---------------------------------------------------------
 def test_a_remote_job_is_submitted_then_followed_poll_by_poll(standin_app, standin_client):
     job_id = submit(standin_client, "remote")
     runner = Runner(standin_app.config)
