@@ -11,7 +11,7 @@ import requests
 from caesar_rest import s3store
 from caesar_rest.db import dispose_all
 
-from ..backends.batch_fixtures import aws, aws_setup, batch_stack, moto_server, s3_settings  # noqa: F401
+from ..backends.batch_fixtures import aws, s3_settings
 from ..support import API, client_status, start_api, upload, wait_state
 
 MB = 1024 * 1024

@@ -125,7 +125,7 @@ def make_stack(root: Path, base_url: str, queues: list[str]) -> ContainerStack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, podman_socket, engine) -> Iterator[ContainerStack]:
+def container_stack(tmp_path_factory, podman_socket, engine) -> Iterator[ContainerStack]:
     """API (Flask test client) + one real worker (2 processes) on the local and container pools."""
     s = make_stack(tmp_path_factory.mktemp("container"), f"unix://{podman_socket}", ["local", "container"])
     try:

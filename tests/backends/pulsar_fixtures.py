@@ -103,7 +103,7 @@ def _apps_dir(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pulsar_stack(pulsar_servers, tmp_path_factory):
+def pulsar_module_stack(pulsar_servers, tmp_path_factory):
     """Embedded caesar-rest (SQLite, file results) with local and pulsar backends, one worker of 2 processes.
 
     The broker is RabbitMQ, not kombu's filesystem:// transport: that one lets a consumer read a message file its
@@ -127,8 +127,8 @@ def pulsar_stack(pulsar_servers, tmp_path_factory):
 
 
 @pytest.fixture
-def stack(pulsar_stack):
+def pulsar_stack(pulsar_module_stack):
     """The module's stack, with both Pulsar servers up (a test that crashed one may have failed half way)."""
-    for server in pulsar_stack.servers.values():
+    for server in pulsar_module_stack.servers.values():
         server.start()
-    return pulsar_stack
+    return pulsar_module_stack

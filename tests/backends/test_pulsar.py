@@ -22,38 +22,38 @@ from workers.backends.pulsar import PulsarBackend
 
 from ..apps.fitsgen import make_image
 from ..support import API, TERMINAL, client_status, free_port, full_health, job_processes, upload, wait_state
-from .pulsar_fixtures import UNREACHABLE_TIMEOUT, PulsarStack, pulsar_servers, pulsar_stack, stack  # noqa: F401
+from .pulsar_fixtures import UNREACHABLE_TIMEOUT, PulsarStack
 
 # Generous: other engineers' suites share these 2 cores.
 JOB_TIMEOUT = 120
 
 
-def submit(stack: PulsarStack, app: str, backend: str | None = "pulsar", server: str | None = None, **inputs) -> str:
+def submit(pulsar_stack: PulsarStack, app: str, backend: str | None = "pulsar", server: str | None = None, **inputs) -> str:
     body: dict = {"app": app, "job_inputs": inputs}
     if backend:
         body["backend"] = backend
     if server:
         body["backend_options"] = {"server": server}
-    r = stack.client.post(f"{API}/job", json=body)
+    r = pulsar_stack.client.post(f"{API}/job", json=body)
     assert r.status_code == 202, r.get_json()
     return r.get_json()["job_id"]
 
 
-def wait(stack: PulsarStack, job_id: str, states=TERMINAL, timeout: float = JOB_TIMEOUT) -> dict:
-    return wait_state(client_status(stack.client), job_id, states=states, timeout=timeout)
+def wait(pulsar_stack: PulsarStack, job_id: str, states=TERMINAL, timeout: float = JOB_TIMEOUT) -> dict:
+    return wait_state(client_status(pulsar_stack.client), job_id, states=states, timeout=timeout)
 
 
-def metadata(stack: PulsarStack, job_id: str) -> dict:
-    return stack.client.get(f"{API}/job/{job_id}/metadata").get_json()
+def metadata(pulsar_stack: PulsarStack, job_id: str) -> dict:
+    return pulsar_stack.client.get(f"{API}/job/{job_id}/metadata").get_json()
 
 
-def logs(stack: PulsarStack, job_id: str) -> dict:
-    return stack.client.get(f"{API}/job/{job_id}/logs").get_json()
+def logs(pulsar_stack: PulsarStack, job_id: str) -> dict:
+    return pulsar_stack.client.get(f"{API}/job/{job_id}/logs").get_json()
 
 
-def tarball(stack: PulsarStack, job_id: str) -> dict[str, bytes | None]:
+def tarball(pulsar_stack: PulsarStack, job_id: str) -> dict[str, bytes | None]:
     """Member name below the job_<id>/ top → content (None for directories)."""
-    r = stack.client.get(f"{API}/job/{job_id}/output")
+    r = pulsar_stack.client.get(f"{API}/job/{job_id}/output")
     assert r.status_code == 200, r.get_json()
     out: dict[str, bytes | None] = {}
     with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
@@ -64,19 +64,19 @@ def tarball(stack: PulsarStack, job_id: str) -> dict[str, bytes | None]:
     return out
 
 
-def explain(stack: PulsarStack, job_id: str) -> str:
-    return f"{metadata(stack, job_id)}\n{logs(stack, job_id)}\n{stack.worker.log()[-4000:]}"
+def explain(pulsar_stack: PulsarStack, job_id: str) -> str:
+    return f"{metadata(pulsar_stack, job_id)}\n{logs(pulsar_stack, job_id)}\n{pulsar_stack.worker.log()[-4000:]}"
 
 
-def pulsar_job(stack: PulsarStack, job_id: str) -> tuple[str, str]:
-    server, _, pulsar_id = metadata(stack, job_id)["handle"].rpartition(":")
+def pulsar_job(pulsar_stack: PulsarStack, job_id: str) -> tuple[str, str]:
+    server, _, pulsar_id = metadata(pulsar_stack, job_id)["handle"].rpartition(":")
     return server, pulsar_id
 
 
-def wait_running_on_pulsar(stack: PulsarStack, job_id: str) -> tuple[str, str]:
-    st = wait(stack, job_id, states=("RUNNING",) + TERMINAL)
-    assert st["state"] == "RUNNING", explain(stack, job_id)
-    server, pulsar_id = pulsar_job(stack, job_id)
+def wait_running_on_pulsar(pulsar_stack: PulsarStack, job_id: str) -> tuple[str, str]:
+    st = wait(pulsar_stack, job_id, states=("RUNNING",) + TERMINAL)
+    assert st["state"] == "RUNNING", explain(pulsar_stack, job_id)
+    server, pulsar_id = pulsar_job(pulsar_stack, job_id)
     deadline = time.time() + 30
     while not job_processes(job_id) and time.time() < deadline:
         time.sleep(0.1)
@@ -85,13 +85,13 @@ def wait_running_on_pulsar(stack: PulsarStack, job_id: str) -> tuple[str, str]:
 
 
 # ---- options, without a job ----------------------------------------------------------------------------------
-def test_unknown_server_is_rejected_naming_the_known_ones(stack):
-    r = stack.client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {}, "backend": "pulsar",
+def test_unknown_server_is_rejected_naming_the_known_ones(pulsar_stack):
+    r = pulsar_stack.client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {}, "backend": "pulsar",
                                               "backend_options": {"server": "nowhere"}})
     assert r.status_code == 400
     message = r.get_json()["message"]
     assert "nowhere" in message and "bad, p1, p2" in message
-    r = stack.client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {}, "backend": "pulsar",
+    r = pulsar_stack.client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {}, "backend": "pulsar",
                                               "backend_options": {"queue": "x"}})
     assert r.status_code == 400 and "server" in r.get_json()["message"]
 
@@ -146,39 +146,39 @@ def test_an_unreachable_server_is_unavailable_and_the_error_chain_hides_the_toke
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------------
-def test_checksum_on_pulsar_gives_the_tarball_of_a_local_run(stack):
+def test_checksum_on_pulsar_gives_the_tarball_of_a_local_run(pulsar_stack):
     data = b"caesar on pulsar\n" * 50000
-    f = upload(stack.client, data, "data.txt")
+    f = upload(pulsar_stack.client, data, "data.txt")
     t0 = time.time()
-    remote = submit(stack, "checksum", inputfile=f["uuid"], algorithm="md5")
-    local = submit(stack, "checksum", backend="local", inputfile=f["uuid"], algorithm="md5")
-    st = wait(stack, remote)
+    remote = submit(pulsar_stack, "checksum", inputfile=f["uuid"], algorithm="md5")
+    local = submit(pulsar_stack, "checksum", backend="local", inputfile=f["uuid"], algorithm="md5")
+    st = wait(pulsar_stack, remote)
     round_trip = time.time() - t0
-    assert st["state"] == "SUCCESS", explain(stack, remote)
+    assert st["state"] == "SUCCESS", explain(pulsar_stack, remote)
     assert st["exit_status"] == 0
-    assert wait(stack, local)["state"] == "SUCCESS", explain(stack, local)
+    assert wait(pulsar_stack, local)["state"] == "SUCCESS", explain(pulsar_stack, local)
     import hashlib
     expected = f"{hashlib.md5(data).hexdigest()}  data.txt\n".encode()
-    remote_tar, local_tar = tarball(stack, remote), tarball(stack, local)
+    remote_tar, local_tar = tarball(pulsar_stack, remote), tarball(pulsar_stack, local)
     assert remote_tar["checksum.txt"] == expected == local_tar["checksum.txt"]
     assert sorted(remote_tar) == sorted(local_tar)
     assert remote_tar["stdout.log"] == local_tar["stdout.log"] == b"md5 " + expected
-    server, pulsar_id = pulsar_job(stack, remote)
+    server, pulsar_id = pulsar_job(pulsar_stack, remote)
     assert server == "p1"
-    assert not stack.servers["p1"].job_dir(pulsar_id).exists(), "the remote job was not cleaned"
+    assert not pulsar_stack.servers["p1"].job_dir(pulsar_id).exists(), "the remote job was not cleaned"
     print(f"\nchecksum (800 kB input) on Pulsar: submit → SUCCESS seen by the client in {round_trip:.2f} s")
 
 
-def test_sfinder_on_server_p2_gives_the_tarball_and_catalogue_of_a_local_run(stack, tmp_path):
+def test_sfinder_on_server_p2_gives_the_tarball_and_catalogue_of_a_local_run(pulsar_stack, tmp_path):
     image = make_image(tmp_path / "field.fits")
-    f = upload(stack.client, image.read_bytes(), "field.fits")
+    f = upload(pulsar_stack.client, image.read_bytes(), "field.fits")
     options = {"inputfile": f["uuid"], "seedthr": 5, "deblend": True}
-    remote = submit(stack, "sfinder", server="p2", **options)
-    local = submit(stack, "sfinder", backend="local", **options)
-    assert wait(stack, remote)["state"] == "SUCCESS", explain(stack, remote)
-    assert wait(stack, local)["state"] == "SUCCESS", explain(stack, local)
-    assert pulsar_job(stack, remote)[0] == "p2"
-    remote_tar, local_tar = tarball(stack, remote), tarball(stack, local)
+    remote = submit(pulsar_stack, "sfinder", server="p2", **options)
+    local = submit(pulsar_stack, "sfinder", backend="local", **options)
+    assert wait(pulsar_stack, remote)["state"] == "SUCCESS", explain(pulsar_stack, remote)
+    assert wait(pulsar_stack, local)["state"] == "SUCCESS", explain(pulsar_stack, local)
+    assert pulsar_job(pulsar_stack, remote)[0] == "p2"
+    remote_tar, local_tar = tarball(pulsar_stack, remote), tarball(pulsar_stack, local)
     assert sorted(remote_tar) == sorted(local_tar)
     assert {"field_catalog.csv", "field_sources.reg", "field_preview.png", "stdout.log", "stderr.log",
             "caesar_job.json"} <= set(remote_tar)
@@ -187,83 +187,83 @@ def test_sfinder_on_server_p2_gives_the_tarball_and_catalogue_of_a_local_run(sta
     assert not any(name.startswith("inputs") for name in remote_tar)
 
 
-def test_app_yaml_sends_the_sleeper_to_its_server(stack):
-    job = submit(stack, "sleeper_p2", backend=None, seconds=0.2, message="from the yaml")
-    st = wait(stack, job)
-    assert st["state"] == "SUCCESS", explain(stack, job)
-    assert pulsar_job(stack, job)[0] == "p2"
-    out = tarball(stack, job)
+def test_app_yaml_sends_the_sleeper_to_its_server(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper_p2", backend=None, seconds=0.2, message="from the yaml")
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "SUCCESS", explain(pulsar_stack, job)
+    assert pulsar_job(pulsar_stack, job)[0] == "p2"
+    out = tarball(pulsar_stack, job)
     assert out["sleeper.txt"] == b"from the yaml\n"
-    assert logs(stack, job)["stdout"].startswith("from the yaml\n")
+    assert logs(pulsar_stack, job)["stdout"].startswith("from the yaml\n")
 
 
-def test_non_zero_exit_is_a_failure_with_the_status_and_the_last_stderr_line(stack):
-    job = submit(stack, "sleeper", seconds=0, message="bye", **{"exit-code": 3})
-    st = wait(stack, job)
-    assert st["state"] == "FAILURE", explain(stack, job)
+def test_non_zero_exit_is_a_failure_with_the_status_and_the_last_stderr_line(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper", seconds=0, message="bye", **{"exit-code": 3})
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "FAILURE", explain(pulsar_stack, job)
     assert st["exit_status"] == 3
     assert "status 3" in st["status"] and "exiting with status 3" in st["status"]
-    assert tarball(stack, job)["sleeper.txt"] == b"bye\n"
+    assert tarball(pulsar_stack, job)["sleeper.txt"] == b"bye\n"
 
 
-def test_shell_metacharacters_in_options_arrive_verbatim_and_run_nothing(stack, tmp_path):
+def test_shell_metacharacters_in_options_arrive_verbatim_and_run_nothing(pulsar_stack, tmp_path):
     m = tmp_path / "pwned"
     message = (f"$(touch {m}1); `touch {m}2` | touch {m}3 ; touch {m}4 && touch {m}5 || touch {m}6 & "
                f"> {m}7 'single' \"double\" \\ $HOME ${{PATH}} * ? ~ # ! %")
-    job = submit(stack, "sleeper", seconds=0, message=message)
-    st = wait(stack, job)
-    assert st["state"] == "SUCCESS", explain(stack, job)
-    assert tarball(stack, job)["sleeper.txt"] == (message + "\n").encode()
-    assert logs(stack, job)["stdout"].splitlines()[0] == message
-    assert message in metadata(stack, job)["argv"]
+    job = submit(pulsar_stack, "sleeper", seconds=0, message=message)
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "SUCCESS", explain(pulsar_stack, job)
+    assert tarball(pulsar_stack, job)["sleeper.txt"] == (message + "\n").encode()
+    assert logs(pulsar_stack, job)["stdout"].splitlines()[0] == message
+    assert message in metadata(pulsar_stack, job)["argv"]
     assert not list(tmp_path.glob("pwned*")), "a shell interpreted the option value"
 
 
-def test_cancel_stops_the_remote_job(stack):
-    job = submit(stack, "sleeper", seconds=120, message="cancel me")
-    server, pulsar_id = wait_running_on_pulsar(stack, job)
-    r = stack.client.post(f"{API}/job/{job}/cancel")
+def test_cancel_stops_the_remote_job(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper", seconds=120, message="cancel me")
+    server, pulsar_id = wait_running_on_pulsar(pulsar_stack, job)
+    r = pulsar_stack.client.post(f"{API}/job/{job}/cancel")
     assert r.status_code in (200, 202), r.get_json()
-    st = wait(stack, job)
-    assert st["state"] == "CANCELED", explain(stack, job)
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "CANCELED", explain(pulsar_stack, job)
     deadline = time.time() + 20
     while job_processes(job) and time.time() < deadline:
         time.sleep(0.1)
     assert not job_processes(job), "the app still runs after cancel"
-    assert not stack.servers[server].job_dir(pulsar_id).exists(), "the cancelled job was not cleaned"
-    assert logs(stack, job)["stdout"].startswith("cancel me")       # the logs made it back
+    assert not pulsar_stack.servers[server].job_dir(pulsar_id).exists(), "the cancelled job was not cleaned"
+    assert logs(pulsar_stack, job)["stdout"].startswith("cancel me")       # the logs made it back
 
 
-def test_time_limit_stops_the_remote_job(stack):
-    job = submit(stack, "sleeper_2s", backend=None, seconds=120, message="too slow")
-    st = wait(stack, job)
-    assert st["state"] == "TIMED-OUT", explain(stack, job)
+def test_time_limit_stops_the_remote_job(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper_2s", backend=None, seconds=120, message="too slow")
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "TIMED-OUT", explain(pulsar_stack, job)
     assert "time limit of 2 s" in st["status"]
     deadline = time.time() + 20
     while job_processes(job) and time.time() < deadline:
         time.sleep(0.1)
     assert not job_processes(job), "the app still runs after its time limit"
-    assert logs(stack, job)["stdout"].startswith("too slow")
+    assert logs(pulsar_stack, job)["stdout"].startswith("too slow")
 
 
-def test_wrong_token_aborts_with_a_clear_reason(stack):
-    job = submit(stack, "sleeper", server="bad", seconds=0)
-    st = wait(stack, job)
-    assert st["state"] == "ABORTED", explain(stack, job)
+def test_wrong_token_aborts_with_a_clear_reason(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper", server="bad", seconds=0)
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "ABORTED", explain(pulsar_stack, job)
     assert "refused the private token" in st["status"] and "HTTP 401" in st["status"]
     assert "not-the-token" not in st["status"]
 
 
-def test_twenty_jobs_run_at_once_on_a_worker_of_two_processes(stack):
+def test_twenty_jobs_run_at_once_on_a_worker_of_two_processes(pulsar_stack):
     t0 = time.time()
-    jobs = [submit(stack, "sleeper", seconds=10, message=f"job {i}") for i in range(20)]
+    jobs = [submit(pulsar_stack, "sleeper", seconds=10, message=f"job {i}") for i in range(20)]
     submitted = time.time() - t0
-    states = [wait(stack, job, timeout=180) for job in jobs]
-    assert [s["state"] for s in states] == ["SUCCESS"] * 20, [explain(stack, j) for j, s in zip(jobs, states)
+    states = [wait(pulsar_stack, job, timeout=180) for job in jobs]
+    assert [s["state"] for s in states] == ["SUCCESS"] * 20, [explain(pulsar_stack, j) for j, s in zip(jobs, states)
                                                               if s["state"] != "SUCCESS"][:2]
     started, ended = [], []
     for job in jobs:
-        events = metadata(stack, job)["events"]
+        events = metadata(pulsar_stack, job)["events"]
         started.append(max(datetime.fromisoformat(e["at"]) for e in events if e["state"] == "RUNNING"))
         ended.append(max(datetime.fromisoformat(e["at"]) for e in events if e["state"] == "SUCCESS"))
     # Every job was RUNNING when the first one ended: all 20 ran at the same time.
@@ -272,68 +272,68 @@ def test_twenty_jobs_run_at_once_on_a_worker_of_two_processes(stack):
     print(f"\n20 sleepers of 10 s on a worker of 2 processes: submitted in {submitted:.2f} s, all RUNNING within "
           f"{(max(started) - min(started)).total_seconds():.2f} s, all SUCCESS after {total:.1f} s")
     for i, job in enumerate(jobs):
-        assert tarball(stack, job)["sleeper.txt"] == f"job {i}\n".encode()
+        assert tarball(pulsar_stack, job)["sleeper.txt"] == f"job {i}\n".encode()
 
 
-def test_server_that_restarts_and_forgets_the_job_fails_it(stack):
-    job = submit(stack, "sleeper", server="p2", seconds=120)
-    wait_running_on_pulsar(stack, job)
-    p2 = stack.servers["p2"]
+def test_server_that_restarts_and_forgets_the_job_fails_it(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper", server="p2", seconds=120)
+    wait_running_on_pulsar(pulsar_stack, job)
+    p2 = pulsar_stack.servers["p2"]
     p2.crash()                          # the host goes down, the job with it
     assert not job_processes(job)
     p2.wipe()                           # ... and comes back with an empty staging disk
     p2.start()
-    st = wait(stack, job)
-    assert st["state"] == "FAILURE", explain(stack, job)
+    st = wait(pulsar_stack, job)
+    assert st["state"] == "FAILURE", explain(pulsar_stack, job)
     assert "does not know job" in st["status"] and "p2" in st["status"], st["status"]
 
 
-def test_server_unreachable_for_too_long_fails_the_job(stack):
-    job = submit(stack, "sleeper", server="p2", seconds=120)
-    wait_running_on_pulsar(stack, job)
+def test_server_unreachable_for_too_long_fails_the_job(pulsar_stack):
+    job = submit(pulsar_stack, "sleeper", server="p2", seconds=120)
+    wait_running_on_pulsar(pulsar_stack, job)
     t0 = time.time()                 # polls may fail (and start the clock) while the crash is under way
-    stack.servers["p2"].crash()
+    pulsar_stack.servers["p2"].crash()
     assert not job_processes(job)
-    st = wait(stack, job, timeout=UNREACHABLE_TIMEOUT + 90)
-    assert st["state"] == "FAILURE", explain(stack, job)
+    st = wait(pulsar_stack, job, timeout=UNREACHABLE_TIMEOUT + 90)
+    assert st["state"] == "FAILURE", explain(pulsar_stack, job)
     assert "unreachable" in st["status"] and "cannot connect" in st["status"], st["status"]
     assert time.time() - t0 >= UNREACHABLE_TIMEOUT - 1
-    stack.servers["p2"].start()
+    pulsar_stack.servers["p2"].start()
 
 
-def test_health_asks_every_server_with_its_token(stack):
+def test_health_asks_every_server_with_its_token(pulsar_stack):
     # The stack's servers include "bad" (p1 with a wrong token): /health says so, without the token.
-    anonymous = stack.client.get("/health").get_json()["checks"]["backends"]["pulsar"]
+    anonymous = pulsar_stack.client.get("/health").get_json()["checks"]["backends"]["pulsar"]
     assert anonymous["status"] == "down" and "error" not in anonymous, anonymous     # no texts for anonymous callers
-    health = full_health(stack.client)["backends"]["pulsar"]     # what an admin sees
+    health = full_health(pulsar_stack.client)["backends"]["pulsar"]     # what an admin sees
     assert health["status"] == "down", health
     assert "bad (" in health["error"] and "private token was refused" in health["error"], health
     assert "not-the-token" not in health["error"] and "p1 (" not in health["error"]
-    good = {n: c for n, c in stack.settings["BACKENDS"]["pulsar"]["servers"].items() if n != "bad"}
-    backend = PulsarBackend(stack.settings, {**stack.settings["BACKENDS"]["pulsar"], "servers": good})
+    good = {n: c for n, c in pulsar_stack.settings["BACKENDS"]["pulsar"]["servers"].items() if n != "bad"}
+    backend = PulsarBackend(pulsar_stack.settings, {**pulsar_stack.settings["BACKENDS"]["pulsar"], "servers": good})
     assert backend.health() == {"servers": {"p1": "ok", "p2": "ok"}}
-    assert not any(p.name == "caesar-health-probe" for s in stack.servers.values() for p in (s.dir / "staging").iterdir())
+    assert not any(p.name == "caesar-health-probe" for s in pulsar_stack.servers.values() for p in (s.dir / "staging").iterdir())
 
 
-def test_private_tokens_never_leak(stack):
+def test_private_tokens_never_leak(pulsar_stack):
     """Last on purpose: every job of this module (failed, aborted, cancelled ones too) and the worker's log."""
-    job = submit(stack, "sleeper", seconds=0)
-    assert wait(stack, job)["state"] == "SUCCESS", explain(stack, job)
-    tokens = [s.token for s in stack.servers.values()]
-    listing = stack.client.get(f"{API}/jobs?per_page=1000&backend=pulsar").get_json()["jobs"]
+    job = submit(pulsar_stack, "sleeper", seconds=0)
+    assert wait(pulsar_stack, job)["state"] == "SUCCESS", explain(pulsar_stack, job)
+    tokens = [s.token for s in pulsar_stack.servers.values()]
+    listing = pulsar_stack.client.get(f"{API}/jobs?per_page=1000&backend=pulsar").get_json()["jobs"]
     assert len(listing) >= 30
     seen = []
     for item in listing:
         job_id = item["job_id"]
         for path in ("status", "metadata", "logs"):
-            seen.append(stack.client.get(f"{API}/job/{job_id}/{path}").get_data(as_text=True))
-    seen.append(stack.worker.log())
-    assert "caesar.poll_job" in stack.worker.log()
+            seen.append(pulsar_stack.client.get(f"{API}/job/{job_id}/{path}").get_data(as_text=True))
+    seen.append(pulsar_stack.worker.log())
+    assert "caesar.poll_job" in pulsar_stack.worker.log()
     for text in seen:
         for token in tokens:
             assert token not in text
     # Nothing under the stack's root either: job directories, database, broker folders.
-    for path in stack.root.rglob("*"):
+    for path in pulsar_stack.root.rglob("*"):
         if path.is_file():
             content = path.read_bytes()
             for token in tokens:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker
 import pytest
 
-from ..backends.container_fixtures import BUSYBOX, podman_socket  # noqa: F401  (session fixture)
+from ..backends.container_fixtures import BUSYBOX
 from ..support import embedded_settings, start_api, start_worker
 from .conftest import TOKENS, USERS, Tes
 
