@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 
 from caesar_rest.errors import BackendError
-from workers.backends.htcondor import ad_string, condor_arguments, condor_environment, without_match_time_expansion
+from workers.backends.htcondor import (
+    HTCondorBackend,
+    ad_string,
+    condor_arguments,
+    condor_environment,
+    without_match_time_expansion,
+)
 
 NASTY = ["plain", "two words", "it's", "''", "'", 'say "hi"', "a; rm -rf /", "$(HOME)", "$ENV(SECRET)", "$$(Cpus)",
          "$$", "$$$(x)", "\\backslash\\", "tab\there", "  padded  ", "", "ünïcødé", "--flag=value", "*?[glob]"]
@@ -104,3 +110,19 @@ def test_a_value_with_a_newline_in_the_environment_is_refused():
 ])
 def test_an_edited_attribute_is_a_string_literal_of_old_classad_syntax(value, literal):
     assert ad_string(value) == literal
+
+
+@pytest.mark.parametrize("expr, problem", [
+    (None, None),
+    ('OpSys == "LINUX" && Memory > 1024', None),
+    ("", "must be a ClassAd expression"),
+    (42, "must be a ClassAd expression"),
+    ("Memory >", "is not a valid ClassAd expression"),
+])
+def test_a_job_s_requirements_option_is_checked_before_any_schedd_is_asked(expr, problem):
+    pytest.importorskip("classad2")         # the condor extra's parser; without it only the type is checked
+    said = HTCondorBackend.check_job_options({}, {} if expr is None else {"requirements": expr})
+    if problem is None:
+        assert said is None
+    else:
+        assert said is not None and problem in said
