@@ -43,7 +43,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
     p.add_argument("--scratch", type=Path, help="where the scratch directory goes (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) afterwards")
-    p.add_argument("--job-poll-interval", type=float, help="JOB_POLL_INTERVAL for the workers (default: the setting's default)")
+    p.add_argument("--job-poll-interval", type=float,
+                   help="JOB_POLL_INTERVAL for the workers (default: the setting's default)")
     p.add_argument("--worker-concurrency", type=int, default=2, help="local pool size for the overhead phase")
     p.add_argument("--drain-concurrency", type=int, default=4, help="local pool size for the drain")
     p.add_argument("--drain-timeout", type=float, default=1200.0)
@@ -124,10 +125,11 @@ def _overhead(stack, base: str, args: argparse.Namespace) -> list[Figure]:
     finally:
         stack.stop_worker(bare, worker)
     # The same jobs on a pool without the sandbox (SANDBOX none): what the sandbox adds to a job.
-    plain = stack.spawn_worker(args.worker_concurrency, name=f"nosandbox{uuid.uuid4().hex[:6]}", extra={"SANDBOX": "none"})
+    plain = stack.spawn_worker(args.worker_concurrency, name=f"nosandbox{uuid.uuid4().hex[:6]}",
+                               extra={"SANDBOX": "none"})
     try:
         stack.wait_ready(plain)
-        return figures + [overhead.sandbox_cost(stack, base, args.overhead_jobs, figures[0])]
+        return [*figures, overhead.sandbox_cost(stack, base, args.overhead_jobs, figures[0])]
     finally:
         stack.stop_worker(plain)
 

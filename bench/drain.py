@@ -56,7 +56,8 @@ def measure(stack, n: int, concurrency: int, timeout: float) -> list[Figure]:
     stack.stop_worker(worker)
     with engine.connect() as conn:
         mine = {"tag": tag}
-        states = dict(conn.execute(text("SELECT state, count(*) FROM jobs WHERE tag = :tag GROUP BY state"), mine).all())
+        states = dict(conn.execute(text("SELECT state, count(*) FROM jobs WHERE tag = :tag GROUP BY state"),
+                                   mine).all())
         span = conn.execute(text("SELECT min(start_date), max(end_date) FROM jobs WHERE tag = :tag"), mine).one()
         twice = conn.execute(text("SELECT count(*) FROM jobs WHERE tag = :tag AND attempts > 1"), mine).scalar()
         never = conn.execute(text("SELECT count(*) FROM jobs WHERE tag = :tag AND attempts = 0"), mine).scalar()

@@ -57,9 +57,10 @@ def measure(stack, base: str, total_jobs: int, requests: int) -> list[Figure]:
     # the same depths reached by page_token (a keyset range instead of OFFSET): what a client walking pages gets
     tokens = _timed_gets(http, [f"{API_PREFIX}/jobs?page_token={paging.encode_token(row)}" for row in marks])
     http.close()
-    details = {"jobs_in_database": count, "vacuum_analyze_after_load": True, "rows_added": added, "fill_s": round(fill_s, 2),
-               "jobs_page_ms": summary_ms(page), "status_ms": summary_ms(status),
-               "jobs_filtered_ms (state+tag)": summary_ms(filtered), "jobs_deep_page_ms (random page)": summary_ms(deep),
+    details = {"jobs_in_database": count, "vacuum_analyze_after_load": True, "rows_added": added,
+               "fill_s": round(fill_s, 2), "jobs_page_ms": summary_ms(page), "status_ms": summary_ms(status),
+               "jobs_filtered_ms (state+tag)": summary_ms(filtered),
+               "jobs_deep_page_ms (random page)": summary_ms(deep),
                "jobs_deep_token_ms (random page_token)": summary_ms(tokens)}
     p95_page, p95_status = percentile(page, 95) * 1000, percentile(status, 95) * 1000
     return [

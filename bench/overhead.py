@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import timezone
+from datetime import UTC
 from statistics import median
 from typing import Any
 
@@ -58,7 +58,8 @@ BEGIN
     RETURN NEW;
 END $$ LANGUAGE plpgsql;
 CREATE TRIGGER caesar_bench_job_end AFTER UPDATE OF state ON jobs FOR EACH ROW
-    WHEN (NEW.state IN ('SUCCESS', 'FAILURE', 'TIMED-OUT', 'CANCELED', 'ABORTED') AND OLD.state IS DISTINCT FROM NEW.state)
+    WHEN (NEW.state IN ('SUCCESS', 'FAILURE', 'TIMED-OUT', 'CANCELED', 'ABORTED')
+          AND OLD.state IS DISTINCT FROM NEW.state)
     EXECUTE FUNCTION caesar_bench_notify_end();
 """
 DROP_SQL = "DROP TRIGGER IF EXISTS caesar_bench_job_end ON jobs; DROP FUNCTION IF EXISTS caesar_bench_notify_end();"
@@ -95,7 +96,7 @@ def job_round_trips(stack, base: str, n: int, warmup: int = 3) -> dict[str, Any]
                 totals.append(t_end - t0)
                 posts.append(t_post - t0)
                 # The worker's own clock for the end (same host): end_date - the client's POST time.
-                recorded.append(row[1].replace(tzinfo=timezone.utc).timestamp() - wall0)
+                recorded.append(row[1].replace(tzinfo=UTC).timestamp() - wall0)
                 at = dict(pg.execute("SELECT state, at FROM job_events WHERE job_id = %s", (job_id,)).fetchall())
                 if {"PENDING", "STARTED", "RUNNING", "SUCCESS"} <= set(at):
                     phases["queued"].append((at["STARTED"] - at["PENDING"]).total_seconds())
@@ -121,9 +122,11 @@ def measure(stack, base: str, n: int, worker) -> list[Figure]:
     details = {"how": "sequential POST /job (gunicorn, keep-alive), end = commit of SUCCESS seen by LISTEN/NOTIFY",
                "job_ms": summary_ms(jobs["total"]), "post_202_ms": summary_ms(jobs["post"]),
                "post_to_end_date_ms (worker's timestamp)": summary_ms(jobs["recorded"]),
-               "phases_ms_p50 (from job_events)": {k: round(median(v) * 1000, 2) for k, v in jobs["phases"].items() if v},
+               "phases_ms_p50 (from job_events)": {k: round(median(v) * 1000, 2)
+                                                   for k, v in jobs["phases"].items() if v},
                "celery_round_trip_ms": summary_ms(celery_rt), "spawn_true_ms": summary_ms(spawn),
-               "end_states": jobs["states"], "worker_cpu_ms_per_job": round(worker_cpu * 1000, 2), "job_poll_interval": stack.settings["JOB_POLL_INTERVAL"]}
+               "end_states": jobs["states"], "worker_cpu_ms_per_job": round(worker_cpu * 1000, 2),
+               "job_poll_interval": stack.settings["JOB_POLL_INTERVAL"]}
     success = jobs["states"].get("SUCCESS", 0) == len(jobs["total"])
     return [
         Figure("job_overhead_p50", "job overhead p50 (POST → SUCCESS)", p50 * 1000, "ms", baseline_p50 * 1000,
@@ -144,8 +147,10 @@ def sandbox_cost(stack, base: str, n: int, sandboxed: Figure) -> Figure:
     with_p50 = sandboxed.value
     added = with_p50 - without_p50
     success = plain["states"].get("SUCCESS", 0) == len(plain["total"])
-    details = {"with_sandbox_job_ms": sandboxed.details.get("job_ms"), "without_sandbox_job_ms": summary_ms(plain["total"]),
-               "without_sandbox_phases_ms_p50": {k: round(median(v) * 1000, 2) for k, v in plain["phases"].items() if v},
+    details = {"with_sandbox_job_ms": sandboxed.details.get("job_ms"),
+               "without_sandbox_job_ms": summary_ms(plain["total"]),
+               "without_sandbox_phases_ms_p50": {k: round(median(v) * 1000, 2)
+                                                 for k, v in plain["phases"].items() if v},
                "added_ms_p50": round(added, 2), "end_states_without": plain["states"]}
     return Figure("job_overhead_sandbox_p50", "job overhead p50 with the sandbox (baseline: SANDBOX none)", with_p50,
                   "ms", without_p50, "same jobs, pool without the sandbox", f"adds ≤ {SANDBOX_BUDGET_MS:g} ms",

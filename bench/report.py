@@ -79,7 +79,7 @@ def table(figures: list[Figure]) -> str:
                      f"{ratio:.2f}x" if ratio is not None else "-", f.target or "-",
                      {True: "yes", False: "NO", None: "-"}[f.met]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

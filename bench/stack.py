@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import (REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings,
-                           settings_env)
+from tests.support import REPO, Proc, create_pg_database, drop_pg_database, free_port, production_settings, settings_env
 
 BENCH_DIR = Path(__file__).resolve().parent
 APPS_DIR = BENCH_DIR / "apps"
@@ -149,8 +148,8 @@ class UWSGI(_Server):
 class Stack:
     """Everything one run needs; stop() removes the database, the queues' messages and the scratch directory."""
 
-    def __init__(self, quick: bool, scratch: Path | None = None, keep: bool = False, job_poll_interval: float | None = None,
-                 processes: int = 4, threads: int = 4) -> None:
+    def __init__(self, quick: bool, scratch: Path | None = None, keep: bool = False,
+                 job_poll_interval: float | None = None, processes: int = 4, threads: int = 4) -> None:
         self.quick = quick
         self.keep = keep
         base = Path(scratch) if scratch else None

@@ -15,7 +15,7 @@ from .support import REPO
 def test_quick_bench_produces_every_figure(tmp_path):
     out = tmp_path / "quick.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--scratch", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
     doc = json.loads(out.read_text())
     assert doc["mode"] == "quick" and not doc["errors"]

@@ -11,8 +11,18 @@ import requests
 
 from workers.backends.local import process_alive
 
-from .support import (API, create_pg_database, drop_pg_database, embedded_settings, http_status,
-                      production_settings, seed_walkthrough, start_api, start_worker, wait_state)
+from .support import (
+    API,
+    create_pg_database,
+    drop_pg_database,
+    embedded_settings,
+    http_status,
+    production_settings,
+    seed_walkthrough,
+    start_api,
+    start_worker,
+    wait_state,
+)
 
 
 @pytest.fixture(scope="module", params=["embedded", "production"])

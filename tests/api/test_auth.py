@@ -20,7 +20,8 @@ from caesar_rest.errors import CaesarError
 from ..support import API
 
 TOKENS = {"alice": "alice-secret-token-1", "bob": "bob-secret-token-2", "root": "admin-secret-token-3"}
-USERS = {"alice": {"tokens_sha256": [hash_token(TOKENS["alice"])], "password_hash": generate_password_hash("wonderland")},
+USERS = {"alice": {"tokens_sha256": [hash_token(TOKENS["alice"])],
+                   "password_hash": generate_password_hash("wonderland")},
          "bob": {"tokens_sha256": [hash_token(TOKENS["bob"])], "max_active_jobs": 2, "max_stored_bytes": 1000},
          "root": {"tokens_sha256": [hash_token(TOKENS["root"])], "admin": True}}
 
@@ -107,7 +108,8 @@ def test_secrets_never_reach_logs_or_metadata(tmp_path, caplog):
     caplog.set_level("DEBUG")
     h = bearer(TOKENS["alice"])
     f = put(client, h).get_json()
-    job = client.post(f"{API}/job", json={"app": "checksum", "job_inputs": {"inputfile": f["uuid"]}}, headers=h).get_json()
+    job = client.post(f"{API}/job", json={"app": "checksum", "job_inputs": {"inputfile": f["uuid"]}},
+                      headers=h).get_json()
     meta = client.get(f"{API}/job/{job['job_id']}/metadata", headers=h).get_data(as_text=True)
     client.get(f"{API}/jobs", headers=bearer("wrong-" + TOKENS["bob"]))
     for secret in TOKENS.values():

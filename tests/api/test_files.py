@@ -109,7 +109,8 @@ def test_formats(client, name, fmt):
     (None, {"json": {"file": "x"}}, 415, "multipart/form-data"),
 ])
 def test_bad_uploads_are_4xx_and_store_nothing(client, settings, body, kwargs, status, words):
-    r = client.post(f"{API}/upload", data=body, **kwargs) if body is not None else client.post(f"{API}/upload", **kwargs)
+    r = (client.post(f"{API}/upload", data=body, **kwargs) if body is not None
+         else client.post(f"{API}/upload", **kwargs))
     assert r.status_code == status, r.get_json()
     assert words in r.get_json()["message"]
     assert data_files(settings) == []
@@ -136,7 +137,8 @@ def test_refused_parts_are_never_written(client, settings, monkeypatch):
 
     opened = []
     real = storage.UploadSink.__init__
-    monkeypatch.setattr(storage.UploadSink, "__init__", lambda self, *a, **k: (opened.append(1), real(self, *a, **k))[1])
+    monkeypatch.setattr(storage.UploadSink, "__init__",
+                        lambda self, *a, **k: (opened.append(1), real(self, *a, **k))[1])
     r = client.post(f"{API}/upload", data={"file": (io.BytesIO(b"x" * 100000), "../escape.fits"),
                                            "other": (io.BytesIO(b"y" * 100000), "b.fits")},
                     content_type="multipart/form-data")

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
-
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.config import SchemathesisConfig
 
 from caesar_rest import create_app
 
 from ..support import embedded_settings
-
 
 # Built at import: schemathesis parametrizes at collection time (its fixture loader fails on pytest 9).
 _ROOT = Path(tempfile.mkdtemp(prefix="caesar-fuzz-"))

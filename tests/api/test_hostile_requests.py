@@ -68,7 +68,8 @@ def test_cross_site_cancels_and_deletes_are_refused(api_process):
                          headers={"Origin": EVIL, "Content-Type": "application/x-www-form-urlencoded"})
     assert form.status_code == 403, form.text
     image = requests.get(f"{base}{API}/job/{job_id}/cancel", timeout=10,
-                         headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+                         headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
+                                  "Sec-Fetch-Dest": "image"})
     assert image.status_code == 403, image.text
     sandboxed = requests.post(f"{base}{TES}/tasks/{job_id}:cancel", headers={"Origin": "null"}, timeout=10)
     assert sandboxed.status_code == 403, sandboxed.text
@@ -87,7 +88,8 @@ def test_trusted_origins_get_minimal_cors_and_others_none(tmp_path):
     trusted = "https://portal.example.org"
     app = create_app(embedded_settings(tmp_path / "var", TRUSTED_ORIGINS=[trusted], TES_HOST_RUNTIME=True))
     client = app.test_client()
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,authorization"}
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,authorization"}
     ok = client.options(f"{TES}/tasks", headers={"Origin": trusted, **preflight})
     assert ok.status_code == 204
     assert ok.headers["Access-Control-Allow-Origin"] == trusted

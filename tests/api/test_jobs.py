@@ -24,7 +24,8 @@ TEST_APPS = {
     "quick.yml": "name: quick\nversion: '1'\ncommand: [caesar-sleeper]\nresources: {time_limit: 1}\n"
                  "options:\n  seconds: {type: float, default: 0}\n",
     "family.yml": "name: family\nversion: '1'\n"
-                  "command: [python3, -c, 'import subprocess,time; subprocess.Popen([\"sleep\",\"300\"]); time.sleep(300)']\n",
+                  "command: [python3, -c, 'import subprocess,time; "
+                  "subprocess.Popen([\"sleep\",\"300\"]); time.sleep(300)']\n",
     "hungry.yml": "name: hungry\nversion: '1'\ncommand: [caesar-sleeper, --seconds, '0']\n"
                   "resources: {memory_mb: 400}\noptions:\n  allocate-mb: {type: int, default: 0}\n",
 }

@@ -89,7 +89,7 @@ def test_random_reads_give_back_every_byte(seed):
 def test_big_part_is_written_in_big_pieces():
     boundary = b"XyZ"
     content = os.urandom(5 * 1024 * 1024 + 17)
-    form, files = parse(body(boundary, [("file", "big.fits", content)]), boundary)
+    _form, files = parse(body(boundary, [("file", "big.fits", content)]), boundary)
     assert bytes(files["big.fits"].data) == content
     assert files["big.fits"].writes <= 2 * 6 + 2          # ~two writes per 1 MiB read, not thousands
 

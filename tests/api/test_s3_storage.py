@@ -172,9 +172,8 @@ def test_job_outputs_move_to_s3_and_come_back(batch_stack):
         time.sleep(0.2)
     assert not workdir.exists()
     bucket = settings["S3_BUCKET"]
-    keys = {o["Key"].rsplit("/", 1)[-1]: o["Key"] for o in
-            s3.list_objects_v2(Bucket=bucket, Prefix=f"{settings.get('S3_PREFIX', 'caesar/data/')}jobs/anonymous/{job_id}/")
-            ["Contents"]}
+    prefix = f"{settings.get('S3_PREFIX', 'caesar/data/')}jobs/anonymous/{job_id}/"
+    keys = {o["Key"].rsplit("/", 1)[-1]: o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
     assert {"checksum.txt", "stdout.log", "stderr.log", "caesar_job.json"} <= set(keys)
     head = s3.head_object(Bucket=bucket, Key=keys["checksum.txt"])
     out = {o["path"]: o for o in meta["outputs"]}["checksum.txt"]
@@ -196,6 +195,7 @@ def test_archived_outputs_are_in_place_when_the_end_is_recorded(tmp_path, aws_se
     from pathlib import Path
 
     from caesar_rest import create_app
+
     from ..support import run_watching_the_end
 
     settings = s3_settings(tmp_path, aws_setup)
@@ -225,6 +225,7 @@ def test_outputs_stay_on_disk_when_the_archive_fails(tmp_path, aws_setup):
 
     from caesar_rest import create_app
     from workers.runner import Runner
+
     from ..support import run_watching_the_end
 
     settings = s3_settings(tmp_path, aws_setup)

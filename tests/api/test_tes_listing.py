@@ -101,7 +101,7 @@ def test_a_minimal_listing_reads_no_documents_and_filters_in_sql(tes_client):
     with Statements(app) as sql:
         assert _ids(client, "view=MINIMAL&name_prefix=needle&page_size=1") == [needle]
     assert len(sql.seen) == 1, [s for s, _cols in sql.seen]
-    statement, columns = sql.seen[0]
+    _statement, columns = sql.seen[0]
     assert "extra" not in columns, columns
     with Statements(app) as sql:
         page = client.get(f"{TES}/tasks?view=MINIMAL&page_size=4").get_json()
@@ -150,7 +150,7 @@ def test_states_are_filtered_and_shown_in_sql(tes_client):
 def test_a_lone_surrogate_is_a_400_not_a_database_error(tes_client):
     """'\\ud800' alone is valid JSON but no text: a job's tag with one was a 500 at the INSERT on the old code (the
     databases store text as UTF-8), and a TES name with one now has a column of its own."""
-    app, client = tes_client
+    _app, client = tes_client
     job = client.post("/caesar/api/v1.0/job", content_type="application/json",
                       data=b'{"app": "sleeper", "tag": "x\\udfff", "job_inputs": {"seconds": 1}}')
     assert job.status_code == 400 and "surrogate" in job.get_json()["message"], job.get_data(as_text=True)

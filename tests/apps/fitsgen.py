@@ -31,8 +31,8 @@ def make_wcs_header(shape: tuple[int, int], cube: bool = False) -> fits.Header:
     """A simple RA---TAN/DEC--TAN header centred on the image (plus FREQ/STOKES when cube)."""
     ny, nx = shape
     h = fits.Header()
-    h["CTYPE1"], h["CRPIX1"], h["CRVAL1"], h["CDELT1"], h["CUNIT1"] = "RA---TAN", nx / 2 + 0.5, CRVAL[0], -PIXEL_DEG, "deg"
-    h["CTYPE2"], h["CRPIX2"], h["CRVAL2"], h["CDELT2"], h["CUNIT2"] = "DEC--TAN", ny / 2 + 0.5, CRVAL[1], PIXEL_DEG, "deg"
+    h.update({"CTYPE1": "RA---TAN", "CRPIX1": nx / 2 + 0.5, "CRVAL1": CRVAL[0], "CDELT1": -PIXEL_DEG, "CUNIT1": "deg",
+              "CTYPE2": "DEC--TAN", "CRPIX2": ny / 2 + 0.5, "CRVAL2": CRVAL[1], "CDELT2": PIXEL_DEG, "CUNIT2": "deg"})
     h["RADESYS"], h["EQUINOX"] = "ICRS", 2000.0
     if cube:
         h["CTYPE3"], h["CRPIX3"], h["CRVAL3"], h["CDELT3"], h["CUNIT3"] = "FREQ", 1.0, 1.4e9, 1.0e6, "Hz"
@@ -69,6 +69,6 @@ def make_image(path: str | Path, sources: Sequence[Source] | None = None, shape:
     for key, value in (header or {}).items():
         hdr[key] = value
     if cube:
-        data = data.reshape((1, 1) + tuple(shape))
+        data = data.reshape((1, 1, *shape))
     fits.PrimaryHDU(data.astype(np.float32), header=hdr).writeto(path, overwrite=True)
     return path

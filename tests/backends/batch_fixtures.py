@@ -77,7 +77,7 @@ def moto_server(tmp_path_factory) -> Iterator[str]:
     env = {**os.environ, "PYTHON": sys.executable}
     try:
         result = subprocess.run(["bash", str(SCRIPT), "start", str(state), str(free_port())], env=env,
-                                capture_output=True, text=True, timeout=1500)
+                                capture_output=True, text=True, timeout=1500, check=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"scripts/moto.sh did not finish in {exc.timeout} s:\n{exc.stderr}")
     if result.returncode != 0:
@@ -86,7 +86,7 @@ def moto_server(tmp_path_factory) -> Iterator[str]:
     try:
         yield url
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(state)], env=env, timeout=60)
+        subprocess.run(["bash", str(SCRIPT), "stop", str(state)], env=env, timeout=60, check=False)
 
 
 @dataclass

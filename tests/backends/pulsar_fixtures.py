@@ -41,9 +41,10 @@ class PulsarServer:
     def _script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         env = {**os.environ, "PULSAR_PRIVATE_TOKEN": self.token, "PYTHON": sys.executable}   # makes its venv
         result = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                                timeout=timeout)
+                                timeout=timeout, check=False)
         if result.returncode != 0:
-            log = (self.dir / "pulsar.log").read_text(errors="replace")[-3000:] if (self.dir / "pulsar.log").exists() else ""
+            log_file = self.dir / "pulsar.log"
+            log = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
             raise RuntimeError(f"pulsar.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
                                f"{result.stderr[-3000:]}\n{log}")
         return result
@@ -110,7 +111,8 @@ def pulsar_module_stack(pulsar_servers, tmp_path_factory):
     publisher has created but not yet written (kombu 5.7 _put/_get), and the worker dies on the empty JSON. Remote
     jobs publish a poll task every REMOTE_POLL_INTERVAL, so this suite hit it within a minute."""
     tmp = tmp_path_factory.mktemp("pulsar-stack")
-    servers = {name: {"url": s.url, "private_token": s.token, "app_path": APP_BIN} for name, s in pulsar_servers.items()}
+    servers = {name: {"url": s.url, "private_token": s.token, "app_path": APP_BIN}
+               for name, s in pulsar_servers.items()}
     servers["bad"] = {"url": pulsar_servers["p1"].url, "private_token": "not-the-token", "app_path": APP_BIN}
     backends = {"local": {}, "pulsar": {"servers": servers, "default_server": "p1", "retries": 2, "backoff": 0.1}}
     settings = embedded_settings(tmp / "var", BACKENDS=backends, APPS_DIR=str(_apps_dir(tmp / "apps")),

@@ -1,8 +1,9 @@
 """Container backend end to end: API → real Celery worker (2 processes) → real Podman (Docker Engine API).
 
-Success with a staged read-only input and a non-root user (that a request cannot change), live logs, non-zero exit, time-out, memory limit (OOM), cancel
-within 2 s, a missing image, an engine that is not there, 50 mixed jobs that leave no container or volume behind,
-sfinder giving the same catalogue in the caesar-apps image as on the local backend, and /health."""
+Success with a staged read-only input and a non-root user (that a request cannot change), live logs, non-zero exit,
+time-out, memory limit (OOM), cancel within 2 s, a missing image, an engine that is not there, 50 mixed jobs that
+leave no container or volume behind, sfinder giving the same catalogue in the caesar-apps image as on the local
+backend, and /health."""
 from __future__ import annotations
 
 import csv
@@ -132,7 +133,7 @@ def test_memory_limit_oom_is_failure_saying_memory_limit(container_stack, engine
 
 def test_cancel_kills_the_container_within_2_s(container_stack, engine):
     job_id = submit(container_stack, "bb", script="echo started; sleep 60; echo never > never.txt")
-    wait(container_stack, job_id, states=("RUNNING",) + TERMINAL)
+    wait(container_stack, job_id, states=("RUNNING", *TERMINAL))
     deadline = time.time() + 30
     while logs(container_stack, job_id)["stdout"] != "started\n":   # live: streamed from the engine while it runs
         assert time.time() < deadline, logs(container_stack, job_id)
@@ -249,7 +250,7 @@ def test_sfinder_in_the_container_matches_the_local_backend(container_stack, tmp
         outputs[name] = files
     local, inside = (read_rows(outputs[n]["field_catalog.csv"]) for n in ("local", "container"))
     assert len(local) == 8 and len(inside) == len(local)
-    for a, b in zip(local, inside):
+    for a, b in zip(local, inside, strict=True):
         assert a["id"] == b["id"] and a["npix"] == b["npix"]
         assert abs(float(a["x"]) - float(b["x"])) < 0.01 and abs(float(a["y"]) - float(b["y"])) < 0.01
         assert float(b["flux"]) == pytest.approx(float(a["flux"]), rel=1e-3)

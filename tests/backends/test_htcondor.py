@@ -19,7 +19,8 @@ from .htcondor_fixtures import CondorStack, htcondor_script
 # A condor job takes a few seconds to be matched and started; the machine may be busy with other tests.
 JOB_TIMEOUT = 180
 # Metacharacters of sh, quotes of both kinds and the submit language's own quoting: all must arrive verbatim.
-NASTY = """a\\b \\" \\\\ \t  b 'c' "d" ''e'' ""f"" $HOME ${PATH} `id` $(id) $$(Name) $ENV(HOME) $(DOLLAR) ; | & > < * ? ~ \\ # % ! ü"""
+NASTY = ("""a\\b \\" \\\\ \t  b 'c' "d" ''e'' ""f"" $HOME ${PATH} `id` $(id) $$(Name) """
+         """$ENV(HOME) $(DOLLAR) ; | & > < * ? ~ \\ # % ! ü""")
 
 
 def submit(stack: CondorStack, app: str, backend: str = "condor", **inputs) -> str:

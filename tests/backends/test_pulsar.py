@@ -28,7 +28,8 @@ from .pulsar_fixtures import UNREACHABLE_TIMEOUT, PulsarStack
 JOB_TIMEOUT = 120
 
 
-def submit(pulsar_stack: PulsarStack, app: str, backend: str | None = "pulsar", server: str | None = None, **inputs) -> str:
+def submit(pulsar_stack: PulsarStack, app: str, backend: str | None = "pulsar", server: str | None = None,
+           **inputs) -> str:
     body: dict = {"app": app, "job_inputs": inputs}
     if backend:
         body["backend"] = backend
@@ -74,7 +75,7 @@ def pulsar_job(pulsar_stack: PulsarStack, job_id: str) -> tuple[str, str]:
 
 
 def wait_running_on_pulsar(pulsar_stack: PulsarStack, job_id: str) -> tuple[str, str]:
-    st = wait(pulsar_stack, job_id, states=("RUNNING",) + TERMINAL)
+    st = wait(pulsar_stack, job_id, states=("RUNNING", *TERMINAL))
     assert st["state"] == "RUNNING", explain(pulsar_stack, job_id)
     server, pulsar_id = pulsar_job(pulsar_stack, job_id)
     deadline = time.time() + 30
@@ -259,7 +260,8 @@ def test_twenty_jobs_run_at_once_on_a_worker_of_two_processes(pulsar_stack):
     jobs = [submit(pulsar_stack, "sleeper", seconds=10, message=f"job {i}") for i in range(20)]
     submitted = time.time() - t0
     states = [wait(pulsar_stack, job, timeout=180) for job in jobs]
-    assert [s["state"] for s in states] == ["SUCCESS"] * 20, [explain(pulsar_stack, j) for j, s in zip(jobs, states)
+    assert [s["state"] for s in states] == ["SUCCESS"] * 20, [explain(pulsar_stack, j)
+                                                              for j, s in zip(jobs, states, strict=True)
                                                               if s["state"] != "SUCCESS"][:2]
     started, ended = [], []
     for job in jobs:
@@ -312,7 +314,8 @@ def test_health_asks_every_server_with_its_token(pulsar_stack):
     good = {n: c for n, c in pulsar_stack.settings["BACKENDS"]["pulsar"]["servers"].items() if n != "bad"}
     backend = PulsarBackend(pulsar_stack.settings, {**pulsar_stack.settings["BACKENDS"]["pulsar"], "servers": good})
     assert backend.health() == {"servers": {"p1": "ok", "p2": "ok"}}
-    assert not any(p.name == "caesar-health-probe" for s in pulsar_stack.servers.values() for p in (s.dir / "staging").iterdir())
+    assert not any(p.name == "caesar-health-probe"
+                   for s in pulsar_stack.servers.values() for p in (s.dir / "staging").iterdir())
 
 
 def test_private_tokens_never_leak(pulsar_stack):

@@ -18,10 +18,21 @@ import requests
 
 from bench.rss import RssSampler
 
-from ..support import (API, REPO, Proc, create_pg_database, curl, drop_pg_database, free_port, production_settings,
-                       seed_walkthrough, settings_env, start_worker, wait_state)
-from .stack import (GUNICORN_BIN, SEED_PORT, Nginx, ScratchRedis, UWSGI, ensure_nginx, port_free, wait_http,
-                    wait_port)
+from ..support import (
+    API,
+    REPO,
+    Proc,
+    create_pg_database,
+    curl,
+    drop_pg_database,
+    free_port,
+    production_settings,
+    seed_walkthrough,
+    settings_env,
+    start_worker,
+    wait_state,
+)
+from .stack import GUNICORN_BIN, SEED_PORT, UWSGI, Nginx, ScratchRedis, ensure_nginx, port_free, wait_http, wait_port
 
 MiB = 1024 * 1024
 BIG = 1024 * MiB
@@ -39,8 +50,8 @@ def stack(tmp_path_factory):
                                    ALLOW_ANONYMOUS=True)
     parts: list = [redis]
     try:
-        done = subprocess.run([sys.executable, "-m", "caesar_rest.cli", "migrate"], env=settings_env(settings), cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "caesar_rest.cli", "migrate"], env=settings_env(settings),
+                              cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         uwsgi = UWSGI(settings, root, processes=2, threads=2)
         uwsgi.start()
@@ -141,7 +152,8 @@ def test_large_download_is_sent_by_nginx(stack, big_upload):
     print(f"\n1 GiB download through nginx: {elapsed:.1f} s, {BIG / MiB / elapsed:.0f} MiB/s; {rss.describe()}")
     assert size == BIG and sha.hexdigest() == digest
     assert int(headers["Content-Length"]) == BIG
-    assert re.fullmatch(r'attachment; filename="?big\.bin"?', headers["Content-Disposition"]), headers["Content-Disposition"]
+    disposition = headers["Content-Disposition"]
+    assert re.fullmatch(r'attachment; filename="?big\.bin"?', disposition), disposition
     assert headers["X-Request-ID"] == "dl-check-1"
     assert "X-Accel-Redirect" not in headers
     assert f"accel=/_caesar_data/anonymous/{answer['uuid']}.bin" in uwsgi.proc.log()
@@ -259,8 +271,9 @@ def test_swagger_ui_comes_from_the_server_itself(stack):
 
 def test_celery_inspect_ping_sees_the_worker(stack):
     env = settings_env(stack["settings"])
-    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.celery", "inspect", "ping", "--timeout", "5", "--json"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.celery", "inspect", "ping",
+                           "--timeout", "5", "--json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     replies = json.loads(done.stdout.strip().splitlines()[-1])
     assert any(name.startswith("deploy-local@") and reply == {"ok": "pong"} for name, reply in replies.items()), replies
@@ -270,7 +283,8 @@ def test_gunicorn_alternative_serves_the_app(stack, tmp_path):
     port = free_port()
     env = {**settings_env(stack["settings"]), "CAESAR_WSGI_SOCKET": f"127.0.0.1:{port}", "CAESAR_WSGI_PROCESSES": "1",
            "CAESAR_WSGI_THREADS": "2"}
-    proc = Proc([str(GUNICORN_BIN), "-c", str(REPO / "gunicorn.conf.py"), "caesar_rest.wsgi:app"], env, tmp_path / "gunicorn.log")
+    proc = Proc([str(GUNICORN_BIN), "-c", str(REPO / "gunicorn.conf.py"), "caesar_rest.wsgi:app"], env,
+                tmp_path / "gunicorn.log")
     try:
         wait_port(port, 60, proc)
         r = wait_http(f"http://127.0.0.1:{port}/health", timeout=30, status=200)

@@ -78,7 +78,8 @@ def test_health_is_503_when_the_broker_is_unreachable(make_app):
 
 
 def test_backend_health_methods_are_called_when_present(make_app):
-    backends = {"local": {}, "plain": {"class": f"{FAKES}:PlainBackend"}, "healthy": {"class": f"{FAKES}:HealthyBackend"},
+    backends = {"local": {}, "plain": {"class": f"{FAKES}:PlainBackend"},
+                "healthy": {"class": f"{FAKES}:HealthyBackend"},
                 "broken": {"class": f"{FAKES}:BrokenBackend"}, "hanging": {"class": f"{FAKES}:HangingBackend"}}
     app = make_app(BACKENDS=backends, HEALTH_TIMEOUT=1, **ADMIN)
     r = get(app.test_client(), "/health", headers=AS_ADMIN)
@@ -104,7 +105,8 @@ def test_backend_health_methods_are_called_when_present(make_app):
 def _add_job(url: str, state: str, elapsed: float | None, app: str = "sleeper") -> None:
     with session_scope(url) as s:
         now = utcnow()
-        s.add(Job(id=str(uuid.uuid4()), owner="anonymous", app=app, backend="local", state=state, workdir="/nonexistent",
+        s.add(Job(id=str(uuid.uuid4()), owner="anonymous", app=app, backend="local", state=state,
+                  workdir="/nonexistent",
                   submit_date=now - timedelta(seconds=elapsed or 0), elapsed=elapsed, job_inputs={}, argv=[], spec={},
                   extra={}))
 
@@ -188,7 +190,8 @@ def test_request_id_kept_when_sane_replaced_otherwise(client, caplog):
     access = [r for r in caplog.records if r.name == "caesar.access"]
     assert [r.caesar_context["request_id"] for r in access][:2] == ["abc-123.x", replaced]
     line = ContextFormatter().format(access[0])
-    assert re.search(r"caesar\.access: \[request abc-123\.x\] method=GET path=/health status=200 .*duration_ms=[\d.]+", line)
+    assert re.search(r"caesar\.access: \[request abc-123\.x\] method=GET path=/health status=200 "
+                     r".*duration_ms=[\d.]+", line)
 
 
 def test_json_access_lines(make_app, caplog):

@@ -148,8 +148,8 @@ class Stack:
     def submit(self, how: str, action: str, target: str = "", volumes: list[str] | None = None) -> str:
         """Start the probe as an app job or a TES task; returns its id."""
         if how == "app_job":
-            r = requests.post(f"{self.base}{API}/job", json={"app": "probe", "job_inputs": {"action": action,
-                                                                                           "target": target}}, timeout=30)
+            r = requests.post(f"{self.base}{API}/job",
+                              json={"app": "probe", "job_inputs": {"action": action, "target": target}}, timeout=30)
             assert r.status_code == 202, r.text
             return r.json()["job_id"]
         body = {"executors": [{"image": "python:3", "command": ["python3", "-I", "-c", PROBE, "--action", action,

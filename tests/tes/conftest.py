@@ -18,7 +18,7 @@ import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import pytest
@@ -88,7 +88,7 @@ def http_server(tmp_path_factory):
 class _SecretHandler(SimpleHTTPRequestHandler):
     """An internal service: answers every GET with SECRET and counts the requests it saw."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []      # one list for every request's handler instance
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -157,7 +157,7 @@ def s3_server(tmp_path_factory):
             break
         except requests.ConnectionError:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"moto_server did not start:\n{log.read_text()}")
+                raise RuntimeError(f"moto_server did not start:\n{log.read_text()}") from None
             time.sleep(0.2)
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                           region_name="us-east-1")
@@ -239,7 +239,7 @@ def tls_server(directory: Path, name: str) -> tuple[ThreadingHTTPServer, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(hours=2))

@@ -3,7 +3,7 @@ define (additionalProperties false), as strict clients such as py-tes do."""
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ def _documents() -> tuple[dict[str, Any], dict[str, Any]]:
     return tes, info
 
 
-@lru_cache(maxsize=None)
+@cache
 def _view_documents(view: str) -> dict[str, Any]:
     """The TES schemas as the view parameter defines them: MINIMAL holds only id and state; BASIC all but
     ExecutorLog.stdout/stderr, Input.content and TaskLog.system_logs."""
@@ -87,7 +87,7 @@ def _strict(schema: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def strict_schema(name: str, view: str = "FULL") -> dict[str, Any]:
     tes = _view_documents(view)
     return _strict(tes[name], tes)

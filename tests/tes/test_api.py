@@ -135,7 +135,8 @@ BAD = [
     ({"executors": [{"image": "alpine", "command": ["true"], "env": {"A": 1}}]}, "executors[0].env"),
     ({"executors": [{"image": "alpine", "command": ["true"]}], "inputs": [{"path": "data/in", "content": "x"}]},
      "inputs[0].path"),
-    ({"executors": [{"image": "alpine", "command": ["true"]}], "inputs": [{"path": "/data/../../etc/x", "content": "x"}]},
+    ({"executors": [{"image": "alpine", "command": ["true"]}],
+      "inputs": [{"path": "/data/../../etc/x", "content": "x"}]},
      "inputs[0].path"),
     ({"executors": [{"image": "alpine", "command": ["true"]}], "inputs": [{"path": "/data/in"}]}, "inputs[0].url"),
     ({"executors": [{"image": "alpine", "command": ["true"]}], "inputs": [{"path": "/data/in", "url": "gs://b/k"}]},
@@ -179,7 +180,8 @@ def test_bad_requests_are_400_naming_the_field_and_create_nothing(tes_stack):
         r = alice.call("POST", "/tasks", json=body)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["field"] == field and field in r.json()["message"], (body, r.json())
-    assert alice.call("POST", "/tasks", data="{not json", headers={"Content-Type": "application/json"}).status_code == 400
+    not_json = alice.call("POST", "/tasks", data="{not json", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400
     assert alice.call("GET", "/tasks", params={"view": "EVERYTHING"}).status_code == 400
     assert alice.call("GET", "/tasks", params={"state": "DONE"}).status_code == 400
     assert alice.call("GET", "/tasks", params={"page_token": "garbage!"}).status_code == 400
@@ -189,7 +191,8 @@ def test_bad_requests_are_400_naming_the_field_and_create_nothing(tes_stack):
 
 def test_unsupported_backend_parameters_are_dropped_unless_strict(tes_stack, tes):
     task = tes.run({"executors": [{"image": "alpine", "command": ["true"]}],
-                    "resources": {"cpu_cores": 1, "backend_parameters": {"VmSize": "Standard_D64_v3", "TIME_LIMIT": "30"}}})
+                    "resources": {"cpu_cores": 1,
+                                  "backend_parameters": {"VmSize": "Standard_D64_v3", "TIME_LIMIT": "30"}}})
     assert task["state"] == "COMPLETE"
     assert task["resources"]["backend_parameters"] == {"time_limit": "30"}      # keys are case-insensitive
     assert any("VmSize" in line for line in task["logs"][0]["system_logs"])

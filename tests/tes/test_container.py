@@ -11,7 +11,7 @@ from .conftest import TOKENS, USERS, Tes
 
 
 @pytest.fixture(scope="module")
-def container_tes(tmp_path_factory, podman_socket):  # noqa: F811
+def container_tes(tmp_path_factory, podman_socket):
     base = tmp_path_factory.mktemp("tes-container")
     files = base / "files"
     (files / "alice").mkdir(parents=True)           # alice's own file:// directory (TES_FILE_ROOTS scope user)
@@ -24,7 +24,8 @@ def container_tes(tmp_path_factory, podman_socket):  # noqa: F811
     except Exception:
         worker.stop()
         raise
-    yield Tes(url, TOKENS["alice"]), files / "alice", docker.APIClient(base_url=f"unix://{podman_socket}", version="1.41")
+    engine = docker.APIClient(base_url=f"unix://{podman_socket}", version="1.41")
+    yield Tes(url, TOKENS["alice"]), files / "alice", engine
     api.stop()
     worker.stop()
 

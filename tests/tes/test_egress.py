@@ -10,8 +10,17 @@ from urllib.parse import quote
 import pytest
 
 from ..support import embedded_settings, start_api
-from .conftest import (PEER_HOST, SECRET, TOKENS, USERS, Tes, start_worker_with_hosts, tls_server, transfer_settings,
-                       unique)
+from .conftest import (
+    PEER_HOST,
+    SECRET,
+    TOKENS,
+    USERS,
+    Tes,
+    start_worker_with_hosts,
+    tls_server,
+    transfer_settings,
+    unique,
+)
 
 
 def _system_logs(task) -> str:

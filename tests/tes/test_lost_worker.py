@@ -8,9 +8,8 @@ import time
 from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 
-from ..support import embedded_settings, start_worker
+from ..support import embedded_settings, job_processes, start_worker
 from . import schema
-from ..support import job_processes
 
 
 def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):

@@ -45,8 +45,8 @@ def test_ftp_inputs_and_outputs(tes, ftp_server):
         "outputs": [{"url": f"ftp://{auth}/{run}/results/all.txt", "path": "/out/all.txt"},
                     {"url": f"ftp://{auth}/{run}/results/tree", "path": "/out/tree", "type": "DIRECTORY"}],
         "executors": [{"image": "alpine", "command": [
-            "sh", "-c", "cat /data/a.txt /data/dir/b.txt /data/dir/sub/c.txt > /out/all.txt && "
-                        "mkdir -p /out/tree/x && echo one > /out/tree/x/one && echo two > /out/tree/two"]}]})
+            "sh", "-c", ("cat /data/a.txt /data/dir/b.txt /data/dir/sub/c.txt > /out/all.txt && "
+                         "mkdir -p /out/tree/x && echo one > /out/tree/x/one && echo two > /out/tree/two")]}]})
     assert task["state"] == "COMPLETE", _system_logs(task)
     assert (root / run / "results" / "all.txt").read_text() == "alpha\nbeta\ngamma\n"
     assert (root / run / "results" / "tree" / "x" / "one").read_text() == "one\n"
@@ -69,8 +69,8 @@ def test_s3_inputs_and_outputs_with_wildcards(tes, s3_server):
                     {"url": f"s3://{BUCKET}/{run}/out/images", "path": "/data/images", "type": "DIRECTORY"},
                     {"url": f"s3://{BUCKET}/{run}/out/tables", "path": "/out/*.csv", "path_prefix": "/out"}],
         "executors": [{"image": "alpine", "command": [
-            "sh", "-c", "sort /data/sample.txt > /out/sorted.txt && ls -R /data/images > /out/listing.csv && "
-                        "echo x,y > /out/xy.csv && echo skipped > /out/other.txt"]}]})
+            "sh", "-c", ("sort /data/sample.txt > /out/sorted.txt && ls -R /data/images > /out/listing.csv && "
+                         "echo x,y > /out/xy.csv && echo skipped > /out/other.txt")]}]})
     assert task["state"] == "COMPLETE", _system_logs(task)
 
     def body(key):
@@ -118,7 +118,8 @@ def test_outputs_never_follow_links_out_of_the_task(tes, files):
     assert task["state"] == "SYSTEM_ERROR" and "outside the task" in _system_logs(task)
     tree = tes.run({"outputs": [{"url": f"file://{files}/{target}/tree", "path": "/data/tree", "type": "DIRECTORY"}],
                     "executors": [{"image": "alpine", "command": [
-                        "sh", "-c", "mkdir -p /data/tree && echo ok > /data/tree/real && ln -s /etc/passwd /data/tree/link"]}]})
+                        "sh", "-c",
+                        "mkdir -p /data/tree && echo ok > /data/tree/real && ln -s /etc/passwd /data/tree/link"]}]})
     assert tree["state"] == "COMPLETE"
     assert sorted(os.listdir(files / target / "tree")) == ["real"]
 
@@ -157,7 +158,7 @@ def test_file_roots_are_per_user_or_shared_read_only(tes_stack, tes, files):
     bobs = tes_stack[2] / "bob"
     bobs.mkdir(exist_ok=True)
     (bobs / "secret.txt").write_text("bob's\n")
-    shared = [r["path"] for r in settings["TES_FILE_ROOTS"] if r["scope"] == "shared"][0]
+    shared = next(r["path"] for r in settings["TES_FILE_ROOTS"] if r["scope"] == "shared")
     Path(shared, "reference.txt").write_text("shared\n")
     cat = {"image": "alpine", "command": ["cat", "/data/x"]}
     for body, field, why in (
