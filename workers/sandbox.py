@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import grp
 import itertools
 import json
 import logging
@@ -145,6 +146,7 @@ class Sandbox:
         self.privileged = os.geteuid() == 0
         self.uid, self.gid = _user(settings.get("SANDBOX_USER") or "nobody") if self.privileged else \
             (os.geteuid(), os.getegid())
+        self._setpriv_ids = (_files_name("passwd", self.uid), _files_name("group", self.gid))
         self.pids_max = int(settings.get("SANDBOX_PIDS_MAX") or 512)
         self.open_files = settings.get("SANDBOX_MAX_OPEN_FILES")
         self.file_bytes = settings.get("SANDBOX_MAX_FILE_BYTES")
@@ -238,7 +240,8 @@ class Sandbox:
             out += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.dest]
         out += ["--chdir", spec.cwd, "--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
         if self.privileged:
-            out += [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+            user, group = self._setpriv_ids
+            out += [self.setpriv, f"--reuid={user}", f"--regid={group}", "--clear-groups",
                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         elif self.nproc_limit:
             out += [self.prlimit, f"--nproc={limits.pids}:{limits.pids}", "--"]
@@ -319,6 +322,28 @@ def _service_config() -> list[str]:
         parent = os.path.dirname(path)
         found.append(parent if os.path.isfile(path) and parent not in SYSTEM_DIRS else path)
     return sorted(set(found))
+
+
+def _files_name(database: str, number: int) -> str:
+    """How setpriv is told the sandbox's uid or gid: the name when /etc/<database> has it and NSS asks the files
+    first, else the number. setpriv looks a number up as a name first (getpwnam("65534")), which misses in the
+    files and loads the next NSS module (libnss_systemd and its libraries): 0.4-0.5 ms of every job."""
+    try:
+        with open("/etc/nsswitch.conf", encoding="utf-8") as fh:
+            sources = next((line.split(":", 1)[1].split() for line in fh if line.startswith(f"{database}:")), [])
+        if not sources or sources[0] not in ("files", "compat"):
+            return str(number)
+        with open(f"/etc/{database}", encoding="utf-8") as fh:
+            names = [f[0] for f in (line.split(":") for line in fh) if len(f) > 3 and f[2] == str(number)]
+    except OSError:
+        return str(number)
+    if not names or names[0].isdigit() or not names[0]:
+        return str(number)
+    try:       # what setpriv will find for that name must be this very id
+        found = pwd.getpwnam(names[0]).pw_uid if database == "passwd" else grp.getgrnam(names[0]).gr_gid
+    except KeyError:
+        return str(number)
+    return names[0] if found == number else str(number)
 
 
 def _nproc_per_user_namespace() -> bool:
