@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,17 @@ def wait_state(get_status, job_id: str, states: Iterable[str] = TERMINAL, timeou
             return last
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s; last status {last}")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll condition() until it gives a true value, and return that; fail naming what was awaited after timeout.
+    A test waits on a state it can observe, never for a fixed time that a slow machine would outrun."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not seen in {timeout} s")
+        time.sleep(interval)
+    return value
 
 
 def client_status(client):

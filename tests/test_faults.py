@@ -27,10 +27,12 @@ from .support import (
     embedded_settings,
     free_port,
     http_status,
+    job_processes,
     production_settings,
     start_api,
     start_worker,
     wait_state,
+    wait_until,
 )
 from .tcpproxy import TcpProxy
 
@@ -86,12 +88,13 @@ def test_broker_restart_while_submitting_loses_nothing(tmp_path, scratch_rabbit,
     try:
         thread = threading.Thread(target=submit_forever)
         thread.start()
-        time.sleep(3)
+        wait_until(lambda: len(accepted) >= 5, 60, "submissions accepted before the broker stops")
         before = len(accepted)
         subprocess.run(["bash", SCRATCH_RABBIT, "stop", *scratch_rabbit["args"]], check=True, timeout=120)
-        time.sleep(3)
+        wait_until(lambda: refused, 60, "a submission refused while the broker is down")
         subprocess.run(["bash", SCRATCH_RABBIT, "start", *scratch_rabbit["args"]], check=True, timeout=120)
-        time.sleep(5)
+        restarted = len(accepted)
+        wait_until(lambda: len(accepted) >= restarted + 5, 60, "submissions accepted after the broker restart")
         stop.set()
         thread.join(60)
         assert other == [], other[:3]                        # never a 500, never a hang
@@ -129,7 +132,8 @@ def test_database_outage_is_503_and_recovers(tmp_path, pg_db):
             assert response.get_json()["message"] == "The job database is unavailable; try again shortly"
         assert [p for p in (Path(settings["ROOT"]) / "data").rglob("*") if p.is_file()] == []
         assert client.get("/health").status_code == 503
-        time.sleep(8)                       # the job ends while the database is away
+        assert job_processes(running)       # the job ends while the database is away:
+        wait_until(lambda: not job_processes(running), 60, "the sleeper's end while the database is away")
         proxy.up()
         st = wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), running, timeout=90)
         assert st["state"] == "SUCCESS"     # its result was kept and recorded once the database came back
