@@ -123,11 +123,22 @@ def standin_settings(tmp_path: Path) -> dict[str, Any]:
                              DEFAULT_BACKEND="exit0", JOB_POLL_INTERVAL=0.02, HEARTBEAT_INTERVAL=0.05)
 
 
+def _forget_backend_instances() -> None:
+    """workers.backends keeps one instance per (name, id(settings)); once a test's settings are freed, a later mapping
+    can get the same id and be handed the earlier test's instance (its options, or a backend the new settings do not
+    enable). Each stand-in test starts from an empty registry."""
+    from workers import backends
+
+    getattr(backends, "_instances", {}).clear()
+
+
 @pytest.fixture
 def standin_app(standin_settings: dict[str, Any]) -> Iterator[Flask]:
+    _forget_backend_instances()
     app = create_app(standin_settings)
     yield app
     dispose_all()
+    _forget_backend_instances()
 
 
 @pytest.fixture
