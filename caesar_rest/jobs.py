@@ -109,7 +109,8 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
         seen.add((resolved.uuid, option))
         stored = session.get(File, resolved.uuid)
         inputs.append({"file_uuid": resolved.uuid, "option": option, "relpath": rel, "sha256": resolved.sha256,
-                       "size_bytes": resolved.size_bytes, "crc64nvme": stored.crc64nvme if stored is not None else None})
+                       "size_bytes": resolved.size_bytes,
+                       "crc64nvme": stored.crc64nvme if stored is not None else None})
     return insert_job(session, NewJob(
         owner=owner, kind="app", app=app.name, app_version=app.version, backend=backend, tag=tag,
         job_inputs=rendered.inputs, argv=rendered.argv, workdir_root=str(storage.user_dir(settings["JOBS_DIR"], owner)),

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -82,38 +82,49 @@ def check(from_states: tuple[JobState | str, ...], state: JobState | str) -> Non
         raise IllegalTransition(f"no transition {', '.join(bad)} -> {state} in caesar_rest.states.TRANSITIONS")
 
 
-def transition(session: Session, job_id: str, state: JobState | str, message: str = "",
-               from_states: tuple[JobState | str, ...] | None = None, returning: tuple = (),
-               **fields: Any) -> bool | Row:
-    """Move a job to `state` if it is in one of from_states (default: every state the table allows it from),
-    atomically, and record the event. False when the job is elsewhere (another actor got there first: a cancel
-    raced a finish); else True, or with `returning` (columns) the updated row. An edge outside the table raises
-    IllegalTransition. Core statements, no ORM flush (this runs 3 times a job); values go as parameters, not in
-    .values(), so the statement's cache key does not walk them."""
+def _move(session: Session, job_id: str, state: JobState | str, message: str,
+          from_states: tuple[JobState | str, ...] | None, columns: tuple[Any, ...],
+          fields: dict[str, Any]) -> Row[Any] | bool:
     state = JobState(state)
-    from_states = sources(state) if from_states is None else tuple(map(JobState, from_states))
-    check(from_states, state)
-    jobs, events = models.Job.__table__, models.JobEvent.__table__
+    sources_ = sources(state) if from_states is None else tuple(map(JobState, from_states))
+    check(sources_, state)
     values: dict[str, Any] = {"state": state.value, "status": message, **fields}
     now = models.utcnow()
     if state in TERMINAL_STATES:
         values.setdefault("end_date", now)
     expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}   # attempts + 1, json_merge
     params = {k: v for k, v in values.items() if k not in expressions}
-    statement = jobs.update().where(jobs.c.id == bindparam("_job_id"),
-                                    jobs.c.state.in_(bindparam("_from_states", expanding=True)))
+    statement = models.JOBS.update().where(models.JOBS.c.id == bindparam("_job_id"),
+                                           models.JOBS.c.state.in_(bindparam("_from_states", expanding=True)))
     if expressions:
         statement = statement.values(**expressions)
-    params.update(_job_id=job_id, _from_states=[s.value for s in from_states])
-    row = None
-    if returning:
-        row = session.execute(statement.returning(*returning), params).first()
+    params.update(_job_id=job_id, _from_states=[s.value for s in sources_])
+    row: Row[Any] | None = None
+    if columns:
+        row = session.execute(statement.returning(*columns), params).first()
         if row is None:
             return False
-    elif session.execute(statement, params).rowcount != 1:
+    elif cast(CursorResult[Any], session.execute(statement, params)).rowcount != 1:
         return False
-    session.execute(events.insert(), {"job_id": job_id, "state": state.value, "message": message, "at": now})
-    return row if returning else True
+    session.execute(models.EVENTS.insert(), {"job_id": job_id, "state": state.value, "message": message, "at": now})
+    return row if row is not None else True
+
+
+def transition(session: Session, job_id: str, state: JobState | str, message: str = "", *,
+               from_states: tuple[JobState | str, ...] | None = None, **fields: Any) -> bool:
+    """Move a job to `state` if it is in one of from_states (default: every state the table allows it from),
+    atomically, and record the event. False when the job is elsewhere (another actor got there first: a cancel
+    raced a finish). An edge outside the table raises IllegalTransition. Core statements, no ORM flush (this runs
+    3 times a job); values go as parameters, not in .values(), so the statement's cache key does not walk them."""
+    return bool(_move(session, job_id, state, message, from_states, (), fields))
+
+
+def transition_returning(session: Session, job_id: str, state: JobState | str, columns: tuple[Any, ...],
+                         message: str = "", *, from_states: tuple[JobState | str, ...] | None = None,
+                         **fields: Any) -> Row[Any] | None:
+    """transition(), returning the updated row's `columns` (None when the job was elsewhere)."""
+    moved = _move(session, job_id, state, message, from_states, columns, fields)
+    return moved if isinstance(moved, Row) else None
 
 
 # ---- the one job-row builder ---------------------------------------------------------------------------------------
@@ -149,13 +160,13 @@ def insert_job(session: Session, new: NewJob) -> models.Job:
            "workdir": str(Path(new.workdir_root) / new.id), "state": PENDING.value, "status": new.status,
            "submit_date": now, "spec": new.spec, "extra": new.extra, "tes_name": new.name}
     inputs = [{"job_id": new.id, **item} for item in new.inputs]
-    session.execute(models.Job.__table__.insert(), row)
+    session.execute(models.JOBS.insert(), row)
     if inputs:
-        session.execute(models.JobInput.__table__.insert(), inputs)
+        session.execute(models.INPUTS.insert(), inputs)
     if new.tags:
-        session.execute(models.TesTag.__table__.insert(),
+        session.execute(models.TES_TAGS.insert(),
                         [{"job_id": new.id, "key": k, "value": v} for k, v in new.tags.items()])
-    session.execute(models.JobEvent.__table__.insert(),
+    session.execute(models.EVENTS.insert(),
                     {"job_id": new.id, "state": PENDING.value, "message": new.event, "at": now})
     return models.Job(**row, inputs=[models.JobInput(**i) for i in inputs])
 
@@ -200,13 +211,13 @@ def claim(session: Session, job_id: str, host: str, message: str, extra_merge: M
     same transaction. None when the job was not PENDING."""
     from .db import json_merge
 
-    jobs, inputs_table = models.Job.__table__, models.JobInput.__table__
+    jobs, inputs_table = models.JOBS, models.INPUTS
     has_inputs = select(inputs_table.c.job_id).where(inputs_table.c.job_id == jobs.c.id).exists().label("has_inputs")
     now = models.utcnow()
-    row = transition(session, job_id, STARTED, message, from_states=(PENDING,), returning=(*jobs.c, has_inputs),
-                     start_date=now, host=host, heartbeat_at=now, attempts=jobs.c.attempts + 1,
-                     extra=json_merge(jobs.c.extra, dict(extra_merge)))
-    if not row:
+    row = transition_returning(session, job_id, STARTED, (*jobs.c, has_inputs), message, from_states=(PENDING,),
+                               start_date=now, host=host, heartbeat_at=now, attempts=jobs.c.attempts + 1,
+                               extra=json_merge(jobs.c.extra, dict(extra_merge)))
+    if row is None:
         return None
     values = row._asdict()
     inputs = session.execute(inputs_table.select().where(inputs_table.c.job_id == job_id)).all() \

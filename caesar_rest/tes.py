@@ -19,9 +19,21 @@ from . import storage
 from .errors import NotFound
 from .jobs import JOB_ID_RE
 from .models import Job, TesTag
-from .states import (ABORTED, ACTIVE_STATES, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TERMINAL_STATES,
-                     TIMED_OUT, NewJob, insert_job)
 from .paging import after_token, encode_token
+from .states import (
+    ABORTED,
+    ACTIVE_STATES,
+    CANCELED,
+    FAILURE,
+    PENDING,
+    RUNNING,
+    STARTED,
+    SUCCESS,
+    TERMINAL_STATES,
+    TIMED_OUT,
+    NewJob,
+    insert_job,
+)
 from .tes_task import runtime_backend, validate
 
 TES_VERSION = "1.1.0"
@@ -38,8 +50,9 @@ def state_of(state: str, cancel_requested: bool, failure_kind: str | None) -> st
         return "CANCELING"
     if state == FAILURE:
         return "EXECUTOR_ERROR" if failure_kind == EXECUTOR else "SYSTEM_ERROR"
-    return {PENDING: "QUEUED", STARTED: "INITIALIZING", RUNNING: "RUNNING", SUCCESS: "COMPLETE",
-            CANCELED: "CANCELED", TIMED_OUT: "EXECUTOR_ERROR", ABORTED: "SYSTEM_ERROR"}.get(state, "UNKNOWN")
+    names: dict[str, str] = {PENDING: "QUEUED", STARTED: "INITIALIZING", RUNNING: "RUNNING", SUCCESS: "COMPLETE",
+                             CANCELED: "CANCELED", TIMED_OUT: "EXECUTOR_ERROR", ABORTED: "SYSTEM_ERROR"}
+    return names.get(state, "UNKNOWN")
 
 
 def tes_state(job: Job) -> str:
@@ -60,12 +73,13 @@ def _state_filter(state: str) -> ColumnElement[bool]:
         "CANCELING": Job.state.in_(ACTIVE_STATES) & (Job.cancel_requested == true()),
         "COMPLETE": Job.state == SUCCESS, "CANCELED": Job.state == CANCELED,
         "EXECUTOR_ERROR": (Job.state == TIMED_OUT) | (FAILURE_KIND == EXECUTOR),
-        "SYSTEM_ERROR": (Job.state == ABORTED) | ((Job.state == FAILURE) & (func.coalesce(FAILURE_KIND, "") != EXECUTOR)),
+        "SYSTEM_ERROR": (Job.state == ABORTED)
+        | ((Job.state == FAILURE) & (func.coalesce(FAILURE_KIND, "") != EXECUTOR)),
     }
     return conditions.get(state, false())
 
 
-# ---- creation ---------------------------------------------------------------------------------------------------------
+# ---- creation --------------------------------------------------------------------------------------------------------
 def create_task(session: Session, settings: Mapping[str, Any], owner: str, body: Any) -> Job:
     """Validate a tesTask and insert its PENDING job (the caller commits and publishes)."""
     backend = runtime_backend(settings)
@@ -92,9 +106,10 @@ def get_task(session: Session, owner: str | None, task_id: str) -> Job:
     return job
 
 
-# ---- listing -----------------------------------------------------------------------------------------------------------
+# ---- listing ---------------------------------------------------------------------------------------------------------
 def list_tasks(session: Session, owner: str | None, view: str, page_size: int, page_token: str | None,
-               name_prefix: str | None, state: str | None, tags: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
+               name_prefix: str | None, state: str | None,
+               tags: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
     """One page, newest first, rendered in `view`, and the token of the next page when there is one. Every filter
     is SQL; MINIMAL reads ids and states only, never the task documents."""
     if view == "MINIMAL":
@@ -114,7 +129,7 @@ def list_tasks(session: Session, owner: str | None, view: str, page_size: int, p
         query = query.where((tagged.where(TesTag.value == value) if value else tagged).exists())
     query = after_token(query, page_token, key="field").limit(page_size + 1)
     if view == "MINIMAL":
-        rows: list[Any] = session.execute(query).all()
+        rows: list[Any] = list(session.execute(query).all())
         tasks = [{"id": r.id, "state": state_of(r.state, r.cancel_requested, r.failure_kind)} for r in rows[:page_size]]
     else:
         rows = list(session.scalars(query).all())

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from caesar_rest import s3store, storage
+from caesar_rest.backends import CANCELLED, EXITED, LOST, BackendError, InputFile, JobSpec
 from caesar_rest.db import session_scope
 from caesar_rest.models import File
 from caesar_rest.states import ABORTED, CANCELED, FAILURE, SUCCESS, TIMED_OUT, Claim
 
 from . import job_dir
-from .backends.base import CANCELLED, EXITED, LOST, BackendError, InputFile, JobSpec
 from .kinds import Ending, StepResult
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class AppRun:
         self.result = result
         return None
 
-    # ---- the end ------------------------------------------------------------------------------------------------------
+    # ---- the end -----------------------------------------------------------------------------------------------------
     def finish(self) -> Ending:
         result = self.result
         assert result is not None, "finish() before the command ended"

@@ -10,17 +10,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from caesar_rest.db import json_merge, session_scope
-from caesar_rest.models import Job, JobEvent, JobInput, utcnow
-from caesar_rest.states import Claim, transition
+from caesar_rest.models import EVENTS, INPUTS, JOBS, Job, JobEvent, JobInput, utcnow
+from caesar_rest.states import Claim, transition_returning
 
 from . import job_dir
 from .kinds import Ending
 
 if TYPE_CHECKING:
     from .runner import Runner
-
-JOBS, EVENTS, INPUTS = Job.__table__, JobEvent.__table__, JobInput.__table__
-
 
 def record(runner: Runner, held: Claim | str, how: Ending) -> str:
     """Record how the job ended; returns its final state (how.state, or the one another actor recorded first)."""
@@ -54,7 +51,7 @@ def _end_once(runner: Runner, job_id: str, claim: Claim | None, how: Ending, sto
     # The output manifest and the kind's own record are kept whether or not this end wins the transition (a cancel
     # may have ended the job first): merged into extra by the database, in the UPDATE that ends the job or alone.
     kept: dict[str, Any] = {**({"outputs": how.outputs} if how.outputs is not None else {}), **how.extra}
-    merge = {"extra": json_merge(JOBS.c.extra, {**kept, **(stored or {})})} if kept or stored else {}
+    merge: dict[str, Any] = {"extra": json_merge(JOBS.c.extra, {**kept, **(stored or {})})} if kept or stored else {}
     fields: dict[str, Any] = {"exit_status": how.exit_status}
     if how.pid is not None:
         fields["pid"] = how.pid
@@ -64,8 +61,8 @@ def _end_once(runner: Runner, job_id: str, claim: Claim | None, how: Ending, sto
             s.scalar(select(JOBS.c.run_date).where(JOBS.c.id == job_id))
         if run_date is not None:
             fields["elapsed"] = round((now - run_date).total_seconds(), 3)
-        row = transition(s, job_id, how.state, how.message, returning=tuple(JOBS.c), end_date=now, **merge, **fields)
-        if not row:
+        row = transition_returning(s, job_id, how.state, tuple(JOBS.c), how.message, end_date=now, **merge, **fields)
+        if row is None:
             # Ended already (a cancel won): downloads read the local directory, which stays; the copy goes.
             if kept:
                 s.execute(JOBS.update().where(JOBS.c.id == job_id).values(extra=json_merge(JOBS.c.extra, kept)))

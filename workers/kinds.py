@@ -1,8 +1,8 @@
 """The worker side of a job kind, as the runner drives it.
 
 A job kind (caesar_rest/kinds.py: app jobs, TES tasks; OGC API - Processes jobs next) is validated and stored by
-the API, which names its worker side (JobKind.worker); on a worker, once the runner has claimed the job (caesar_rest.states.claim), it asks the kind's `KindRun`
-for each part of the work and does the rest itself:
+the API, which names its worker side (JobKind.worker). On a worker, once the runner has claimed the job
+(caesar_rest.states.claim), the runner asks the kind's `KindRun` for each part of the work and does the rest:
 
     runner                                     kind (KindRun)
     ------                                     --------------
@@ -17,18 +17,18 @@ for each part of the work and does the rest itself:
     end: -> SUCCESS/FAILURE/...                                   (Ending.extra: the kind's own record)
 
 A remote (non-blocking) backend runs one command per job: its end arrives through Runner.poll_once, in a later
-task, with a KindRun built again from the job row (step_ended then gets spec None). A kind never writes the job's state and never calls into the
-runner's internals: it returns Endings.
+task, with a KindRun built again from the job row (step_ended then gets spec None). A kind never writes the job's
+state and never calls into the runner's internals: it returns Endings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kombu.utils.imports import symbol_by_name
 
-from .backends.base import BackendStatus, JobSpec
+from caesar_rest.backends import BackendStatus, JobSpec
 from caesar_rest.kinds import worker_of
 from caesar_rest.states import Claim, JobState
 

@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from caesar_rest import storage
+from caesar_rest.backends import BackendError, get_backend
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job, utcnow
 from caesar_rest.states import FAILURE, PENDING, RUNNING, STARTED, TERMINAL_STATES
 
-from .backends import get_backend
-from .backends.base import BackendError
 from .backends.local import kill_group, process_alive
 from .kinds import Ending
 
@@ -74,7 +73,8 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
     return FAILURE
 
 
-def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any], follow: Callable[[str], Any]) -> dict[str, int]:
+def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
+         follow: Callable[[str], Any]) -> dict[str, int]:
     """Stale running jobs are declared lost (or re-followed), old PENDING ones re-published."""
     from .runner import Runner
 
@@ -85,7 +85,8 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any], follow
     with session_scope(url) as s:
         stale = s.execute(select(Job.id, Job.host, Job.extra).where(Job.state.in_((STARTED, RUNNING)),
                                                                     Job.heartbeat_at < stale_cut)).all()
-        pending = s.execute(select(Job.id, Job.backend).where(Job.state == PENDING, Job.submit_date < pending_cut)).all()
+        pending = s.execute(select(Job.id, Job.backend)
+                            .where(Job.state == PENDING, Job.submit_date < pending_cut)).all()
         local_dead = s.execute(select(Job.id, Job.extra).where(Job.state.in_((STARTED, RUNNING)),
                                                               Job.host == HOST)).all()
     runner = Runner(settings)

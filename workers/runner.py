@@ -13,15 +13,24 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from caesar_rest.backends import (
+    CANCELLED,
+    FAILED,
+    LOST,
+    QUEUED,
+    Backend,
+    BackendError,
+    BackendStatus,
+    BackendUnavailable,
+    get_backend,
+    poll_in_slot,
+)
+from caesar_rest.backends import RUNNING as B_RUNNING
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job, utcnow
 from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, Claim, claim, transition
 
 from . import ending, lost
-from .backends import get_backend
-from .backends.base import (CANCELLED, FAILED, LOST, QUEUED, Backend, BackendError, BackendStatus, BackendUnavailable,
-                            poll_in_slot)
-from .backends.base import RUNNING as B_RUNNING
 from .kinds import Ending, KindRun, StepResult, kind_run
 
 log = logging.getLogger("caesar.runner")
@@ -36,7 +45,7 @@ class Runner:
         self.settings = settings
         self.url: str = settings["DATABASE_URL"]
 
-    # ---- entry points -------------------------------------------------------------------------------------------------
+    # ---- entry points ------------------------------------------------------------------------------------------------
     def run(self, job_id: str) -> str:
         """Task body of caesar.run_job. Returns what happened (for the task result and logs): the end state, 'poll'
         when a remote backend now runs the job, or what a redelivery found."""
@@ -94,7 +103,7 @@ class Runner:
             else:
                 s.execute(update(Job).where(Job.id == held.id).values(**started))
 
-    # ---- following an in-slot command ---------------------------------------------------------------------------------
+    # ---- following an in-slot command --------------------------------------------------------------------------------
     def _follow(self, held: Claim, run: KindRun, backend: Backend, handle: str) -> StepResult:
         interval = float(self.settings["JOB_POLL_INTERVAL"])
         beat_every = float(self.settings["HEARTBEAT_INTERVAL"])
@@ -109,7 +118,7 @@ class Runner:
                 # Just started: wait once before the first query for a cancel flag (a short job has ended by then,
                 # and needs none); a cancel is seen within one interval, as on every later turn.
                 first = False
-                _pause(backend, handle, interval)
+                backend.wait(handle, interval)
                 continue
             now = time.monotonic()
             outcome = "canceled" if run.stop_requested() else "timeout" if deadline and now > deadline else None
@@ -119,7 +128,7 @@ class Runner:
             if now - last_beat >= beat_every:
                 last_beat = now
                 self.heartbeat(held.id)
-            _pause(backend, handle, interval)
+            backend.wait(handle, interval)
 
     def _collect(self, backend: Backend, handle: str, held: Claim, result: StepResult) -> None:
         """Outputs, logs included, into the job directory, then the backend's copy freed. An unreachable backend
@@ -142,7 +151,7 @@ class Runner:
             log.exception("cancel of %s on %s failed", handle, backend.name)
             raise
 
-    # ---- following a remote job ---------------------------------------------------------------------------------------
+    # ---- following a remote job --------------------------------------------------------------------------------------
     def poll_once(self, job_id: str, held: Claim | None = None) -> str:
         """One poll of a non-blocking (remote) job. Returns the state, or 'poll' when it must be polled again."""
         with session_scope(self.url) as s:
@@ -151,7 +160,7 @@ class Runner:
                 return job.state if job else "missing"
             if held is None:
                 held = Claim(job)
-                held.inputs          # loaded while the session is open (the end's caesar_job.json lists them)
+                _ = held.inputs      # loaded while the session is open (the end's caesar_job.json lists them)
             handle, started = job.handle or "", job.run_date or job.start_date
             cancel, unreachable_since = job.cancel_requested, job.unreachable_since
         backend = get_backend(self.settings, held.backend)
@@ -165,8 +174,8 @@ class Runner:
             return self._unreachable(held, run, backend, handle, unreachable_since, exc)
         except Exception as exc:
             log.exception("poll of job %s on %s failed", job_id, held.backend)
-            return self._remote_end(held, run, backend, handle, StepResult(BackendStatus(
-                FAILED, reason=f"Following the job on the {held.backend} backend failed: {exc.__class__.__name__}: {exc}")))
+            why = f"Following the job on the {held.backend} backend failed: {exc.__class__.__name__}: {exc}"
+            return self._remote_end(held, run, backend, handle, StepResult(BackendStatus(FAILED, reason=why)))
         with session_scope(self.url) as s:
             s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=self._now(), unreachable_since=None))
             if status.state != QUEUED:
@@ -253,12 +262,3 @@ class Runner:
 def reap(settings: Mapping[str, Any], publish, follow) -> dict[str, int]:
     """The reaper (workers/lost.py), under the name the Celery task imports."""
     return lost.reap(settings, publish, follow)
-
-
-def _pause(backend: Backend, handle: str, seconds: float) -> None:
-    """A backend that can wait for its command's end (local: the process) is waited on instead of slept on."""
-    wait = getattr(backend, "wait", None)
-    if wait is not None:
-        wait(handle, seconds)
-    else:
-        time.sleep(seconds)

@@ -1,5 +1,6 @@
 """The worker side of TES tasks (kind "tes", workers/kinds.py): stage inputs, one step per executor run in
-sequence on the job's backend by the runner, upload outputs, and record the TES logs (job.extra["tes_logs"]) and the failure kind (job.extra["tes_error"]).
+sequence on the job's backend by the runner, upload outputs, and record the TES logs (job.extra["tes_logs"]) and
+the failure kind (job.extra["tes_error"]).
 
 Every task directory (volumes, the directories of inputs, outputs, workdirs and std streams: see
 caesar_rest.tes_task.mount_points) is a directory under <job dir>/fs/ mounted at its path for each executor.
@@ -22,17 +23,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from caesar_rest import storage
+from caesar_rest.backends import JobSpec
 from caesar_rest.db import json_merge, session_scope
-from caesar_rest.models import Job, utcnow
+from caesar_rest.models import JOBS, Job, utcnow
 from caesar_rest.states import ABORTED, CANCELED, FAILURE, SUCCESS, TIMED_OUT, Claim, JobState
 from caesar_rest.tes import EXECUTOR, SYSTEM, rfc3339
 from caesar_rest.tes_task import DIRECTORY, WILDCARD_RE, mount_points, norm
 
-from .backends.base import JobSpec
 from .kinds import Ending, StepResult
 from .tes_executors import executor_spec
 from .tes_launcher import SETUP_FAILED
-from .transfer import TransferError, TransferStopped, Transfers
+from .transfer import TransferError, Transfers, TransferStopped
 
 log = logging.getLogger("caesar.tes")
 
@@ -145,7 +146,7 @@ class TaskRun:
 
     def step_ended(self, spec: JobSpec | None, result: StepResult) -> Ending | None:
         assert self._current is not None
-        i, executor, _entry, _offsets = self._current
+        _i, executor, _entry, _offsets = self._current
         outcome, detail, rc = self._executor_ended(result)
         if outcome == "canceled" or self.canceled.is_set():
             return self._ending(CANCELED, "Task canceled by user")
@@ -338,7 +339,7 @@ class TaskRun:
         """The TES logs so far, for clients reading the task while it runs."""
         with session_scope(self.url) as s:
             s.execute(update(Job).where(Job.id == self.job_id)
-                      .values(extra=json_merge(Job.__table__.c.extra, {"tes_logs": self._snapshot()})))
+                      .values(extra=json_merge(JOBS.c.extra, {"tes_logs": self._snapshot()})))
 
     def _ending(self, state: JobState, message: str, kind: str | None = None, exit_status: int | None = None,
                 log_it: bool = True) -> Ending:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from caesar_rest.backends import BackendError, JobSpec
 from caesar_rest.tes_task import norm
 
-from .backends.base import BackendError, JobSpec
 from .tes_launcher import SANDBOX_LAUNCHER, SANDBOX_PYTHON, STATUS_PATH
 
 if TYPE_CHECKING:

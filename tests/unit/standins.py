@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from workers.backends.base import EXITED, QUEUED, RUNNING, BackendError, BackendStatus, BackendUnavailable, JobSpec
+from caesar_rest.backends import (EXITED, QUEUED, RUNNING, BackendBase, BackendError, BackendStatus, BackendUnavailable,
+                                  JobSpec)
 
 
 @dataclass
@@ -36,8 +37,9 @@ def jobs_of(job_id: str) -> list[Ran]:
     return [ran for ran in SUBMITTED.values() if ran.spec.job_id == job_id]
 
 
-class _StandIn:
-    """Submit records the job; poll answers from `status()`; fetch writes the job's logs and output."""
+class _StandIn(BackendBase):
+    """Submit records the job; poll answers from `status()`; fetch writes the job's logs and output. A BackendBase:
+    the runner relies on the whole Backend protocol (wait() included), as for every real backend."""
 
     name: ClassVar[str] = "standin"
     blocking: ClassVar[bool] = True

@@ -14,7 +14,7 @@ from workers.kinds import KindRun
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOCOL_METHODS = [name for name, value in vars(KindRun).items()
-                    if callable(value) and not name.startswith("_") or name in ("__enter__", "__exit__")]
+                    if (callable(value) and not name.startswith("_")) or name in ("__enter__", "__exit__")]
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

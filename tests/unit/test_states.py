@@ -12,8 +12,21 @@ from sqlalchemy import select, update
 from caesar_rest import create_app
 from caesar_rest.db import dispose_all, session_scope
 from caesar_rest.models import Job, JobEvent
-from caesar_rest.states import (ACTIVE_STATES, ALL_STATES, PENDING, STARTED, TERMINAL_STATES, TRANSITIONS,
-                                IllegalTransition, JobState, NewJob, claim, insert_job, sources, transition)
+from caesar_rest.states import (
+    ACTIVE_STATES,
+    ALL_STATES,
+    PENDING,
+    STARTED,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    IllegalTransition,
+    JobState,
+    NewJob,
+    claim,
+    insert_job,
+    sources,
+    transition,
+)
 
 from ..support import embedded_settings
 
@@ -43,7 +56,7 @@ def state_and_events(url: str, job_id: str) -> tuple[str, list[str]]:
     return state, events
 
 
-@pytest.mark.parametrize("src,dst", list(itertools.product(ALL_STATES, ALL_STATES)), ids=lambda s: str(s))
+@pytest.mark.parametrize("src,dst", list(itertools.product(ALL_STATES, ALL_STATES)), ids=str)
 def test_every_edge_of_the_table_works_and_every_other_is_refused(url, src, dst):
     job_id = job_in(url, src)
     if (src, dst) in TRANSITIONS:
