@@ -124,12 +124,16 @@ def standin_settings(tmp_path: Path) -> dict[str, Any]:
 
 
 def _forget_backend_instances() -> None:
-    """workers.backends keeps one instance per (name, id(settings)); once a test's settings are freed, a later mapping
-    can get the same id and be handed the earlier test's instance (its options, or a backend the new settings do not
-    enable). Each stand-in test starts from an empty registry."""
-    from workers import backends
+    """The backend registry keeps one instance per (name, settings object) for the life of the process; each
+    stand-in test starts from an empty one and leaves none behind (a registry keyed by id(settings) alone once
+    handed a later mapping that got a freed one's id the earlier instance)."""
+    import importlib
 
-    getattr(backends, "_instances", {}).clear()
+    for module in ("caesar_rest.backends", "workers.backends"):
+        try:
+            getattr(importlib.import_module(module), "_instances", {}).clear()
+        except ImportError:
+            pass
 
 
 @pytest.fixture
