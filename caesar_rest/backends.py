@@ -188,7 +188,9 @@ BACKEND_ALIASES: dict[str, str] = {
 }
 REGISTRY = BACKEND_ALIASES
 
-_instances: dict[tuple[str, int], Backend] = {}
+#: (name, id(settings)) → (settings, instance). The settings are held so that their id is not reused by a later
+#: mapping while the entry stands (a freed mapping's id, reused, would be handed the old instance).
+_instances: dict[tuple[str, int], tuple[Mapping[str, Any], Backend]] = {}
 
 
 def backend_class(name: str, options: Mapping[str, Any] | None = None) -> type[Backend]:
@@ -210,13 +212,16 @@ def backend_class(name: str, options: Mapping[str, Any] | None = None) -> type[B
 def get_backend(settings: Mapping[str, Any], name: str) -> Backend:
     """One instance per backend name and settings object in this process (backends may hold state)."""
     key = (name, id(settings))
-    if key not in _instances:
-        backends = settings.get("BACKENDS") or {}
-        if name not in backends:
-            raise BackendNotConfigured(f"Backend {name!r} is not enabled in BACKENDS ({sorted(backends)})")
-        options = backends[name] or {}
-        _instances[key] = backend_class(name, options)(settings, options)
-    return _instances[key]
+    cached = _instances.get(key)
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    backends = settings.get("BACKENDS") or {}
+    if name not in backends:
+        raise BackendNotConfigured(f"Backend {name!r} is not enabled in BACKENDS ({sorted(backends)})")
+    options = backends[name] or {}
+    instance = backend_class(name, options)(settings, options)
+    _instances[key] = (settings, instance)
+    return instance
 
 
 def health_check(settings: Mapping[str, Any], name: str) -> Callable[[], Mapping[str, Any] | None] | None:

@@ -11,7 +11,7 @@ import typing
 
 import pytest
 
-from caesar_rest.backends import REGISTRY, Backend, BackendBase, BackendNotConfigured, backend_class
+from caesar_rest.backends import REGISTRY, Backend, BackendBase, BackendNotConfigured, backend_class, get_backend
 
 from ..support import REPO
 
@@ -63,10 +63,44 @@ def test_an_unknown_backend_is_named():
         backend_class("local", {"class": "workers.backends.local:NoSuchBackend"})
 
 
+class Recorder(BackendBase):
+    """A stand-in that is only built, never run: it remembers which settings it was built with (not the mapping
+    itself, so that the mapping can be freed, as most backends let it be)."""
+
+    name = "recorder"
+    blocking = True
+
+    def __init__(self, settings, options) -> None:
+        self.built_for = settings["MARK"]
+
+    def submit(self, job):
+        raise NotImplementedError
+
+    def poll(self, handle):
+        raise NotImplementedError
+
+    def cancel(self, handle):
+        raise NotImplementedError
+
+    def fetch_outputs(self, handle, dest):
+        raise NotImplementedError
+
+    def cleanup(self, handle):
+        raise NotImplementedError
+
+
+def test_an_instance_serves_only_the_settings_it_was_built_for():
+    # One instance per name and settings object; a freed mapping's id, reused by the next, gets no old instance.
+    for mark in range(200):
+        settings = {"MARK": mark, "BACKENDS": {"recorder": {"class": f"{__name__}:Recorder"}}}
+        assert get_backend(settings, "recorder").built_for == mark
+        assert get_backend(settings, "recorder") is get_backend(settings, "recorder")
+
+
 def fresh_python(code: str) -> str:
     """code in an interpreter of its own (isolated: no PYTHONPATH, no user site), the repository on its path."""
     done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n{code}"],
-                          cwd="/", capture_output=True, text=True, timeout=120)
+                          cwd="/", capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 

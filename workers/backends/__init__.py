@@ -2,4 +2,4 @@
 (re-exported here for the worker modules that still import it from this package)."""
 from __future__ import annotations
 
-from caesar_rest.backends import BACKEND_ALIASES, REGISTRY, backend_class, get_backend  # noqa: F401
+from caesar_rest.backends import BACKEND_ALIASES, REGISTRY, _instances, backend_class, get_backend  # noqa: F401
