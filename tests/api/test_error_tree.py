@@ -41,7 +41,8 @@ EXPECTED = {
     errors.BackendNotConfigured: (500, "internal_error"),
     errors.BackendRejected: (500, "internal_error"),
 }
-INTERNAL = {"code": 500, "error": "internal_error", "status": "Internal server error", "message": "Internal server error"}
+INTERNAL = {"code": 500, "error": "internal_error", "status": "Internal server error",
+            "message": "Internal server error"}
 
 
 def defined_in_errors() -> list[type[errors.CaesarError]]:
