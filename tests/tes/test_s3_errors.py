@@ -66,7 +66,7 @@ def test_no_server_is_unreachable():
 
 
 def test_the_store_maps_them_to_domain_errors(s3_server, tmp_path):
-    endpoint, s3 = s3_server
+    endpoint, _s3 = s3_server
     settings = embedded_settings(tmp_path, STORAGE="s3", S3_BUCKET=BUCKET, S3_ENDPOINT_URL=endpoint,
                                  S3_ACCESS_KEY_ID="testing", S3_SECRET_ACCESS_KEY="testing", S3_REGION="us-east-1")
     store = s3store.S3Store(settings)
