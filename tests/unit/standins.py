@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from caesar_rest.backends import (EXITED, QUEUED, RUNNING, BackendBase, BackendError, BackendStatus, BackendUnavailable,
-                                  JobSpec)
+from caesar_rest.backends import (
+    EXITED,
+    QUEUED,
+    RUNNING,
+    BackendBase,
+    BackendError,
+    BackendStatus,
+    BackendUnavailable,
+    JobSpec,
+)
 
 
 @dataclass
