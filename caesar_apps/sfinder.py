@@ -49,12 +49,12 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
 from photutils.segmentation import SegmentationImage, SourceCatalog, deblend_sources, detect_sources
+from photutils.utils.exceptions import NoDetectionsWarning
+from scipy import ndimage
 
 # photutils < 2 (Debian 12 ships 1.6) names Background2D's rms keyword without the underscore.
 RMS_KEYWORD = ("bkg_rms_estimator" if "bkg_rms_estimator" in inspect.signature(Background2D).parameters
                else "bkgrms_estimator")
-from photutils.utils.exceptions import NoDetectionsWarning
-from scipy import ndimage
 
 COLUMNS = ("id", "x", "y", "ra", "dec", "flux", "peak", "npix", "snr", "a", "b", "theta", "bkg", "rms")
 FORMATS = {"x": "{:.3f}", "y": "{:.3f}", "ra": "{:.7f}", "dec": "{:.7f}", "theta": "{:.2f}"}
@@ -89,7 +89,7 @@ def load_image(path: Path) -> Image:
         raise InputError(f"input {'is not a file' if path.exists() else 'file not found'}: {path}")
     try:
         with fits.open(path, memmap=False) as hdul:
-            for index, hdu in enumerate(hdul):
+            for index, hdu in enumerate(hdul):  # noqa: B007  (index: the HDU found, read after the break)
                 if not isinstance(hdu, IMAGE_HDUS) or hdu.data is None:
                     continue
                 keep = [i for i, n in enumerate(hdu.data.shape) if n > 1]
@@ -220,7 +220,7 @@ def measure(residual: np.ndarray, segm: SegmentationImage | None, bkg: Backgroun
     snr = np.divide(peak, local_rms, out=np.full(peak.shape, np.inf), where=local_rms > 0)
     columns = (np.arange(1, x.size + 1), x, y, ra, dec, flux, peak, npix.astype(int), snr, a, b, theta,
                local_bkg, local_rms)
-    return [dict(zip(COLUMNS, values)) for values in zip(*columns)]
+    return [dict(zip(COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _format(column: str, value: object) -> str:
