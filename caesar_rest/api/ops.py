@@ -165,7 +165,8 @@ HEALTH = {"type": "object", "required": ["status", "checks"], "properties": {
 
 
 @blp.route("/health", methods=["GET"])
-@blp.doc(summary="Database, broker, result store and each enabled backend, with latencies; 503 when a required part is down",
+@blp.doc(summary="Database, broker, result store and each enabled backend, with latencies; "
+                 "503 when a required part is down",
          responses={"200": docs.json_response(HEALTH, "Every required part answers"),
                     "503": docs.json_response(HEALTH, "A required part is down"), **docs.ERRORS})
 def health():

@@ -18,13 +18,26 @@ from typing import Any, ClassVar
 
 from caesar_rest import images, s3store
 
-from .base import (EXITED, FAILED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured,
-                   BackendStatus, BackendUnavailable, JobSpec, translate_errors)
+from .base import (
+    EXITED,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    BackendBase,
+    BackendError,
+    BackendNotConfigured,
+    BackendStatus,
+    BackendUnavailable,
+    JobSpec,
+    translate_errors,
+)
 
 try:
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 except ImportError as exc:          # the `batch` extra
     raise ImportError(f"the AWS Batch backend needs boto3: pip install 'caesar-rest[batch]' ({exc})") from exc
 
@@ -82,7 +95,8 @@ class BatchBackend(BackendBase):
         endpoint = options.get("endpoint_url") or None
         s3_endpoint = options.get("s3_endpoint_url") or endpoint or settings.get("S3_ENDPOINT_URL") or None
         creds = {"aws_access_key_id": options.get("access_key_id") or settings.get("S3_ACCESS_KEY_ID") or None,
-                 "aws_secret_access_key": options.get("secret_access_key") or settings.get("S3_SECRET_ACCESS_KEY") or None}
+                 "aws_secret_access_key":
+                     options.get("secret_access_key") or settings.get("S3_SECRET_ACCESS_KEY") or None}
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
         self.batch = boto3.client("batch", endpoint_url=endpoint, region_name=self.region, config=config, **creds)
         self.logs = boto3.client("logs", endpoint_url=endpoint, region_name=self.region, config=config, **creds)

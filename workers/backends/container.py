@@ -10,20 +10,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import (EXITED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured, BackendStatus,
-                   BackendUnavailable, JobSpec)
+from .base import (
+    EXITED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    BackendBase,
+    BackendError,
+    BackendNotConfigured,
+    BackendStatus,
+    BackendUnavailable,
+    JobSpec,
+)
 from .container_security import Hardening, check_user, checked_image, input_groups, refuse_job_options
 
 try:
     import docker
     import docker.errors
 except ImportError as exc:  # the `container` extra
-    raise ImportError(f"the container backend needs the docker SDK: pip install 'caesar-rest[container]' ({exc})") from exc
+    raise ImportError(f"the container backend needs the docker SDK: pip install 'caesar-rest[container]' "
+                      f"({exc})") from exc
 
 # These need the docker SDK checked above.
-from .container_engine import (PULL_POLICIES, engine_errors, ensure_image, explain, kernel_oom_killed,  # noqa: E402
-                               root_cause)
-from .container_streams import LogPump, feed_stdin  # noqa: E402
+from .container_engine import PULL_POLICIES, engine_errors, ensure_image, explain, kernel_oom_killed, root_cause
+from .container_streams import LogPump, feed_stdin
 
 JOB_MOUNT = "/job"                      # the job directory inside the container (working directory)
 JOB_LABEL = "caesar.job_id"             # every container we create carries it: leak checks and orphan hunts
@@ -73,7 +83,8 @@ class ContainerBackend(BackendBase):
         self.stop_grace = float(options.get("stop_grace", min(float(settings.get("CANCEL_GRACE", 1.0)), 1.0)))
         problem = check_user(self.user)
         if problem or self.image_pull not in PULL_POLICIES:
-            raise BackendNotConfigured(f"BACKENDS['container']: {problem or f'image_pull must be one of {PULL_POLICIES}'}")
+            problem = problem or f"image_pull must be one of {PULL_POLICIES}"
+            raise BackendNotConfigured(f"BACKENDS['container']: {problem}")
         self.host = socket.gethostname()
         # Seconds a followed log stream may take to end after its container: then it is read whole instead.
         self.log_drain_timeout = float(options.get("log_drain_timeout", 10))
@@ -114,7 +125,8 @@ class ContainerBackend(BackendBase):
         working directory, and its stdin file fed in while it runs."""
         image = job.image or self.default_image
         if not image:
-            raise BackendError(f"app {job.app!r} names no container image and the container backend has no default_image")
+            raise BackendError(f"app {job.app!r} names no container image and the container backend has no "
+                               "default_image")
         if not job.argv:
             raise BackendError("empty command")
         image = checked_image(self.settings, image)

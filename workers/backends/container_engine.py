@@ -43,8 +43,8 @@ def ensure_image(api: docker.APIClient, base_url: str, image: str, policy: str) 
                            "and the app's image_pull policy is 'never'")
     if policy == "always" or not present:
         repository, tag = split_tag(image)
-        failed = f"image {image} is not on the container engine at {base_url} and pulling it failed " \
-                 f"(image_pull {policy!r})"
+        failed = (f"image {image} is not on the container engine at {base_url} and pulling it failed "
+                  f"(image_pull {policy!r})")
         try:
             # Docker reports a failed pull inside a 200 response's progress stream, not as an HTTP error.
             for event in api.pull(repository, tag=tag, stream=True, decode=True):

@@ -33,8 +33,21 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured,
-                   BackendStatus, BackendUnavailable, JobSpec, translate_errors)
+from .base import (
+    CANCELLED,
+    EXITED,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    BackendBase,
+    BackendError,
+    BackendNotConfigured,
+    BackendStatus,
+    BackendUnavailable,
+    JobSpec,
+    translate_errors,
+)
 
 TRANSFER_MODES = ("spool", "files", "shared")
 # JobStatus codes of a job ad

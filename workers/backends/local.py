@@ -43,9 +43,10 @@ _PRLIMIT = shutil.which("prlimit", path=_SYSTEM_PATH)
 
 
 def _launcher(memory_mb: int | None) -> list[str] | None:
-    """Unsandboxed (SANDBOX none): the same parent-death signal and memory limit as _child_setup, set by util-linux's setpriv and prlimit
-    exec'd in front of the command (same pid). No Python runs in the child, so subprocess uses vfork: a
-    preexec_fn makes it fork the whole worker instead, ~10 ms a job on a 2-core VM against ~1 ms.
+    """Unsandboxed (SANDBOX none): the same parent-death signal and memory limit as _child_setup, set by
+    util-linux's setpriv and prlimit exec'd in front of the command (same pid). No Python runs in the child, so
+    subprocess uses vfork: a preexec_fn makes it fork the whole worker instead, ~10 ms a job on a 2-core VM
+    against ~1 ms.
     None when the tools are missing (then _child_setup is used)."""
     if _libc is None or _SETPRIV is None or (memory_mb and _PRLIMIT is None):
         return None
@@ -224,7 +225,8 @@ class LocalBackend(BackendBase):
                 if launcher is None:
                     proc = subprocess.Popen(job.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=err, start_new_session=True, close_fds=True,
-                                            preexec_fn=_child_setup(job.memory_mb, None))
+                                            # The job dies with its worker (pdeathsig), set in the child itself.
+                                            preexec_fn=_child_setup(job.memory_mb, None))  # noqa: PLW1509
                 else:
                     _check_command(job.argv[0], env["PATH"], workdir)
                     proc = subprocess.Popen([*launcher, *job.argv], cwd=workdir, env=env, stdin=subprocess.DEVNULL,

@@ -12,8 +12,21 @@ from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from .base import (CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING, BackendBase, BackendError, BackendNotConfigured,
-                   BackendStatus, BackendUnavailable, JobSpec, translate_errors)
+from .base import (
+    CANCELLED,
+    EXITED,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    BackendBase,
+    BackendError,
+    BackendNotConfigured,
+    BackendStatus,
+    BackendUnavailable,
+    JobSpec,
+    translate_errors,
+)
 
 try:
     import requests
@@ -243,7 +256,7 @@ class PulsarBackend(BackendBase):
         unlink = f"rm -f -- {' '.join(q(top) for top in tops)}; " if tops else ""
         run = (f"{{ {assignments} {' '.join(q(str(a)) for a in job.argv)}; rc=$?; {unlink}"
                f"find . -mindepth 1 -type d -print0 > {manifest} 2>/dev/null; (exit $rc); }}")
-        return " && ".join(steps + [run])
+        return " && ".join([*steps, run])
 
     def _status(self, server: str, pulsar_id: str) -> dict[str, Any]:
         return self._json(server, "GET", f"/jobs/{pulsar_id}/status", what="asking the job's status")
