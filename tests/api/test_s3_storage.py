@@ -251,8 +251,8 @@ def test_a_cancel_that_ends_the_job_first_keeps_the_local_directory(tmp_path, aw
 
     from caesar_rest import create_app
     from caesar_rest.db import session_scope
-    from caesar_rest.jobs import transition
     from caesar_rest.models import Job
+    from caesar_rest.states import transition
     from workers import job_dir
     from workers.runner import Runner
 
