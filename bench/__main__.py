@@ -6,6 +6,7 @@ error in the JSON) and the exit status is 1; targets missed do not change the ex
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 import traceback
@@ -117,21 +118,22 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
 def _overhead(stack, base: str, args: argparse.Namespace) -> list[Figure]:
     from . import overhead
 
-    worker = stack.spawn_worker(args.worker_concurrency, name=f"overhead{uuid.uuid4().hex[:6]}")
+    name, plain_name = f"overhead{uuid.uuid4().hex[:6]}", f"nosandbox{uuid.uuid4().hex[:6]}"
+    worker = stack.spawn_worker(args.worker_concurrency, name=name)
     bare = stack.spawn_bare_worker()
+    plain = None
     try:
         stack.wait_ready(worker, bare)
         figures = overhead.measure(stack, base, args.overhead_jobs, worker)
-    finally:
-        stack.stop_worker(bare, worker)
-    # The same jobs on a pool without the sandbox (SANDBOX none): what the sandbox adds to a job.
-    plain = stack.spawn_worker(args.worker_concurrency, name=f"nosandbox{uuid.uuid4().hex[:6]}",
-                               extra={"SANDBOX": "none"})
-    try:
+        stack.stop_worker(bare)
+        # What the sandbox adds to a job: the same jobs on a pool without it (SANDBOX none), beside the sandboxed one.
+        plain = stack.spawn_worker(args.worker_concurrency, name=plain_name, extra={"SANDBOX": "none"})
         stack.wait_ready(plain)
-        return [*figures, overhead.sandbox_cost(stack, base, args.overhead_jobs, figures[0])]
+        host = socket.gethostname()
+        return [*figures, overhead.sandbox_cost(stack, base, args.overhead_jobs, f"{name}@{host}",
+                                                f"{plain_name}@{host}")]
     finally:
-        stack.stop_worker(plain)
+        stack.stop_worker(*(proc for proc in (bare, worker, plain) if proc is not None and proc in stack.workers))
 
 
 def main(argv: list[str] | None = None) -> int:
