@@ -5,9 +5,10 @@ job. A control group can: each job gets one, with pids.max (and memory.max on v2
 it before the first of them forks.
 
 On v1 the worker's thread that starts a job moves itself into the job's group for the fork (`0` into `tasks`, then
-back), so bubblewrap is born inside: a thread moving itself skips the global lock that moving another process takes
-(Linux 5.19+), and that lock waits out an RCU grace period, 5-11 ms a job on a 2-core VM. Elsewhere (v2, or a
-worker that may not write its own group's `tasks`) the job's first process is moved in after bwrap made it.
+back), so bubblewrap is born inside. Moving another process takes a global lock that waits out an RCU grace period,
+5-11 ms a job on a 2-core VM; a thread moving itself skips it (kernels since 2022, measured on 6.18; an older one
+takes the lock, no slower than before). Elsewhere (v2, or a worker that may not write its own group's `tasks`) the
+job's first process is moved in after bwrap made it.
 
 Which hierarchy is used is chosen once at start: cgroup2 when its `pids` controller can be enabled under the
 parent directory, else the v1 `pids` hierarchy. The parent is SANDBOX_CGROUP when set, else a `caesar-jobs`
