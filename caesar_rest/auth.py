@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,7 +195,7 @@ def _setting_true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"))
 
 
-def check_exposure(settings: dict[str, Any], served_by: str | None) -> None:
+def check_exposure(settings: Mapping[str, Any], served_by: str | None) -> None:
     """Refuse to start an anonymous service where others can reach it: under uWSGI/gunicorn, or bound to an address
     that is not loopback (served_by says which), AUTH_MODE none needs ALLOW_ANONYMOUS: true."""
     from .errors import CaesarError
@@ -207,7 +208,7 @@ def check_exposure(settings: dict[str, Any], served_by: str | None) -> None:
         "or oidc (with AUTH_USERS or OIDC_*), or set ALLOW_ANONYMOUS: true to serve without authentication on purpose.")
 
 
-def check_settings(settings: dict[str, Any]) -> None:
+def check_settings(settings: Mapping[str, Any]) -> None:
     """Fail at start, not at the first request, when the auth settings cannot work."""
     from .errors import CaesarError
 

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from .config import DEFAULTS, load_settings, queue_name
+from .config import SettingsError, load_settings, queue_name, redacted, setting_doc
 
 
-def _worker_cmd(settings: dict, queues: list[str], concurrency: int, beat: bool) -> list[str]:
+def _worker_cmd(settings: Mapping[str, Any], queues: list[str], concurrency: int, beat: bool) -> list[str]:
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO",
            "-Q", ",".join(queue_name(settings, q) for q in queues), "--concurrency", str(concurrency),
            "--hostname", f"caesar-{'-'.join(queues)}@%h", "--without-gossip", "--without-mingle"]
@@ -58,7 +60,6 @@ def new_token(user: str) -> int:
     import secrets
 
     from .auth import hash_token
-
     from .storage import USER_RE
 
     if not USER_RE.match(user):
@@ -129,8 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "new-token":
         return new_token(args.user)
-    if args.command == "run":
-        return run(args)
+    try:
+        if args.command == "run":
+            return run(args)
+        settings = load_settings()
+    except SettingsError as exc:        # an unknown key or a value of the wrong type: named, no traceback
+        print(f"caesar-rest: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         from .errors import CaesarError
         try:
@@ -139,15 +145,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"caesar-rest: {exc}", file=sys.stderr)
             return 2
         return 0
-    settings = load_settings()
     if args.command == "migrate":
         from . import db
         db.upgrade(settings["DATABASE_URL"])
         print(f"database at {settings['DATABASE_URL'].split('@')[-1]} is up to date")
         return 0
-    for key, (_default, doc) in DEFAULTS.items():
-        print(f"{key} = {settings[key]!r}\n    {doc}")
+    print_settings(settings)
     return 0
+
+
+def print_settings(settings: Mapping[str, Any]) -> None:
+    """Every setting (the derived ones too) with its value, secrets redacted, and its one-line doc."""
+    for key, value in settings.items():
+        print(f"{key} = {redacted(key, value)!r}\n    {setting_doc(key)}")
 
 
 if __name__ == "__main__":
