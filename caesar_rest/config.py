@@ -6,8 +6,8 @@ when it parses, a string setting keeps its text, a misspelt key anywhere is an e
 intended key), while pydantic-settings parses only complex values as JSON, has its own precedence and nested-key
 rules, and would be one more dependency for the API and for every worker host. A field per key holds its type,
 default and one-line doc (`caesar-rest settings` prints them); the object is a read-only Mapping, so the code
-that reads `settings["X"]`, `settings.get("X", d)`, `{**settings, ...}` and `dict(settings)` is unchanged, and
-plain dicts (tests, `{**settings, "X": y}`) stay accepted wherever settings are passed: create_app runs them
+that reads `settings["ROOT"]`, `settings.get("ROOT", d)`, `{**settings, ...}` and `dict(settings)` is unchanged,
+and plain dicts (tests, `{**settings, "ROOT": r}`) stay accepted wherever settings are passed: create_app runs them
 through load_settings, and Settings.from_mapping checks any other mapping the same way.
 
 Shapes checked where they are used (TES file roots, egress networks, S3 access, AUTH_USERS) are left to those
