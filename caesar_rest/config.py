@@ -332,8 +332,8 @@ def _unknown(key: str, where: str) -> SettingsError:
     if key in _FIELDS:
         return SettingsError(f"setting {key} ({where}) is derived from ROOT and cannot be set")
     close = difflib.get_close_matches(key.upper(), SETTABLE, n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return SettingsError(f"unknown setting {key} ({where}){hint} `caesar-rest settings` lists them all.")
+    hint = f"did you mean {close[0]}? " if close else ""
+    return SettingsError(f"unknown setting {key} ({where}): {hint}`caesar-rest settings` lists them all")
 
 
 def _known(values: Mapping[str, Any], where: str, derived_ok: bool = False) -> dict[str, Any]:

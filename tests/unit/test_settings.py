@@ -68,7 +68,7 @@ def test_defaults_make_a_valid_settings_object(tmp_path):
 def test_unknown_key_in_the_file_is_named(tmp_path):
     path = tmp_path / "settings.yml"
     path.write_text("ROOT: /tmp/x\nJOB_POL_INTERVAL: 1\n")
-    with pytest.raises(SettingsError, match=r"JOB_POL_INTERVAL \(in .*settings.yml\); did you mean JOB_POLL_INTERVAL"):
+    with pytest.raises(SettingsError, match=r"JOB_POL_INTERVAL \(in .*settings.yml\): did you mean JOB_POLL_INTERVAL"):
         load_settings(environ={"CAESAR_CONFIG": str(path)})
     path.write_text("DATA_DIR: /elsewhere\n")
     with pytest.raises(SettingsError, match="DATA_DIR .*derived from ROOT"):
