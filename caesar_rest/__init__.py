@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
 __version__ = "1.0.0"
@@ -21,8 +22,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     served_by: how others reach it ("served by uWSGI", "bound to 0.0.0.0"), when they can: there AUTH_MODE none
     is refused unless ALLOW_ANONYMOUS says so (auth.check_exposure)."""
     from . import auth, db, errors, guard, tes_access
-    from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api
-    from .api import tes as tes_api
+    from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api, tes as tes_api
     from .apps import Registry
     from .celery_app import make_celery
     from .config import load_settings
@@ -43,7 +43,8 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
         MAX_CONTENT_LENGTH=int(settings["MAX_UPLOAD_BYTES"]) + 1024 * 1024,
         JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
     logs.init_app(app)
     for sub in ("DATA_DIR", "JOBS_DIR"):
         Path(settings[sub]).mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,8 @@ def render(app: App, job_inputs: Any, resolve_file: Callable[[str, str], Resolve
                             option=unknown[0])
     # Every value's type and range first, then what is missing, and only then files: the user
     # learns about the cheapest mistakes first, whatever the options' order.
-    given = {name: _coerce(app.name, app.options[name], value) for name, value in job_inputs.items() if value is not None}
+    given = {name: _coerce(app.name, app.options[name], value)
+             for name, value in job_inputs.items() if value is not None}
     for name, opt in app.options.items():
         if opt.required and name not in given:
             raise InvalidOption(f"Option {name!r} of app {app.name!r} is required", option=name)
@@ -254,13 +255,14 @@ def render(app: App, job_inputs: Any, resolve_file: Callable[[str, str], Resolve
             relpath = f"inputs/{relname}"
             files.append((name, resolved, relpath))
             value = relpath
+        flag = opt.flag or f"--{name}"             # set when the app was loaded; the fallback is for mypy
         if opt.type == "bool":
             if value:
-                argv.append(opt.flag)
+                argv.append(flag)
         elif opt.style == "positional":
             argv.append(_format(value))
         elif opt.style == "equals":
-            argv.append(f"{opt.flag}={_format(value)}")
+            argv.append(f"{flag}={_format(value)}")
         else:
-            argv.extend([opt.flag, _format(value)])
+            argv.extend([flag, _format(value)])
     return Rendered(inputs=inputs, argv=argv, files=files)

@@ -200,7 +200,8 @@ def check_exposure(settings: Mapping[str, Any], served_by: str | None) -> None:
     that is not loopback (served_by says which), AUTH_MODE none needs ALLOW_ANONYMOUS: true."""
     from .errors import CaesarError
 
-    if served_by is None or settings.get("AUTH_MODE", "none") != "none" or _setting_true(settings.get("ALLOW_ANONYMOUS")):
+    if (served_by is None or settings.get("AUTH_MODE", "none") != "none"
+            or _setting_true(settings.get("ALLOW_ANONYMOUS"))):
         return
     raise CaesarError(
         f"caesar-rest refuses to start: AUTH_MODE is none (every caller would be the admin user "

@@ -24,7 +24,7 @@ def broker_options(settings: Mapping[str, Any]) -> dict[str, Any]:
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         return {**{k: str(v) for k, v in folders.items()}, "store_processed": False, "polling_interval": 0.05}
-    if url.startswith("amqp") or url.startswith("pyamqp"):
+    if url.startswith(("amqp", "pyamqp")):
         return {"confirm_publish": True, "max_retries": 2, "interval_start": 0, "interval_step": 0.5}
     return {"max_retries": 2}
 
@@ -34,7 +34,8 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
     result_backend = settings["RESULT_BACKEND"]
     if result_backend.startswith("file://"):
         Path(result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
-    queues = [Queue(queue_name(settings, name), routing_key=queue_name(settings, name)) for name in settings["BACKENDS"]]
+    names = [queue_name(settings, name) for name in settings["BACKENDS"]]
+    queues = [Queue(name, routing_key=name) for name in names]
     if settings["BROKER_URL"].startswith("filesystem://"):
         celery.conf.broker_transport = "caesar_rest.fstransport:Transport"   # atomic message files
     celery.conf.update(

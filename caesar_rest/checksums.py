@@ -118,7 +118,8 @@ def mismatch(label: str, expected_sha256: str | None, expected_crc: str | None, 
     return f"{label} no longer matches its recorded {' and '.join(wrong)}; it changed in storage since upload"
 
 
-def output_manifest(workdir: Path, skip: tuple[str, ...] = ("inputs", "tmp", "caesar_job.json")) -> list[dict[str, Any]]:
+def output_manifest(workdir: Path,
+                    skip: tuple[str, ...] = ("inputs", "tmp", "caesar_job.json")) -> list[dict[str, Any]]:
     """size, sha256 and CRC64NVME of every regular file a job left in its directory (inputs excluded)."""
     files = []
     for path in sorted(p for p in workdir.rglob("*") if p.is_file() and not p.is_symlink()):

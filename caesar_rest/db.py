@@ -99,7 +99,7 @@ def dispose_all() -> None:
         _factories.clear()
 
 
-class json_merge(FunctionElement):
+class json_merge(FunctionElement):  # noqa: N801 (a SQL function: named as it reads in a query)
     """`column` with the top-level keys of `patch` set, computed by the database: a JSON column updated in
     the same UPDATE as the rest of the row, with no SELECT and read-modify-write first. The patch's values
     are scalars or lists (SQLite's json_patch would merge objects recursively and drop nulls)."""

@@ -161,17 +161,17 @@ def _pools() -> tuple[type, type]:
     class Checked:
         def __init__(self, *args: Any, egress_rules: Rules, **kwargs: Any) -> None:
             self.egress_rules = egress_rules
-            super().__init__(*args, **kwargs)        # type: ignore[call-arg]
+            super().__init__(*args, **kwargs)
 
         def _new_conn(self) -> socket.socket:
             host, port = self._dns_host, self.port   # type: ignore[attr-defined]
             try:
                 return create_connection(self.egress_rules, host, port, self.timeout,  # type: ignore[attr-defined]
                                          self.source_address, self.socket_options)     # type: ignore[attr-defined]
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 raise ConnectTimeoutError(self, f"connecting to {host} timed out") from exc
             except socket.gaierror as exc:
-                raise NewConnectionError(self, f"cannot resolve {host}: {exc}") from exc
+                raise NewConnectionError(self, f"cannot resolve {host}: {exc}") from exc  # type: ignore[arg-type]
 
     class CheckedHTTPConnection(Checked, HTTPConnection):
         pass

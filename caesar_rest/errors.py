@@ -129,7 +129,8 @@ STATUS: dict[type[CaesarError], tuple[int, str]] = {
     TransferError: (500, "internal_error"),
     CaesarError: (500, "internal_error"),
 }
-INTERNAL = {"code": 500, "error": "internal_error", "status": "Internal server error", "message": "Internal server error"}
+INTERNAL = {"code": 500, "error": "internal_error", "status": "Internal server error",
+            "message": "Internal server error"}
 
 
 def status_of(cls: type[CaesarError]) -> tuple[int, str]:
@@ -219,7 +220,7 @@ def register(app) -> None:
     app.register_error_handler(InterfaceError, db_down)
 
     def unexpected(exc: Exception):
-        app.logger.exception("unhandled error")
+        app.logger.error("unhandled error", exc_info=exc)
         return _json(dict(INTERNAL))
 
     app.register_error_handler(Exception, unexpected)

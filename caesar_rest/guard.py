@@ -44,8 +44,8 @@ def host_allowed(host_header: str, allowed: Collection[str]) -> bool:
     name, _port = split_host(host_header)
     if not name:
         return False
-    for entry in allowed:
-        entry = entry.strip().lower().rstrip(".")
+    for raw in allowed:
+        entry = raw.strip().lower().rstrip(".")
         if entry == "*" or entry == name or (entry.startswith(".") and (name == entry[1:] or name.endswith(entry))):
             return True
     return False

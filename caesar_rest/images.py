@@ -17,7 +17,7 @@ SETTING = "ALLOWED_IMAGES"
 def full_reference(image: str) -> str:
     """The reference with its registry and tag made explicit (Docker's reading of a short name)."""
     name, at, digest = image.partition("@")
-    first, slash, rest = name.partition("/")
+    first, slash, _rest = name.partition("/")
     if not slash or not ("." in first or ":" in first or first == "localhost"):
         name = f"docker.io/{name}" if slash else f"docker.io/library/{name}"
     if not at and ":" not in name.rpartition("/")[2]:

@@ -9,9 +9,9 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping
-from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.wsgi import ClosingIterator
@@ -74,7 +74,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         doc.update(getattr(record, "caesar_context", None) or {})
         doc.update(getattr(record, "access", None) or {})
@@ -93,9 +93,9 @@ def configure(settings: Mapping[str, Any]) -> None:
         handler.caesar = True        # type: ignore[attr-defined]
         root.addHandler(handler)
     formatter = JsonFormatter() if settings.get("LOG_JSON") else ContextFormatter()
-    for handler in root.handlers:
-        if getattr(handler, "caesar", False):
-            handler.setFormatter(formatter)
+    for each in root.handlers:
+        if getattr(each, "caesar", False):
+            each.setFormatter(formatter)
     for noisy in ("alembic", "kombu.connection"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -122,7 +122,7 @@ def _after(response: Response) -> Response:
     hooks = list(current_app.extensions.get("caesar_request_closed", ()))
     json_lines = bool(settings.get("LOG_JSON"))
 
-    finished = []
+    finished: list[bool] = []
 
     def done() -> None:
         # Logged when the response is closed, so streamed bodies count in the duration.
@@ -137,7 +137,8 @@ def _after(response: Response) -> Response:
         token = _context.set({"request_id": rid})
         try:
             if json_lines:
-                access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"], extra={"access": fields})
+                access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
+                                extra={"access": fields})
             else:
                 access_log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
         finally:
@@ -156,7 +157,7 @@ def _after(response: Response) -> Response:
         if hasattr(body, "read") or hasattr(body, "file") or hasattr(body, "filelike"):
             done()
         else:
-            response.response = ClosingIterator(body, [done])
+            response.response = ClosingIterator(cast("Iterable[bytes]", body), [done])  # passthrough: bytes
     return response
 
 

@@ -116,7 +116,8 @@ class Exposition:
 
 COUNTERS = {
     "caesar_http_requests_total": "HTTP requests answered, by method, endpoint and status.",
-    "caesar_http_request_duration_seconds_total": "Time spent answering requests (until the body was sent), by endpoint.",
+    "caesar_http_request_duration_seconds_total":
+        "Time spent answering requests (until the body was sent), by endpoint.",
     "caesar_uploads_total": "Files uploaded and stored.",
     "caesar_upload_bytes_total": "Bytes of files uploaded and stored.",
     "caesar_downloads_total": "File downloads answered, by how they were sent (app or nginx X-Accel-Redirect).",
@@ -174,7 +175,8 @@ def _jobs(exp: Exposition, settings: Mapping[str, Any]) -> None:
     exp.family("caesar_jobs", "gauge", "Jobs in the database by state, app and backend.")
     exp.family("caesar_job_duration_seconds", "histogram", "Run time of finished jobs, by app and backend.")
     with session_scope(settings["DATABASE_URL"]) as s:
-        rows = s.execute(select(Job.app, Job.backend, Job.state, func.count()).group_by(Job.app, Job.backend, Job.state)).all()
+        rows = s.execute(select(Job.app, Job.backend, Job.state, func.count())
+                         .group_by(Job.app, Job.backend, Job.state)).all()
         finished = Job.state.in_(TERMINAL_STATES) & Job.elapsed.is_not(None)
         bucket_cols = [func.sum(case((Job.elapsed <= b, 1), else_=0)) for b in DURATION_BUCKETS]
         durations = s.execute(select(Job.app, Job.backend, func.count(), func.coalesce(func.sum(Job.elapsed), 0.0),
@@ -187,7 +189,7 @@ def _jobs(exp: Exposition, settings: Mapping[str, Any]) -> None:
             exp.sample("caesar_jobs", by_state.get(state, 0), {"app": app, "backend": backend, "state": state})
     for app, backend, n, total, *buckets in durations:
         labels = {"app": app, "backend": backend}
-        for bound, in_bucket in zip(DURATION_BUCKETS, buckets):
+        for bound, in_bucket in zip(DURATION_BUCKETS, buckets, strict=True):
             exp.sample("caesar_job_duration_seconds", in_bucket or 0, {**labels, "le": bound}, "_bucket")
         exp.sample("caesar_job_duration_seconds", n, {**labels, "le": "+Inf"}, "_bucket")
         exp.sample("caesar_job_duration_seconds", float(total), labels, "_sum")
@@ -219,7 +221,8 @@ def queue_depths(celery, settings: Mapping[str, Any]) -> dict[str, tuple[int, in
 def _queues(exp: Exposition, celery, settings: Mapping[str, Any]) -> None:
     exp.family("caesar_broker_up", "gauge", "1 when the broker answered this scrape.")
     exp.family("caesar_queue_messages", "gauge", "Messages waiting in each worker pool's queue.")
-    exp.family("caesar_queue_consumers", "gauge", "Consumers (worker processes' channels) on each pool's queue (RabbitMQ only).")
+    exp.family("caesar_queue_consumers", "gauge",
+               "Consumers (worker processes' channels) on each pool's queue (RabbitMQ only).")
     try:
         depths = queue_depths(celery, settings)
     except Exception as exc:

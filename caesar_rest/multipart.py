@@ -9,14 +9,20 @@ Only what an upload form needs: named fields, at most MAX_PARTS parts, small tex
 (MAX_FIELD_BYTES each), file parts streamed to whatever `open_file(field, filename)` returns."""
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Callable
-
-from werkzeug.http import parse_options_header
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_options_header
 
 from .errors import BadRequest
 from .numbers import parse_int
+
+
+class Reader(Protocol):
+    """What the parser needs of a request body: read(n) (a WSGI input, werkzeug's stream, LengthBound)."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 READ_SIZE = 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
@@ -50,7 +56,7 @@ class LengthBound:
     twice (into a bytearray, then out of it), which for a 1 GiB upload cost more than the disk write.
     Never asks the server for more than the body holds, so the connection's next request stays intact."""
 
-    def __init__(self, raw: BinaryIO, length: int) -> None:
+    def __init__(self, raw: Reader, length: int) -> None:
         self.raw = raw
         self.left = length
 
@@ -62,7 +68,7 @@ class LengthBound:
         return data
 
 
-def body_stream(environ: dict, fallback: Callable[[], BinaryIO]) -> BinaryIO:
+def body_stream(environ: dict, fallback: Callable[[], Reader]) -> Reader:
     """The request body: LengthBound when Content-Length is given, else fallback() (werkzeug's stream,
     which handles chunked bodies)."""
     raw = environ.get("CONTENT_LENGTH") or ""
@@ -82,7 +88,7 @@ def content_length(raw: str) -> int:
 class _Reader:
     """The body as a sequence of reads, with what was read but not yet used in `pending`."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: Reader) -> None:
         self.stream = stream
         self.pending = b""
         self.ended = False
@@ -127,7 +133,7 @@ class _Reader:
             seen += len(data)
 
 
-def parse(stream: BinaryIO, content_type: str, open_file: Callable[[str, str], Any]) -> Form:
+def parse(stream: Reader, content_type: str, open_file: Callable[[str, str], Any]) -> Form:
     """Read the whole body; a file part goes to open_file(field name, file name).write as it arrives.
     On a BadRequest the sinks already opened are the caller's to discard: open_file is where it keeps them."""
     form = Form()

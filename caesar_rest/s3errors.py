@@ -57,8 +57,7 @@ def classify(exc: BaseException) -> str:
         status = client_error(exc).response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return UNREACHABLE if code in _UNREACHABLE or status >= 500 else FAILED
     try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
     except ImportError:
         return FAILED
     # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError...

@@ -10,8 +10,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from . import s3errors
-from .checksums import CHUNK, BackgroundChecksums, Checksums, require_crc
-from .checksums import checksums_of, mismatch, output_manifest  # noqa: F401 (the runner and job_dir use s3store.<name>)
+from .checksums import CHUNK, BackgroundChecksums, Checksums, checksums_of, mismatch, output_manifest, require_crc  # noqa: F401 (the runner and job_dir use s3store.<name>)
 from .errors import BadRequest, InsufficientStorage, NotFound, StorageError, StorageUnavailable
 from .s3errors import describe_error
 from .sinks import WriteSink
@@ -220,21 +219,17 @@ class S3UploadSink(WriteSink):
         self.bucket, self.key = split_url(self.url)
         self.limit = limit
         self._sums = BackgroundChecksums()
-        self._size = 0
+        self.size = 0
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self.error: Exception | None = None
         self.done = False
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def write(self, data) -> int:
         n = len(data)
-        self._size += n
-        if self.error is not None or (self.limit is not None and self._size > self.limit):
+        self.size += n
+        if self.error is not None or (self.limit is not None and self.size > self.limit):
             return n                        # keep draining the request; the API reports afterwards (413, 503)
         self._sums.update(data)
         self._buffer += data

@@ -72,7 +72,7 @@ class UploadSink(WriteSink):
         self.directory = directory
         self.uuid = uuidlib.uuid4().hex
         self.tmp_path = directory / f".upload-{self.uuid}.part"
-        self._fh: BinaryIO = open(self.tmp_path, "wb", buffering=0)
+        self._fh: BinaryIO = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 (closed by commit/discard)
         self._sums = BackgroundChecksums()    # sha256 and CRC64NVME on the way in, on a thread of their own
         self.size = 0
         self.limit = limit

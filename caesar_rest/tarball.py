@@ -49,7 +49,7 @@ def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo | None:
 def _file_blocks(path: Path, chunk: int) -> Callable[[], Iterator[bytes]]:
     def blocks() -> Iterator[bytes]:
         try:
-            fh = open(path, "rb")
+            fh = open(path, "rb")  # noqa: SIM115 (the with below: an open error is a skip, a read error is not)
         except OSError:
             return
         with fh:
@@ -76,13 +76,17 @@ def stream_tar_gz(root: str | Path, prefix: str, level: int = 6, chunk: int = 10
     return tar_gz(members(), level)
 
 
+def _once(data: bytes) -> Callable[[], Iterator[bytes]]:
+    return lambda: iter((data,))
+
+
 def files_in_memory(prefix: str, files: Mapping[str, bytes],
                     mtime: int) -> Iterator[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]]]]:
     """Members for files held in memory."""
     for name, data in sorted(files.items()):
         info = tarfile.TarInfo(f"{prefix}/{name}")
         info.size, info.mode, info.mtime = len(data), 0o644, mtime
-        yield info, (lambda data=data: iter((data,)))
+        yield info, _once(data)
 
 
 def tar_gz(members: Iterable[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]] | None]],
@@ -101,8 +105,8 @@ def tar_gz(members: Iterable[tuple[tarfile.TarInfo, Callable[[], Iterator[bytes]
             continue
         # A file that grows while we read is cut at the size in its header; one that shrinks is padded.
         remaining = size
-        for data in opener():
-            data = data[:remaining]
+        for block in opener():
+            data = block[:remaining]
             remaining -= len(data)
             out = gz.compress(data)
             if out:

@@ -226,7 +226,7 @@ def s3_access(settings: Mapping[str, Any], owner: str, url: str, access: str, di
                   f"no such access and no S3 credentials of yours are configured (AUTH_USERS.<you>.s3)")
 
 
-# ---- at start ----------------------------------------------------------------------------------------------------------
+# ---- at start --------------------------------------------------------------------------------------------------
 def check_settings(settings: Mapping[str, Any]) -> None:
     """Fail at start (API and workers) when these settings cannot be used as written."""
     from .egress import EgressError, Rules

@@ -152,7 +152,7 @@ def _check_url(settings: Mapping[str, Any], owner: str, url: Any, field: str, sc
     assert text is not None
     try:
         parts = urlsplit(text)
-        parts.port                                  # a port that is not a number is a ValueError here
+        _ = parts.port                              # a port that is not a number is a ValueError here
     except ValueError as exc:
         raise _fail(field, f"{text!r} is not a URL: {exc}") from None
     scheme = "file" if text.startswith("/") else parts.scheme.lower()

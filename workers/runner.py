@@ -18,6 +18,7 @@ from caesar_rest.backends import (
     FAILED,
     LOST,
     QUEUED,
+    RUNNING as B_RUNNING,
     Backend,
     BackendError,
     BackendStatus,
@@ -25,7 +26,6 @@ from caesar_rest.backends import (
     get_backend,
     poll_in_slot,
 )
-from caesar_rest.backends import RUNNING as B_RUNNING
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job, utcnow
 from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, Claim, claim, transition

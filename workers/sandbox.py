@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .cgroups import Cgroups, CgroupError, JobGroups
+from .cgroups import CgroupError, Cgroups, JobGroups
 
 SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -113,7 +113,7 @@ def code_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     return seen
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_locations(names: tuple[str, ...]) -> list[str]:
     """Where the venv's interpreter, isolated (-I: no working directory, no PYTHON* variables) as the apps' console
     scripts run it, finds the apps' packages. Not this process's own find_spec: a worker started in another
@@ -315,10 +315,10 @@ def _service_config() -> list[str]:
     """What of the service's configuration lies in a directory jobs see (/etc): the directory of CAESAR_CONFIG
     (the systemd units keep settings.yml and the env files with their secrets in /etc/caesar-rest), else the file."""
     found = []
-    for path in (os.environ.get("CAESAR_CONFIG"), "/etc/caesar-rest"):
-        if not path or not os.path.exists(path):
+    for given in (os.environ.get("CAESAR_CONFIG"), "/etc/caesar-rest"):
+        if not given or not os.path.exists(given):
             continue
-        path = os.path.realpath(path)
+        path = os.path.realpath(given)
         parent = os.path.dirname(path)
         found.append(parent if os.path.isfile(path) and parent not in SYSTEM_DIRS else path)
     return sorted(set(found))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ftplib
 import os
 import posixpath
-import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,7 +111,7 @@ class Transfers(S3Transfers):
                 raise TransferError(url, "no such directory")
             dest.mkdir(parents=True, exist_ok=True)
             total = 0
-            for path, rel in walk_files(src):
+            for _path, rel in walk_files(src):
                 total += self._file_in(join_url(str(src), rel), dest / rel, "FILE")
             return total
         if not src.is_file():
@@ -157,7 +156,7 @@ class Transfers(S3Transfers):
             raise TransferError(url, str(exc)) from exc
         except NewConnectionError as exc:         # a subclass of urllib3's TimeoutError, but not a time-out
             raise TransferError(url, f"cannot connect: {exc}") from exc
-        except (Urllib3Timeout, socket.timeout, TimeoutError) as exc:
+        except (Urllib3Timeout, TimeoutError) as exc:
             raise TransferError(url, f"no answer in {self.timeout:g} s") from exc
         except HTTPError as exc:
             raise TransferError(url, f"cannot fetch: {exc}") from exc

@@ -1,10 +1,10 @@
 """Helpers shared by the blueprints: settings, the request's DB session, the Celery app."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import current_app, request
@@ -112,7 +112,8 @@ def check_active_limit(s: Session, owner: str) -> None:
     limit = user_setting(owner, "max_active_jobs", current_app.config.get("MAX_ACTIVE_JOBS_PER_USER"))
     if limit is None:
         return
-    active = s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.state.in_(ACTIVE_STATES)))
+    mine = select(func.count()).select_from(Job).where(Job.owner == owner, Job.state.in_(ACTIVE_STATES))
+    active = s.scalar(mine) or 0
     if active >= int(limit):
         raise TooManyRequests(f"You have {active} queued or running jobs and tasks, the most allowed; "
                               "wait for some to finish or cancel them", active_jobs=active, limit=int(limit))
@@ -121,6 +122,8 @@ def check_active_limit(s: Session, owner: str) -> None:
 def publish_or_withdraw(job_id: str, backend: str, what: str = "job") -> None:
     """Hand the job to its pool; if the broker refuses it, remove it again so nothing is half-created (503)."""
     import logging
+
+    from sqlalchemy import delete
 
     from ..celery_app import publish_run
     from ..errors import ServiceUnavailable
@@ -131,5 +134,6 @@ def publish_or_withdraw(job_id: str, backend: str, what: str = "job") -> None:
     except Exception as exc:
         logging.getLogger(__name__).error("broker refused %s %s: %s", what, job_id, exc.__class__.__name__)
         with session() as s:
-            s.execute(Job.__table__.delete().where(Job.id == job_id))
-        raise ServiceUnavailable(f"The job queue is unavailable; the {what} was not accepted, try again shortly") from exc
+            s.execute(delete(Job).where(Job.id == job_id))
+        raise ServiceUnavailable(
+            f"The job queue is unavailable; the {what} was not accepted, try again shortly") from exc

@@ -32,13 +32,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                                                "properties": {
         "command": {"type": "array", "items": {"type": "string"}}, "image": NULLABLE_STR,
         "resources": {"type": "object"}, "outputs": {"type": "array", "items": {"type": "string"}},
-        "options": {"type": "array", "items": {"type": "object", "required": ["name", "type", "required", "effect"]}}}}]},
+        "options": {"type": "array",
+                    "items": {"type": "object", "required": ["name", "type", "required", "effect"]}}}}]},
     "JobSummary": {"type": "object", "required": ["job_id", "app", "job_inputs", "submit_date", "state", "status"],
                    "properties": {
         "job_id": {"type": "string"}, "app": {"type": "string"}, "job_inputs": {"type": "object"},
         "submit_date": {"type": "string"}, "state": {"type": "string"}, "status": {"type": "string"},
         "tag": NULLABLE_STR, "backend": {"type": "string"}, "end_date": NULLABLE_STR}},
-    "JobList": {"type": "object", "required": ["jobs", "page", "per_page", "total", "pages", "has_next", "next_page_token"], "properties": {
+    "JobList": {"type": "object",
+                "required": ["jobs", "page", "per_page", "total", "pages", "has_next", "next_page_token"],
+                "properties": {
         "jobs": {"type": "array", "items": {"$ref": S + "JobSummary"}},
         "page": {"type": "integer", "nullable": True, "description": "null for a page asked by page_token"},
         "per_page": {"type": "integer"}, "has_next": {"type": "boolean"},
@@ -61,7 +64,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "job_inputs": {"type": "object"}, "argv": {"type": "array", "items": {"type": "string"}},
         "backend": {"type": "string"}, "host": NULLABLE_STR, "state": {"type": "string"},
         "exit_status": {"type": "integer", "nullable": True}, "timings": {"type": "object"},
-        "inputs": {"type": "array", "items": {"type": "object"}}, "events": {"type": "array", "items": {"type": "object"}}},
+        "inputs": {"type": "array", "items": {"type": "object"}},
+        "events": {"type": "array", "items": {"type": "object"}}},
         "additionalProperties": True},
 }
 
@@ -92,4 +96,5 @@ def binary(code: int, mimetype: str, description: str) -> dict[str, Any]:
 
 def query(*params: tuple[str, str, str]) -> list[dict[str, Any]]:
     """Query parameters as (name, type, description)."""
-    return [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d} for n, t, d in params]
+    return [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
+            for n, t, d in params]

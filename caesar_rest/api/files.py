@@ -11,8 +11,16 @@ from sqlalchemy import func, select
 
 from .. import multipart, s3store, storage
 from ..auth import current_owner, owner_filter, user_setting
-from ..errors import (BadRequest, CaesarError, Conflict, InsufficientStorage, LengthRequired, NotFound, PayloadTooLarge,
-                      UnsupportedFormat)
+from ..errors import (
+    BadRequest,
+    CaesarError,
+    Conflict,
+    InsufficientStorage,
+    LengthRequired,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedFormat,
+)
 from ..jobs import file_in_use, get_file
 from ..models import File, utcnow
 from ..sinks import WriteSink
@@ -42,8 +50,9 @@ class _Discard(WriteSink):
 
 @blp.route("/upload", methods=["POST"])
 @blp.doc(summary="Upload a file (multipart field 'file', optional 'tag')",
-         requestBody={"content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-             "file": {"type": "string", "format": "binary"}, "tag": {"type": "string"}}}}}})
+         requestBody={"content": {"multipart/form-data": {"schema": {
+             "type": "object", "required": ["file"],
+             "properties": {"file": {"type": "string", "format": "binary"}, "tag": {"type": "string"}}}}}})
 @blp.doc(responses=docs.responses(200, "File", "The stored file's record"))
 def upload():
     if request.mimetype != "multipart/form-data":
@@ -88,6 +97,7 @@ def _receive(cfg, owner: str) -> tuple[str, str, Any, Any]:
             refused.append(exc)
             return _Discard()
         # The sink stops storing past sink_limit (the body is still read to its end, and the sink dropped after).
+        sink: s3store.S3UploadSink | storage.UploadSink
         if cfg.get("STORAGE") == "s3":
             sink = s3store.S3UploadSink(s3store.store_for(cfg), owner, fmt, sink_limit)
         else:
@@ -141,7 +151,7 @@ def _quota_room(cfg, owner: str) -> int | None:
         return None
     with session() as s:
         used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
-    room = quota - int(used)
+    room = quota - int(used or 0)
     if room <= 0:
         raise _over_quota(cfg, owner, room)
     return room
@@ -160,11 +170,13 @@ def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None) -> Fi
     quota = _quota(cfg, owner)
     if isinstance(sink, s3store.S3UploadSink):
         sink.commit()
-        final, drop = sink.url, sink.discard
+        final: str | Path = sink.url
+        drop = sink.discard
     else:
-        final = storage.user_dir(cfg["DATA_DIR"], owner) / f"{sink.uuid}.{fmt}"
-        sink.commit(final)
-        drop = lambda: final.unlink(missing_ok=True)   # noqa: E731
+        path = storage.user_dir(cfg["DATA_DIR"], owner) / f"{sink.uuid}.{fmt}"
+        sink.commit(path)
+        final = path
+        drop = lambda: path.unlink(missing_ok=True)
     try:
         with session() as s:
             record = File(uuid=sink.uuid, owner=owner, filename_orig=name, format=fmt, path=str(final),
@@ -175,7 +187,8 @@ def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None) -> Fi
             s.add(record)
             s.flush()
             if quota is not None:
-                used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
+                used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0))
+                                .where(File.owner == owner)) or 0
                 if used > int(quota):
                     before = used - sink.size
                     raise InsufficientStorage(f"Storing {sink.size} more bytes would exceed your quota of {quota} "
@@ -214,8 +227,8 @@ def fileids():
 
 @blp.route("/download-id/<file_id>", methods=["GET", "POST"])
 @blp.doc(summary="Download a file by uuid",
-         parameters=docs.query(("presign", "string", "with S3 storage: 1 redirects (307) to a presigned URL, "
-                                                     "json answers {url, expires_in}")),
+         parameters=docs.query(("presign", "string", ("with S3 storage: 1 redirects (307) to a presigned URL, "
+                                                      "json answers {url, expires_in}"))),
          responses={"200": {"description": "The file, or {url, expires_in} with presign=json", "content": {
                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                         "application/json": {"schema": {"type": "object", "properties": {
@@ -271,9 +284,12 @@ def _accel_redirect(path: str, name: str):
     if real is None:
         return None
     response = Response(status=200, mimetype=mimetypes.guess_type(name)[0] or "application/octet-stream")
-    response.headers["X-Accel-Redirect"] = settings()["ACCEL_REDIRECT_PREFIX"] + quote(real.relative_to(data_dir).as_posix())
+    prefix = settings()["ACCEL_REDIRECT_PREFIX"]
+    response.headers["X-Accel-Redirect"] = prefix + quote(real.relative_to(data_dir).as_posix())
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii") or "download"
-    names = {"filename": ascii_name} if ascii_name == name else {"filename": ascii_name, "filename*": f"UTF-8''{quote(name, safe='')}"}
+    names = {"filename": ascii_name}
+    if ascii_name != name:
+        names["filename*"] = f"UTF-8''{quote(name, safe='')}"
     response.headers.set("Content-Disposition", "attachment", **names)
     return response
 

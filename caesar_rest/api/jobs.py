@@ -11,8 +11,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
-from .. import jobs as service
-from .. import paging, s3store
+from .. import jobs as service, paging, s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..kinds import AppKind
@@ -100,7 +99,7 @@ def list_jobs():
             # Counting every row of a big table is most of a listing's time (10 ms at 100,000 jobs): count up
             # to JOBS_COUNT_LIMIT + 1 and say "more than" beyond it, as big APIs do.
             ids = query.with_only_columns(Job.id)
-            total = s.scalar(select(func.count()).select_from((ids.limit(cap + 1) if cap > 0 else ids).subquery()))
+            total = s.scalar(select(func.count()).select_from((ids.limit(cap + 1) if cap > 0 else ids).subquery())) or 0
             exact = cap <= 0 or total <= cap
         answer = {"jobs": [service.to_summary(j) for j in rows], "page": None if token else page,
                   "per_page": per_page, "total": total if exact else None,
@@ -127,7 +126,8 @@ def status(job_id: str):
 
 
 @blp.route("/job/<job_id>/cancel", methods=["GET", "POST"])
-@blp.doc(summary="Cancel a job wherever it runs", responses=docs.responses(200, "JobStatus", "Canceled, or cancel under way"))
+@blp.doc(summary="Cancel a job wherever it runs",
+         responses=docs.responses(200, "JobStatus", "Canceled, or cancel under way"))
 def cancel(job_id: str):
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)

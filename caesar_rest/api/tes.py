@@ -9,13 +9,10 @@ import yaml
 from flask import jsonify, request
 from flask_smorest import Blueprint
 
-from .. import __version__
-from .. import jobs as jobs_service
-from .. import tes as service
-from .. import tes_task as task_doc
-from ..kinds import TesKind
+from .. import __version__, jobs as jobs_service, tes as service, tes_task as task_doc
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
+from ..kinds import TesKind
 from . import docs
 from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, session, settings
 
@@ -55,7 +52,8 @@ def register_schemas(api) -> None:
     """The TES v1.1 schemas (and service-info's two) as components of /openapi.json, plus tesTaskView: a task
     in any view (MINIMAL holds only id and state, so nothing else is required)."""
     tes = yaml.safe_load((SPECS / "tes-v1.1.openapi.yaml").read_text(encoding="utf-8"))["components"]["schemas"]
-    info = yaml.safe_load((SPECS / "ga4gh-service-info-1.0.0.yaml").read_text(encoding="utf-8"))["components"]["schemas"]
+    spec = yaml.safe_load((SPECS / "ga4gh-service-info-1.0.0.yaml").read_text(encoding="utf-8"))
+    info = spec["components"]["schemas"]
     for name, schema in info.items():
         text = yaml.safe_dump(schema).replace(S, S + "ga4gh")
         api.spec.components.schema("ga4gh" + name, yaml.safe_load(text))

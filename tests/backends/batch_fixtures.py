@@ -17,8 +17,7 @@ import pytest
 from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 
-from ..support import REPO, Proc, embedded_settings, free_port, start_worker
-from ..support import write_apps as support_write_apps
+from ..support import REPO, Proc, embedded_settings, free_port, start_worker, write_apps as support_write_apps
 
 SCRIPT = REPO / "scripts" / "moto.sh"
 APPS_IMAGE = "localhost/caesar-apps:latest"

@@ -14,8 +14,7 @@ import pytest
 from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 
-from ..support import REPO, Proc, embedded_settings, start_worker
-from ..support import write_apps as support_write_apps
+from ..support import REPO, Proc, embedded_settings, start_worker, write_apps as support_write_apps
 
 SCRIPT = REPO / "scripts" / "podman.sh"
 BUSYBOX = "localhost/busybox:latest"

@@ -14,11 +14,9 @@ import pytest
 from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 
-from ..support import Proc, embedded_settings, start_worker
-from ..support import write_apps as support_write_apps
+from ..support import Proc, embedded_settings, start_worker, write_apps as support_write_apps
 from .container_fixtures import APPS_IMAGE, BUSYBOX
-from .htcondor_fixtures import condor_options
-from .htcondor_fixtures import write_apps as condor_write_apps
+from .htcondor_fixtures import condor_options, write_apps as condor_write_apps
 
 PIDS_LIMIT = 64
 ALLOWED = ["localhost/busybox:*", "localhost/caesar-apps:*"]

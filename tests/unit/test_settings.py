@@ -71,7 +71,7 @@ def test_unknown_key_in_the_file_is_named(tmp_path):
     with pytest.raises(SettingsError, match=r"JOB_POL_INTERVAL \(in .*settings.yml\): did you mean JOB_POLL_INTERVAL"):
         load_settings(environ={"CAESAR_CONFIG": str(path)})
     path.write_text("DATA_DIR: /elsewhere\n")
-    with pytest.raises(SettingsError, match="DATA_DIR .*derived from ROOT"):
+    with pytest.raises(SettingsError, match=r"DATA_DIR .*derived from ROOT"):
         load_settings(environ={"CAESAR_CONFIG": str(path)})
     path.write_text("- ROOT\n")
     with pytest.raises(SettingsError, match="mapping of settings"):
@@ -79,18 +79,18 @@ def test_unknown_key_in_the_file_is_named(tmp_path):
 
 
 def test_unknown_key_in_the_environment_is_named(tmp_path):
-    with pytest.raises(SettingsError, match="CAESAR_AUTH_MOD.*did you mean AUTH_MODE"):
+    with pytest.raises(SettingsError, match=r"CAESAR_AUTH_MOD.*did you mean AUTH_MODE"):
         load_settings(environ={"CAESAR_ROOT": str(tmp_path), "CAESAR_AUTH_MOD": "token"})
-    with pytest.raises(SettingsError, match="JOBS_DIR .*derived from ROOT"):
+    with pytest.raises(SettingsError, match=r"JOBS_DIR .*derived from ROOT"):
         load_settings(environ={"CAESAR_JOBS_DIR": str(tmp_path)})
     # variables other programs read (uWSGI, the worker unit, the test suite, a job's own id) are not settings
-    others = {name: "1" for name in NON_SETTING_ENV - {"CAESAR_CONFIG"}}
+    others = dict.fromkeys(NON_SETTING_ENV - {"CAESAR_CONFIG"}, "1")
     others.update(CAESAR_WSGI_SOCKET="/run/x.sock", CAESAR_TEST_PG="postgresql://x", CAESAR_ROOT=str(tmp_path))
     assert load_settings(environ=others)["ROOT"] == str(tmp_path.resolve())
 
 
 def test_unknown_key_in_the_mapping_passed_in_is_named(tmp_path):
-    with pytest.raises(SettingsError, match="STALE_AFTR .*did you mean STALE_AFTER"):
+    with pytest.raises(SettingsError, match=r"STALE_AFTR .*did you mean STALE_AFTER"):
         load_settings({"ROOT": str(tmp_path), "STALE_AFTR": 5}, environ={})
     assert load_settings({"root": str(tmp_path)}, environ={})["ROOT"] == str(tmp_path.resolve())   # any case
 
@@ -111,7 +111,7 @@ def test_environment_values_are_json_when_they_parse(tmp_path):
     assert settings["SANDBOX_USER"] == 65534 and settings["MAX_ACTIVE_JOBS_PER_USER"] is None
 
 
-@pytest.mark.parametrize(("source", "key", "value"), [
+@pytest.mark.parametrize("source, key, value", [
     ("mapping", "JOB_POLL_INTERVAL", "fast"),
     ("mapping", "OUTPUT_GZIP_LEVEL", True),                     # a bool is not a number
     ("mapping", "MAX_UPLOAD_BYTES", 1.5),

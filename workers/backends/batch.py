@@ -36,8 +36,7 @@ from .base import (
 try:
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
 except ImportError as exc:          # the `batch` extra
     raise ImportError(f"the AWS Batch backend needs boto3: pip install 'caesar-rest[batch]' ({exc})") from exc
 

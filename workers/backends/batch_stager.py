@@ -32,14 +32,15 @@ def request(url, data=None, size=None, attempts=4, method=None):
                 return urllib.request.urlopen(url, timeout=120)
             if hasattr(data, "seek"):
                 data.seek(0)
-            req = urllib.request.Request(url, data=data, method="PUT",
-                                         headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            req = urllib.request.Request(url, data=data, method="PUT", headers=headers)
             return urllib.request.urlopen(req, timeout=600)
         except OSError as exc:
             if attempt == attempts - 1:
                 raise
             say("retrying after %s" % exc)
             time.sleep(2 ** attempt)
+    raise ValueError("request: attempts must be at least 1")
 
 
 def sha256_file(path):
@@ -86,8 +87,10 @@ def run(argv, env, stderr_path):
             sys.stderr.buffer.write(message)
             return 127
 
+        read1 = proc.stderr.read1  # type: ignore[union-attr]  # a BufferedReader: stderr is a PIPE
+
         def tee():
-            for block in iter(lambda: proc.stderr.read1(65536), b""):
+            for block in iter(lambda: read1(65536), b""):
                 keep.write(block)
                 sys.stderr.buffer.write(block)
                 sys.stderr.flush()
@@ -104,7 +107,8 @@ def pack(stderr_path, tar_path):
     files = {}
     with tarfile.open(tar_path, "w:gz", compresslevel=6) as tar:
         for top, dirs, names in os.walk("."):
-            dirs[:] = sorted(d for d in dirs if not (top == "." and d in SKIP) and not os.path.islink(os.path.join(top, d)))
+            dirs[:] = sorted(d for d in dirs
+                             if not (top == "." and d in SKIP) and not os.path.islink(os.path.join(top, d)))
             for d in dirs:
                 tar.add(os.path.join(top, d), arcname=os.path.join(top, d)[2:], recursive=False)
             for name in sorted(names):

@@ -12,7 +12,6 @@ Create Date: 2026-12-01 23:00:00
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0004'
 down_revision = '0003'
 branch_labels = None
