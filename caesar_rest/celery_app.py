@@ -13,6 +13,9 @@ from .config import queue_name
 RUN_TASK = "caesar.run_job"
 POLL_TASK = "caesar.poll_job"
 REAP_TASK = "caesar.reap"
+#: The reaper's queue, of its own so long jobs never hold it up: served by the worker started with --beat
+#: (`caesar-rest run`, the tests) or, in production, by caesar-worker@control.
+CONTROL_QUEUE = "control"
 
 
 def broker_options(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
     result_backend = settings["RESULT_BACKEND"]
     if result_backend.startswith("file://"):
         Path(result_backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
-    names = [queue_name(settings, name) for name in settings["BACKENDS"]]
+    names = [queue_name(settings, name) for name in [*settings["BACKENDS"], CONTROL_QUEUE]]
     queues = [Queue(name, routing_key=name) for name in names]
     if settings["BROKER_URL"].startswith("filesystem://"):
         celery.conf.broker_transport = "caesar_rest.fstransport:Transport"   # atomic message files
@@ -58,7 +61,7 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         beat_schedule={"reap": {"task": REAP_TASK, "schedule": float(settings["REAPER_INTERVAL"]),
-                                "options": {"queue": queue_name(settings, settings["DEFAULT_BACKEND"])}}},
+                                "options": {"queue": queue_name(settings, CONTROL_QUEUE)}}},
         beat_schedule_filename=str(Path(settings["ROOT"]) / "celerybeat-schedule"),
         caesar_settings=dict(settings),
     )

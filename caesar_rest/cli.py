@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,10 @@ from .config import SettingsError, load_settings, queue_name, redacted, setting_
 
 
 def _worker_cmd(settings: Mapping[str, Any], queues: list[str], concurrency: int, beat: bool) -> list[str]:
+    from .celery_app import CONTROL_QUEUE
+
+    if beat:            # the worker that schedules the reaper also runs it, on its own queue
+        queues = [*queues, CONTROL_QUEUE]
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO",
            "-Q", ",".join(queue_name(settings, q) for q in queues), "--concurrency", str(concurrency),
            "--hostname", f"caesar-{'-'.join(queues)}@%h", "--without-gossip", "--without-mingle"]
@@ -127,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("settings", help="print every setting with its value and meaning")
     p_token = sub.add_parser("new-token", help="make an API token for AUTH_MODE token, and its AUTH_USERS entry")
     p_token.add_argument("user")
+    p_job = sub.add_parser("job", help="operator actions on one job")
+    job_sub = p_job.add_subparsers(dest="action", required=True)
+    p_refetch = job_sub.add_parser("refetch", help="fetch a finished job's outputs again from the copy its backend "
+                                                   "kept (its fetch had failed), then remove that copy")
+    p_refetch.add_argument("job_id")
     args = parser.parse_args(argv)
     if args.command == "new-token":
         return new_token(args.user)
@@ -145,12 +155,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"caesar-rest: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "job":
+        return job_action(settings, args)
     if args.command == "migrate":
         from . import db
         db.upgrade(settings["DATABASE_URL"])
         print(f"database at {settings['DATABASE_URL'].split('@')[-1]} is up to date")
         return 0
     print_settings(settings)
+    return 0
+
+
+def job_action(settings: Mapping[str, Any], args: argparse.Namespace) -> int:
+    """`caesar-rest job refetch <id>`: the worker's code (workers/kept.py), run here with the worker's settings and
+    credentials; found by import string like the backends, so the core imports no worker module."""
+    from kombu.utils.imports import symbol_by_name
+
+    from .errors import CaesarError
+
+    refetch = symbol_by_name("workers.kept:refetch")
+    try:
+        done = refetch(settings, args.job_id)
+    except CaesarError as exc:
+        print(f"caesar-rest: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(done))
     return 0
 
 

@@ -95,11 +95,17 @@ class Settings(Mapping[str, Any]):
     REMOTE_POLL_INTERVAL: float = setting(2.0, "Seconds between polls of a remote (non-blocking) job.")
     REMOTE_UNREACHABLE_TIMEOUT: float = setting(300.0, "Seconds a remote backend may stay unreachable before its jobs "
                                                        "fail.")
-    HEARTBEAT_INTERVAL: float = setting(5.0, "Seconds between heartbeats of a running job.")
-    STALE_AFTER: float = setting(60.0, "A running job with no heartbeat for this long is declared lost by the reaper.")
-    PENDING_REPUBLISH_AFTER: float = setting(600.0, "A PENDING job older than this is published again (claims are "
-                                                    "atomic).")
-    REAPER_INTERVAL: float = setting(15.0, "Seconds between reaper runs (celery beat).")
+    HEARTBEAT_INTERVAL: float = setting(5.0, "Seconds between heartbeats of a job its worker holds (staging, "
+                                             "submitting, following, fetching, finishing).")
+    STALE_AFTER: float = setting(60.0, "A job whose worker sent no heartbeat for this long is declared lost by the "
+                                       "reaper (and a remote job's follower may be replaced).")
+    REAPER_DB_GRACE: float | None = setting(None, "Seconds the reaper waits after its database came back before "
+                                                  "judging staleness; default STALE_AFTER.")
+    PENDING_REPUBLISH_AFTER: float = setting(600.0, "A PENDING job older than this is published again, at most once "
+                                                    "per this period (claims are atomic).")
+    REAPER_INTERVAL: float = setting(15.0, "Seconds between reaper runs (celery beat, on the control queue).")
+    FETCH_ATTEMPTS: int = setting(4, "Tries at fetching a job's outputs from its backend (backoff 1, 2, 4... s); "
+                                     "the backend's copy is kept when all fail.")
     DB_RETRY_FOR: float = setting(600.0, "Seconds a worker keeps retrying to record a finished job while the database "
                                          "is down.")
     CANCEL_GRACE: float = setting(1.0, "Seconds between SIGTERM and SIGKILL when stopping a job.")

@@ -93,6 +93,8 @@ class Job(Base):
     end_date: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     unreachable_since: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    follower: Mapped[str | None] = mapped_column(String(32), nullable=True)   # the poll chain following it
+    republished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)   # the reaper's last republish
     elapsed: Mapped[float | None] = mapped_column(Float, nullable=True)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # TES request and logs, etc.
     # A TES task's name, beside its document (extra["tes"]): ListTasks filters on it in SQL (migration 0004).
@@ -147,6 +149,16 @@ class TesTag(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(Text)
     value: Mapped[str] = mapped_column(Text)
+
+
+class Mark(Base):
+    """A time the service keeps for itself, by name: the reaper's last run that reached the database, and since when
+    it has reached it without a gap (it judges staleness only after a grace period of that: migration 0005)."""
+
+    __tablename__ = "marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
 
 
 def table_of(model: type[Base]) -> Table:

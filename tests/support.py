@@ -112,6 +112,8 @@ class Proc:
 def start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int = 2,
                  beat: bool = False, name: str | None = None) -> Proc:
     prefix = settings.get("QUEUE_PREFIX", "")
+    if beat:            # the reaper runs on the control queue, served by the worker that schedules it
+        queues = [*queues, "control"]
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO", "-Q",
            ",".join(prefix + q for q in queues), "--concurrency", str(concurrency), "--without-gossip",
            "--without-mingle", "--hostname", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
 
 from caesar_rest import storage
 from caesar_rest.backends import BackendError, get_backend
 from caesar_rest.db import session_scope
-from caesar_rest.models import Job, utcnow
+from caesar_rest.models import Job, Mark, utcnow
 from caesar_rest.states import FAILURE, PENDING, RUNNING, STARTED, TERMINAL_STATES
 
 from .backends.local import kill_group, process_alive
@@ -73,27 +75,61 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
     return FAILURE
 
 
+def watching_since(settings: Mapping[str, Any], s: Any, now: datetime) -> datetime:
+    """Since when the reaper has reached the database without a gap (its runs are REAPER_INTERVAL apart; a longer
+    pause means the database, or the reaper, was away). Kept in the marks table, shared by every reaper."""
+    gap = timedelta(seconds=2 * float(settings["REAPER_INTERVAL"]) + 5)
+    seen, since = s.get(Mark, "reaper_seen"), s.get(Mark, "reaper_since")
+    start = since.at if since is not None else now
+    if seen is None or since is None or now - seen.at > gap:
+        start = now
+        _set_mark(s, "reaper_since", now)
+    _set_mark(s, "reaper_seen", now)
+    return start
+
+
+def _set_mark(s: Any, name: str, at: datetime) -> None:
+    """Upsert, safe against a second reaper doing the same (the worker-start reaper and beat's)."""
+    if cast(CursorResult[Any], s.execute(update(Mark).where(Mark.name == name).values(at=at))).rowcount:
+        return
+    try:
+        with s.begin_nested():
+            s.execute(insert(Mark).values(name=name, at=at))
+    except IntegrityError:
+        s.execute(update(Mark).where(Mark.name == name).values(at=at))
+
+
 def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
          follow: Callable[[str], Any]) -> dict[str, int]:
-    """Stale running jobs are declared lost (or re-followed), old PENDING ones re-published."""
+    """Jobs whose worker is gone are declared lost (or re-followed), old PENDING ones re-published, at most once per
+    PENDING_REPUBLISH_AFTER each. A dead worker pid on this host is proof at once; a stale heartbeat counts only
+    once the reaper has had the database for REAPER_DB_GRACE (default STALE_AFTER) without a gap: after an outage
+    the workers' heartbeats need that long to be stored again, and their jobs are healthy."""
     from .runner import Runner
 
     url = settings["DATABASE_URL"]
     now = utcnow()
     stale_cut = now - timedelta(seconds=float(settings["STALE_AFTER"]))
     pending_cut = now - timedelta(seconds=float(settings["PENDING_REPUBLISH_AFTER"]))
+    grace = settings.get("REAPER_DB_GRACE")
+    grace = float(settings["STALE_AFTER"] if grace is None else grace)
     with session_scope(url) as s:
-        stale = s.execute(select(Job.id, Job.host, Job.extra).where(Job.state.in_((STARTED, RUNNING)),
-                                                                    Job.heartbeat_at < stale_cut)).all()
-        pending = s.execute(select(Job.id, Job.backend)
-                            .where(Job.state == PENDING, Job.submit_date < pending_cut)).all()
+        judging = (now - watching_since(settings, s, now)).total_seconds() >= grace
+        stale = s.execute(select(Job.id).where(Job.state.in_((STARTED, RUNNING)),
+                                               Job.heartbeat_at < stale_cut)).scalars().all() if judging else []
+        pending = s.execute(select(Job.id, Job.backend).where(
+            Job.state == PENDING, Job.submit_date < pending_cut,
+            or_(Job.republished_at.is_(None), Job.republished_at < pending_cut))).all()
+        if pending:
+            s.execute(update(Job).where(Job.id.in_([jid for jid, _b in pending]), Job.state == PENDING)
+                      .values(republished_at=now))
         local_dead = s.execute(select(Job.id, Job.extra).where(Job.state.in_((STARTED, RUNNING)),
                                                               Job.host == HOST)).all()
     runner = Runner(settings)
     lost = 0
     dead = {jid for jid, extra in local_dead
             if (extra or {}).get("worker_pid") and not process_alive(int(extra["worker_pid"]))}
-    for job_id in {jid for jid, _h, _e in stale} | dead:
+    for job_id in set(stale) | dead:
         why = "the worker running it died" if job_id in dead else "no heartbeat from its worker"
         if declare_lost(runner, job_id, why) == "poll":
             follow(job_id)
@@ -102,4 +138,5 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
     for job_id, backend in pending:
         publish(job_id, backend)
     stale_parts = storage.remove_stale_uploads(settings["DATA_DIR"], float(settings["STALE_UPLOAD_AFTER"]))
-    return {"lost": lost, "republished": len(pending), "stale_uploads_removed": stale_parts}
+    return {"lost": lost, "republished": len(pending), "stale_uploads_removed": stale_parts,
+            "judged_staleness": int(judging)}

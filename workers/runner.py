@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from caesar_rest.backends import (
@@ -30,7 +34,7 @@ from caesar_rest.db import session_scope
 from caesar_rest.models import Job, utcnow
 from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, Claim, claim, transition
 
-from . import ending, lost
+from . import ending, kept, lost
 from .kinds import Ending, KindRun, StepResult, kind_run
 
 log = logging.getLogger("caesar.runner")
@@ -44,6 +48,7 @@ class Runner:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = settings
         self.url: str = settings["DATABASE_URL"]
+        self.follower: str | None = None    # the token of the poll chain following a remote job (poll_once)
 
     # ---- entry points ------------------------------------------------------------------------------------------------
     def run(self, job_id: str) -> str:
@@ -58,7 +63,7 @@ class Runner:
             backend = get_backend(self.settings, held.backend)
         except BackendError as exc:
             return self.end(held, Ending(ABORTED, f"Backend {held.backend!r} unavailable on worker {HOST}: {exc}"))
-        with run:
+        with run, self.holding(held.id):
             try:
                 return self._drive(held, run, backend)
             except Exception as exc:        # a bug or an unexpected error must still end the job, with the reason
@@ -83,10 +88,11 @@ class Runner:
             if not backend.blocking:
                 return self.poll_once(held.id, held)        # a remote job: followed by poll tasks from now on
             result = self._follow(held, run, backend, handle)
-            self._collect(backend, handle, held, result)
+            if self._fetch(backend, handle, held, result):
+                self._cleanup(backend, handle, held, result)      # the outputs are in the job directory now
             stopped = run.step_ended(spec, result)
             if stopped is not None:
-                return self.end(held, stopped)
+                return self.end(held, kept.noted(held, backend, handle, result, stopped))
         return self.end(held, run.finish())
 
     def _submitted(self, held: Claim, run: KindRun, backend: Backend, handle: str) -> None:
@@ -94,7 +100,9 @@ class Runner:
         when the job is still STARTED (its first command: the usual case)."""
         pid = int(handle) if handle.isdigit() and held.backend == "local" else None
         now = self._now()
-        started = {"handle": handle, "pid": pid, "heartbeat_at": now}
+        started: dict[str, Any] = {"handle": handle, "pid": pid, "heartbeat_at": now}
+        if not backend.blocking:            # this worker's poll chain follows the job from now on (poll_once)
+            self.follower = started["follower"] = uuid.uuid4().hex
         with session_scope(self.url) as s:
             if backend.blocking and held.run_date is None and \
                     transition(s, held.id, RUNNING, run.running_message,
@@ -106,9 +114,8 @@ class Runner:
     # ---- following an in-slot command --------------------------------------------------------------------------------
     def _follow(self, held: Claim, run: KindRun, backend: Backend, handle: str) -> StepResult:
         interval = float(self.settings["JOB_POLL_INTERVAL"])
-        beat_every = float(self.settings["HEARTBEAT_INTERVAL"])
         start = time.monotonic()
-        last_beat, deadline = start, run.deadline(start)
+        deadline = run.deadline(start)
         first = True
         while True:
             status = poll_in_slot(backend, handle)
@@ -125,23 +132,34 @@ class Runner:
             if outcome:
                 self._stop(backend, handle)
                 return StepResult(status, outcome, after_stop=poll_in_slot(backend, handle))
-            if now - last_beat >= beat_every:
-                last_beat = now
-                self.heartbeat(held.id)
             backend.wait(handle, interval)
 
-    def _collect(self, backend: Backend, handle: str, held: Claim, result: StepResult) -> None:
-        """Outputs, logs included, into the job directory, then the backend's copy freed. An unreachable backend
-        would only repeat its connection error here; the job's reason already says it."""
+    def _fetch(self, backend: Backend, handle: str, held: Claim, result: StepResult) -> bool:
+        """Outputs, logs included, into the job directory, tried FETCH_ATTEMPTS times with backoff (a backend that
+        lost the job is asked once). True when they are all here: only then may the backend's copy go. An
+        unreachable backend would only repeat its connection error here; the job's reason already says it."""
         if not result.reachable:
-            return
-        for step, call in (("fetch_error", lambda: backend.fetch_outputs(handle, held.workdir)),
-                           ("cleanup_error", lambda: backend.cleanup(handle))):
+            return False
+        attempts = 1 if result.status.state == LOST else max(1, int(self.settings["FETCH_ATTEMPTS"]))
+        for attempt in range(attempts):
             try:
-                call()
+                backend.fetch_outputs(handle, held.workdir)
+                result.fetch_error = None
+                return True
             except Exception as exc:
-                log.exception("%s of %s", step.replace("_", " "), held.id)
-                setattr(result, step, exc)
+                result.fetch_error = exc
+                log.warning("job %s: fetching its outputs from %s failed (try %d of %d): %s", held.id,
+                            backend.name, attempt + 1, attempts, exc)
+                if attempt + 1 < attempts:
+                    time.sleep(min(2.0 ** attempt, 30.0))
+        return False
+
+    def _cleanup(self, backend: Backend, handle: str, held: Claim, result: StepResult) -> None:
+        try:
+            backend.cleanup(handle)
+        except Exception as exc:
+            log.exception("cleanup of %s", held.id)
+            result.cleanup_error = exc
 
     def _stop(self, backend: Backend, handle: str) -> None:
         try:
@@ -152,17 +170,37 @@ class Runner:
             raise
 
     # ---- following a remote job --------------------------------------------------------------------------------------
-    def poll_once(self, job_id: str, held: Claim | None = None) -> str:
-        """One poll of a non-blocking (remote) job. Returns the state, or 'poll' when it must be polled again."""
+    def poll_once(self, job_id: str, held: Claim | None = None, follower: str | None = None) -> str:
+        """One poll of a non-blocking (remote) job. Returns the state, 'poll' when it must be polled again, or
+        'followed' when another live poll chain follows the job (this one stops: one follower per job).
+
+        The chain's token (follower) takes the job in one UPDATE: when the job has no follower, is this chain's,
+        or its follower's heartbeat is older than STALE_AFTER (that chain is gone). Taking it is a heartbeat."""
+        token = follower or self.follower or uuid.uuid4().hex
+        now = self._now()
+        gone = now - timedelta(seconds=float(self.settings["STALE_AFTER"]))
         with session_scope(self.url) as s:
+            took = cast(CursorResult[Any], s.execute(update(Job).where(
+                Job.id == job_id, Job.state.in_((STARTED, RUNNING)),
+                or_(Job.follower.is_(None), Job.follower == token, Job.heartbeat_at.is_(None),
+                    Job.heartbeat_at < gone)).values(follower=token, heartbeat_at=now))).rowcount
             job = s.get(Job, job_id)
             if job is None or job.state in TERMINAL_STATES:
                 return job.state if job else "missing"
+            if not took:
+                return "followed"
             if held is None:
                 held = Claim(job)
                 _ = held.inputs      # loaded while the session is open (the end's caesar_job.json lists them)
             handle, started = job.handle or "", job.run_date or job.start_date
             cancel, unreachable_since = job.cancel_requested, job.unreachable_since
+        self.follower = token
+        with self.holding(job_id):
+            return self._poll(held, handle, started, cancel, unreachable_since)
+
+    def _poll(self, held: Claim, handle: str, started: datetime | None, cancel: bool,
+              unreachable_since: datetime | None) -> str:
+        job_id = held.id
         backend = get_backend(self.settings, held.backend)
         run = kind_run(self, held)
         try:
@@ -194,9 +232,17 @@ class Runner:
         return self._remote_end(held, run, backend, handle, StepResult(status))
 
     def _remote_end(self, held: Claim, run: KindRun, backend: Backend, handle: str, result: StepResult) -> str:
-        self._collect(backend, handle, held, result)
+        """Outputs fetched, the end recorded, and only then the backend's copy removed; when the fetch failed (or
+        the backend stayed unreachable) the copy is kept and the job's status says where (workers/kept.py)."""
+        fetched = self._fetch(backend, handle, held, result)
         stopped = run.step_ended(None, result)
-        return self.end(held, stopped if stopped is not None else run.finish())
+        state = self.end(held, kept.noted(held, backend, handle, result,
+                                          stopped if stopped is not None else run.finish()))
+        if fetched:
+            self._cleanup(backend, handle, held, result)
+            if result.cleanup_error is not None:
+                kept.cleanup_failed(self, held.id, held.backend, handle, result.cleanup_error)
+        return state
 
     def _unreachable(self, held: Claim, run: KindRun, backend: Backend, handle: str, since, exc: Exception) -> str:
         """A remote backend did not answer: poll again, until REMOTE_UNREACHABLE_TIMEOUT, then fail the job."""
@@ -218,6 +264,25 @@ class Runner:
         """Record the job's end (workers/ending.py). Returns the state the job ended in: `how.state`, or the state
         another actor (a cancel, the reaper) ended it in first."""
         return ending.record(self, held, how)
+
+    @contextmanager
+    def holding(self, job_id: str) -> Iterator[None]:
+        """A heartbeat for the job, from a thread of its own, for as long as this worker holds it: staging, submit,
+        following, fetching and finishing alike, so a slow step never looks like a dead worker to the reaper."""
+        stop = threading.Event()
+        every = float(self.settings["HEARTBEAT_INTERVAL"])
+
+        def beat() -> None:
+            while not stop.wait(every):
+                self.heartbeat(job_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat {job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(every + 10)
 
     def cancel_requested(self, job_id: str, default: bool | None = None) -> bool:
         """The cancel flag; while the database is away a running job goes on (default) instead of dying."""

@@ -21,12 +21,14 @@ def _settings(task) -> dict:
     return task.app.conf["caesar_settings"]
 
 
-def schedule_poll(app, job_id: str, countdown: float | None = None) -> None:
-    """Queue the next poll of a remote job on its backend's pool."""
+def schedule_poll(app, job_id: str, countdown: float | None = None, follower: str | None = None) -> None:
+    """Queue the next poll of a remote job on its backend's pool; follower is the poll chain's token (none: a new
+    chain, which takes the job only from a follower gone stale)."""
     settings = app.conf["caesar_settings"]
     with session_scope(settings["DATABASE_URL"]) as s:
         backend = s.scalar(select(Job.backend).where(Job.id == job_id)) or settings["DEFAULT_BACKEND"]
-    app.send_task(POLL_TASK, args=[job_id], queue=queue_name(settings, backend),
+    app.send_task(POLL_TASK, args=[job_id], kwargs={"follower": follower} if follower else {},
+                  queue=queue_name(settings, backend),
                   countdown=settings["REMOTE_POLL_INTERVAL"] if countdown is None else countdown)
 
 
@@ -38,18 +40,21 @@ def _reap(app) -> dict:
 
 @shared_task(name=RUN_TASK, bind=True)
 def run_job(self, job_id: str) -> str:
-    outcome = Runner(_settings(self)).run(job_id)
+    runner = Runner(_settings(self))
+    outcome = runner.run(job_id)
     if outcome == "poll":
-        schedule_poll(self.app, job_id)
+        schedule_poll(self.app, job_id, follower=runner.follower)
     return outcome
 
 
 @shared_task(name=POLL_TASK, bind=True)
-def poll_job(self, job_id: str) -> str:
-    """Follows a remote job without holding a worker slot: one poll, then re-scheduled with a countdown."""
-    outcome = Runner(_settings(self)).poll_once(job_id)
+def poll_job(self, job_id: str, follower: str | None = None) -> str:
+    """Follows a remote job without holding a worker slot: one poll, then re-scheduled with a countdown, by the
+    chain that holds the job (another chain's poll returns 'followed' and ends there)."""
+    runner = Runner(_settings(self))
+    outcome = runner.poll_once(job_id, follower=follower)
     if outcome == "poll":
-        schedule_poll(self.app, job_id)
+        schedule_poll(self.app, job_id, follower=runner.follower)
     return outcome
 
 

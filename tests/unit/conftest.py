@@ -32,6 +32,10 @@ STANDIN_BACKENDS: dict[str, dict[str, Any]] = {
     "flaky": {"class": f"{STANDINS}:FlakyPoll", "failures": 3},
     "remote": {"class": f"{STANDINS}:Remote"},
     "remote_flaky": {"class": f"{STANDINS}:RemoteFlaky", "failures": 2},
+    "fetchfail": {"class": f"{STANDINS}:FetchFails", "fetch_failures": 1},
+    "remote_fetchfail": {"class": f"{STANDINS}:RemoteFetchFails", "fetch_failures": 1},
+    "remote_nofetch": {"class": f"{STANDINS}:RemoteFetchFails", "fetch_failures": 2},
+    "slow": {"class": f"{STANDINS}:SlowSubmit", "seconds": 1.5},
 }
 
 
@@ -94,7 +98,7 @@ name: probe
 version: "2.1"
 description: An app for the stand-in backends; what it does is the backend's.
 command: [probe-tool, --mode, fast]
-backends: [exit0, exit3, hang, refuse, flaky, remote, remote_flaky]
+backends: [exit0, exit3, hang, refuse, flaky, remote, remote_flaky, fetchfail, remote_fetchfail, remote_nofetch, slow]
 default_backend: exit0
 resources: {cpus: 2, memory_mb: 512, time_limit: 600}
 outputs: [result.txt]

@@ -35,6 +35,8 @@ class Ran:
     polls: int = 0                                           # polls answered
     unreachable: int = 0                                     # polls refused with BackendUnavailable
     stopped: threading.Event = field(default_factory=threading.Event)
+    fetch_failures: int = 0                                  # fetch_outputs calls refused so far
+    state_at_cleanup: str | None = None                      # the job's state in the database when cleanup ran
 
 
 SUBMITTED: dict[str, Ran] = {}          # by handle; handles are unique, so tests never see each other's jobs
@@ -57,6 +59,7 @@ class _StandIn(BackendBase):
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.options = dict(options)
+        self.database_url = settings.get("DATABASE_URL")
 
     def submit(self, job: JobSpec) -> str:
         handle = f"{self.name}-{uuid.uuid4().hex[:12]}"
@@ -172,6 +175,55 @@ class Remote(_StandIn):
         steps = SCRIPTS[ran.spec.options.get("script") or "queued-running-exit"]
         state = steps[min(ran.polls, len(steps)) - 1]
         return BackendStatus(state, exit_code=0 if state == EXITED else None, host="remote.example")
+
+
+class _FetchFails:
+    """fetch_outputs refuses its first `fetch_failures` calls (a BACKENDS option), as a broken download or a full
+    disk does, then works; cleanup notes the job's state in the database at that moment."""
+
+    options: dict[str, Any]
+    database_url: str | None
+
+    def fetch_outputs(self, handle: str, dest: Path) -> None:
+        ran = SUBMITTED[handle]
+        if ran.fetch_failures < int(self.options.get("fetch_failures", 1)):
+            ran.fetch_failures += 1
+            ran.calls.append("fetch_outputs")
+            raise BackendError(f"download cut after 1 MiB (refusal {ran.fetch_failures})")
+        super().fetch_outputs(handle, dest)                     # type: ignore[misc]
+
+    def cleanup(self, handle: str) -> None:
+        from caesar_rest.db import session_scope
+        from caesar_rest.models import Job
+
+        ran = SUBMITTED[handle]
+        with session_scope(self.database_url) as s:
+            ran.state_at_cleanup = s.get(Job, ran.spec.job_id).state
+        super().cleanup(handle)                                 # type: ignore[misc]
+
+
+class FetchFails(_FetchFails, _StandIn):
+    """In-slot, exits 0, its outputs fetched only after some refusals."""
+
+    name = "fetchfail"
+
+
+class RemoteFetchFails(_FetchFails, Remote):
+    """Remote, along its script, its outputs fetched only after some refusals."""
+
+    name = "remote_fetchfail"
+
+
+class SlowSubmit(_StandIn):
+    """Takes `seconds` (a BACKENDS option) to accept a job, as a slow upload of its inputs to a remote peer does."""
+
+    name = "slow"
+
+    def submit(self, job: JobSpec) -> str:
+        import time
+
+        time.sleep(float(self.options.get("seconds", 1)))
+        return super().submit(job)
 
 
 class RemoteFlaky(_Unreachable, Remote):
