@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster for the tests: Debian's slurm-wlm (slurmctld + slurmd on this host), munge, and
+# slurmrestd with JWT authentication on a loopback port.
+#
+#   scripts/slurm.sh start    install what is missing, write the config, start the daemons, print the test env
+#   scripts/slurm.sh stop     stop every slurmrestd, slurmd, slurmctld (munged is left to whoever else uses it)
+#   scripts/slurm.sh stop-rest  stop the slurmrestd of SLURM_REST_PORT alone (the tests' outage; `start` starts
+#                             it again)
+#   scripts/slurm.sh env      print the env of the running cluster
+#   scripts/slurm.sh status   exit 0 when slurmctld, slurmd and slurmrestd run
+#
+# Environment:
+#   SLURM_CACHE       where the config, state, logs and keys live (default /var/cache/caesar-rest/slurm)
+#   SLURM_REST_PORT   slurmrestd's loopback port (default 6820); slurmctld and slurmd use 6817 and 6818. `start`
+#                     with another port runs one more slurmrestd, on that port, in front of the same cluster
+#
+# What it sets up:
+#   - $SLURM_CACHE/etc/slurm.conf: one node (this host, its CPUs and memory from `slurmd -C`), partition `debug`
+#   - $SLURM_CACHE/jwt_hs256.key: the HS256 key slurmctld checks tokens with (AuthAltTypes=auth/jwt)
+#   - the users `slurmrest` (slurmrestd refuses to run as root) and `caesarjob` (uid 2100, the unprivileged
+#     account the tests' jobs run as), with an ACL entry letting caesarjob traverse to the venv's Python
+#   - $SLURM_CACHE/shared (mode 1777): a directory for test roots, which caesarjob can reach
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+D=${SLURM_CACHE:-/var/cache/caesar-rest/slurm}
+PORT=${SLURM_REST_PORT:-6820}
+API_VERSION=v0.0.38
+H=$(hostname -s)
+JOB_USER=caesarjob
+JOB_UID=2100
+REST_USER=slurmrest
+CONF=$D/etc/slurm.conf
+REST_PID=$D/run/slurmrestd.$PORT.pid
+export SLURM_CONF=$CONF
+VENV_PY=${SLURM_VENV_PYTHON:-$REPO/.venv/bin/python}
+
+log() { echo "slurm: $*" >&2; }
+die() { log "$*"; exit 1; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+alive() {       # $1: pid file, $2: the command name its process must have
+  local pid; pid=$(cat "$1" 2>/dev/null || true)
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+}
+
+install_packages() {
+  local missing=()
+  command -v slurmctld >/dev/null || missing+=(slurm-wlm)
+  command -v slurmrestd >/dev/null || missing+=(slurmrestd)
+  [ -e /usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so ] || [ -n "$(find /usr/lib -name auth_jwt.so 2>/dev/null)" ] \
+    || missing+=(slurm-wlm-jwt-plugin)
+  command -v munged >/dev/null || missing+=(munge)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  # grep reads to the end (no -q): under pipefail, apt-cache killed by SIGPIPE would fail the check.
+  apt-cache policy slurm-wlm 2>/dev/null | grep 'Candidate: 22\.05' >/dev/null \
+    || log "this Debian's slurm-wlm is not 22.05; REST API $API_VERSION may not be served"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+}
+
+make_users() {
+  id -u "$REST_USER" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin "$REST_USER"
+  id -u "$JOB_USER" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin -u "$JOB_UID" "$JOB_USER"
+  # The apps' console scripts run the venv's Python; the job user may traverse (not list) the directories
+  # above it, and nothing else of theirs.
+  if [ -x "$VENV_PY" ]; then
+    local dir
+    for dir in "$REPO" "$(readlink -f "$VENV_PY")"; do
+      dir=$(dirname "$dir")
+      while [ "$dir" != / ]; do
+        [ "$(( $(stat -c '%a' "$dir") % 2 ))" = 1 ] || setfacl -m "u:$JOB_USER:x" "$dir"
+        dir=$(dirname "$dir")
+      done
+    done
+  fi
+}
+
+write_config() {
+  mkdir -p "$D"/{etc,state,spool,logs,run,shared}
+  chmod 1777 "$D/shared"
+  chmod 755 "$D" "$D/etc"
+  chown slurm:slurm "$D/state" "$D/logs" "$D/run"
+  if [ ! -s "$D/jwt_hs256.key" ]; then
+    dd if=/dev/urandom of="$D/jwt_hs256.key.tmp" bs=32 count=1 status=none
+    mv "$D/jwt_hs256.key.tmp" "$D/jwt_hs256.key"
+  fi
+  chown slurm:slurm "$D/jwt_hs256.key"; chmod 600 "$D/jwt_hs256.key"
+  local node proctrack=proctrack/cgroup
+  # The daemons talk over loopback: the host name need not resolve.
+  node="$(slurmd -C | head -1 | sed 's/ UpTime=.*//') NodeAddr=127.0.0.1"
+  [ -w /sys/fs/cgroup ] || [ -d /sys/fs/cgroup/freezer ] || proctrack=proctrack/linuxproc
+  cat >"$CONF.tmp" <<EOF
+# caesar-rest test cluster (written by scripts/slurm.sh)
+ClusterName=caesar
+SlurmctldHost=$H(127.0.0.1)
+SlurmctldPort=6817
+SlurmdPort=6818
+SlurmUser=slurm
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key=$D/jwt_hs256.key
+StateSaveLocation=$D/state
+SlurmdSpoolDir=$D/spool
+SlurmctldPidFile=$D/run/slurmctld.pid
+SlurmdPidFile=$D/run/slurmd.pid
+SlurmctldLogFile=$D/logs/slurmctld.log
+SlurmdLogFile=$D/logs/slurmd.log
+ProctrackType=$proctrack
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=512
+MailProg=/bin/true
+MpiDefault=none
+ReturnToService=2
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+# Finished jobs stay known this long (there is no accounting database to ask afterwards).
+MinJobAge=300
+KillWait=5
+OverTimeLimit=0
+SchedulerParameters=sched_interval=2
+$node
+PartitionName=debug Nodes=$H Default=YES MaxTime=INFINITE State=UP
+EOF
+  cat >"$D/etc/cgroup.conf" <<'EOF'
+CgroupPlugin=autodetect
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainDevices=no
+EOF
+  if ! cmp -s "$CONF.tmp" "$CONF"; then mv "$CONF.tmp" "$CONF"; CHANGED=1; else rm -f "$CONF.tmp"; fi
+}
+
+start_daemons() {
+  # Debian's package makes the key when it is installed; a machine that lost it (or an image built without
+  # running postinst) gets one here, before munged starts.
+  if [ ! -s /etc/munge/munge.key ]; then
+    install -d -o munge -g munge -m 0700 /etc/munge
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=128 count=1 status=none
+    chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key
+  fi
+  if ! pgrep -u munge -x munged >/dev/null; then
+    install -d -o munge -g munge -m 0755 /run/munge
+    runuser -u munge -- /usr/sbin/munged 9>&-
+  fi
+  if [ -n "${CHANGED:-}" ] && alive "$D/run/slurmctld.pid" slurmctld; then stop_daemons; fi
+  alive "$D/run/slurmctld.pid" slurmctld || slurmctld -f "$CONF" 9>&-
+  alive "$D/run/slurmd.pid" slurmd || slurmd -f "$CONF" 9>&-
+  if ! alive "$REST_PID" slurmrestd; then
+    listening "$PORT" && die "port $PORT is taken by another process than our slurmrestd"
+    # SLURM_JWT=daemon: slurmrestd takes each request's own token (without it every request is 401).
+    # Without slurmdbd, only the plugin of the one API version may be loaded.
+    SLURM_JWT=daemon setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
+      slurmrestd -f "$CONF" -a rest_auth/jwt -s "openapi/$API_VERSION" "127.0.0.1:$PORT" \
+      </dev/null >>"$D/logs/slurmrestd.$PORT.log" 2>&1 9>&- &
+    echo $! >"$REST_PID"
+  fi
+}
+
+wait_ready() {
+  local i state=""
+  for i in $(seq 240); do
+    state=$(sinfo -h -p debug -o %T 2>/dev/null || true)
+    if [ "$state" = idle ] || [ "$state" = mixed ] || [ "$state" = allocated ]; then break; fi
+    sleep 0.25
+  done
+  case "$state" in idle|mixed|allocated) ;; *) die "node not idle after 60 s (state '$state'); logs in $D/logs" ;; esac
+  for i in $(seq 120); do listening "$PORT" && return 0; sleep 0.25; done
+  die "slurmrestd does not listen on 127.0.0.1:$PORT; see $D/logs/slurmrestd.$PORT.log"
+}
+
+print_env() {
+  echo "SLURM_CONF=$CONF"
+  echo "CAESAR_TEST_SLURM_URL=http://127.0.0.1:$PORT"
+  echo "CAESAR_TEST_SLURM_API_VERSION=$API_VERSION"
+  echo "CAESAR_TEST_SLURM_JWT_KEY=$D/jwt_hs256.key"
+  echo "CAESAR_TEST_SLURM_USER=$JOB_USER"
+  echo "CAESAR_TEST_SLURM_UID=$JOB_UID"
+  echo "CAESAR_TEST_SLURM_PARTITION=debug"
+  echo "CAESAR_TEST_SLURM_SHARED=$D/shared"
+}
+
+stop_one() {    # $1: pid file, $2: command name
+  local pid i; pid=$(cat "$1" 2>/dev/null || true)
+  if alive "$1" "$2"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 80); do [ -d "/proc/$pid" ] || break; sleep 0.25; done
+    [ -d "/proc/$pid" ] && { kill -KILL "$pid" 2>/dev/null || true; }
+  fi
+  rm -f "$1"
+}
+
+stop_daemons() {
+  local rest
+  for rest in "$D"/run/slurmrestd.*.pid; do [ -e "$rest" ] && stop_one "$rest" slurmrestd; done
+  stop_one "$D/run/slurmd.pid" slurmd
+  stop_one "$D/run/slurmctld.pid" slurmctld
+}
+
+running() {
+  alive "$D/run/slurmctld.pid" slurmctld && alive "$D/run/slurmd.pid" slurmd && alive "$REST_PID" slurmrestd
+}
+
+cmd=${1:-}
+[ "$(id -u)" = 0 ] || die "must run as root (users, daemons)"
+mkdir -p "$D"
+exec 9>"$D/slurm.lock"
+flock -w 300 9 || die "another slurm.sh holds $D/slurm.lock"
+case "$cmd" in
+  start)
+    t0=$(date +%s)
+    install_packages
+    make_users
+    write_config
+    start_daemons
+    wait_ready
+    log "cluster ready in $(( $(date +%s) - t0 )) s"
+    print_env
+    ;;
+  stop) stop_daemons ;;
+  stop-rest) stop_one "$REST_PID" slurmrestd ;;
+  env) running || die "the cluster is not running"; print_env ;;
+  status) running ;;
+  *) echo "usage: $0 start|stop|stop-rest|env|status" >&2; exit 2 ;;
+esac
