@@ -15,10 +15,6 @@ from .config import SettingsError, load_settings, queue_name, redacted, setting_
 
 
 def _worker_cmd(settings: Mapping[str, Any], queues: list[str], concurrency: int, beat: bool) -> list[str]:
-    from .celery_app import CONTROL_QUEUE
-
-    if beat:            # the worker that schedules the reaper also runs it, on its own queue
-        queues = [*queues, CONTROL_QUEUE]
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO",
            "-Q", ",".join(queue_name(settings, q) for q in queues), "--concurrency", str(concurrency),
            "--hostname", f"caesar-{'-'.join(queues)}@%h", "--without-gossip", "--without-mingle"]
@@ -77,14 +73,19 @@ def new_token(user: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """API + one worker with beat, on the embedded default unless CAESAR_* says otherwise. Ctrl-C stops both."""
+    """API, one worker for the backends' pools, and one for the control queue that also schedules the reaper (so the
+    reaper never waits behind long jobs), on the embedded default unless CAESAR_* says otherwise. Ctrl-C stops
+    them all."""
+    from .celery_app import CONTROL_QUEUE
+
     settings = load_settings()
     env = {**os.environ, "CAESAR_ROOT": settings["ROOT"]}
     os.makedirs(settings["ROOT"], exist_ok=True)
     from . import db
     db.upgrade(settings["DATABASE_URL"])          # once, before the two processes start
-    worker = subprocess.Popen(_worker_cmd(settings, list(settings["BACKENDS"]), args.concurrency, beat=True),
+    worker = subprocess.Popen(_worker_cmd(settings, list(settings["BACKENDS"]), args.concurrency, beat=False),
                               env=env, start_new_session=True)
+    control = subprocess.Popen(_worker_cmd(settings, [CONTROL_QUEUE], 1, beat=True), env=env, start_new_session=True)
     api = subprocess.Popen([sys.executable, "-m", "caesar_rest.cli", "serve", "--host", args.host,
                             "--port", str(args.port)], env=env, start_new_session=True)
     print(f"caesar-rest: API on http://{args.host}:{args.port}/caesar/api/v1.0 , worker pid {worker.pid}, "
@@ -100,15 +101,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     code = 0
     while not stopping:
-        if worker.poll() is not None or api.poll() is not None:
+        if worker.poll() is not None or control.poll() is not None or api.poll() is not None:
             print("caesar-rest: a process exited; stopping", file=sys.stderr)
             code = 1
             break
         time.sleep(0.3)
-    for proc in (api, worker):
+    for proc in (api, worker, control):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in (api, worker):
+    for proc in (api, worker, control):
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

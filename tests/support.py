@@ -84,13 +84,14 @@ class Proc:
         self._log = open(log, "ab")  # noqa: SIM115  (the child writes to it until stop() closes it)
         self.popen = subprocess.Popen(cmd, env=dict(env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
+        self.companions: list[Proc] = []      # stopped with it, their logs read with its own (the control worker)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return "".join(p.log_path.read_text(errors="replace") for p in [self, *self.companions])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         """Signal the main process (a Celery worker then stops its own pool), then kill what is left."""
@@ -107,13 +108,26 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.wait()
         self._log.close()
+        for companion in self.companions:
+            companion.stop(sig, timeout)
 
 
 def start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int = 2,
                  beat: bool = False, name: str | None = None) -> Proc:
+    """A worker pool on queues; with beat, a second worker (one slot, its own process group) serves the control
+    queue and schedules the reaper there, as caesar-rest run and production do: never behind the pool's jobs.
+    Killing the pool's process group leaves the reaper running, as a dead worker host's pool would."""
+    control = _start_worker(settings, ["control"], log.with_suffix(".control.log"), 1, True,
+                            f"control-{name}" if name else None) if beat else None
+    proc = _start_worker(settings, queues, log, concurrency, False, name)
+    if control is not None:
+        proc.companions.append(control)
+    return proc
+
+
+def _start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int, beat: bool,
+                  name: str | None) -> Proc:
     prefix = settings.get("QUEUE_PREFIX", "")
-    if beat:            # the reaper runs on the control queue, served by the worker that schedules it
-        queues = [*queues, "control"]
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO", "-Q",
            ",".join(prefix + q for q in queues), "--concurrency", str(concurrency), "--without-gossip",
            "--without-mingle", "--hostname", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h"]

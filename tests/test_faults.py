@@ -213,3 +213,38 @@ def test_full_job_disk_fails_the_job_with_the_reason(small_disks, tmp_path):
     assert Runner(app.config).run(job_id) == "FAILURE"
     st = client.get(f"{API}/job/{job_id}/status").get_json()
     assert "No space left on device" in st["status"]
+
+
+def test_database_outage_of_twice_stale_after_ends_no_healthy_job(tmp_path, pg_db):
+    """Issue 15's drill: the database cut for 2 x STALE_AFTER while jobs run, the reaper running every second on
+    the worker's control queue. Before, the first reaper run after the outage found every heartbeat stale and
+    killed the healthy jobs on its own host (FAILURE "Job lost"); now it waits out REAPER_DB_GRACE first, the
+    heartbeat threads catch up, and every job ends SUCCESS, run once."""
+    proxy = TcpProxy(5432)
+    url = pg_db.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    stale_after = 3.0
+    settings = embedded_settings(tmp_path / "var", DATABASE_URL=url, STALE_AFTER=stale_after, REAPER_INTERVAL=1,
+                                 HEARTBEAT_INTERVAL=0.5)
+    app = create_app(settings)
+    client = app.test_client()
+    worker = start_worker(settings, ["local"], tmp_path / "worker.log", concurrency=2, beat=True)
+    try:
+        jobs = [client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {"seconds": 14}}).get_json()["job_id"]
+                for _ in range(2)]
+        for job_id in jobs:
+            wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), job_id, ["RUNNING"], timeout=60)
+        proxy.down()
+        time.sleep(2 * stale_after + 1)     # the outage itself is the drill's input, not a wait on a result
+        assert all(job_processes(job_id) for job_id in jobs)       # the jobs ran on while the database was away
+        proxy.up()
+        for job_id in jobs:
+            st = wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), job_id, timeout=90)
+            assert st["state"] == "SUCCESS", st
+            assert client.get(f"{API}/job/{job_id}/metadata").get_json()["attempts"] == 1
+        log = worker.log()          # the pool's and the control worker's
+        assert "Task caesar.reap[" in log and "'judged_staleness': 1" in log     # the reaper ran, and judged
+    finally:
+        proxy.up() if proxy._listener is None else None
+        worker.stop()
+        dispose_all()
+        proxy.down()

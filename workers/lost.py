@@ -76,9 +76,12 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
 
 
 def watching_since(settings: Mapping[str, Any], s: Any, now: datetime) -> datetime:
-    """Since when the reaper has reached the database without a gap (its runs are REAPER_INTERVAL apart; a longer
-    pause means the database, or the reaper, was away). Kept in the marks table, shared by every reaper."""
-    gap = timedelta(seconds=2 * float(settings["REAPER_INTERVAL"]) + 5)
+    """Since when the reaper has reached the database without a gap, kept in the marks table, shared by every
+    reaper. A gap is a pause between two runs long enough to hide an outage that made healthy heartbeats stale:
+    a heartbeat is at most the pause + HEARTBEAT_INTERVAL old when the database comes back, so any pause over
+    STALE_AFTER - 2 x HEARTBEAT_INTERVAL counts (and never one as short as REAPER_INTERVAL, the runs' spacing)."""
+    gap = timedelta(seconds=max(float(settings["REAPER_INTERVAL"]) + 1,
+                                float(settings["STALE_AFTER"]) - 2 * float(settings["HEARTBEAT_INTERVAL"])))
     seen, since = s.get(Mark, "reaper_seen"), s.get(Mark, "reaper_since")
     start = since.at if since is not None else now
     if seen is None or since is None or now - seen.at > gap:
