@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         db.upgrade(settings["DATABASE_URL"])
         print(f"database at {settings['DATABASE_URL'].split('@')[-1]} is up to date")
         return 0
-    print_settings(settings)
+    try:
+        print_settings(settings)
+    except BrokenPipeError:         # `caesar-rest settings | head`: the reader has what it wanted
+        sys.stderr.close()
     return 0
 
 
