@@ -185,6 +185,7 @@ BACKEND_ALIASES: dict[str, str] = {
     "pulsar": "workers.backends.pulsar:PulsarBackend",
     "condor": "workers.backends.htcondor:HTCondorBackend",
     "batch": "workers.backends.batch:BatchBackend",
+    "slurm": "workers.backends.slurm:SlurmBackend",
 }
 REGISTRY = BACKEND_ALIASES
 

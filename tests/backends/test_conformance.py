@@ -32,7 +32,7 @@ def test_the_protocol_is_what_the_backends_are_held_to():
     assert set(PROTOCOL_METHODS) == {"__init__", "check_job_options", "health", "submit", "poll", "wait", "cancel",
                                      "fetch_outputs", "cleanup"}
     assert set(typing.get_type_hints(Backend)) == set(CLASS_ATTRIBUTES)
-    assert set(REGISTRY) == {"local", "container", "pulsar", "condor", "batch"}
+    assert set(REGISTRY) == {"local", "container", "pulsar", "condor", "batch", "slurm"}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -57,8 +57,8 @@ def test_each_registered_backend_keeps_the_protocol(name):
 
 
 def test_an_unknown_backend_is_named():
-    with pytest.raises(BackendNotConfigured, match="Unknown backend 'slurm'"):
-        backend_class("slurm")
+    with pytest.raises(BackendNotConfigured, match="Unknown backend 'kubernetes'"):
+        backend_class("kubernetes")
     with pytest.raises(BackendNotConfigured, match="names no class"):
         backend_class("local", {"class": "workers.backends.local:NoSuchBackend"})
 

@@ -1,0 +1,361 @@
+"""Slurm backend: jobs go to a Slurm cluster through slurmrestd (workers/backends/slurm_rest.py) and are followed
+by the self-rescheduling poll, like Pulsar, HTCondor and Batch.
+
+Settings (BACKENDS["slurm"]):
+    url               slurmrestd's base URL, e.g. http://127.0.0.1:6820 (required)
+    api_version       the REST API's version in the paths (default "v0.0.38", Slurm 22.05)
+    user              the Slurm user jobs are submitted and run as (required; never root)
+    jwt_key           the cluster's HS256 key file (AuthAltParameters=jwt_key=...): tokens for `user` are made
+                      from it; or
+    token             a token given as is (e.g. from `scontrol token lifespan=...`), renewed by the operator
+    token_lifetime    seconds a made token lives (default 1800)
+    partition, account, qos, constraints, reservation
+                      what every job gets (unset: the cluster's defaults)
+    allow             what a job's backend_options may choose instead, by name: {"partition": ["debug", "long"],
+                      "qos": ["normal"]}; a name not listed may not be set per job
+    workdir           "shared" (default: the job directory is on a filesystem the nodes see at the same path; the
+                      job runs in it) or "stage" (inputs are copied to a directory under `scratch`, which the
+                      nodes and this worker see at the same path; the job runs there and its outputs are copied
+                      back)
+    scratch           the cluster scratch directory of the "stage" mode
+    workdir_owner     "uid:gid" the job's directory is given to before submit (default: `user`'s ids on this
+                      host, when it has that account): the job writes its outputs as `user`
+    environment       extra environment variables of every job
+    time_limit_margin seconds added to a job's time limit to make Slurm's (default 60): the runner stops the job
+                      at its limit, Slurm's is a backstop (Slurm counts whole minutes)
+    connect_timeout, read_timeout  seconds (default 5, 60)
+
+The job script is generated: one `exec` of the app's argv, each argument quoted for sh (shlex.quote), so nothing a
+user gives is read by a shell. Executables run in place: a relative argv[0] resolves on this host, the venv's
+scripts first, and the nodes must see the same path (a shared software area). The handle is Slurm's job id.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from caesar_rest.errors import BackendRejected
+
+from .base import (
+    CANCELLED,
+    EXITED,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    BackendBase,
+    BackendError,
+    BackendNotConfigured,
+    BackendStatus,
+    JobSpec,
+)
+from .slurm_rest import SlurmRest, Token
+
+WORKDIR_MODES = ("shared", "stage")
+CHOOSABLE = ("partition", "account", "qos", "constraints", "reservation")
+CANCEL_MARK = "; canceled through caesar-rest"
+_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+_ACTIVE = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
+_NODE_TROUBLE = {"NODE_FAIL": "its node failed", "BOOT_FAIL": "its node failed to boot",
+                 "PREEMPTED": "it was preempted", "DEADLINE": "it reached its deadline",
+                 "REVOKED": "it was revoked (federation)", "SPECIAL_EXIT": "it ended in a special exit state"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SlurmBackend(BackendBase):
+    name: ClassVar[str] = "slurm"
+    blocking: ClassVar[bool] = False
+    job_options: ClassVar[tuple[str, ...]] = CHOOSABLE
+
+    @staticmethod
+    def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+        allow = backend_settings.get("allow") or {}
+        for name in CHOOSABLE:
+            if name not in options:
+                continue
+            value = options[name]
+            if not isinstance(value, str) or not value:
+                return f"backend option {name!r} must be a non-empty string"
+            allowed = allow.get(name) if isinstance(allow, Mapping) else None
+            if not allowed:
+                return f"backend option {name!r} may not be chosen per job on this service (it is set for all)"
+            if value not in allowed:
+                return f"backend option {name!r} may be one of {sorted(map(str, allowed))}, not {value!r}"
+        return None
+
+    def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.options = options
+        url, user = options.get("url"), str(options.get("user") or "")
+        if not url or not user:
+            raise BackendNotConfigured("BACKENDS.slurm needs 'url' (slurmrestd) and 'user' (the Slurm user jobs "
+                                       "run as)")
+        if user == "root" or _uid_of(user) == 0:
+            raise BackendNotConfigured("BACKENDS.slurm.user may not be root: jobs must not run as root")
+        self.mode = str(options.get("workdir", "shared"))
+        if self.mode not in WORKDIR_MODES:
+            raise BackendNotConfigured(f"BACKENDS.slurm.workdir must be one of {WORKDIR_MODES}, not {self.mode!r}")
+        self.scratch = Path(str(options["scratch"])) if options.get("scratch") else None
+        if self.mode == "stage" and (self.scratch is None or not self.scratch.is_absolute()):
+            raise BackendNotConfigured("BACKENDS.slurm.workdir 'stage' needs 'scratch', an absolute directory")
+        self.defaults = {name: str(options[name]) for name in CHOOSABLE if options.get(name)}
+        self.environment = {str(k): str(v) for k, v in (options.get("environment") or {}).items()}
+        self.margin = float(options.get("time_limit_margin", 60))
+        self.owner = _owner(options.get("workdir_owner"), user)
+        token = Token(user, options.get("jwt_key"), options.get("token"), float(options.get("token_lifetime", 1800)))
+        self.rest = SlurmRest(str(url), token, str(options.get("api_version") or "v0.0.38"),
+                              float(options.get("connect_timeout", 5)), float(options.get("read_timeout", 60)))
+
+    # ---- the protocol -----------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """slurmrestd answers, its controller is UP, and so is the partition jobs go to by default."""
+        pings = self.rest.ping()
+        if not pings or any(p.get("ping") != "UP" for p in pings):
+            raise BackendError(f"Slurm's controller is not UP: {pings}")
+        detail: dict[str, Any] = {"url": self.rest.url, "api_version": self.rest.version,
+                                  "controller": pings[0].get("hostname"), "workdir": self.mode}
+        name = self.defaults.get("partition")
+        if name:
+            partition = self.rest.partition(name)
+            if partition is None:
+                raise BackendError(f"Slurm has no partition {name!r}")
+            if partition.get("state") != "UP":
+                raise BackendError(f"Slurm partition {name!r} is {partition.get('state')}")
+            detail.update(partition=name, partition_state=partition.get("state"),
+                          partition_nodes=partition.get("total_nodes"))
+        return detail
+
+    def submit(self, job: JobSpec) -> str:
+        if not job.argv:
+            raise BackendError("the job has an empty command")
+        problem = self.check_job_options(self.options, {k: v for k, v in job.options.items() if k in CHOOSABLE})
+        if problem:
+            raise BackendRejected(problem)
+        script = job_script([self._executable(job.argv[0]), *map(str, job.argv[1:])])
+        rundir = self._rundir(job)
+        description = self._description(job, rundir)
+        try:
+            submitted = self.rest.submit(script, description)
+            if submitted.messages:
+                # Made, but Slurm says it cannot run as asked (more CPUs than any node has): it would wait forever.
+                self.rest.cancel(submitted.job_id)
+                raise BackendRejected("Slurm refused the job: " + "; ".join(map(str, submitted.messages)))
+        except BackendError:
+            if rundir != Path(job.workdir):
+                shutil.rmtree(rundir, ignore_errors=True)
+            raise
+        # stage: the scratch directory is in the handle, so that any worker fetches from and cleans the right one.
+        return str(submitted.job_id) if rundir == Path(job.workdir) else f"{submitted.job_id}|{rundir}"
+
+    def poll(self, handle: str) -> BackendStatus:
+        slurm_id, _ = self._split(handle)
+        record = self.rest.job(slurm_id)
+        if record is None:
+            return BackendStatus(LOST, reason=f"Slurm no longer knows job {slurm_id} (it ended longer ago than the "
+                                              "controller keeps jobs, MinJobAge, or the controller lost its state)")
+        return job_status(record)
+
+    def cancel(self, handle: str) -> None:
+        slurm_id, _ = self._split(handle)
+        record = self.rest.job(slurm_id)
+        if record is None:
+            return
+        comment = str(record.get("comment") or "")
+        if not comment.endswith(CANCEL_MARK):
+            # Marked first: whichever worker polls the job next tells our cancel from someone else's.
+            self.rest.update(slurm_id, {"comment": comment + CANCEL_MARK})
+        self.rest.cancel(slurm_id)
+
+    def fetch_outputs(self, handle: str, dest: Path) -> None:
+        """shared: the outputs are in the job directory already. stage: copied back from the scratch directory."""
+        if self.mode != "stage":
+            return
+        _, rundir = self._split(handle)
+        if rundir is None or not rundir.is_dir():
+            return
+        for path in sorted(rundir.rglob("*")):
+            rel = path.relative_to(rundir)
+            if rel.parts[0] in ("inputs", "tmp") or path.is_symlink():
+                continue
+            target = Path(dest) / rel
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif path.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+
+    def cleanup(self, handle: str) -> None:
+        """stage: the scratch directory goes. Slurm keeps no more than its record of the job."""
+        _, rundir = self._split(handle)
+        if rundir is not None and rundir.is_dir():
+            shutil.rmtree(rundir)
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+    def _description(self, job: JobSpec, rundir: Path) -> dict[str, Any]:
+        env = {"PATH": f"{os.path.dirname(self._executable(job.argv[0]))}:/usr/local/bin:/usr/bin:/bin",
+               "HOME": str(rundir / "tmp"), "TMPDIR": str(rundir / "tmp"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+               "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **self.environment, **job.env,
+               "CAESAR_JOB_ID": job.job_id}
+        for name, value in env.items():
+            if not _ENV_NAME.match(name) or "\0" in value:
+                raise BackendRejected(f"environment variable {name!r} cannot be passed to Slurm")
+        description: dict[str, Any] = {
+            "name": f"caesar-{job.app}-{job.job_id}",
+            "comment": f"caesar-rest job {job.job_id}",
+            "current_working_directory": str(rundir),
+            # Relative to the working directory: Slurm expands %-patterns in these names, never in the directory.
+            "standard_output": "stdout.log",
+            "standard_error": "stderr.log",
+            "standard_input": "/dev/null",
+            "environment": env,
+            "cpus_per_task": max(1, math.ceil(job.cpus or 1)),
+            "tasks": 1,
+            "requeue": False,       # a node failure ends the job; retrying is the service's decision
+            **self.defaults,
+            **{k: str(v) for k, v in job.options.items() if k in CHOOSABLE and v},
+        }
+        if job.memory_mb:
+            description["memory_per_node"] = int(job.memory_mb)
+        if job.time_limit_s:
+            description["time_limit"] = max(1, math.ceil((float(job.time_limit_s) + self.margin) / 60))
+        return description
+
+    def _rundir(self, job: JobSpec) -> Path:
+        """Where the job runs, made ready for the job's account: the job directory, or its copy in scratch."""
+        workdir = Path(job.workdir)
+        if self.mode == "stage":
+            assert self.scratch is not None
+            rundir = self.scratch / f"caesar-{job.job_id}-{secrets.token_hex(4)}"
+            rundir.mkdir(parents=True)
+            for item in job.inputs:
+                target = rundir / item.relpath
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(workdir / item.relpath, target)
+        else:
+            rundir = workdir
+        (rundir / "tmp").mkdir(parents=True, exist_ok=True)
+        if self.owner is not None:
+            _give_to(rundir, *self.owner)
+        return rundir
+
+    def _split(self, handle: str) -> tuple[int, Path | None]:
+        """The Slurm job id, and the scratch directory of a staged job (only ever one directly in `scratch`)."""
+        job, sep, rest = handle.partition("|")
+        if not job.isdigit() or (sep and not rest):
+            raise BackendError(f"Not a Slurm job handle: {handle!r}")
+        if not sep:
+            return int(job), None
+        rundir = Path(rest)
+        if self.scratch is None or rundir.parent != self.scratch or not rundir.name.startswith("caesar-"):
+            raise BackendError(f"Slurm job handle {handle!r} names no scratch directory of this backend")
+        return int(job), rundir
+
+    @staticmethod
+    def _executable(command: str) -> str:
+        """argv[0] as an absolute path: relative names resolve on this host, the venv's scripts first."""
+        if os.path.isabs(command):
+            return command
+        path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+        found = shutil.which(command, path=path)
+        if found is None:
+            raise BackendRejected(f"Command {command!r} not found on the worker host; Slurm runs executables in "
+                                  "place, so it must exist at the same path on the nodes")
+        return os.path.abspath(found)
+
+
+def job_script(argv: list[str]) -> str:
+    """The batch script: argv exec'ed, every argument quoted for sh. A NUL cannot be in an argument of any exec."""
+    for arg in argv:
+        if "\0" in arg:
+            raise BackendRejected(f"an argument contains a NUL byte: {arg!r}")
+    return "#!/bin/sh\n# caesar-rest: the app's argv, each argument quoted\nexec " + \
+        " ".join(shlex.quote(arg) for arg in argv) + "\n"
+
+
+def job_status(record: Mapping[str, Any]) -> BackendStatus:
+    """A Slurm job record (GET /job/{id}) as a BackendStatus, with Slurm's reasons."""
+    slurm_id = record.get("job_id")
+    state = str(record.get("job_state") or "")
+    reason = str(record.get("state_reason") or "None")
+    host = str(record.get("batch_host") or record.get("nodes") or "") or None
+    if state in _WAITING:
+        why = reason if reason != "None" else state.lower()
+        return BackendStatus(QUEUED, reason=f"Waiting in Slurm as job {slurm_id} (partition "
+                                            f"{record.get('partition')}): {why}")
+    if state in _ACTIVE:
+        return BackendStatus(RUNNING, host=host)
+    code = record.get("exit_code")
+    status = code if isinstance(code, int) else None
+    if state == "COMPLETED":
+        return BackendStatus(EXITED, exit_code=0, host=host)
+    if state == "FAILED" and status is not None and status & 0x7F:
+        return BackendStatus(EXITED, exit_code=-(status & 0x7F), host=host)     # a wait status: killed by a signal
+    if state == "FAILED" and status is not None and status >> 8:
+        return BackendStatus(EXITED, exit_code=status >> 8, host=host)
+    if state == "FAILED":
+        return BackendStatus(FAILED, reason=f"Slurm failed job {slurm_id}: {reason}", host=host)
+    if state == "TIMEOUT":
+        return BackendStatus(FAILED, reason=f"Slurm stopped job {slurm_id} at its time limit of "
+                                            f"{record.get('time_limit')} min (TIMEOUT)", host=host)
+    if state == "OUT_OF_MEMORY":
+        return BackendStatus(FAILED, oom_killed=True, host=host,
+                             reason=f"out of memory: Slurm stopped job {slurm_id} (OUT_OF_MEMORY)")
+    if state == "CANCELLED":
+        if str(record.get("comment") or "").endswith(CANCEL_MARK):
+            return BackendStatus(CANCELLED, reason="Job canceled by user", host=host)
+        return BackendStatus(FAILED, host=host, reason=f"Slurm job {slurm_id} was cancelled outside caesar-rest "
+                                                       f"(by its Slurm user {record.get('user_name')!r} or an "
+                                                       "administrator: scancel)")
+    if state in _NODE_TROUBLE:
+        return BackendStatus(FAILED, host=host, reason=f"Slurm ended job {slurm_id}: {_NODE_TROUBLE[state]} "
+                                                       f"({state}, {reason}); running it again may succeed")
+    return BackendStatus(FAILED, reason=f"Slurm job {slurm_id} is in a state this service does not know: "
+                                        f"{state!r} ({reason})", host=host)
+
+
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _owner(setting: Any, user: str) -> tuple[int, int] | None:
+    if setting:
+        uid, _, gid = str(setting).partition(":")
+        return int(uid), int(gid or uid)
+    if os.geteuid() != 0:
+        return None         # the job's account is this worker's, or the operator gave the directories to it
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _give_to(rundir: Path, uid: int, gid: int) -> None:
+    """The job's account writes into its directory and reads its inputs. Staged inputs are hard links to the
+    user's stored files (read-only to their owner): the job gets its own copies, the store is kept."""
+    for path in (rundir, rundir / "tmp"):
+        os.chown(path, uid, gid)
+    inputs = rundir / "inputs"
+    if not inputs.is_dir():
+        return
+    for path in sorted(inputs.rglob("*")):
+        if path.is_dir():
+            os.chown(path, uid, gid)
+        elif path.is_file() and path.stat().st_uid != uid:
+            copy = path.with_name(f".{path.name}.caesar-copy")
+            shutil.copyfile(path, copy)
+            os.chown(copy, uid, gid)
+            os.chmod(copy, 0o440)
+            os.replace(copy, path)
+    os.chown(inputs, uid, gid)
