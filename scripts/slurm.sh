@@ -6,6 +6,7 @@
 #   scripts/slurm.sh stop     stop every slurmrestd, slurmd, slurmctld (munged is left to whoever else uses it)
 #   scripts/slurm.sh stop-rest  stop the slurmrestd of SLURM_REST_PORT alone (the tests' outage; `start` starts
 #                             it again)
+#   scripts/slurm.sh stop-controller  stop slurmctld alone (jobs go on under slurmd; `start` starts it again)
 #   scripts/slurm.sh env      print the env of the running cluster
 #   scripts/slurm.sh status   exit 0 when slurmctld, slurmd and slurmrestd run
 #
@@ -223,7 +224,8 @@ case "$cmd" in
     ;;
   stop) stop_daemons ;;
   stop-rest) stop_one "$REST_PID" slurmrestd ;;
+  stop-controller) stop_one "$D/run/slurmctld.pid" slurmctld ;;
   env) running || die "the cluster is not running"; print_env ;;
   status) running ;;
-  *) echo "usage: $0 start|stop|stop-rest|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|stop-rest|stop-controller|env|status" >&2; exit 2 ;;
 esac

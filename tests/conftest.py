@@ -8,7 +8,7 @@ from caesar_rest.db import dispose_all
 
 from .support import create_pg_database, drop_pg_database, embedded_settings
 
-# The real peers' fixtures (Podman, moto, HTCondor, Pulsar and the stacks on them), one module each. Registered
+# The real peers' fixtures (Podman, moto, HTCondor, Pulsar, Slurm and the stacks on them), one module each. Registered
 # here, the root conftest (pytest takes pytest_plugins nowhere else), because tests/api and tests/tes use them too.
 pytest_plugins = [
     "tests.backends.batch_fixtures",
@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.backends.htcondor_fixtures",
     "tests.backends.pulsar_fixtures",
     "tests.backends.security_fixtures",
+    "tests.backends.slurm_fixtures",
 ]
 
 

@@ -1,0 +1,165 @@
+"""Fixtures for the Slurm tests: the one-node cluster (scripts/slurm.sh, started here, never skipped), a second
+slurmrestd in front of it that a test may stop, and an embedded stack whose worker serves the slurm backend in
+each working-directory mode."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from caesar_rest import create_app
+from caesar_rest.db import dispose_all
+
+from ..support import RABBIT, REPO, Proc, embedded_settings, free_port, start_worker
+
+SCRIPT = REPO / "scripts" / "slurm.sh"
+SLURM_CLASS = "workers.backends.slurm:SlurmBackend"
+SLURM_BACKENDS = ("slurm", "slurm_stage", "slurm_outage")
+# Polls that fail for longer than this end the job. A stopped slurmctld makes each poll wait for slurmrestd's
+# own retries (9 to 18 s) before it fails: the timeout leaves room for one such poll after a restart.
+UNREACHABLE_TIMEOUT = 20
+# Test apps: argv of every option type (printf writes each argument NUL-terminated to stdout.log), a sleeper
+# with a 5 s time limit, and one asking for more memory than the node has.
+TEST_APPS = {
+    "argv": {
+        "name": "argv", "version": "1", "command": ["/usr/bin/printf", "%s\\0"], "backends": list(SLURM_BACKENDS),
+        "default_backend": "slurm", "resources": {"cpus": 1, "memory_mb": 64, "time_limit": 120},
+        "options": {
+            "text": {"type": "string"},
+            "equals": {"type": "string", "style": "equals", "flag": "--equals"},
+            "last": {"type": "string", "style": "positional"},
+            "choice": {"type": "enum", "allowed": ["plain", "a;b|c `id` $(id) 'q' \"dq\""]},
+            "number": {"type": "int"},
+            "ratio": {"type": "float"},
+            "flag": {"type": "bool"},
+            "inputfile": {"type": "file"},
+        },
+    },
+}
+
+
+def slurm_script(command: str, env: Mapping[str, str] | None = None, timeout: float = 900) -> dict[str, str]:
+    """Run scripts/slurm.sh; returns the KEY=VALUE lines it prints. A failure fails the test (no skip)."""
+    done = subprocess.run(["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/slurm.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict[str, str]:
+    """The one-node cluster, installed (the first time) and started by the project's script. Left running for
+    other test sessions; `scripts/slurm.sh stop` stops it."""
+    return slurm_script("start")
+
+
+def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
+    return {"url": cluster["CAESAR_TEST_SLURM_URL"], "api_version": cluster["CAESAR_TEST_SLURM_API_VERSION"],
+            "jwt_key": cluster["CAESAR_TEST_SLURM_JWT_KEY"], "user": cluster["CAESAR_TEST_SLURM_USER"],
+            "partition": cluster["CAESAR_TEST_SLURM_PARTITION"],
+            # "nosuch" is allowed here so that Slurm, not the API, is the one to refuse it
+            "allow": {"partition": [cluster["CAESAR_TEST_SLURM_PARTITION"], "nosuch"]}, **extra}
+
+
+def write_apps(dest: Path) -> Path:
+    """The shipped apps, allowed on every test slurm backend, their short and greedy variants, and TEST_APPS."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in (REPO / "config" / "apps").glob("*.yml"):
+        app = yaml.safe_load(path.read_text())
+        app["backends"] = list(dict.fromkeys([*app.get("backends", []), *SLURM_BACKENDS]))
+        (dest / path.name).write_text(yaml.safe_dump(app))
+        if app["name"] == "sleeper":
+            short = {**app, "name": "sleeper_5s", "resources": {**app["resources"], "time_limit": 5}}
+            (dest / "sleeper_5s.yml").write_text(yaml.safe_dump(short))
+            greedy = {**app, "name": "sleeper_huge", "resources": {**app["resources"], "memory_mb": 10**8}}
+            (dest / "sleeper_huge.yml").write_text(yaml.safe_dump(greedy))
+    for name, app in TEST_APPS.items():
+        (dest / f"{name}.yml").write_text(yaml.safe_dump(app, sort_keys=False))     # options in argv order
+    return dest
+
+
+class SlurmStack:
+    """An embedded caesar-rest (Flask test client in this process) and a real worker serving the slurm backends."""
+
+    def __init__(self, cluster: dict[str, str], root: Path) -> None:
+        self.cluster = cluster
+        self.root = root
+        self.outage_port = free_port()
+        scratch = root / "scratch"
+        scratch.mkdir()
+        backends = {
+            "local": {},
+            "slurm": slurm_options(cluster),
+            "slurm_stage": slurm_options(cluster, workdir="stage", scratch=str(scratch), **{"class": SLURM_CLASS}),
+            "slurm_outage": slurm_options(cluster, url=f"http://127.0.0.1:{self.outage_port}",
+                                          **{"class": SLURM_CLASS}),
+        }
+        self.settings = embedded_settings(root / "var", APPS_DIR=str(write_apps(root / "apps")), BACKENDS=backends,
+                                          BROKER_URL=RABBIT, QUEUE_PREFIX=f"t{secrets.token_hex(4)}.",
+                                          REMOTE_POLL_INTERVAL=0.5, REMOTE_UNREACHABLE_TIMEOUT=UNREACHABLE_TIMEOUT)
+        self.app = create_app(self.settings)
+        self.client = self.app.test_client()
+        self.workers: list[Proc] = []
+        self.start_worker()
+
+    def start_worker(self) -> Proc:
+        """One more worker process (of one pool process each: the tests count processes) on the same queues."""
+        worker = start_worker(self.settings, ["local", *SLURM_BACKENDS], self.root / f"worker{len(self.workers)}.log",
+                              concurrency=1)
+        self.workers.append(worker)
+        return worker
+
+    def backend(self, name: str = "slurm") -> Any:
+        """A backend instance in this process, to look at the cluster the way the worker does."""
+        from workers.backends.slurm import SlurmBackend
+
+        return SlurmBackend(self.app.config, self.app.config["BACKENDS"][name])
+
+    def worker_logs(self) -> str:
+        return "\n".join(w.log()[-3000:] for w in self.workers)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            # SIGTERM to the main process alone: it stops its pool itself (see htcondor_fixtures).
+            worker.popen.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            worker.stop()
+        dispose_all()
+
+
+@pytest.fixture(scope="module")
+def slurm_stack(slurm_cluster: dict[str, str]) -> Iterator[SlurmStack]:
+    # Inside the directory the cluster's job user can reach, so the job directories are shared with the node.
+    root = Path(tempfile.mkdtemp(prefix="caesar-test-", dir=slurm_cluster["CAESAR_TEST_SLURM_SHARED"]))
+    root.chmod(0o755)       # the job user (caesarjob) must reach the job directories below
+    stack = SlurmStack(slurm_cluster, root)
+    try:
+        yield stack
+    finally:
+        stack.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def outage_rest(slurm_stack: SlurmStack, slurm_cluster: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A second slurmrestd in front of the same cluster, on the slurm_outage backend's port: a test may stop it."""
+    env = {"SLURM_REST_PORT": str(slurm_stack.outage_port)}
+    slurm_script("start", env)
+    try:
+        yield env
+    finally:
+        slurm_script("stop-rest", env)

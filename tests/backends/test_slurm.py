@@ -1,0 +1,306 @@
+"""Slurm backend end to end: API → real Celery workers → slurmrestd → a real one-node Slurm cluster (22.05): sfinder
+against a local run, exit codes, cancel (ours and someone else's), the time limit, refusals, arguments that must
+arrive verbatim, staged working directories, outages of slurmrestd and of slurmctld, and twenty jobs at once on one
+node."""
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from caesar_rest.db import session_scope
+from caesar_rest.models import Job
+from workers.backends.base import LOST, QUEUED
+from workers.backends.slurm import CANCEL_MARK, job_script
+
+from ..apps.fitsgen import default_sources, make_image
+from ..support import API, client_status, full_health, job_processes, upload, wait_state, wait_until
+from .slurm_fixtures import UNREACHABLE_TIMEOUT, SlurmStack, slurm_script
+
+# Slurm schedules every 2 s here; other suites share the 2 cores.
+JOB_TIMEOUT = 180
+# Metacharacters of sh, quotes of both kinds, a newline, and Slurm's own %-patterns: all must arrive verbatim.
+NASTY = ("""a\\b \\" \\\\ \t  b 'c' "d" ''e'' ""f"" $HOME ${PATH} `id` $(id) %j %u %% ; | & > < * ? ~ \\ # ! ü"""
+         "\nsecond line")
+
+
+def submit(stack: SlurmStack, app: str, backend: str | None = "slurm", options: dict | None = None,
+           **inputs) -> str:
+    body: dict = {"app": app, "job_inputs": inputs}
+    if backend:
+        body["backend"] = backend
+    if options is not None:
+        body["backend_options"] = options
+    r = stack.client.post(f"{API}/job", json=body)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["job_id"]
+
+
+def wait(stack: SlurmStack, job_id: str, states=None, timeout: float = JOB_TIMEOUT) -> dict:
+    kwargs = {} if states is None else {"states": states}
+    return wait_state(client_status(stack.client), job_id, timeout=timeout, **kwargs)
+
+
+def members(stack: SlurmStack, job_id: str) -> dict[str, bytes]:
+    """The job's output tarball: member path below the top directory → content (b'' for directories)."""
+    r = stack.client.get(f"{API}/job/{job_id}/output")
+    assert r.status_code == 200, r.get_json()
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
+        for info in tar.getmembers():
+            rel = "/".join(Path(info.name).parts[1:])
+            if rel:
+                out[rel] = (tar.extractfile(info) or io.BytesIO()).read()
+    return out
+
+
+def metadata(stack: SlurmStack, job_id: str) -> dict:
+    return stack.client.get(f"{API}/job/{job_id}/metadata").get_json()
+
+
+def logs(stack: SlurmStack, job_id: str) -> dict:
+    return stack.client.get(f"{API}/job/{job_id}/logs").get_json()
+
+
+def explain(stack: SlurmStack, job_id: str) -> tuple:
+    return client_status(stack.client)(job_id), logs(stack, job_id), stack.worker_logs()[-3000:]
+
+
+def slurm_record(stack: SlurmStack, job_id: str, backend: str = "slurm") -> dict:
+    """Slurm's record of the job (GET /job/{id} through the backend's own client)."""
+    handle = metadata(stack, job_id)["handle"]
+    record = stack.backend(backend).rest.job(int(handle.partition("|")[0]))
+    assert record is not None, f"Slurm does not know job {handle}"
+    return record
+
+
+def slurm_id_of(stack: SlurmStack, job_id: str) -> int:
+    handle = wait_until(lambda: metadata(stack, job_id).get("handle"), 60, f"job {job_id} submitted to Slurm")
+    return int(handle.partition("|")[0])
+
+
+def unreachable_since(stack: SlurmStack, job_id: str):
+    with session_scope(stack.app.config["DATABASE_URL"]) as s:
+        return s.get(Job, job_id).unreachable_since
+
+
+# ---- the job script, without a cluster --------------------------------------------------------------------------
+def test_the_job_script_execs_the_quoted_argv():
+    assert job_script(["/bin/echo", "a b", "it's", "$(id)"]).splitlines()[-1] == \
+        """exec /bin/echo 'a b' 'it'"'"'s' '$(id)'"""
+    with pytest.raises(Exception, match="NUL"):
+        job_script(["/bin/echo", "a\0b"])
+
+
+# ---- against the cluster ------------------------------------------------------------------------------------------
+def test_sfinder_gives_the_catalogue_of_a_local_run(slurm_stack, tmp_path):
+    stack = slurm_stack
+    make_image(tmp_path / "field.fits", sources=default_sources())
+    f = upload(stack.client, (tmp_path / "field.fits").read_bytes(), "field.fits")
+    slurm_job = submit(stack, "sfinder", inputfile=f["uuid"], deblend=True)
+    local_job = submit(stack, "sfinder", backend="local", inputfile=f["uuid"], deblend=True)
+    st = wait(stack, slurm_job)
+    assert st["state"] == "SUCCESS", explain(stack, slurm_job)
+    assert wait(stack, local_job)["state"] == "SUCCESS", explain(stack, local_job)
+    remote, local = members(stack, slurm_job), members(stack, local_job)
+    assert {"field_catalog.csv", "field_sources.reg", "field_preview.png", "stdout.log", "stderr.log",
+            "caesar_job.json"} <= set(remote), sorted(remote)
+    assert remote["field_catalog.csv"] == local["field_catalog.csv"]
+    assert len(remote["field_catalog.csv"].decode().strip().splitlines()) >= 1 + len(default_sources())
+    assert "inputs/field.fits" not in remote       # inputs stay out of the tarball, as in a local run
+    # Slurm's record: our job id in its name and comment, the app's resources, run as the job user, not root
+    record = slurm_record(stack, slurm_job)
+    assert record["job_state"] == "COMPLETED" and record["user_name"] == stack.cluster["CAESAR_TEST_SLURM_USER"]
+    assert slurm_job in record["name"] and slurm_job in record["comment"], record
+    assert record["partition"] == "debug" and record["memory_per_node"] == 4096 and record["cpus"] == 1, record
+    assert record["time_limit"] == 61, record      # 3600 s + the 60 s margin, in minutes
+
+
+def test_nonzero_exit_is_a_failure_with_its_status_and_last_stderr_line(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", seconds=0, **{"exit-code": 3})
+    st = wait(stack, job_id)
+    assert st["state"] == "FAILURE" and st["exit_status"] == 3, explain(stack, job_id)
+    assert "exited with status 3" in st["status"] and "exiting with status 3" in st["status"], st
+    assert slurm_record(stack, job_id)["job_state"] == "FAILED"
+
+
+def test_logs_while_running_then_cancel_leaves_no_process_on_the_node(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", seconds=300, message="cancel me")
+    wait(stack, job_id, ["RUNNING"])
+    wait_until(lambda: logs(stack, job_id)["stdout"].startswith("cancel me"), 60, "the job's stdout while it runs")
+    assert wait_until(lambda: job_processes(job_id), 30, "the job's processes on the node")
+    r = stack.client.post(f"{API}/job/{job_id}/cancel")
+    assert r.status_code == 200, r.get_json()
+    st = wait(stack, job_id, timeout=60)
+    assert st["state"] == "CANCELED" and st["status"] == "Job canceled by user", st
+    wait_until(lambda: not job_processes(job_id), 30, "the cancelled job's processes gone")
+    record = wait_until(lambda: (r := slurm_record(stack, job_id))["job_state"] != "COMPLETING" and r, 30,
+                        "Slurm done with the cancelled job")
+    assert record["job_state"] == "CANCELLED" and record["comment"].endswith(CANCEL_MARK), record
+
+
+def test_a_cancel_outside_the_service_is_a_failure_naming_it(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", seconds=300)
+    wait(stack, job_id, ["RUNNING"])
+    stack.backend().rest.cancel(slurm_id_of(stack, job_id))       # as scancel would, without our mark
+    st = wait(stack, job_id, timeout=60)
+    assert st["state"] == "FAILURE", st
+    assert "cancelled outside caesar-rest" in st["status"] and "caesarjob" in st["status"], st
+
+
+def test_the_time_limit_ends_the_job_timed_out(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper_5s", seconds=300, message="too slow")
+    st = wait(stack, job_id)
+    assert st["state"] == "TIMED-OUT", explain(stack, job_id)
+    assert "time limit of 5 s" in st["status"], st
+    wait_until(lambda: not job_processes(job_id), 30, "the stopped job's processes gone")
+    record = wait_until(lambda: (r := slurm_record(stack, job_id))["job_state"] != "COMPLETING" and r, 30,
+                        "Slurm done with the stopped job")
+    assert record["time_limit"] == 2 and record["job_state"] == "CANCELLED", record    # Slurm's: a backstop
+
+
+def test_a_partition_slurm_does_not_have_is_aborted_with_slurms_message(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", options={"partition": "nosuch"}, seconds=0)
+    st = wait(stack, job_id)
+    assert st["state"] == "ABORTED", st
+    assert "Slurm refused the job: Invalid partition name specified" in st["status"], st
+
+
+def test_more_memory_than_any_node_has_is_aborted_with_slurms_message(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper_huge", seconds=0)
+    st = wait(stack, job_id)
+    assert st["state"] == "ABORTED", st
+    assert "Slurm refused the job: Requested node configuration is not available" in st["status"], st
+
+
+def test_options_outside_what_the_settings_allow_are_a_400_naming_them(slurm_stack):
+    stack = slurm_stack
+    for options, named in (({"qos": "high"}, "'qos' may not be chosen"), ({"partition": "long"}, "'partition' may be"),
+                           ({"partition": 3}, "'partition' must be"), ({"nodes": "x"}, "no option 'nodes'")):
+        r = stack.client.post(f"{API}/job", json={"app": "sleeper", "backend": "slurm", "job_inputs": {},
+                                                  "backend_options": options})
+        assert r.status_code == 400 and named in r.get_json()["message"], (options, r.get_json())
+
+
+def test_shell_metacharacters_in_every_option_type_arrive_verbatim(slurm_stack, tmp_path):
+    stack = slurm_stack
+    pwned = tmp_path / "pwned"
+    nasty = f"{NASTY} $(touch {pwned}1) `touch {pwned}2`; touch {pwned}3"
+    name = "in put;$(id) 'q'.txt"
+    f = upload(stack.client, b"x\n", name)
+    choice = "a;b|c `id` $(id) 'q' \"dq\""
+    job_id = submit(stack, "argv", text=nasty, equals=nasty, last=nasty, choice=choice, number=-7, ratio=0.5,
+                    flag=True, inputfile=f["uuid"])
+    st = wait(stack, job_id)
+    assert st["state"] == "SUCCESS", explain(stack, job_id)
+    argv = members(stack, job_id)["stdout.log"].split(b"\0")[:-1]
+    assert [a.decode() for a in argv] == ["--text", nasty, f"--equals={nasty}", nasty, "--choice", choice,
+                                          "--number", "-7", "--ratio", "0.5", "--flag", "--inputfile",
+                                          f"inputs/{name}"], argv
+    assert [a.decode() for a in argv] == metadata(stack, job_id)["argv"][2:]
+    assert not list(tmp_path.glob("pwned*")), "a shell interpreted an option value"
+
+
+def test_a_staged_job_runs_in_scratch_and_its_outputs_come_back(slurm_stack):
+    stack = slurm_stack
+    f = upload(stack.client, b"staged to scratch\n" * 100, "s.txt")
+    job_id = submit(stack, "checksum", backend="slurm_stage", inputfile=f["uuid"])
+    st = wait(stack, job_id)
+    assert st["state"] == "SUCCESS", explain(stack, job_id)
+    out = members(stack, job_id)
+    assert f["sha256"] in out["checksum.txt"].decode() and "stdout.log" in out, sorted(out)
+    record = slurm_record(stack, job_id, "slurm_stage")
+    ran_in = Path(record["current_working_directory"])
+    assert ran_in.parent == stack.root / "scratch" and not ran_in.exists(), ran_in     # cleaned after the fetch
+
+
+def test_a_job_slurm_does_not_know_is_lost(slurm_stack):
+    status = slurm_stack.backend().poll("98765432")
+    assert status.state == LOST and "Slurm no longer knows job 98765432" in status.reason
+
+
+def test_health_pings_the_controller_and_reads_the_partition(slurm_stack):
+    stack = slurm_stack
+    assert stack.client.get("/health").get_json()["checks"]["backends"]["slurm"]["status"] == "ok"
+    detail = full_health(stack.client)["backends"]["slurm"]["detail"]
+    assert detail["partition"] == "debug" and detail["partition_state"] == "UP" and detail["controller"], detail
+
+
+def test_slurmrestd_stopped_mid_job_then_started_again_the_job_succeeds(slurm_stack, outage_rest):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", backend="slurm_outage", seconds=8, message="through the outage")
+    wait(stack, job_id, ["RUNNING"])
+    slurm_script("stop-rest", outage_rest)
+    wait_until(lambda: unreachable_since(stack, job_id), 30, "a poll that found slurmrestd away")
+    slurm_script("start", outage_rest)
+    st = wait(stack, job_id)
+    assert st["state"] == "SUCCESS", explain(stack, job_id)
+    assert members(stack, job_id)["sleeper.txt"] == b"through the outage\n"
+
+
+def test_slurmrestd_away_longer_than_the_timeout_fails_the_job_with_the_reason(slurm_stack, outage_rest):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", backend="slurm_outage", seconds=300)
+    wait(stack, job_id, ["RUNNING"])
+    slurm_id = slurm_id_of(stack, job_id)
+    try:
+        slurm_script("stop-rest", outage_rest)
+        st = wait(stack, job_id, timeout=UNREACHABLE_TIMEOUT + 60)
+        assert st["state"] == "FAILURE", st
+        down = re.search(r"unreachable for (\d+) s \(slurmrestd at http://127\.0\.0\.1:\d+ unreachable", st["status"])
+        assert down and int(down.group(1)) >= UNREACHABLE_TIMEOUT, st   # the timeout was waited out, not skipped
+        health = full_health(stack.client)["backends"]["slurm_outage"]
+        assert health["status"] == "down" and "unreachable" in health["error"], health
+    finally:
+        stack.backend().rest.cancel(slurm_id)      # the job itself still ran on the cluster
+
+
+def test_slurmctld_stopped_mid_job_then_started_again_the_job_succeeds(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper", seconds=8, message="the controller came back")
+    wait(stack, job_id, ["RUNNING"])
+    try:
+        slurm_script("stop-controller")
+        wait_until(lambda: unreachable_since(stack, job_id), 60, "a poll that found the controller away")
+    finally:
+        slurm_script("start")
+    st = wait(stack, job_id)
+    assert st["state"] == "SUCCESS", explain(stack, job_id)
+    assert members(stack, job_id)["sleeper.txt"] == b"the controller came back\n"
+
+
+def test_twenty_jobs_on_one_node_followed_by_two_worker_processes(slurm_stack):
+    stack = slurm_stack
+    if len(stack.workers) < 2:
+        stack.start_worker()
+    t0 = time.time()
+    jobs = [submit(stack, "sleeper", seconds=1, message=f"job {i}") for i in range(20)]
+    # The node has 2 CPUs: most jobs wait in Slurm's queue, and the poll says why.
+    waiting = wait_until(lambda: [s for s in (stack.backend().poll(h) for h in
+                                              filter(None, (metadata(stack, j)["handle"] for j in jobs)))
+                                  if s.state == QUEUED and ("Resources" in s.reason or "Priority" in s.reason)],
+                         60, "a job waiting in Slurm for resources")
+    assert "Waiting in Slurm as job" in waiting[0].reason, waiting[0]
+    states = [wait(stack, job, timeout=300) for job in jobs]
+    assert [s["state"] for s in states] == ["SUCCESS"] * 20, [explain(stack, j)
+                                                              for j, s in zip(jobs, states, strict=True)
+                                                              if s["state"] != "SUCCESS"][:2]
+    for i, job in enumerate(jobs):
+        assert members(stack, job)["sleeper.txt"] == f"job {i}\n".encode()
+    # Both worker processes followed jobs: each logged polls.
+    assert all("caesar.poll_job[" in w.log() for w in stack.workers), stack.worker_logs()
+    ended = [max(datetime.fromisoformat(e["at"]) for e in metadata(stack, j)["events"] if e["state"] == "SUCCESS")
+             for j in jobs]
+    print(f"\n20 sleepers of 1 s on a one-node, 2-CPU Slurm cluster, 2 worker processes: all SUCCESS after "
+          f"{time.time() - t0:.1f} s, the last ended {(max(ended) - min(ended)).total_seconds():.1f} s after the first")
