@@ -15,8 +15,8 @@ import pytest
 
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job
-from workers.backends.base import LOST, QUEUED
-from workers.backends.slurm import CANCEL_MARK, job_script
+from workers.backends.base import CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING
+from workers.backends.slurm import CANCEL_MARK, job_script, job_status
 
 from ..apps.fitsgen import default_sources, make_image
 from ..support import API, client_status, full_health, job_processes, upload, wait_state, wait_until
@@ -95,6 +95,39 @@ def test_the_job_script_execs_the_quoted_argv():
         """exec /bin/echo 'a b' 'it'"'"'s' '$(id)'"""
     with pytest.raises(Exception, match="NUL"):
         job_script(["/bin/echo", "a\0b"])
+
+
+def record(state: str, **fields) -> dict:
+    return {"job_id": 42, "job_state": state, "state_reason": "None", "exit_code": 0, "partition": "debug",
+            "batch_host": "vm", "comment": "caesar-rest job x", "user_name": "caesarjob", "time_limit": 2, **fields}
+
+
+# The ends a one-node test cluster cannot produce (a failed or preempted node, the cgroup OOM killer, which its
+# task/none plugin does not run, Slurm's own time limit, which the runner's reaches first), as slurmrestd 22.05
+# words them; the others are also produced for real below.
+@pytest.mark.parametrize("slurm, fields, state, exit_code, words", [
+    ("PENDING", {"state_reason": "Resources"}, QUEUED, None, "Waiting in Slurm as job 42 (partition debug): Resources"),
+    ("CONFIGURING", {}, QUEUED, None, "Waiting in Slurm"),
+    ("RUNNING", {}, RUNNING, None, ""),
+    ("COMPLETING", {}, RUNNING, None, ""),
+    ("COMPLETED", {}, EXITED, 0, ""),
+    ("FAILED", {"exit_code": 3 << 8, "state_reason": "NonZeroExitCode"}, EXITED, 3, ""),
+    ("FAILED", {"exit_code": 9}, EXITED, -9, ""),
+    ("FAILED", {"state_reason": "JobLaunchFailure"}, FAILED, None, "Slurm failed job 42: JobLaunchFailure"),
+    ("TIMEOUT", {}, FAILED, None, "time limit of 2 min (TIMEOUT)"),
+    ("CANCELLED", {"comment": "caesar-rest job x" + CANCEL_MARK}, CANCELLED, None, "Job canceled by user"),
+    ("CANCELLED", {}, FAILED, None, "cancelled outside caesar-rest (by its Slurm user 'caesarjob'"),
+    ("OUT_OF_MEMORY", {}, FAILED, None, "out of memory"),
+    ("NODE_FAIL", {}, LOST, None, "its node failed (NODE_FAIL"),
+    ("BOOT_FAIL", {}, LOST, None, "BOOT_FAIL"),
+    ("PREEMPTED", {}, LOST, None, "it was preempted (PREEMPTED"),
+    ("DEADLINE", {}, FAILED, None, "deadline"),
+])
+def test_slurm_states_map_per_the_table(slurm, fields, state, exit_code, words):
+    status = job_status(record(slurm, **fields))
+    assert (status.state, status.exit_code) == (state, exit_code), status
+    assert words in status.reason, status
+    assert status.oom_killed == (slurm == "OUT_OF_MEMORY")
 
 
 # ---- against the cluster ------------------------------------------------------------------------------------------

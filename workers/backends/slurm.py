@@ -65,9 +65,11 @@ CHOOSABLE = ("partition", "account", "qos", "constraints", "reservation")
 CANCEL_MARK = "; canceled through caesar-rest"
 _WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
 _ACTIVE = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
+# Ends that are no fault of the job: LOST, which the runner's retries count as a node failure.
 _NODE_TROUBLE = {"NODE_FAIL": "its node failed", "BOOT_FAIL": "its node failed to boot",
-                 "PREEMPTED": "it was preempted", "DEADLINE": "it reached its deadline",
-                 "REVOKED": "it was revoked (federation)", "SPECIAL_EXIT": "it ended in a special exit state"}
+                 "PREEMPTED": "it was preempted"}
+_OTHER_ENDS = {"DEADLINE": "it reached its deadline", "REVOKED": "it was revoked (federation)",
+               "SPECIAL_EXIT": "it ended in a special exit state"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -315,8 +317,11 @@ def job_status(record: Mapping[str, Any]) -> BackendStatus:
                                                        f"(by its Slurm user {record.get('user_name')!r} or an "
                                                        "administrator: scancel)")
     if state in _NODE_TROUBLE:
-        return BackendStatus(FAILED, host=host, reason=f"Slurm ended job {slurm_id}: {_NODE_TROUBLE[state]} "
-                                                       f"({state}, {reason}); running it again may succeed")
+        return BackendStatus(LOST, host=host, reason=f"Slurm ended job {slurm_id}: {_NODE_TROUBLE[state]} "
+                                                     f"({state}, {reason}); running it again may succeed")
+    if state in _OTHER_ENDS:
+        return BackendStatus(FAILED, host=host, reason=f"Slurm ended job {slurm_id}: {_OTHER_ENDS[state]} "
+                                                       f"({state}, {reason})")
     return BackendStatus(FAILED, reason=f"Slurm job {slurm_id} is in a state this service does not know: "
                                         f"{state!r} ({reason})", host=host)
 
