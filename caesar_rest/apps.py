@@ -69,6 +69,7 @@ class App:
     outputs: list[str] = field(default_factory=list)
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)   # per backend name
     network: bool = False               # the operator lets the app's sandboxed job reach the network
+    retries: dict[str, Any] | None = None   # {"max": N, "on": [reasons]} (RETRY_REASONS); None: never retried
     source: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -78,7 +79,8 @@ class App:
     def describe(self) -> dict[str, Any]:
         return {**self.summary(), "command": self.command, "image": self.image, "image_pull": self.image_pull,
                 "resources": {"cpus": self.cpus, "memory_mb": self.memory_mb, "time_limit": self.time_limit},
-                "outputs": self.outputs, "options": [o.describe() for o in self.options.values()]}
+                "outputs": self.outputs, "options": [o.describe() for o in self.options.values()],
+                "retries": self.retries or {"max": 0, "on": []}}
 
 
 @dataclass
@@ -149,7 +151,30 @@ def load_app(path: Path) -> App:
                image=raw.get("image"), image_pull=image_pull, cpus=float(resources.get("cpus", 1)),
                memory_mb=resources.get("memory_mb"), time_limit=resources.get("time_limit"),
                outputs=list(raw.get("outputs") or []), backend_options=dict(raw.get("backend_options") or {}),
-               network=_network(path, raw.get("network", False)), source=str(path))
+               network=_network(path, raw.get("network", False)), retries=_retries(path, raw.get("retries")),
+               source=str(path))
+
+
+#: Why an attempt may be run again: its worker died (lost), its node or remote backend lost it (node_failure),
+#: the kernel killed it for memory (oom), it ran past its time limit (timed_out). A non-zero exit is never retried.
+RETRY_REASONS = ("lost", "node_failure", "oom", "timed_out")
+MAX_RETRIES = 10
+
+
+def _retries(path: Path, value: Any) -> dict[str, Any] | None:
+    """`retries: {max: N, on: [reasons]}`, checked at start; max 0 (or no key) is today's behaviour."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and True in value and "on" not in value:
+        value = {("on" if k is True else k): v for k, v in value.items()}     # YAML 1.1 reads a bare `on` as true
+    if not isinstance(value, dict) or set(value) - {"max", "on"}:
+        raise AppConfigError(f"{path}: 'retries' must be a mapping with 'max' and 'on'")
+    count, on = value.get("max", 0), value.get("on", ["lost", "node_failure"])
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_RETRIES:
+        raise AppConfigError(f"{path}: retries.max must be a whole number from 0 to {MAX_RETRIES}")
+    if not isinstance(on, list) or not on or any(r not in RETRY_REASONS for r in on):
+        raise AppConfigError(f"{path}: retries.on must be a list of {', '.join(RETRY_REASONS)}")
+    return {"max": count, "on": sorted(set(on), key=RETRY_REASONS.index)} if count else None
 
 
 def _network(path: Path, value: Any) -> bool:

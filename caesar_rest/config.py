@@ -150,6 +150,8 @@ class Settings(Mapping[str, Any]):
                                                           "no limit.")
     TES_SERVICE_ID: str | None = setting("org.caesar-rest.tes", "The 'id' of the TES service-info (reverse domain "
                                                                 "notation).")
+    TES_RETRIES: dict[str, Any] | None = setting(None, "Retries of TES tasks, as an app's `retries`: {max: N, on: "
+                                                       "[lost, node_failure, oom, timed_out]}; null: none.")
     TES_HOST_RUNTIME: bool = setting(False, "TES executors run as host processes on the local backend, in the job "
                                             "sandbox (image recorded, not used); off: TES tasks need the container "
                                             "backend.")

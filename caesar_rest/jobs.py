@@ -120,7 +120,7 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
 def app_spec(app: App) -> dict[str, Any]:
     return {"image": app.image, "image_pull": app.image_pull, "cpus": app.cpus, "memory_mb": app.memory_mb,
             "time_limit": app.time_limit, "outputs": app.outputs, "env": {},
-            "network": app.network}
+            "network": app.network, **({"retries": app.retries} if app.retries else {})}
 
 
 def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
@@ -217,6 +217,9 @@ def to_metadata(job: Job) -> dict[str, Any]:
         "inputs": [{"option": i.option, "uuid": i.file_uuid, "path": i.relpath, "sha256": i.sha256,
                     "crc64nvme": i.crc64nvme, "size_bytes": i.size_bytes} for i in job.inputs],
         "outputs": (job.extra or {}).get("outputs"),
+        "retries": {"policy": (job.spec or {}).get("retries"),
+                    "previous_attempts": (job.extra or {}).get("retried", [])},
+        "kept_remote": (job.extra or {}).get("kept_remote"),
         "events": [{"state": ev.state, "message": ev.message, "at": _iso(ev.at)} for ev in job.events],
     }
 

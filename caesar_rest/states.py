@@ -48,7 +48,7 @@ ALL_STATES: tuple[JobState, ...] = ACTIVE_STATES + TERMINAL_STATES
 from . import models  # noqa: E402
 
 #: Every allowed transition, with why it exists. Anything else is refused by transition(); a terminal state has no
-#: way out (a retry, when it comes, will be a new edge here with its reason).
+#: way out (a retry goes back to PENDING from the attempt's active state, before any end is recorded).
 TRANSITIONS: dict[tuple[JobState, JobState], str] = {
     (PENDING, STARTED): "a worker claimed the job (atomically: a redelivered message finds it claimed)",
     (PENDING, CANCELED): "the user canceled the job before any worker took it",
@@ -63,6 +63,10 @@ TRANSITIONS: dict[tuple[JobState, JobState], str] = {
     (RUNNING, FAILURE): "the command exited non-zero, its outputs could not be collected, or the job was lost",
     (RUNNING, CANCELED): "the user canceled the running job, or its backend removed it",
     (RUNNING, TIMED_OUT): "the command ran past its time limit and was stopped",
+    (STARTED, PENDING): "a retry: the attempt was lost, or its node failed, before the command ran, and its app "
+                        "retries on that reason; the job is queued again for a fresh attempt (workers/retry.py)",
+    (RUNNING, PENDING): "a retry: the attempt was lost, its node failed, it ran out of memory or past its time "
+                        "limit, and its app retries on that reason; queued again for a fresh attempt",
 }
 
 

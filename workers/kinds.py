@@ -45,6 +45,7 @@ class Ending:
     pid: int | None = None
     outputs: list[dict[str, Any]] | None = None     # the output manifest (workers.job_dir.output_manifest)
     extra: dict[str, Any] = field(default_factory=dict)   # merged into job.extra, even when another end won
+    retry_reason: str | None = None     # lost, node_failure, oom, timed_out: the job may run again (workers/retry.py)
 
 
 @dataclass

@@ -70,9 +70,9 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
         except Exception as exc:
             log.exception("stopping the lost job %s on %s failed", job_id, backend_name)
             leftovers = f"; stopping it on the {backend_name} backend failed: {exc}"
-    runner.end(job_id, Ending(FAILURE, f"Job lost: {why} while it was {state} (worker {host}); "
-                                       f"it was not re-run{leftovers}"))
-    return FAILURE
+    how = Ending(FAILURE, f"Job lost: {why} while it was {state} (worker {host}); it was not re-run{leftovers}",
+                 retry_reason="lost")
+    return runner.end(job_id, how)         # FAILURE, or PENDING when its app retries lost attempts
 
 
 def watching_since(settings: Mapping[str, Any], s: Any, now: datetime) -> datetime:
@@ -130,16 +130,25 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
                                                               Job.host == HOST)).all()
     runner = Runner(settings)
     lost = 0
+    retried: list[str] = []
     dead = {jid for jid, extra in local_dead
             if (extra or {}).get("worker_pid") and not process_alive(int(extra["worker_pid"]))}
     for job_id in set(stale) | dead:
         why = "the worker running it died" if job_id in dead else "no heartbeat from its worker"
-        if declare_lost(runner, job_id, why) == "poll":
+        outcome = declare_lost(runner, job_id, why)
+        if outcome == "poll":
             follow(job_id)
+        elif outcome == PENDING:
+            retried.append(job_id)
         else:
             lost += 1
     for job_id, backend in pending:
         publish(job_id, backend)
+    if retried:
+        with session_scope(url) as s:
+            backends: dict[str, str] = dict(s.execute(select(Job.id, Job.backend).where(Job.id.in_(retried))).all())
+        for job_id in retried:
+            publish(job_id, backends[job_id])
     stale_parts = storage.remove_stale_uploads(settings["DATA_DIR"], float(settings["STALE_UPLOAD_AFTER"]))
-    return {"lost": lost, "republished": len(pending), "stale_uploads_removed": stale_parts,
+    return {"lost": lost, "republished": len(pending), "retried": len(retried), "stale_uploads_removed": stale_parts,
             "judged_staleness": int(judging)}

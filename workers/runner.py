@@ -3,6 +3,7 @@ cancel, time limits, fetch), end. How a kind plugs in: workers/kinds.py. The end
 lost jobs and the reaper: workers/lost.py. The states and their transitions: caesar_rest/states.py."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -34,7 +35,7 @@ from caesar_rest.db import session_scope
 from caesar_rest.models import Job, utcnow
 from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, Claim, claim, transition
 
-from . import ending, kept, lost
+from . import ending, kept, lost, retry
 from .kinds import Ending, KindRun, StepResult, kind_run
 
 log = logging.getLogger("caesar.runner")
@@ -75,6 +76,7 @@ class Runner:
         if stopped is not None:
             return self.end(held, stopped)
         steps = run.steps()
+        last: StepResult | None = None
         while True:
             spec = None
             try:
@@ -87,13 +89,13 @@ class Runner:
             self._submitted(held, run, backend, handle)
             if not backend.blocking:
                 return self.poll_once(held.id, held)        # a remote job: followed by poll tasks from now on
-            result = self._follow(held, run, backend, handle)
+            result = last = self._follow(held, run, backend, handle)
             if self._fetch(backend, handle, held, result):
                 self._cleanup(backend, handle, held, result)      # the outputs are in the job directory now
             stopped = run.step_ended(spec, result)
             if stopped is not None:
-                return self.end(held, kept.noted(held, backend, handle, result, stopped))
-        return self.end(held, run.finish())
+                return self.end(held, _classified(kept.noted(held, backend, handle, result, stopped), result))
+        return self.end(held, _classified(run.finish(), last))
 
     def _submitted(self, held: Claim, run: KindRun, backend: Backend, handle: str) -> None:
         """The handle (and the pid of a local job) recorded; an in-slot job is RUNNING from now, in the same UPDATE
@@ -236,8 +238,8 @@ class Runner:
         the backend stayed unreachable) the copy is kept and the job's status says where (workers/kept.py)."""
         fetched = self._fetch(backend, handle, held, result)
         stopped = run.step_ended(None, result)
-        state = self.end(held, kept.noted(held, backend, handle, result,
-                                          stopped if stopped is not None else run.finish()))
+        how = kept.noted(held, backend, handle, result, stopped if stopped is not None else run.finish())
+        state = self.end(held, _classified(how, result))
         if fetched:
             self._cleanup(backend, handle, held, result)
             if result.cleanup_error is not None:
@@ -261,8 +263,12 @@ class Runner:
 
     # ---- what kinds and the reaper call ------------------------------------------------------------------------------
     def end(self, held: Claim | str, how: Ending) -> str:
-        """Record the job's end (workers/ending.py). Returns the state the job ended in: `how.state`, or the state
-        another actor (a cancel, the reaper) ended it in first."""
+        """Record the job's end (workers/ending.py), unless the attempt ended for a reason its job retries on: then
+        PENDING, the job queued again (workers/retry.py; the caller publishes it). Returns the state the job is in:
+        `how.state`, PENDING, or the state another actor (a cancel, the reaper) ended it in first."""
+        again = retry.again(self, held, how)
+        if again is not None:
+            return again
         return ending.record(self, held, how)
 
     @contextmanager
@@ -322,6 +328,14 @@ class Runner:
     @staticmethod
     def _now() -> datetime:
         return utcnow()
+
+
+def _classified(how: Ending, result: StepResult | None) -> Ending:
+    """how, with the retry reason the attempt's last command gives (a kind may have set one already)."""
+    if how.retry_reason is not None:
+        return how
+    reason = retry.reason_of(result)
+    return dataclasses.replace(how, retry_reason=reason) if reason else how
 
 
 def reap(settings: Mapping[str, Any], publish, follow) -> dict[str, int]:

@@ -11,6 +11,7 @@ from caesar_rest.celery_app import POLL_TASK, REAP_TASK, RUN_TASK, publish_run
 from caesar_rest.config import queue_name
 from caesar_rest.db import dispose_all, session_scope
 from caesar_rest.models import Job
+from caesar_rest.states import PENDING
 
 from .runner import Runner, reap
 
@@ -44,6 +45,8 @@ def run_job(self, job_id: str) -> str:
     outcome = runner.run(job_id)
     if outcome == "poll":
         schedule_poll(self.app, job_id, follower=runner.follower)
+    elif outcome == PENDING:               # an attempt ended for a reason its app retries on: run it again
+        _publish_again(self.app, job_id)
     return outcome
 
 
@@ -55,7 +58,20 @@ def poll_job(self, job_id: str, follower: str | None = None) -> str:
     outcome = runner.poll_once(job_id, follower=follower)
     if outcome == "poll":
         schedule_poll(self.app, job_id, follower=runner.follower)
+    elif outcome == PENDING:
+        _publish_again(self.app, job_id)
     return outcome
+
+
+def _publish_again(app, job_id: str) -> None:
+    """A retried job's next attempt, on its pool (a broker refusal leaves it to the reaper's republish)."""
+    settings = app.conf["caesar_settings"]
+    with session_scope(settings["DATABASE_URL"]) as s:
+        backend = s.scalar(select(Job.backend).where(Job.id == job_id)) or settings["DEFAULT_BACKEND"]
+    try:
+        publish_run(app, settings, job_id, backend)
+    except Exception:
+        log.exception("job %s: the retry was not published; the reaper will", job_id)
 
 
 @shared_task(name=REAP_TASK, bind=True, ignore_result=True)

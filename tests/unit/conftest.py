@@ -36,6 +36,7 @@ STANDIN_BACKENDS: dict[str, dict[str, Any]] = {
     "remote_fetchfail": {"class": f"{STANDINS}:RemoteFetchFails", "fetch_failures": 1},
     "remote_nofetch": {"class": f"{STANDINS}:RemoteFetchFails", "fetch_failures": 2},
     "slow": {"class": f"{STANDINS}:SlowSubmit", "seconds": 1.5},
+    "oomonce": {"class": f"{STANDINS}:OomOnce"},
 }
 
 
@@ -116,6 +117,17 @@ resources: {time_limit: 1}
 """
 
 
+RETRY_APP = """
+name: probe-retry
+version: "1"
+command: [probe-tool]
+backends: [hang, oomonce, exit3, exit0, remote]
+default_backend: hang
+resources: {time_limit: 1}
+retries: {max: 2, on: [lost, oom, timed_out]}
+"""
+
+
 @pytest.fixture
 def standin_settings(tmp_path: Path) -> dict[str, Any]:
     """The embedded default (SQLite, filesystem broker) with the stand-in backends and an APPS_DIR of two apps."""
@@ -123,6 +135,7 @@ def standin_settings(tmp_path: Path) -> dict[str, Any]:
     apps.mkdir()
     (apps / "probe.yml").write_text(textwrap.dedent(STANDIN_APP).lstrip())
     (apps / "probe-limited.yml").write_text(textwrap.dedent(QUICK_LIMIT_APP).lstrip())
+    (apps / "probe-retry.yml").write_text(textwrap.dedent(RETRY_APP).lstrip())
     return embedded_settings(tmp_path / "var", APPS_DIR=str(apps), BACKENDS=dict(STANDIN_BACKENDS),
                              DEFAULT_BACKEND="exit0", JOB_POLL_INTERVAL=0.02, HEARTBEAT_INTERVAL=0.05)
 

@@ -214,6 +214,16 @@ class RemoteFetchFails(_FetchFails, Remote):
     name = "remote_fetchfail"
 
 
+class OomOnce(_StandIn):
+    """Killed for memory (exit 137, oom_killed) on a job's first attempt, exits 0 on the next ones."""
+
+    name = "oomonce"
+
+    def status(self, ran: Ran) -> BackendStatus:
+        first = jobs_of(ran.spec.job_id)[0] is ran
+        return BackendStatus(EXITED, exit_code=137, oom_killed=True) if first else BackendStatus(EXITED, exit_code=0)
+
+
 class SlowSubmit(_StandIn):
     """Takes `seconds` (a BACKENDS option) to accept a job, as a slow upload of its inputs to a remote peer does."""
 
