@@ -33,7 +33,7 @@ from caesar_rest.backends import (
 )
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job, utcnow
-from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, Claim, claim, transition
+from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, TIMED_OUT, Claim, claim, transition
 
 from . import ending, kept, lost, retry
 from .kinds import Ending, KindRun, StepResult, kind_run
@@ -334,7 +334,7 @@ def _classified(how: Ending, result: StepResult | None) -> Ending:
     """how, with the retry reason the attempt's last command gives (a kind may have set one already)."""
     if how.retry_reason is not None:
         return how
-    reason = retry.reason_of(result)
+    reason = "timed_out" if how.state == TIMED_OUT else retry.reason_of(result)   # a backend's own limit too
     return dataclasses.replace(how, retry_reason=reason) if reason else how
 
 
