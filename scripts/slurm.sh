@@ -91,6 +91,13 @@ write_config() {
   # The daemons talk over loopback: the host name need not resolve.
   node="$(slurmd -C | head -1 | sed 's/ UpTime=.*//') NodeAddr=127.0.0.1"
   [ -w /sys/fs/cgroup ] || [ -d /sys/fs/cgroup/freezer ] || proctrack=proctrack/linuxproc
+  # A job's memory is its limit where the memory controller is there (v1 here, or v2's): past it the kernel's
+  # OOM killer ends the job, which Slurm reports as OUT_OF_MEMORY.
+  local taskplugin=task/none ram=no
+  if [ "$proctrack" = proctrack/cgroup ] && { [ -d /sys/fs/cgroup/memory ] \
+      || grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; }; then
+    taskplugin=task/cgroup ram=yes
+  fi
   cat >"$CONF.tmp" <<EOF
 # caesar-rest test cluster (written by scripts/slurm.sh)
 ClusterName=caesar
@@ -110,7 +117,7 @@ SlurmdPidFile=$D/run/slurmd.pid
 SlurmctldLogFile=$D/logs/slurmctld.log
 SlurmdLogFile=$D/logs/slurmd.log
 ProctrackType=$proctrack
-TaskPlugin=task/none
+TaskPlugin=$taskplugin
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=512
@@ -127,10 +134,11 @@ SchedulerParameters=sched_interval=2
 $node
 PartitionName=debug Nodes=$H Default=YES MaxTime=INFINITE State=UP
 EOF
-  cat >"$D/etc/cgroup.conf" <<'EOF'
+  cat >"$D/etc/cgroup.conf" <<EOF
 CgroupPlugin=autodetect
 ConstrainCores=no
-ConstrainRAMSpace=no
+ConstrainRAMSpace=$ram
+ConstrainSwapSpace=$ram
 ConstrainDevices=no
 EOF
   if ! cmp -s "$CONF.tmp" "$CONF"; then mv "$CONF.tmp" "$CONF"; CHANGED=1; else rm -f "$CONF.tmp"; fi

@@ -72,7 +72,8 @@ def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
 
 
 def write_apps(dest: Path) -> Path:
-    """The shipped apps, allowed on every test slurm backend, their short and greedy variants, and TEST_APPS."""
+    """The shipped apps, allowed on every test slurm backend, sleeper with a 5 s limit, with more memory than the
+    node has and with 128 MB, and TEST_APPS."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in (REPO / "config" / "apps").glob("*.yml"):
         app = yaml.safe_load(path.read_text())
@@ -83,6 +84,8 @@ def write_apps(dest: Path) -> Path:
             (dest / "sleeper_5s.yml").write_text(yaml.safe_dump(short))
             greedy = {**app, "name": "sleeper_huge", "resources": {**app["resources"], "memory_mb": 10**8}}
             (dest / "sleeper_huge.yml").write_text(yaml.safe_dump(greedy))
+            small = {**app, "name": "sleeper_128m", "resources": {**app["resources"], "memory_mb": 128}}
+            (dest / "sleeper_128m.yml").write_text(yaml.safe_dump(small))
     for name, app in TEST_APPS.items():
         (dest / f"{name}.yml").write_text(yaml.safe_dump(app, sort_keys=False))     # options in argv order
     return dest

@@ -102,9 +102,9 @@ def record(state: str, **fields) -> dict:
             "batch_host": "vm", "comment": "caesar-rest job x", "user_name": "caesarjob", "time_limit": 2, **fields}
 
 
-# The ends a one-node test cluster cannot produce (a failed or preempted node, the cgroup OOM killer, which its
-# task/none plugin does not run, Slurm's own time limit, which the runner's reaches first), as slurmrestd 22.05
-# words them; the others are also produced for real below.
+# Every state as slurmrestd 22.05 words it: the ends a one-node test cluster cannot produce (a failed or preempted
+# node, a deadline, Slurm's own time limit, which the runner's reaches first) are checked here only; the others are
+# also produced for real below.
 @pytest.mark.parametrize("slurm, fields, state, exit_code, words", [
     ("PENDING", {"state_reason": "Resources"}, QUEUED, None, "Waiting in Slurm as job 42 (partition debug): Resources"),
     ("CONFIGURING", {}, QUEUED, None, "Waiting in Slurm"),
@@ -117,7 +117,7 @@ def record(state: str, **fields) -> dict:
     ("TIMEOUT", {}, FAILED, None, "time limit of 2 min (TIMEOUT)"),
     ("CANCELLED", {"comment": "caesar-rest job x" + CANCEL_MARK}, CANCELLED, None, "Job canceled by user"),
     ("CANCELLED", {}, FAILED, None, "cancelled outside caesar-rest (by its Slurm user 'caesarjob'"),
-    ("OUT_OF_MEMORY", {}, FAILED, None, "out of memory"),
+    ("OUT_OF_MEMORY", {"memory_per_node": 100}, FAILED, None, "killed job 42 past its memory limit of 100 MB"),
     ("NODE_FAIL", {}, LOST, None, "its node failed (NODE_FAIL"),
     ("BOOT_FAIL", {}, LOST, None, "BOOT_FAIL"),
     ("PREEMPTED", {}, LOST, None, "it was preempted (PREEMPTED"),
@@ -199,6 +199,15 @@ def test_the_time_limit_ends_the_job_timed_out(slurm_stack):
     record = wait_until(lambda: (r := slurm_record(stack, job_id))["job_state"] != "COMPLETING" and r, 30,
                         "Slurm done with the stopped job")
     assert record["time_limit"] == 2 and record["job_state"] == "CANCELLED", record    # Slurm's: a backstop
+
+
+def test_memory_past_the_jobs_limit_is_a_failure_out_of_memory(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper_128m", seconds=0, **{"allocate-mb": 600})
+    st = wait(stack, job_id)
+    assert st["state"] == "FAILURE", explain(stack, job_id)
+    assert st["status"].startswith("out of memory: the kernel killed job") and "limit of 128 MB" in st["status"], st
+    assert slurm_record(stack, job_id)["job_state"] == "OUT_OF_MEMORY"
 
 
 def test_a_partition_slurm_does_not_have_is_aborted_with_slurms_message(slurm_stack):

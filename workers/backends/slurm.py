@@ -308,8 +308,10 @@ def job_status(record: Mapping[str, Any]) -> BackendStatus:
         return BackendStatus(FAILED, reason=f"Slurm stopped job {slurm_id} at its time limit of "
                                             f"{record.get('time_limit')} min (TIMEOUT)", host=host)
     if state == "OUT_OF_MEMORY":
+        limit = record.get("memory_per_node")
         return BackendStatus(FAILED, oom_killed=True, host=host,
-                             reason=f"out of memory: Slurm stopped job {slurm_id} (OUT_OF_MEMORY)")
+                             reason=f"out of memory: the kernel killed job {slurm_id} past its memory limit"
+                                    f"{f' of {limit} MB' if isinstance(limit, int) else ''} (Slurm: OUT_OF_MEMORY)")
     if state == "CANCELLED":
         if str(record.get("comment") or "").endswith(CANCEL_MARK):
             return BackendStatus(CANCELLED, reason="Job canceled by user", host=host)
