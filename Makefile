@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 EXTRAS ?= test,postgres,container,pulsar,condor,batch,prod
 STAMP := $(VENV)/.installed
 
-.PHONY: install run lint test test-fast bench services clean
+.PHONY: install run lint test test-fast bench drills services clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-fast: install
 
 bench: install services
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The fault drills (issue 15): workers killed, the database cut, a PENDING backlog; one table of lost / doubled.
+drills: install services
+	$(PY) -m bench.drills $(DRILLS_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

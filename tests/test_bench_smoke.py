@@ -35,3 +35,21 @@ def test_quick_bench_produces_every_figure(tmp_path):
     # The table went to stdout with every figure's title.
     for fig in figures.values():
         assert fig["title"] in done.stdout
+
+
+def test_quick_drills_lose_and_double_nothing_they_must_not(tmp_path):
+    """`python -m bench.drills --quick`: every drill runs; none doubles a job or reports SUCCESS without outputs;
+    with retries and through a database outage every job succeeds; the backlog is republished once per job."""
+    out = tmp_path / "drills.json"
+    done = subprocess.run([sys.executable, "-m", "bench.drills", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    rows = {row["drill"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"kill-running", "kill-retrying", "db-outage", "pending-backlog"}
+    for row in rows.values():
+        assert row["doubled"] == 0 and row["success_without_outputs"] == 0, row
+    assert rows["kill-running"]["lost"] > 0                  # the kills did hit running jobs (no retry asked)
+    assert rows["kill-retrying"]["success"] == rows["kill-retrying"]["jobs"] > 0
+    assert rows["db-outage"]["success"] == rows["db-outage"]["jobs"] > 0
+    assert "once each" in rows["pending-backlog"]["note"]
+    assert "| kill-retrying |" in done.stdout
