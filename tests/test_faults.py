@@ -248,3 +248,26 @@ def test_database_outage_of_twice_stale_after_ends_no_healthy_job(tmp_path, pg_d
         worker.stop()
         dispose_all()
         proxy.down()
+
+
+def test_broker_restart_with_200_jobs_queued_runs_each_once(tmp_path, scratch_rabbit, pg_db):
+    """Issue 15's drill: 200 jobs accepted while no worker runs, the broker restarted under them, then a worker:
+    every job runs exactly once (durable queues, persistent messages, an atomic claim)."""
+    settings = production_settings(tmp_path / "var", pg_db, BROKER_URL=scratch_rabbit["url"])
+    client = create_app(settings).test_client()
+    ids = [client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {"seconds": 0, "message": f"n{i}"}}
+                       ).get_json()["job_id"] for i in range(200)]
+    assert len(set(ids)) == 200
+    subprocess.run(["bash", SCRATCH_RABBIT, "stop", *scratch_rabbit["args"]], check=True, timeout=120)
+    subprocess.run(["bash", SCRATCH_RABBIT, "start", *scratch_rabbit["args"]], check=True, timeout=120)
+    worker = start_worker(settings, ["local"], tmp_path / "worker.log", concurrency=2)
+    try:
+        status = lambda j: client.get(f"{API}/job/{j}/status").get_json()
+        for job_id in ids:
+            assert wait_state(status, job_id, timeout=300)["state"] == "SUCCESS"
+        for job_id in ids:
+            meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
+            assert meta["attempts"] == 1 and [e["state"] for e in meta["events"]].count("RUNNING") == 1
+    finally:
+        worker.stop()
+        dispose_all()
