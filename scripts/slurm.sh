@@ -63,11 +63,12 @@ install_packages() {
 make_users() {
   id -u "$REST_USER" >/dev/null 2>&1 || useradd -r -M -d /nonexistent -s /usr/sbin/nologin "$REST_USER"
   id -u "$JOB_USER" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin -u "$JOB_UID" "$JOB_USER"
-  # The apps' console scripts run the venv's Python; the job user may traverse (not list) the directories
-  # above it, and nothing else of theirs.
+  # The apps' console scripts run the venv's Python, which imports the apps from the repository (an editable
+  # install); the job user may traverse (not list) the directories down to them, the repository itself (a clone
+  # in a mode-700 directory) included, and nothing else of theirs.
   if [ -x "$VENV_PY" ]; then
     local dir
-    for dir in "$REPO" "$(readlink -f "$VENV_PY")"; do
+    for dir in "$REPO/scripts" "$VENV_PY" "$(readlink -f "$VENV_PY")"; do
       dir=$(dirname "$dir")
       while [ "$dir" != / ]; do
         [ "$(( $(stat -c '%a' "$dir") % 2 ))" = 1 ] || setfacl -m "u:$JOB_USER:x" "$dir"
