@@ -27,8 +27,7 @@ SLURM_BACKENDS = ("slurm", "slurm_stage", "slurm_outage")
 # Polls that fail for longer than this end the job. A stopped slurmctld makes each poll wait for slurmrestd's
 # own retries (9 to 18 s) before it fails: the timeout leaves room for one such poll after a restart.
 UNREACHABLE_TIMEOUT = 20
-# Test apps: argv of every option type (printf writes each argument NUL-terminated to stdout.log), a sleeper
-# with a 5 s time limit, and one asking for more memory than the node has.
+# Test apps: argv of every option type (printf writes each argument NUL-terminated to stdout.log), and ln -s.
 TEST_APPS = {
     "argv": {
         "name": "argv", "version": "1", "command": ["/usr/bin/printf", "%s\\0"], "backends": list(SLURM_BACKENDS),
@@ -43,6 +42,12 @@ TEST_APPS = {
             "flag": {"type": "bool"},
             "inputfile": {"type": "file"},
         },
+    },
+    "linker": {     # leaves a symlink named `name` to `target` among its outputs
+        "name": "linker", "version": "1", "command": ["/bin/ln", "-s"], "backends": list(SLURM_BACKENDS),
+        "default_backend": "slurm", "resources": {"cpus": 1, "memory_mb": 64, "time_limit": 120},
+        "options": {"target": {"type": "string", "style": "positional"},
+                    "name": {"type": "string", "style": "positional"}},
     },
 }
 

@@ -267,6 +267,18 @@ def test_a_staged_job_runs_in_scratch_and_its_outputs_come_back(slurm_stack):
     assert ran_in.parent == stack.root / "scratch" and not ran_in.exists(), ran_in     # cleaned after the fetch
 
 
+def test_a_staged_jobs_symlink_to_a_file_of_the_worker_is_not_copied_back(slurm_stack, tmp_path):
+    stack = slurm_stack
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the worker's own\n")
+    secret.chmod(0o600)         # root's: the job's account cannot read it, the worker copying back could
+    job_id = submit(stack, "linker", backend="slurm_stage", target=str(secret), name="leak.txt")
+    st = wait(stack, job_id)
+    assert st["state"] == "SUCCESS", explain(stack, job_id)
+    out = members(stack, job_id)
+    assert "leak.txt" not in out and not any(b"the worker's own" in data for data in out.values()), sorted(out)
+
+
 def test_a_job_slurm_does_not_know_is_lost(slurm_stack):
     status = slurm_stack.backend().poll("98765432")
     assert status.state == LOST and "Slurm no longer knows job 98765432" in status.reason

@@ -38,6 +38,7 @@ import re
 import secrets
 import shlex
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -181,18 +182,8 @@ class SlurmBackend(BackendBase):
         if self.mode != "stage":
             return
         _, rundir = self._split(handle)
-        if rundir is None or not rundir.is_dir():
-            return
-        for path in sorted(rundir.rglob("*")):
-            rel = path.relative_to(rundir)
-            if rel.parts[0] in ("inputs", "tmp") or path.is_symlink():
-                continue
-            target = Path(dest) / rel
-            if path.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif path.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+        if rundir is not None and rundir.is_dir():
+            copy_back(rundir, Path(dest))
 
     def cleanup(self, handle: str) -> None:
         """stage: the scratch directory goes. Slurm keeps no more than its record of the job."""
@@ -271,6 +262,29 @@ class SlurmBackend(BackendBase):
             raise BackendRejected(f"Command {command!r} not found on the worker host; Slurm runs executables in "
                                   "place, so it must exist at the same path on the nodes")
         return os.path.abspath(found)
+
+
+def copy_back(rundir: Path, dest: Path) -> None:
+    """The outputs a staged job left in rundir into dest: regular files and directories, never inputs/ nor tmp/.
+
+    The job's account owns rundir (and so does every other job of that account): walked through directory fds,
+    every file opened with O_NOFOLLOW, so that a symlink, or a directory swapped for one meanwhile, never makes
+    this worker copy a file of its own choosing into the outputs."""
+    for top, dirs, files, top_fd in os.fwalk(rundir, follow_symlinks=False):
+        rel = Path(top).relative_to(rundir)
+        if rel == Path("."):
+            dirs[:] = [d for d in dirs if d not in ("inputs", "tmp")]
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=top_fd)
+            except OSError:
+                continue        # a symlink (ELOOP), or gone
+            with os.fdopen(fd, "rb") as src:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    continue
+                with open(dest / rel / name, "wb") as out:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
 
 
 def job_script(argv: list[str]) -> str:
