@@ -5,7 +5,9 @@ node."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
 import tarfile
 import time
 from datetime import datetime
@@ -15,8 +17,18 @@ import pytest
 
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job
-from workers.backends.base import CANCELLED, EXITED, FAILED, LOST, QUEUED, RUNNING
-from workers.backends.slurm import CANCEL_MARK, job_script, job_status
+from workers.backends.base import (
+    CANCELLED,
+    EXITED,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    BackendNotConfigured,
+    BackendUnavailable,
+    JobSpec,
+)
+from workers.backends.slurm import CANCEL_MARK, SlurmBackend, job_script, job_status
 
 from ..apps.fitsgen import default_sources, make_image
 from ..support import API, client_status, full_health, job_processes, upload, wait_state, wait_until
@@ -277,6 +289,37 @@ def test_a_staged_jobs_symlink_to_a_file_of_the_worker_is_not_copied_back(slurm_
     assert st["state"] == "SUCCESS", explain(stack, job_id)
     out = members(stack, job_id)
     assert "leak.txt" not in out and not any(b"the worker's own" in data for data in out.values()), sorted(out)
+
+
+def test_a_token_given_in_the_settings_serves_instead_of_the_key(slurm_stack):
+    stack = slurm_stack
+    made = subprocess.run(["scontrol", "token", f"username={stack.cluster['CAESAR_TEST_SLURM_USER']}",
+                           "lifespan=600"], capture_output=True, text=True, check=True, timeout=60,
+                          env={**os.environ, "SLURM_CONF": stack.cluster["SLURM_CONF"]})
+    options = {**stack.app.config["BACKENDS"]["slurm"], "token": made.stdout.strip().partition("=")[2]}
+    del options["jwt_key"]
+    backend = SlurmBackend(stack.app.config, options)
+    assert backend.health()["partition_state"] == "UP"
+    workdir = stack.root / "token-job"       # where the job's account reaches
+    workdir.mkdir()
+    handle = backend.submit(JobSpec(job_id="token-job", owner="o", app="argv", argv=["/bin/true"], workdir=workdir,
+                                    time_limit_s=60, memory_mb=64))
+    status = wait_until(lambda: (s := backend.poll(handle)).state == EXITED and s, 60, "the job made with a token")
+    assert status.exit_code == 0, status
+
+
+def test_a_wrong_key_or_user_is_refused(slurm_stack, tmp_path):
+    stack = slurm_stack
+    key = tmp_path / "wrong.key"
+    key.write_bytes(os.urandom(32))
+    wrong = SlurmBackend(stack.app.config, {**stack.app.config["BACKENDS"]["slurm"], "jwt_key": str(key)})
+    # slurmrestd 22.05 answers a token the controller refuses with error -1, as it answers for a controller that
+    # is down: it counts as unreachable (REMOTE_UNREACHABLE_TIMEOUT), and says Slurm's words.
+    with pytest.raises(BackendUnavailable, match=r"\[Slurm error -1\]"):
+        wrong.health()
+    for user in ("root", ""):
+        with pytest.raises(BackendNotConfigured, match=r"root|'user'"):
+            SlurmBackend(stack.app.config, {**stack.app.config["BACKENDS"]["slurm"], "user": user})
 
 
 def test_a_job_slurm_does_not_know_is_lost(slurm_stack):
