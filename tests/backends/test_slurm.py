@@ -308,7 +308,7 @@ def test_a_token_given_in_the_settings_serves_instead_of_the_key(slurm_stack):
     assert status.exit_code == 0, status
 
 
-def test_a_wrong_key_or_user_is_refused(slurm_stack, tmp_path):
+def test_a_wrong_key_api_version_or_user_is_refused(slurm_stack, tmp_path):
     stack = slurm_stack
     key = tmp_path / "wrong.key"
     key.write_bytes(os.urandom(32))
@@ -317,6 +317,9 @@ def test_a_wrong_key_or_user_is_refused(slurm_stack, tmp_path):
     # is down: it counts as unreachable (REMOTE_UNREACHABLE_TIMEOUT), and says Slurm's words.
     with pytest.raises(BackendUnavailable, match=r"\[Slurm error -1\]"):
         wrong.health()
+    other_api = SlurmBackend(stack.app.config, {**stack.app.config["BACKENDS"]["slurm"], "api_version": "v0.0.39"})
+    with pytest.raises(BackendNotConfigured, match=r"does not serve /ping of API v0\.0\.39 \(HTTP 404\)"):
+        other_api.health()
     for user in ("root", ""):
         with pytest.raises(BackendNotConfigured, match=r"root|'user'"):
             SlurmBackend(stack.app.config, {**stack.app.config["BACKENDS"]["slurm"], "user": user})
