@@ -148,3 +148,50 @@ def test_downloads_cut_every_time_keep_the_remote_copy_until_refetched(cut_stack
     meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
     assert "sleeper.txt" in {o["path"] for o in meta["outputs"]}
     assert not p1.job_dir(pulsar_id).exists()
+
+
+def test_staging_a_big_input_for_longer_than_stale_after_is_not_declared_lost(pulsar_servers, tmp_path):
+    """Issue 15's drill: a 1 GiB input sent to a real Pulsar server while STALE_AFTER is 1 s and the reaper runs
+    every second. Before, the claim's heartbeat went stale during the upload and the reaper failed the job ("Job
+    lost") while the worker went on staging it. Now the worker's heartbeat thread keeps it alive throughout."""
+    import hashlib
+
+    from ..support import start_api
+
+    p1 = pulsar_servers["p1"]
+    p1.start()
+    servers = {"p1": {"url": p1.url, "private_token": p1.token, "app_path": APP_BIN}}
+    settings = embedded_settings(tmp_path / "var", APPS_DIR=str(_apps_dir(tmp_path / "apps")), BROKER_URL=RABBIT,
+                                 QUEUE_PREFIX=f"t{secrets.token_hex(4)}.", REMOTE_POLL_INTERVAL=0.5,
+                                 STALE_AFTER=1, HEARTBEAT_INTERVAL=0.2, REAPER_INTERVAL=1, REAPER_DB_GRACE=0,
+                                 BACKENDS={"local": {}, "pulsar": {"servers": servers, "default_server": "p1"}})
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fh:                  # 1 GiB, written in blocks (not held in memory)
+        block = hashlib.sha256(b"caesar").digest() * 32768        # 1 MiB
+        for _ in range(1024):
+            fh.write(block)
+    api, base = start_api(settings, tmp_path / "api.log")
+    worker = start_worker(settings, ["pulsar"], tmp_path / "worker.log", concurrency=1, beat=True)
+    try:
+        with open(big, "rb") as fh:
+            uploaded = requests.post(f"{base}{API}/upload", files={"file": ("big.bin", fh)}, timeout=600).json()
+        r = requests.post(f"{base}{API}/job", json={"app": "checksum", "backend": "pulsar",
+                                                    "job_inputs": {"inputfile": uploaded["uuid"],
+                                                                   "algorithm": "md5"}}, timeout=30)
+        job_id = r.json()["job_id"]
+        st = wait_state(lambda j: requests.get(f"{base}{API}/job/{j}/status", timeout=30).json(), job_id,
+                        timeout=600)
+        assert st["state"] == "SUCCESS", st
+        meta = requests.get(f"{base}{API}/job/{job_id}/metadata", timeout=30).json()
+        events = {e["state"]: e["at"] for e in meta["events"]}
+        from datetime import datetime
+        staging = (datetime.fromisoformat(events["RUNNING"].rstrip("Z")) -
+                   datetime.fromisoformat(events["STARTED"].rstrip("Z"))).total_seconds()
+        assert staging > 1, f"staging took {staging:.2f} s, not longer than STALE_AFTER: the drill proves nothing"
+        assert meta["attempts"] == 1 and "lost" not in st["status"].lower()
+        assert "Task caesar.reap[" in worker.log()              # the reaper ran while it staged
+        print(f"\n1 GiB staged to Pulsar in {staging:.1f} s with STALE_AFTER 1 s: not declared lost")
+    finally:
+        worker.stop()
+        api.stop()
+        dispose_all()
