@@ -87,6 +87,9 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
     resources = doc.get("resources") or {}
     params = resources.get("backend_parameters") or {}
     time_limit = int(params.get("time_limit") or settings.get("TES_TIME_LIMIT") or settings["DEFAULT_TIME_LIMIT"])
+    retries = dict(settings.get("TES_RETRIES") or {})
+    if "retries" in params:        # the task's own count, for the reasons the setting lists
+        retries = {"max": int(params["retries"]), "on": retries.get("on") or ["lost", "node_failure"]}
     ram_gb = resources.get("ram_gb")
     return insert_job(session, NewJob(
         owner=owner, kind="tes", app="tes", app_version=TES_VERSION, backend=backend,
@@ -94,8 +97,21 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
         status="Task queued", event="TES task submitted", name=doc.get("name"), tags=dict(doc.get("tags") or {}),
         spec={"image": doc["executors"][0]["image"], "cpus": resources.get("cpu_cores") or 1,
               "memory_mb": math.ceil(ram_gb * 1024) if ram_gb else None, "time_limit": time_limit,
-              "disk_gb": resources.get("disk_gb"), "backend_options": options, "env": {}, "outputs": []},
+              "disk_gb": resources.get("disk_gb"), "backend_options": options, "env": {}, "outputs": [],
+              **({"retries": retries} if int(retries.get("max") or 0) > 0 else {})},
         extra={"tes": doc, "tes_logs": {"system_logs": warnings}}))
+
+
+def _attempt_log(attempt: dict[str, Any], full: bool) -> dict[str, Any]:
+    """The TaskLog of an earlier attempt: its times, host and why it was run again."""
+    log: dict[str, Any] = {"logs": [], "outputs": [],
+                           "metadata": {k: str(attempt[k]) for k in ("host", "attempt", "reason") if attempt.get(k)}}
+    for key, field in (("start_time", "started"), ("end_time", "ended")):
+        if attempt.get(field):
+            log[key] = rfc3339(datetime.fromisoformat(attempt[field]))
+    if full:
+        log["system_logs"] = [str(attempt.get("status") or "")]
+    return log
 
 
 def get_task(session: Session, owner: str | None, task_id: str) -> Job:
@@ -191,6 +207,7 @@ def render(job: Job, view: str) -> dict[str, Any]:
                 not all(part in system_logs for part in status.split("; ")):
             system_logs.append(status)      # why the job ended, when the worker did not say it (lost, canceled early)
         task_log["system_logs"] = system_logs
-    task["logs"] = [task_log]
+    # A retried task has one TaskLog per attempt, oldest first, as TES says (workers/retry.py keeps them).
+    task["logs"] = [*(_attempt_log(a, full) for a in extra.get("retried") or []), task_log]
     task["creation_time"] = rfc3339(job.submit_date)
     return task

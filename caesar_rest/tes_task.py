@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import images
+from .apps import MAX_RETRIES
 from .backends import backend_class
 from .egress import Rules, literal_refusal, redact
 from .errors import BackendError, BadRequest, ServiceUnavailable
@@ -25,7 +26,7 @@ RESERVED_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64
                  "/sbin", "/sys", "/usr")
 KERNEL_DIRS = ("/dev", "/proc", "/sys")
 # backend_parameters this service understands itself (the backend's own job_options come on top).
-PARAMETERS = ("time_limit",)
+PARAMETERS = ("time_limit", "retries")
 READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
 TASK_FIELDS = ("name", "description", "inputs", "outputs", "resources", "executors", "volumes", "tags")
 INPUT_FIELDS = ("name", "description", "url", "path", "type", "content", "streamable")
@@ -306,6 +307,9 @@ def _validate_resources(settings: Mapping[str, Any], raw: Any, warnings: list[st
         if "time_limit" in kept:       # a string, as every backend parameter: "²" and "1e400" are not seconds
             parse_int(kept["time_limit"], "'resources.backend_parameters.time_limit' (whole seconds)", 1, 10**9,
                       field="resources.backend_parameters.time_limit")
+        if "retries" in kept:          # more attempts, for the reasons TES_RETRIES lists (default lost, node_failure)
+            parse_int(kept["retries"], "'resources.backend_parameters.retries' (a whole number of retries)", 0,
+                      MAX_RETRIES, field="resources.backend_parameters.retries")
         options = {k: v for k, v in kept.items() if k not in PARAMETERS}
         if checker is not None and options:
             problem = checker((settings.get("BACKENDS") or {}).get(backend) or {}, options)

@@ -40,11 +40,8 @@ def reason_of(result: StepResult | None) -> str | None:
     return None
 
 
-def policy_of(runner: Runner, job: Job) -> dict[str, Any] | None:
-    if job.kind == "tes":
-        found = runner.settings.get("TES_RETRIES")
-    else:
-        found = (job.spec or {}).get("retries")
+def policy_of(job: Job) -> dict[str, Any] | None:
+    found = (job.spec or {}).get("retries")      # an app's, or a TES task's (TES_RETRIES, backend_parameters)
     return found if isinstance(found, dict) and int(found.get("max") or 0) > 0 else None
 
 
@@ -58,7 +55,7 @@ def again(runner: Runner, held: Claim | str, how: Ending) -> str | None:
         job = s.get(Job, job_id)
         if job is None or job.state not in (STARTED, RUNNING) or job.cancel_requested:
             return None
-        policy = policy_of(runner, job)
+        policy = policy_of(job)
         attempt = int(job.attempts or 1)
         if policy is None or how.retry_reason not in policy.get("on", ()) or attempt > int(policy["max"]):
             return None

@@ -2,6 +2,7 @@
 SYSTEM_ERROR with the reason (a task never stays RUNNING forever)."""
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -48,3 +49,48 @@ def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
         second.stop()
         dispose_all()
     assert any("lost" in line.lower() for line in done["logs"][0]["system_logs"]), done
+
+
+def test_a_task_that_asks_for_retries_runs_again_after_its_worker_dies(tmp_path):
+    """resources.backend_parameters.retries (issue 15): the lost attempt is retried once by the next worker, in a
+    fresh directory; the task ends COMPLETE with one TaskLog per attempt, the lost one saying why."""
+    settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5,
+                                 TES_HOST_RUNTIME=True)
+    client = create_app(settings).test_client()
+
+    def task(task_id):
+        r = client.get(f"/ga4gh/tes/v1/tasks/{task_id}", query_string={"view": "FULL"})
+        schema.validate("tesTask", r.get_json())
+        return r.get_json()
+
+    def wait(task_id, states, timeout=30):
+        deadline = time.time() + timeout
+        while (current := task(task_id))["state"] not in states:
+            assert time.time() < deadline, current
+            time.sleep(0.1)
+        return current
+
+    bad = client.post("/ga4gh/tes/v1/tasks", json={"executors": [{"image": "alpine", "command": ["true"]}],
+                                                  "resources": {"backend_parameters": {"retries": "11"}}})
+    assert bad.status_code == 400 and "retries" in bad.get_json()["message"]
+    first = start_worker(settings, ["local"], tmp_path / "w1.log", concurrency=1)
+    try:
+        r = client.post("/ga4gh/tes/v1/tasks", json={
+            "executors": [{"image": "alpine", "command": ["sh", "-c", "sleep 4; echo done"]}],
+            "resources": {"backend_parameters": {"retries": "1"}}})
+        task_id = r.get_json()["id"]
+        wait(task_id, ("RUNNING",))
+        assert job_processes(task_id)
+    finally:
+        first.stop(signal.SIGKILL)
+    second = start_worker(settings, ["local"], tmp_path / "w2.log", concurrency=1, beat=True)
+    try:
+        done = wait(task_id, ("COMPLETE", "SYSTEM_ERROR", "EXECUTOR_ERROR"), timeout=60)
+    finally:
+        second.stop()
+        dispose_all()
+    assert done["state"] == "COMPLETE", done
+    lost, final = done["logs"]
+    assert lost["metadata"]["reason"] == "lost" and lost["metadata"]["attempt"] == "1"
+    assert "Job lost" in lost["system_logs"][0] and lost["start_time"] <= lost["end_time"] <= final["start_time"]
+    assert final["logs"][0]["stdout"].strip() == "done", json.dumps(done["logs"])
