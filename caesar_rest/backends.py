@@ -72,6 +72,7 @@ class BackendStatus:
     pid: int | None = None
     host: str | None = None
     oom_killed: bool = False
+    timed_out: bool = False     # the backend itself stopped the job at its time limit (Slurm's TIMEOUT): TIMED-OUT
 
 
 class Backend(Protocol):

@@ -120,6 +120,8 @@ class AppRun:
             state, message = CANCELED, "Job canceled by user"
         elif result.outcome == "timeout":
             state, message = TIMED_OUT, f"Job exceeded its time limit of {float(self.time_limit):g} s and was stopped"
+        elif status.timed_out:
+            state, message = TIMED_OUT, status.reason or f"The {backend} backend stopped the job at its time limit"
         elif status.state == EXITED and rc == 0 and not problems:
             state, message = SUCCESS, "Process terminated with success"
         elif status.state == EXITED:

@@ -37,6 +37,7 @@ STANDIN_BACKENDS: dict[str, dict[str, Any]] = {
     "remote_nofetch": {"class": f"{STANDINS}:RemoteFetchFails", "fetch_failures": 2},
     "slow": {"class": f"{STANDINS}:SlowSubmit", "seconds": 1.5},
     "oomonce": {"class": f"{STANDINS}:OomOnce"},
+    "ownlimit": {"class": f"{STANDINS}:StopsAtItsLimit"},
 }
 
 
@@ -121,7 +122,7 @@ RETRY_APP = """
 name: probe-retry
 version: "1"
 command: [probe-tool]
-backends: [hang, oomonce, exit3, exit0, remote]
+backends: [hang, oomonce, exit3, exit0, remote, ownlimit]
 default_backend: hang
 resources: {time_limit: 1}
 retries: {max: 2, on: [lost, oom, timed_out]}

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from caesar_rest.backends import (
     EXITED,
+    FAILED,
     QUEUED,
     RUNNING,
     BackendBase,
@@ -222,6 +223,15 @@ class OomOnce(_StandIn):
     def status(self, ran: Ran) -> BackendStatus:
         first = jobs_of(ran.spec.job_id)[0] is ran
         return BackendStatus(EXITED, exit_code=137, oom_killed=True) if first else BackendStatus(EXITED, exit_code=0)
+
+
+class StopsAtItsLimit(_StandIn):
+    """The backend's own time limit ends the job (as Slurm's TIMEOUT does), before the runner's deadline."""
+
+    name = "ownlimit"
+
+    def status(self, ran: Ran) -> BackendStatus:
+        return BackendStatus(FAILED, reason="the cluster stopped it at its time limit (TIMEOUT)", timed_out=True)
 
 
 class SlowSubmit(_StandIn):

@@ -66,6 +66,14 @@ def test_a_lost_attempt_is_run_again_when_the_app_retries_lost(standin_app, stan
     assert row["extra"]["retried"][0]["reason"] == "lost" and len(standins.jobs_of(job_id)) == 1
 
 
+def test_a_backends_own_time_limit_is_timed_out_and_retried_as_such(standin_app, standin_client):
+    job_id = submit(standin_client, "ownlimit", app="probe-retry")
+    assert run_until_done(standin_app, job_id) == ["PENDING", "PENDING", "TIMED-OUT"]
+    row, _events = job_row(standin_app, job_id)
+    assert row["status"] == "the cluster stopped it at its time limit (TIMEOUT)"
+    assert [a["reason"] for a in row["extra"]["retried"]] == ["timed_out", "timed_out"]
+
+
 def test_a_non_zero_exit_is_never_retried(standin_app, standin_client):
     job_id = submit(standin_client, "exit3", app="probe-retry")
     assert run_until_done(standin_app, job_id) == ["FAILURE"]
