@@ -75,6 +75,9 @@ def slurm_alone(options: dict[str, Any], workdir: Path, n: int, warmup: int = 1)
             record = backend.rest.job(slurm_id)
             if record is None or record.get("job_state") not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
                 break
+            if time.perf_counter() - t0 > 120:
+                raise RuntimeError(f"Slurm job {slurm_id} still {record.get('job_state')} "
+                                   f"({record.get('state_reason')}) after 120 s")
             time.sleep(0.05)
         if record is None or record.get("job_state") != "COMPLETED":
             raise RuntimeError(f"Slurm job {slurm_id} ended {record and record.get('job_state')}")
@@ -83,7 +86,7 @@ def slurm_alone(options: dict[str, Any], workdir: Path, n: int, warmup: int = 1)
     return times
 
 
-def through_the_service(base: str, db_url: str, n: int, warmup: int = 1) -> dict[str, Any]:
+def through_the_service(base: str, db_url: str, n: int, worker_log: Path, warmup: int = 1) -> dict[str, Any]:
     conn = Connection(base)
     totals: list[float] = []
     phases: dict[str, list[float]] = {"queued": [], "submitted": [], "running": []}
@@ -100,7 +103,10 @@ def through_the_service(base: str, db_url: str, n: int, warmup: int = 1) -> dict
                 while True:
                     got = list(pg.notifies(timeout=120, stop_after=1))
                     if not got:
-                        raise RuntimeError(f"job {job_id} did not end in 120 s")
+                        state, message = pg.execute("SELECT state, status FROM jobs WHERE id = %s",
+                                                    (job_id,)).fetchone()
+                        raise RuntimeError(f"job {job_id} did not end in 120 s: {state}, {message!r}; the worker's "
+                                           f"log ends:\n{worker_log.read_text(errors='replace')[-3000:]}")
                     if got[0].payload == job_id:
                         break
                 elapsed = time.perf_counter() - t0
@@ -147,7 +153,7 @@ def measure(n: int, poll_interval: float | None, scratch: Path | None) -> tuple[
         api, base = start_api(settings, root / "api.log")
         worker = start_worker(settings, ["slurm"], root / "worker.log", concurrency=2)
         alone = slurm_alone(options, root, n)
-        served = through_the_service(base, db_url, n)
+        served = through_the_service(base, db_url, n, root / "worker.log")
     finally:
         for proc in (worker, api):
             if proc is not None:

@@ -5,9 +5,11 @@ node."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import time
 from datetime import datetime
@@ -31,7 +33,7 @@ from workers.backends.base import (
 from workers.backends.slurm import CANCEL_MARK, SlurmBackend, job_script, job_status
 
 from ..apps.fitsgen import default_sources, make_image
-from ..support import API, client_status, full_health, job_processes, upload, wait_state, wait_until
+from ..support import API, REPO, client_status, full_health, job_processes, upload, wait_state, wait_until
 from .slurm_fixtures import UNREACHABLE_TIMEOUT, SlurmStack, slurm_script
 
 # Slurm schedules every 2 s here; other suites share the 2 cores.
@@ -404,3 +406,15 @@ def test_twenty_jobs_on_one_node_followed_by_two_worker_processes(slurm_stack):
              for j in jobs]
     print(f"\n20 sleepers of 1 s on a one-node, 2-CPU Slurm cluster, 2 worker processes: all SUCCESS after "
           f"{time.time() - t0:.1f} s, the last ended {(max(ended) - min(ended)).total_seconds():.1f} s after the first")
+
+
+def test_the_slurm_bench_runs_and_gives_both_figures(slurm_cluster, tmp_path):
+    """`python -m bench.slurm` (not one of `make bench`'s phases: it needs this cluster) on two jobs of each kind."""
+    out = tmp_path / "slurm.json"
+    done = subprocess.run([sys.executable, "-m", "bench.slurm", "--jobs", "2", "--poll-interval", "0.5", "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    figures = json.loads(out.read_text())["figures"]
+    for key in ("slurm_noop_p50", "slurm_noop_p95"):
+        assert figures[key]["value"] > 0 and figures[key]["baseline"] > 0, figures[key]
+    assert figures["slurm_noop_p50"]["details"]["remote_poll_interval"] == 0.5
