@@ -23,7 +23,7 @@ from ..support import RABBIT, REPO, Proc, embedded_settings, free_port, start_wo
 
 SCRIPT = REPO / "scripts" / "slurm.sh"
 SLURM_CLASS = "workers.backends.slurm:SlurmBackend"
-SLURM_BACKENDS = ("slurm", "slurm_stage", "slurm_outage")
+SLURM_BACKENDS = ("slurm", "slurm_stage", "slurm_outage", "slurm_tight")
 # Polls that fail for longer than this end the job. A stopped slurmctld makes each poll wait for slurmrestd's
 # own retries (9 to 18 s) before it fails: the timeout leaves room for one such poll after a restart.
 UNREACHABLE_TIMEOUT = 20
@@ -77,8 +77,8 @@ def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
 
 
 def write_apps(dest: Path) -> Path:
-    """The shipped apps, allowed on every test slurm backend, sleeper with a 5 s limit, with more memory than the
-    node has and with 128 MB, and TEST_APPS."""
+    """The shipped apps, allowed on every test slurm backend, sleeper with a 5 s and a 2 min limit, with more memory
+    than the node has and with 128 MB, and TEST_APPS."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in (REPO / "config" / "apps").glob("*.yml"):
         app = yaml.safe_load(path.read_text())
@@ -91,6 +91,8 @@ def write_apps(dest: Path) -> Path:
             (dest / "sleeper_huge.yml").write_text(yaml.safe_dump(greedy))
             small = {**app, "name": "sleeper_128m", "resources": {**app["resources"], "memory_mb": 128}}
             (dest / "sleeper_128m.yml").write_text(yaml.safe_dump(small))
+            two = {**app, "name": "sleeper_2m", "resources": {**app["resources"], "time_limit": 120}}
+            (dest / "sleeper_2m.yml").write_text(yaml.safe_dump(two))
     for name, app in TEST_APPS.items():
         (dest / f"{name}.yml").write_text(yaml.safe_dump(app, sort_keys=False))     # options in argv order
     return dest
@@ -111,6 +113,8 @@ class SlurmStack:
             "slurm_stage": slurm_options(cluster, workdir="stage", scratch=str(scratch), **{"class": SLURM_CLASS}),
             "slurm_outage": slurm_options(cluster, url=f"http://127.0.0.1:{self.outage_port}",
                                           **{"class": SLURM_CLASS}),
+            # Slurm's time limit a minute below the app's, so that Slurm's TIMEOUT comes before the runner's own
+            "slurm_tight": slurm_options(cluster, time_limit_margin=-60, **{"class": SLURM_CLASS}),
         }
         self.settings = embedded_settings(root / "var", APPS_DIR=str(write_apps(root / "apps")), BACKENDS=backends,
                                           BROKER_URL=RABBIT, QUEUE_PREFIX=f"t{secrets.token_hex(4)}.",

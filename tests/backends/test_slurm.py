@@ -117,8 +117,7 @@ def record(state: str, **fields) -> dict:
 
 
 # Every state as slurmrestd 22.05 words it: the ends a one-node test cluster cannot produce (a failed or preempted
-# node, a deadline, Slurm's own time limit, which the runner's reaches first) are checked here only; the others are
-# also produced for real below.
+# node, a deadline) are checked here only; the others are also produced for real below.
 @pytest.mark.parametrize("slurm, fields, state, exit_code, words", [
     ("PENDING", {"state_reason": "Resources"}, QUEUED, None, "Waiting in Slurm as job 42 (partition debug): Resources"),
     ("CONFIGURING", {}, QUEUED, None, "Waiting in Slurm"),
@@ -142,6 +141,7 @@ def test_slurm_states_map_per_the_table(slurm, fields, state, exit_code, words):
     assert (status.state, status.exit_code) == (state, exit_code), status
     assert words in status.reason, status
     assert status.oom_killed == (slurm == "OUT_OF_MEMORY")
+    assert status.timed_out == (slurm == "TIMEOUT")
 
 
 # ---- against the cluster ------------------------------------------------------------------------------------------
@@ -222,6 +222,16 @@ def test_memory_past_the_jobs_limit_is_a_failure_out_of_memory(slurm_stack):
     assert st["state"] == "FAILURE", explain(stack, job_id)
     assert st["status"].startswith("out of memory: the kernel killed job") and "limit of 128 MB" in st["status"], st
     assert slurm_record(stack, job_id)["job_state"] == "OUT_OF_MEMORY"
+
+
+def test_slurms_own_time_limit_ends_the_job_timed_out_with_slurms_reason(slurm_stack):
+    stack = slurm_stack
+    job_id = submit(stack, "sleeper_2m", backend="slurm_tight", seconds=300)   # Slurm's limit 1 min, the app's 2
+    st = wait(stack, job_id, timeout=JOB_TIMEOUT + 60)
+    assert st["state"] == "TIMED-OUT", explain(stack, job_id)
+    assert "Slurm stopped job" in st["status"] and "time limit of 1 min (TIMEOUT)" in st["status"], st
+    assert slurm_record(stack, job_id, "slurm_tight")["job_state"] == "TIMEOUT"
+    wait_until(lambda: not job_processes(job_id), 30, "the timed-out job's processes gone")
 
 
 def test_a_partition_slurm_does_not_have_is_aborted_with_slurms_message(slurm_stack):

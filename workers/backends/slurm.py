@@ -319,8 +319,9 @@ def job_status(record: Mapping[str, Any]) -> BackendStatus:
     if state == "FAILED":
         return BackendStatus(FAILED, reason=f"Slurm failed job {slurm_id}: {reason}", host=host)
     if state == "TIMEOUT":
-        return BackendStatus(FAILED, reason=f"Slurm stopped job {slurm_id} at its time limit of "
-                                            f"{record.get('time_limit')} min (TIMEOUT)", host=host)
+        return BackendStatus(FAILED, timed_out=True, host=host, reason=f"Slurm stopped job {slurm_id} at its time "
+                                                                       f"limit of {record.get('time_limit')} min "
+                                                                       "(TIMEOUT)")
     if state == "OUT_OF_MEMORY":
         limit = record.get("memory_per_node")
         return BackendStatus(FAILED, oom_killed=True, host=host,
