@@ -9,7 +9,7 @@ import time
 
 from caesar_rest.s3store import Checksums
 
-from ..support import API, client_status, full_health, upload, wait_state
+from ..support import API, client_status, full_health, upload, wait_state, wait_until
 from .batch_fixtures import aws
 
 TIMEOUT = 180
@@ -68,8 +68,9 @@ def test_job_reads_uploaded_input_from_s3_and_output_lands_in_tarball(batch_stac
     assert definition["timeout"]["attemptDurationSeconds"] == 360
     # the job's S3 prefix is gone once the job ended
     prefix = meta["handle"].split("|", 1)[1]
-    listing = aws("s3", batch_stack.setup.endpoint).list_objects_v2(Bucket=batch_stack.setup.bucket, Prefix=prefix)
-    assert listing.get("KeyCount", 0) == 0
+    s3 = aws("s3", batch_stack.setup.endpoint)       # removed after the end is recorded: waited for
+    wait_until(lambda: s3.list_objects_v2(Bucket=batch_stack.setup.bucket, Prefix=prefix).get("KeyCount", 0) == 0,
+               30, "the job's S3 prefix to be removed")
 
 
 def test_failing_job_reports_exit_status_and_stderr(batch_stack):

@@ -13,7 +13,7 @@ from workers.backends.base import LOST
 from workers.backends.htcondor import condor_arguments, condor_environment
 
 from ..apps.fitsgen import default_sources, make_image
-from ..support import API, client_status, full_health, upload, wait_state
+from ..support import API, client_status, full_health, upload, wait_state, wait_until
 from .htcondor_fixtures import CondorStack, htcondor_script
 
 # A condor job takes a few seconds to be matched and started; the machine may be busy with other tests.
@@ -88,6 +88,8 @@ def test_checksum_spooled_succeeds_with_the_tarball_of_a_local_run(condor_stack)
     meta = stack.client.get(f"{API}/job/{condor_id}/metadata").get_json()
     assert meta["backend"] == "condor" and meta["exit_status"] == 0
     # the pool's record: our job id, the user's accounting group, the requested resources
+    # the backend's copy goes after the end is recorded: waited for
+    wait_until(lambda: in_pool(stack, condor_id)[0] == [], 60, "the job to leave the queue")
     queue, history = in_pool(stack, condor_id)
     assert queue == [] and len(history) == 1, (queue, history)
     ad = history[0]
@@ -121,6 +123,8 @@ def test_held_job_fails_with_the_hold_reason_and_leaves_the_queue(condor_stack):
     st = wait(stack, job_id)
     assert st["state"] == "FAILURE", st
     assert "held" in st["status"] and "/nonexistent/caesar-missing" in st["status"], st
+    # the backend's copy goes after the end is recorded: waited for
+    wait_until(lambda: in_pool(stack, job_id)[0] == [], 60, "the held job to leave the queue")
     queue, history = in_pool(stack, job_id)
     assert queue == [] and len(history) == 1, (queue, history)
 
@@ -133,6 +137,8 @@ def test_cancel_removes_the_job_from_the_pool(condor_stack):
     assert r.status_code == 200, r.get_json()
     st = wait(stack, job_id, timeout=60)
     assert st["state"] == "CANCELED" and st["status"] == "Job canceled by user", st
+    # The pool's copy goes after the end is recorded (nothing is removed before the outputs are safe): wait for it.
+    wait_until(lambda: in_pool(stack, job_id)[0] == [], 60, "the canceled job to leave the queue")
     queue, history = in_pool(stack, job_id)
     assert queue == [] and [ad["JobStatus"] for ad in history] == [3], (queue, history)
 

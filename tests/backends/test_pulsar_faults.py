@@ -17,7 +17,7 @@ from caesar_rest import create_app
 from caesar_rest.db import dispose_all
 from workers import kept
 
-from ..support import API, RABBIT, client_status, embedded_settings, start_worker, wait_state
+from ..support import API, RABBIT, client_status, embedded_settings, start_worker, wait_state, wait_until
 from .pulsar_fixtures import APP_BIN, _apps_dir
 
 
@@ -129,7 +129,8 @@ def test_a_download_cut_once_is_fetched_again_and_the_tarball_is_whole(cut_stack
     with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("/sleeper.txt"))
         assert tar.extractfile(member).read() == f"{MESSAGE}\n".encode()
-    assert not p1.job_dir(meta["handle"].rpartition(":")[2]).exists()    # removed after the end was recorded
+    wait_until(lambda: not p1.job_dir(meta["handle"].rpartition(":")[2]).exists(), 30,
+               "the Pulsar job's removal, after the end was recorded")
 
 
 def test_downloads_cut_every_time_keep_the_remote_copy_until_refetched(cut_stack):
