@@ -218,6 +218,10 @@ class Runner:
             return self._remote_end(held, run, backend, handle, StepResult(BackendStatus(FAILED, reason=why)))
         with session_scope(self.url) as s:
             s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=self._now(), unreachable_since=None))
+            if status.state == QUEUED and status.reason:
+                # Why it waits, in the backend's words (Slurm's "Resources", "Priority"), while it is still STARTED.
+                s.execute(update(Job).where(Job.id == job_id, Job.state == STARTED, Job.status != status.reason)
+                          .values(status=status.reason))
             if status.state != QUEUED:
                 # A job that ended before any poll saw it run still gets its RUNNING step, from submission on.
                 run_date = self._now() if status.state == B_RUNNING else started

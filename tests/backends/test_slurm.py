@@ -405,6 +405,10 @@ def test_twenty_jobs_on_one_node_followed_by_two_worker_processes(slurm_stack):
                                   if s.state == QUEUED and ("Resources" in s.reason or "Priority" in s.reason)],
                          60, "a job waiting in Slurm for resources")
     assert "Waiting in Slurm as job" in waiting[0].reason, waiting[0]
+    # ... and so does the job's own status line while it is STARTED.
+    status_lines = lambda: [st["status"] for st in (client_status(stack.client)(j) for j in jobs)
+                            if st["state"] == "STARTED" and "Waiting in Slurm as job" in st["status"]]
+    assert wait_until(status_lines, 60, "a waiting job whose status line gives Slurm's reason")
     states = [wait(stack, job, timeout=300) for job in jobs]
     assert [s["state"] for s in states] == ["SUCCESS"] * 20, [explain(stack, j)
                                                               for j, s in zip(jobs, states, strict=True)

@@ -175,7 +175,8 @@ class Remote(_StandIn):
     def status(self, ran: Ran) -> BackendStatus:
         steps = SCRIPTS[ran.spec.options.get("script") or "queued-running-exit"]
         state = steps[min(ran.polls, len(steps)) - 1]
-        return BackendStatus(state, exit_code=0 if state == EXITED else None, host="remote.example")
+        reason = "Waiting in the stand-in queue: Resources" if state == QUEUED else ""
+        return BackendStatus(state, exit_code=0 if state == EXITED else None, host="remote.example", reason=reason)
 
 
 class _FetchFails:

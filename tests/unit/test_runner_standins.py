@@ -229,6 +229,7 @@ def test_a_remote_job_is_submitted_then_followed_poll_by_poll(standin_app, stand
     assert runner.run(job_id) == "poll"                         # submitted; its first poll saw it queued
     row, events = job_row(standin_app, job_id)
     assert row["state"] == "STARTED" and row["handle"].startswith("remote-")
+    assert row["status"] == "Waiting in the stand-in queue: Resources"      # the backend's reason, while it waits
     assert runner.poll_once(job_id) == "poll"
     assert job_row(standin_app, job_id)[0]["state"] == "RUNNING"
     assert runner.poll_once(job_id) == "SUCCESS"
