@@ -29,6 +29,7 @@ class CuttingRelay:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.cuts = 0
+        self.corruptions = 0                  # while > 0: an output download arrives whole but with a byte changed
         self.cut_names: list[str] = []
         relay = self
 
@@ -42,8 +43,12 @@ class CuttingRelay:
                 r = requests.request(self.command, relay.upstream + self.path, data=body, headers=headers,
                                      timeout=60)
                 data = r.content
-                cut = relay.cuts > 0 and self.command == "GET" and "/files" in self.path and \
-                    "type=output_workdir" in self.path and len(data) > 1
+                output = self.command == "GET" and "/files" in self.path and "type=output_workdir" in self.path
+                cut = relay.cuts > 0 and output and len(data) > 1
+                if relay.corruptions > 0 and output and data:
+                    relay.corruptions -= 1
+                    relay.cut_names.append(self.path)
+                    data = bytes([data[0] ^ 0x20]) + data[1:]
                 self.send_response(r.status_code)
                 for key, value in r.headers.items():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
@@ -131,6 +136,20 @@ def test_a_download_cut_once_is_fetched_again_and_the_tarball_is_whole(cut_stack
         assert tar.extractfile(member).read() == f"{MESSAGE}\n".encode()
     wait_until(lambda: not p1.job_dir(meta["handle"].rpartition(":")[2]).exists(), 30,
                "the Pulsar job's removal, after the end was recorded")
+
+
+def test_an_output_altered_on_the_way_is_caught_by_its_sha256_and_fetched_again(cut_stack):
+    """The job's command lists its files' sha256 on the Pulsar server; a copy that arrives with the right length
+    but a changed byte is refused and downloaded again. Before, the altered file was the job's output."""
+    _settings, client, relay, _p1 = cut_stack
+    relay.corruptions = 1
+    job_id, st = run_sleeper(client)
+    assert st["state"] == "SUCCESS", st
+    assert relay.cut_names, "the relay never altered a download"
+    r = client.get(f"{API}/job/{job_id}/output")
+    with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/sleeper.txt"))
+        assert tar.extractfile(member).read() == f"{MESSAGE}\n".encode()
 
 
 def test_downloads_cut_every_time_keep_the_remote_copy_until_refetched(cut_stack):

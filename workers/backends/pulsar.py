@@ -1,6 +1,7 @@
 """Pulsar backend: jobs run on Galaxy Pulsar servers over Pulsar's REST interface, without holding a worker slot."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ _RETRY_STATUS = {502, 503, 504}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INPUTS = "inputs"                   # the runner stages inputs under <workdir>/inputs/: never an output
 DIRS_MANIFEST = "caesar_dirs"       # written by the command into Pulsar's metadata dir: the job's directories
+SUMS_MANIFEST = "caesar_sha256"     # and `sha256sum` of its files, which every download is checked against
 
 
 class _Scrubbed(Exception):
@@ -202,12 +204,13 @@ class PulsarBackend(BackendBase):
         if state.get("status") == "lost":
             return                      # nothing left on the server; the job's status says so
         dest = Path(dest)
+        metadata = set(state.get("metadata_directory_contents") or [])
+        expected = self._sums(server, pulsar_id) if SUMS_MANIFEST in metadata else {}
         for name in state.get("working_directory_contents") or []:
             rel = _relative(name, "output")
             if PurePosixPath(rel).parts[0] == INPUTS or rel in ("stdout.log", "stderr.log"):
                 continue
-            self._download(server, pulsar_id, rel, "output_workdir", dest / rel)
-        metadata = set(state.get("metadata_directory_contents") or [])
+            self._download(server, pulsar_id, rel, "output_workdir", dest / rel, expected.get(rel))
         if DIRS_MANIFEST in metadata:
             listing = self._call(server, "GET", f"/jobs/{pulsar_id}/files",
                                  {"name": DIRS_MANIFEST, "type": "output_metadata"}).content
@@ -251,11 +254,13 @@ class PulsarBackend(BackendBase):
         app_path = self.servers[server]["app_path"]
         if app_path:
             assignments = f"PATH={q(str(app_path))}:\"$PATH\" {assignments}"
-        manifest = q(f"{metadata_dir}/{DIRS_MANIFEST}")
-        # After the app: drop the input links, list the directories (Pulsar lists files only), keep the exit status.
+        manifest, sums = q(f"{metadata_dir}/{DIRS_MANIFEST}"), q(f"{metadata_dir}/{SUMS_MANIFEST}")
+        # After the app: drop the input links, list the directories (Pulsar lists files only) and the files' sha256
+        # (each download is checked against it), keep the app's exit status.
         unlink = f"rm -f -- {' '.join(q(top) for top in tops)}; " if tops else ""
         run = (f"{{ {assignments} {' '.join(q(str(a)) for a in job.argv)}; rc=$?; {unlink}"
-               f"find . -mindepth 1 -type d -print0 > {manifest} 2>/dev/null; (exit $rc); }}")
+               f"find . -mindepth 1 -type d -print0 > {manifest} 2>/dev/null; "
+               f"find . -type f -exec sha256sum -- {{}} + > {sums} 2>/dev/null; (exit $rc); }}")
         return " && ".join([*steps, run])
 
     def _status(self, server: str, pulsar_id: str) -> dict[str, Any]:
@@ -273,21 +278,42 @@ class PulsarBackend(BackendBase):
             raise BackendUnavailable(f"Pulsar server {server} answered {what or path} with {body!r:.80}")
         return body
 
-    def _download(self, server: str, pulsar_id: str, name: str, kind: str, target: Path) -> None:
+    def _sums(self, server: str, pulsar_id: str) -> dict[str, str]:
+        """The files' sha256 as the job's own command computed them on the server ({relative path: hex}). A name
+        sha256sum had to escape (a backslash or a newline in it) is left out: that file is checked by size only."""
+        text = self._call(server, "GET", f"/jobs/{pulsar_id}/files", {"name": SUMS_MANIFEST, "type": "output_metadata"},
+                          what="reading the outputs' checksums").content.decode("utf-8", "replace")
+        found: dict[str, str] = {}
+        for line in text.splitlines():
+            digest, sep, name = line.partition("  ")
+            if sep and not digest.startswith("\\") and len(digest) == 64:
+                found[name.removeprefix("./")] = digest
+        return found
+
+    def _download(self, server: str, pulsar_id: str, name: str, kind: str, target: Path,
+                  sha256: str | None = None) -> None:
+        """name into target, through a part file; its size is held to Content-Length (urllib3), and its sha256, when
+        the server computed one, to that: a short or altered copy is BackendUnavailable (fetched again)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.part")
         response = self._call(server, "GET", f"/jobs/{pulsar_id}/files", {"name": name, "type": kind},
                               stream=True, what=f"downloading {name}")
+        digest = hashlib.sha256()
         try:
             with self._transport(lambda problem: f"Pulsar server {server}: downloading {name} broke off: {problem}"), \
                     open(partial, "wb") as fh:
                 for block in response.iter_content(1024 * 1024):
                     fh.write(block)
+                    digest.update(block)
         except BackendUnavailable:
             partial.unlink(missing_ok=True)
             raise
         finally:
             response.close()
+        if sha256 is not None and digest.hexdigest() != sha256:
+            partial.unlink(missing_ok=True)
+            raise BackendUnavailable(f"Pulsar server {server}: {name} arrived with sha256 {digest.hexdigest()}, not "
+                                     f"{sha256} as the job's command computed it there")
         os.replace(partial, target)
 
     def _split(self, handle: str) -> tuple[str, str]:
