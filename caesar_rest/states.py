@@ -58,7 +58,8 @@ TRANSITIONS: dict[tuple[JobState, JobState], str] = {
                         "backend refused the submission",
     (STARTED, FAILURE): "the job was lost before it ran (its worker died), its remote backend failed it or became "
                         "unreachable while queued, or the worker failed preparing a TES task",
-    (STARTED, TIMED_OUT): "a remote job stayed queued past its time limit",
+    (STARTED, TIMED_OUT): "a job ended at its time limit before any poll saw it running (a backend's own limit, "
+                          "between two polls)",
     (RUNNING, SUCCESS): "the command exited 0 and its outputs were collected",
     (RUNNING, FAILURE): "the command exited non-zero, its outputs could not be collected, or the job was lost",
     (RUNNING, CANCELED): "the user canceled the running job, or its backend removed it",

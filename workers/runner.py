@@ -194,13 +194,13 @@ class Runner:
             if held is None:
                 held = Claim(job)
                 _ = held.inputs      # loaded while the session is open (the end's caesar_job.json lists them)
-            handle, started = job.handle or "", job.run_date or job.start_date
+            handle, started, ran = job.handle or "", job.run_date or job.start_date, job.run_date
             cancel, unreachable_since = job.cancel_requested, job.unreachable_since
         self.follower = token
         with self.holding(job_id):
-            return self._poll(held, handle, started, cancel, unreachable_since)
+            return self._poll(held, handle, started, ran, cancel, unreachable_since)
 
-    def _poll(self, held: Claim, handle: str, started: datetime | None, cancel: bool,
+    def _poll(self, held: Claim, handle: str, started: datetime | None, ran: datetime | None, cancel: bool,
               unreachable_since: datetime | None) -> str:
         job_id = held.id
         backend = get_backend(self.settings, held.backend)
@@ -227,8 +227,10 @@ class Runner:
                 run_date = self._now() if status.state == B_RUNNING else started
                 transition(s, job_id, RUNNING, "Job is running", from_states=(STARTED,), run_date=run_date)
         if status.state in (QUEUED, B_RUNNING):
+            # The limit counts from when the job was first seen running: time in the backend's queue (a busy Slurm
+            # partition) is not run time, and the backend's own limit, where it has one, counts the same way.
             limit = run.time_limit
-            if started and limit and (self._now() - started).total_seconds() > limit:
+            if ran and limit and (self._now() - ran).total_seconds() > limit:
                 try:
                     self._stop(backend, handle)
                 except BackendUnavailable as exc:

@@ -189,3 +189,16 @@ def test_the_refetch_command_names_what_it_did_and_refuses_with_a_reason(standin
     assert "fetched again" in capsys.readouterr().err
     assert cli.main(["job", "refetch", "no-such-job"]) == 1
     assert "No job no-such-job" in capsys.readouterr().err
+
+
+def test_time_waiting_in_the_backends_queue_is_not_run_time(standin_app, standin_client):
+    # A 1 s limit; the job waits a minute in the backend's queue first (a busy Slurm partition). Before, the
+    # limit counted from the claim: TIMED-OUT at the first poll that saw it run, having run for no time at all.
+    job_id = submit(standin_client, "remote", app="probe-limited", backend_options={"script": "forever"})
+    runner = Runner(standin_app.config)
+    assert runner.run(job_id) == "poll"                                    # queued
+    backdate(standin_app, [job_id], 60, column="start_date")
+    assert runner.poll_once(job_id) == "poll"                              # seen running now: not timed out
+    assert job_row(standin_app, job_id)[0]["state"] == "RUNNING"
+    backdate(standin_app, [job_id], 2, column="run_date")                  # ran 2 s against a 1 s limit
+    assert runner.poll_once(job_id) == "TIMED-OUT"
