@@ -65,7 +65,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "backend": {"type": "string"}, "host": NULLABLE_STR, "state": {"type": "string"},
         "exit_status": {"type": "integer", "nullable": True}, "timings": {"type": "object"},
         "inputs": {"type": "array", "items": {"type": "object"}},
-        "events": {"type": "array", "items": {"type": "object"}}},
+        "events": {"type": "array", "items": {"type": "object"}},
+        "retries": {"type": "object", "description": "policy ({max, on} or null) and previous_attempts: each "
+                                                     "earlier attempt's reason, times, host and status"},
+        "kept_remote": {"type": "object", "nullable": True,
+                        "description": "the backend and handle of a copy kept because its outputs could not be "
+                                       "fetched (caesar-rest job refetch)"}},
         "additionalProperties": True},
 }
 
