@@ -95,7 +95,10 @@ class Runner:
             stopped = run.step_ended(spec, result)
             if stopped is not None:
                 return self.end(held, _classified(kept.noted(held, backend, handle, result, stopped), result))
-        return self.end(held, _classified(run.finish(), last))
+        how = run.finish()
+        if last is not None:            # a container whose outputs could not be copied out is kept, and named
+            how = kept.noted(held, backend, handle, last, how)
+        return self.end(held, _classified(how, last))
 
     def _submitted(self, held: Claim, run: KindRun, backend: Backend, handle: str) -> None:
         """The handle (and the pid of a local job) recorded; an in-slot job is RUNNING from now, in the same UPDATE

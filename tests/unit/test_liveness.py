@@ -202,3 +202,15 @@ def test_time_waiting_in_the_backends_queue_is_not_run_time(standin_app, standin
     assert job_row(standin_app, job_id)[0]["state"] == "RUNNING"
     backdate(standin_app, [job_id], 2, column="run_date")                  # ran 2 s against a 1 s limit
     assert runner.poll_once(job_id) == "TIMED-OUT"
+
+
+def test_an_in_slot_job_whose_outputs_could_not_be_copied_out_keeps_its_copy_and_names_it(standin_app,
+                                                                                          standin_client):
+    settings = {**standin_app.config, "FETCH_ATTEMPTS": 1}
+    job_id = submit(standin_client, "fetchfail")
+    assert Runner(settings).run(job_id) == "FAILURE"
+    ran, = standins.jobs_of(job_id)
+    assert "cleanup" not in ran.calls                            # a container would still be there, not removed
+    row, _events = job_row(standin_app, job_id)
+    assert "fetching outputs failed" in row["status"] and "copy of the job is kept" in row["status"]
+    assert row["extra"]["kept_remote"]["backend"] == "fetchfail"
