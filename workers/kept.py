@@ -84,8 +84,10 @@ def refetch(settings: Mapping[str, Any], job_id: str, attempts: int | None = Non
     found: dict[str, Any] = {"outputs": outputs, "kept_remote": {**kept, "refetched": utcnow().isoformat()},
                              "refetched": utcnow().isoformat()}
     if settings.get("STORAGE") == "s3" and settings.get("S3_JOB_OUTPUTS", True):
+        # The job's S3 copy is written again over the first one (same prefix): it gains the outputs, and nothing
+        # the first one held is removed before the new one is in.
         if archived:
-            job_dir.drop_archive(settings, job_id, archived)
+            log.info("job %s: its S3 copy %s gets the refetched outputs", job_id, archived)
         stored = job_dir.archive(settings, job_id, owner, workdir, outputs)
         if "output_store" not in stored:
             raise Conflict(f"Job {job_id}'s outputs were fetched to {workdir} but not stored in S3: "
