@@ -316,3 +316,64 @@ def test_s3_secret_never_reaches_answers_logs_or_files(tmp_path, aws_setup, capl
             seen.append(path.read_bytes().decode("latin-1"))
     assert not any(secret in text for text in seen)
     dispose_all()
+
+
+PROBE_APP = """
+name: probe
+version: "1"
+command: [probe-tool]
+backends: [remote_nofetch]
+default_backend: remote_nofetch
+outputs: [result.txt]
+"""
+
+
+def test_refetch_of_a_kept_copy_stores_the_outputs_in_s3(aws_setup, tmp_path):
+    """Job directories in S3 (S3_JOB_OUTPUTS): a remote job whose outputs could not be fetched ends FAILURE with
+    its copy kept; refetch brings the outputs into the job's S3 copy, and the tarball serves them from there. The
+    remote backend is the fast layer's stand-in (tests/unit/standins.py), run in this process; S3 is moto's."""
+    import io
+    import tarfile
+
+    from caesar_rest import create_app
+    from workers import kept
+    from workers.runner import Runner
+
+    from ..support import write_apps
+
+    settings = s3_settings(tmp_path, aws_setup)
+    settings.update(APPS_DIR=str(write_apps(tmp_path / "apps2", {"probe": PROBE_APP})), FETCH_ATTEMPTS=1,
+                    BACKENDS={"local": {}, "remote_nofetch": {"class": "tests.unit.standins:RemoteFetchFails",
+                                                              "fetch_failures": 1}})
+    app = create_app(settings)
+    client = app.test_client()
+    try:
+        job_id = client.post(f"{API}/job", json={"app": "probe"}).get_json()["job_id"]
+        runner = Runner(app.config)
+        assert runner.run(job_id) == "poll"
+        while (outcome := runner.poll_once(job_id)) == "poll":
+            pass
+        assert outcome == "FAILURE"
+        meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
+        assert meta["kept_remote"]["backend"] == "remote_nofetch"
+        done = kept.refetch(app.config, job_id)
+        assert done["outputs"] >= 1
+        meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
+        assert "result.txt" in {o["path"] for o in meta["outputs"]}
+        bucket, prefix = s3store.split_url(_output_store(app, job_id))
+        keys = [o["Key"] for o in aws("s3", aws_setup.endpoint).list_objects_v2(Bucket=bucket, Prefix=prefix)
+                .get("Contents", [])]
+        assert any(k.endswith("/result.txt") for k in keys), keys
+        r = client.get(f"{API}/job/{job_id}/output")
+        with tarfile.open(fileobj=io.BytesIO(r.data), mode="r:gz") as tar:
+            assert any(m.name.endswith("/result.txt") for m in tar.getmembers())
+    finally:
+        dispose_all()
+
+
+def _output_store(app, job_id: str) -> str:
+    from caesar_rest.db import session_scope
+    from caesar_rest.models import Job
+
+    with session_scope(app.config["DATABASE_URL"]) as s:
+        return s.get(Job, job_id).extra["output_store"]
