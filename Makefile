@@ -35,8 +35,11 @@ test: install services
 test-fast: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
+# The phases of python -m bench, then a no-op job on the one-node Slurm cluster against Slurm alone (bench/slurm.py
+# starts the cluster; SLURM_BENCH=0 leaves it out).
 bench: install services
 	$(PY) -m bench $(BENCH_ARGS)
+	@if [ "$${SLURM_BENCH:-1}" != 0 ]; then $(PY) -m bench.slurm $(SLURM_BENCH_ARGS); fi
 
 # The fault drills (issue 15): workers killed, the database cut, a PENDING backlog; one table of lost / doubled.
 drills: install services
