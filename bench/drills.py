@@ -29,6 +29,7 @@ import requests
 
 from tests.support import (
     API,
+    RETRYING_SLEEPER,
     create_pg_database,
     drop_pg_database,
     production_settings,
@@ -38,18 +39,6 @@ from tests.support import (
     write_apps,
 )
 from tests.tcpproxy import TcpProxy
-
-SLEEPER_RETRY = """
-name: sleeper-retry
-version: "1.0"
-command: [caesar-sleeper]
-backends: [local]
-resources: {time_limit: 600}
-outputs: [sleeper.txt]
-retries: {max: 2, on: [lost]}
-options:
-  seconds: {type: float, default: 1.0}
-"""
 
 
 @dataclass
@@ -72,7 +61,7 @@ class Drill:
         self.db = create_pg_database()
         self.proxy = TcpProxy(5432)
         url = self.db.replace("127.0.0.1:5432", f"127.0.0.1:{self.proxy.port}")
-        apps = write_apps(self.root / "apps", {"sleeper-retry": SLEEPER_RETRY})
+        apps = write_apps(self.root / "apps", {"sleeper-retry": RETRYING_SLEEPER})
         self.settings = production_settings(self.root / "var", url, APPS_DIR=str(apps), **settings)
         self.api, self.base = start_api(self.settings, self.root / "api.log")
         self.workers: list[Any] = []

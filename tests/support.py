@@ -217,6 +217,20 @@ def job_processes(job_id: str) -> list[int]:
     return found
 
 
+#: The shipped sleeper, retried when its worker dies (tests/test_retries.py, bench/drills.py).
+RETRYING_SLEEPER = """
+name: sleeper-retry
+version: "1.0"
+command: [caesar-sleeper]
+backends: [local]
+resources: {time_limit: 600}
+outputs: [sleeper.txt]
+retries: {max: 2, on: [lost]}
+options:
+  seconds: {type: float, default: 1.0}
+"""
+
+
 def write_apps(directory: Path, extra: Mapping[str, str]) -> Path:
     """An APPS_DIR with the shipped apps plus test apps ({name: YAML text})."""
     import shutil

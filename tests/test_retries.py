@@ -10,19 +10,16 @@ import requests
 
 from workers.backends.local import process_alive
 
-from .support import API, embedded_settings, http_status, start_api, start_worker, wait_state, write_apps
-
-RETRYING_SLEEPER = """
-name: sleeper-retry
-version: "1.0"
-command: [caesar-sleeper]
-backends: [local]
-resources: {time_limit: 600}
-outputs: [sleeper.txt]
-retries: {max: 1, on: [lost]}
-options:
-  seconds: {type: float, default: 1.0}
-"""
+from .support import (
+    API,
+    RETRYING_SLEEPER,
+    embedded_settings,
+    http_status,
+    start_api,
+    start_worker,
+    wait_state,
+    write_apps,
+)
 
 
 def test_an_attempt_whose_worker_was_killed_runs_again_once(tmp_path):

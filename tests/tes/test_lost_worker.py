@@ -13,11 +13,8 @@ from ..support import embedded_settings, job_processes, start_worker
 from . import schema
 
 
-def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
-    settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5,
-                                 TES_HOST_RUNTIME=True)
-    client = create_app(settings).test_client()
-
+def waiter(client):
+    """wait(task_id, states, timeout): the task's FULL view (checked against the TES schema) once in states."""
     def task(task_id):
         r = client.get(f"/ga4gh/tes/v1/tasks/{task_id}", query_string={"view": "FULL"})
         schema.validate("tesTask", r.get_json())
@@ -29,6 +26,14 @@ def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
             assert time.time() < deadline, current
             time.sleep(0.1)
         return current
+    return wait
+
+
+def test_a_task_whose_worker_dies_ends_as_a_system_error(tmp_path):
+    settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5,
+                                 TES_HOST_RUNTIME=True)
+    client = create_app(settings).test_client()
+    wait = waiter(client)
 
     first = start_worker(settings, ["local"], tmp_path / "w1.log", concurrency=1)
     try:
@@ -57,18 +62,7 @@ def test_a_task_that_asks_for_retries_runs_again_after_its_worker_dies(tmp_path)
     settings = embedded_settings(tmp_path / "var", STALE_AFTER=3, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5,
                                  TES_HOST_RUNTIME=True)
     client = create_app(settings).test_client()
-
-    def task(task_id):
-        r = client.get(f"/ga4gh/tes/v1/tasks/{task_id}", query_string={"view": "FULL"})
-        schema.validate("tesTask", r.get_json())
-        return r.get_json()
-
-    def wait(task_id, states, timeout=30):
-        deadline = time.time() + timeout
-        while (current := task(task_id))["state"] not in states:
-            assert time.time() < deadline, current
-            time.sleep(0.1)
-        return current
+    wait = waiter(client)
 
     bad = client.post("/ga4gh/tes/v1/tasks", json={"executors": [{"image": "alpine", "command": ["true"]}],
                                                   "resources": {"backend_parameters": {"retries": "11"}}})
