@@ -126,8 +126,13 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         if pending:
             s.execute(update(Job).where(Job.id.in_([jid for jid, _b in pending]), Job.state == PENDING)
                       .values(republished_at=now))
-        local_dead = s.execute(select(Job.id, Job.extra).where(Job.state.in_((STARTED, RUNNING)),
-                                                              Job.host == HOST)).all()
+        # A job of this host whose worker pid is dead is proof at once, unless someone still beats for it (a
+        # remote job's poll chain, on another worker process): then there is nothing to re-follow.
+        beating = now - timedelta(seconds=2 * max(float(settings["HEARTBEAT_INTERVAL"]),
+                                                  float(settings["REMOTE_POLL_INTERVAL"])))
+        local_dead = s.execute(select(Job.id, Job.extra).where(
+            Job.state.in_((STARTED, RUNNING)), Job.host == HOST,
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beating))).all()
     runner = Runner(settings)
     lost = 0
     retried: list[str] = []
