@@ -27,7 +27,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -46,6 +45,7 @@ from .base import (
     BackendStatus,
     BackendUnavailable,
     JobSpec,
+    host_executable,
     translate_errors,
 )
 
@@ -338,15 +338,11 @@ class HTCondorBackend(BackendBase):
 
     @staticmethod
     def _executable(command: str) -> str:
-        """argv[0] as an absolute path: relative names resolve on this host, the venv's scripts first."""
-        if os.path.isabs(command):
-            return command
-        path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
-        found = shutil.which(command, path=path)
+        found = host_executable(command)
         if found is None:
             raise BackendError(f"Command {command!r} not found on the worker host; HTCondor runs executables in "
                                "place, so it must exist at the same path on the execute nodes")
-        return os.path.abspath(found)
+        return found
 
     def _status(self, ad: Mapping[str, Any], job: str) -> BackendStatus:
         state = ad.get("JobStatus")

@@ -39,7 +39,6 @@ import secrets
 import shlex
 import shutil
 import stat
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +57,7 @@ from .base import (
     BackendNotConfigured,
     BackendStatus,
     JobSpec,
+    host_executable,
 )
 from .slurm_rest import SlurmRest, Token
 
@@ -253,15 +253,11 @@ class SlurmBackend(BackendBase):
 
     @staticmethod
     def _executable(command: str) -> str:
-        """argv[0] as an absolute path: relative names resolve on this host, the venv's scripts first."""
-        if os.path.isabs(command):
-            return command
-        path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
-        found = shutil.which(command, path=path)
+        found = host_executable(command)
         if found is None:
             raise BackendRejected(f"Command {command!r} not found on the worker host; Slurm runs executables in "
                                   "place, so it must exist at the same path on the nodes")
-        return os.path.abspath(found)
+        return found
 
 
 def copy_back(rundir: Path, dest: Path) -> None:
