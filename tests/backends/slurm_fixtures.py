@@ -73,7 +73,8 @@ def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
             "jwt_key": cluster["CAESAR_TEST_SLURM_JWT_KEY"], "user": cluster["CAESAR_TEST_SLURM_USER"],
             "partition": cluster["CAESAR_TEST_SLURM_PARTITION"],
             # "nosuch" is allowed here so that Slurm, not the API, is the one to refuse it
-            "allow": {"partition": [cluster["CAESAR_TEST_SLURM_PARTITION"], "nosuch"]}, **extra}
+            "allow": {"partition": [cluster["CAESAR_TEST_SLURM_PARTITION"], "nosuch"], "reservation": ["nosuch"],
+                      "constraints": ["nosuch"], "account": ["nosuch", "caesar"]}, **extra}
 
 
 def write_apps(dest: Path) -> Path:
