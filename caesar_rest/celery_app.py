@@ -1,7 +1,7 @@
 """Celery, built once from the settings; the API only publishes by task name and never imports the tasks."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,10 @@ from .config import queue_name
 RUN_TASK = "caesar.run_job"
 POLL_TASK = "caesar.poll_job"
 REAP_TASK = "caesar.reap"
-#: The reaper's queue, of its own so long jobs never hold it up: served by the worker started with --beat
-#: (`caesar-rest run`, the tests) or, in production, by caesar-worker@control.
+NOTIFY_TASK = "caesar.notify"
+NOTIFY_SWEEP_TASK = "caesar.notify_sweep"
+#: The reaper's and the notifications' queue, of its own so long jobs never hold it up: served by the worker started
+#: with --beat (`caesar-rest run`, the tests) or, in production, by caesar-worker@control.
 CONTROL_QUEUE = "control"
 
 
@@ -61,11 +63,28 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         beat_schedule={"reap": {"task": REAP_TASK, "schedule": float(settings["REAPER_INTERVAL"]),
-                                "options": {"queue": queue_name(settings, CONTROL_QUEUE)}}},
+                                "options": {"queue": queue_name(settings, CONTROL_QUEUE)}},
+                       "notify-sweep": {"task": NOTIFY_SWEEP_TASK,
+                                        "schedule": float(settings["NOTIFY_SWEEP_INTERVAL"]),
+                                        "options": {"queue": queue_name(settings, CONTROL_QUEUE)}}},
         beat_schedule_filename=str(Path(settings["ROOT"]) / "celerybeat-schedule"),
         caesar_settings=dict(settings),
     )
+    from . import notify
+
+    notify.register_publisher(settings["DATABASE_URL"],
+                              lambda ids: publish_notifications(celery, settings, ids))
     return celery
+
+
+def publish_notifications(celery: Celery, settings: Mapping[str, Any], delivery_ids: Iterable[int],
+                          countdown: float | None = None) -> None:
+    """Send notification deliveries to the control queue (no retry: a delivery whose message is lost is found by
+    the sweep, and a broker that is down must not hold up the job that made the change)."""
+    queue = queue_name(settings, CONTROL_QUEUE)
+    for delivery_id in delivery_ids:
+        celery.send_task(NOTIFY_TASK, args=[delivery_id], queue=queue, routing_key=queue, retry=False,
+                         ignore_result=True, countdown=countdown)
 
 
 def publish_run(celery: Celery, settings: Mapping[str, Any], job_id: str, backend: str) -> None:

@@ -216,6 +216,22 @@ class Settings(Mapping[str, Any]):
                                             "secret_access_key}}]; no credentials: unsigned requests. Users' own "
                                             "keys: AUTH_USERS.<name>.s3. The service's S3 keys never serve TES URLs.",
                                         checked_by="caesar_rest.tes_access.check_settings")
+    # ---- notifications of job state changes (issue 21; caesar_rest/notify.py, workers/notify.py)
+    NOTIFY_ATTEMPTS: int = setting(8, "Tries at delivering one notification before it is given up (recorded as "
+                                      "failed); a refused target is given up at once.")
+    NOTIFY_BACKOFF: float = setting(2.0, "Seconds before the second try of a notification; each later try waits "
+                                         "twice as long as the one before (2, 4, 8... s), up to NOTIFY_BACKOFF_MAX.")
+    NOTIFY_BACKOFF_MAX: float = setting(600.0, "Longest wait (s) between two tries of a notification.")
+    NOTIFY_TIMEOUT: float = setting(10.0, "Seconds a notification's receiver may take to accept the connection, and "
+                                          "again to answer, before the try fails.")
+    NOTIFY_SECRET: str | None = setting(None, "Key of the HMAC-SHA256 signature every notification carries "
+                                              "(X-Caesar-Signature over '<X-Caesar-Timestamp>.<body>'); null: "
+                                              "unsigned.", secret=True)
+    NOTIFY_SWEEP_INTERVAL: float = setting(30.0, "Seconds between the control worker's sweeps that send again the "
+                                                 "due notifications whose message was lost (a broker restart).")
+    NOTIFY_THREADS: int = setting(8, "Notifications one control worker process sends at once (threads): a slow "
+                                     "receiver holds one of them, never the control queue.")
+    NOTIFY_MAX_SUBSCRIPTIONS: int = setting(8, "Notification targets one job may have.")
     # ---- job sandbox on worker hosts (issue 19)
     SANDBOX: str = setting("bwrap", "How local-backend jobs and TES host executors are isolated: bwrap (bubblewrap; "
                                     "the worker refuses to start when it cannot be set up) or none (UNSAFE: jobs run "

@@ -4,7 +4,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # The states are defined by the state machine (caesar_rest/states.py); re-exported for the modules that read them.
@@ -99,6 +112,9 @@ class Job(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # TES request and logs, etc.
     # A TES task's name, beside its document (extra["tes"]): ListTasks filters on it in SQL (migration 0004).
     tes_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Whether the job has notification subscriptions: returned by each transition's UPDATE, so a job without any
+    # costs no query to find none (caesar_rest/notify.py, migration 0006).
+    notify: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id",
                                                   cascade="all, delete-orphan")
@@ -161,6 +177,57 @@ class Mark(Base):
     at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class NotifySubscription(Base):
+    """A notification target of a job: where to POST, on which events, in which payload format (caesar_rest/notify.py,
+    migration 0006)."""
+
+    __tablename__ = "notify_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    format: Mapped[str] = mapped_column(String(32), default="caesar")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class NotifyDelivery(Base):
+    """One notification to send (the outbox): written by the transition it reports, in its transaction, then sent by
+    the control worker until delivered or given up. The id orders a subscription's deliveries (sent one at a time,
+    in order)."""
+
+    __tablename__ = "notify_deliveries"
+    __table_args__ = (Index("ix_notify_deliveries_due", "state", "next_try"),
+                      Index("ix_notify_deliveries_subscription", "subscription_id", "id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("notify_subscriptions.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    job_state: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")   # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    next_try: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class NotifyAttempt(Base):
+    """One try at a delivery: when, the receiver's HTTP status or the error, and when the next try is due."""
+
+    __tablename__ = "notify_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("notify_deliveries.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    next_try: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 def table_of(model: type[Base]) -> Table:
     """A model's Core table (typed: the ORM declares __table__ as a FromClause). Core statements serve the hot
     paths (a job's transitions, its creation), where the ORM's unit of work costs as much as the rest."""
@@ -168,3 +235,5 @@ def table_of(model: type[Base]) -> Table:
 
 
 JOBS, EVENTS, INPUTS, TES_TAGS = table_of(Job), table_of(JobEvent), table_of(JobInput), table_of(TesTag)
+SUBSCRIPTIONS, DELIVERIES = table_of(NotifySubscription), table_of(NotifyDelivery)
+ATTEMPTS = table_of(NotifyAttempt)

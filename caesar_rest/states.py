@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.engine import CursorResult, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -104,23 +104,28 @@ def _move(session: Session, job_id: str, state: JobState | str, message: str,
     if expressions:
         statement = statement.values(**expressions)
     params.update(_job_id=job_id, _from_states=[s.value for s in sources_])
-    row: Row[Any] | None = None
-    if columns:
-        row = session.execute(statement.returning(*columns), params).first()
-        if row is None:
-            return False
-    elif cast(CursorResult[Any], session.execute(statement, params)).rowcount != 1:
+    # jobs.notify comes back with the row: a job with notification subscriptions writes its deliveries here, in
+    # this transaction (caesar_rest/notify.py), and every other job learns it has none without a query.
+    notify_column = models.JOBS.c.notify
+    returned = columns if any(c is notify_column for c in columns) else (*columns, notify_column)
+    row = session.execute(statement.returning(*returned), params).first()
+    if row is None:
         return False
     session.execute(models.EVENTS.insert(), {"job_id": job_id, "state": state.value, "message": message, "at": now})
-    return row if row is not None else True
+    if row._mapping[notify_column]:
+        from . import notify
+
+        notify.produce(session, job_id, state, message, now)
+    return row if columns else True
 
 
 def transition(session: Session, job_id: str, state: JobState | str, message: str = "", *,
                from_states: tuple[JobState | str, ...] | None = None, **fields: Any) -> bool:
     """Move a job to `state` if it is in one of from_states (default: every state the table allows it from),
-    atomically, and record the event. False when the job is elsewhere (another actor got there first: a cancel
-    raced a finish). An edge outside the table raises IllegalTransition. Core statements, no ORM flush (this runs
-    3 times a job); values go as parameters, not in .values(), so the statement's cache key does not walk them."""
+    atomically, and record the event (and, for a job with notification subscriptions, its deliveries: notify.py).
+    False when the job is elsewhere (another actor got there first: a cancel raced a finish). An edge outside the
+    table raises IllegalTransition. Core statements, no ORM flush (this runs 3 times a job); values go as
+    parameters, not in .values(), so the statement's cache key does not walk them."""
     return bool(_move(session, job_id, state, message, from_states, (), fields))
 
 

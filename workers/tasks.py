@@ -1,4 +1,4 @@
-"""Celery tasks: one path for every job (run → follow or poll → finish), plus the reaper."""
+"""Celery tasks: one path for every job (run → follow or poll → finish), plus the reaper and the notifications."""
 from __future__ import annotations
 
 import logging
@@ -7,12 +7,21 @@ from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
 from sqlalchemy import select
 
-from caesar_rest.celery_app import POLL_TASK, REAP_TASK, RUN_TASK, publish_run
+from caesar_rest.celery_app import (
+    NOTIFY_SWEEP_TASK,
+    NOTIFY_TASK,
+    POLL_TASK,
+    REAP_TASK,
+    RUN_TASK,
+    publish_notifications,
+    publish_run,
+)
 from caesar_rest.config import queue_name
 from caesar_rest.db import dispose_all, session_scope
 from caesar_rest.models import Job
 from caesar_rest.states import PENDING
 
+from . import notify
 from .runner import Runner, reap
 
 log = logging.getLogger("caesar.tasks")
@@ -77,6 +86,22 @@ def _publish_again(app, job_id: str) -> None:
 @shared_task(name=REAP_TASK, bind=True, ignore_result=True)
 def reap_jobs(self) -> dict:
     return _reap(self.app)
+
+
+def _notify_publisher(app):
+    settings = app.conf["caesar_settings"]
+    return lambda ids, countdown: publish_notifications(app, settings, ids, countdown)
+
+
+@shared_task(name=NOTIFY_TASK, bind=True, ignore_result=True)
+def send_notification(self, delivery_id: int) -> None:
+    """One try at a notification, in this process's notify threads (workers/notify.py): never holds the queue."""
+    notify.submit(_settings(self), _notify_publisher(self.app), int(delivery_id))
+
+
+@shared_task(name=NOTIFY_SWEEP_TASK, bind=True, ignore_result=True)
+def sweep_notifications(self) -> int:
+    return notify.sweep(_settings(self), _notify_publisher(self.app))
 
 
 @celeryd_after_setup.connect

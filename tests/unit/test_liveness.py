@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from caesar_rest.celery_app import CONTROL_QUEUE, REAP_TASK, make_celery
+from caesar_rest.celery_app import CONTROL_QUEUE, NOTIFY_SWEEP_TASK, REAP_TASK, make_celery
 from caesar_rest.db import session_scope
 from caesar_rest.errors import Conflict
 from caesar_rest.models import Job, Mark, utcnow
@@ -167,8 +167,9 @@ def test_after_a_gap_the_reaper_waits_before_judging_heartbeats(standin_app, sta
 
 def test_the_reaper_runs_on_its_own_control_queue(standin_app):
     conf = make_celery(standin_app.config).conf
-    entry, = conf.beat_schedule.values()
-    assert entry["task"] == REAP_TASK and entry["options"]["queue"] == CONTROL_QUEUE
+    entries = {entry["task"]: entry for entry in conf.beat_schedule.values()}
+    assert set(entries) == {REAP_TASK, NOTIFY_SWEEP_TASK}          # the reaper, and the notifications' sweep
+    assert all(entry["options"]["queue"] == CONTROL_QUEUE for entry in entries.values())
     assert CONTROL_QUEUE in {q.name for q in conf.task_queues}
 
 
