@@ -77,13 +77,13 @@ def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
                       "constraints": ["nosuch"], "account": ["nosuch", "caesar"]}, **extra}
 
 
-def write_apps(dest: Path) -> Path:
+def write_apps(dest: Path, backends: tuple[str, ...] = SLURM_BACKENDS) -> Path:
     """The shipped apps, allowed on every test slurm backend, sleeper with a 5 s and a 2 min limit, with more memory
     than the node has and with 128 MB, and TEST_APPS."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in (REPO / "config" / "apps").glob("*.yml"):
         app = yaml.safe_load(path.read_text())
-        app["backends"] = list(dict.fromkeys([*app.get("backends", []), *SLURM_BACKENDS]))
+        app["backends"] = list(dict.fromkeys([*app.get("backends", []), *backends]))
         (dest / path.name).write_text(yaml.safe_dump(app))
         if app["name"] == "sleeper":
             short = {**app, "name": "sleeper_5s", "resources": {**app["resources"], "time_limit": 5}}
@@ -94,15 +94,18 @@ def write_apps(dest: Path) -> Path:
             (dest / "sleeper_128m.yml").write_text(yaml.safe_dump(small))
             two = {**app, "name": "sleeper_2m", "resources": {**app["resources"], "time_limit": 120}}
             (dest / "sleeper_2m.yml").write_text(yaml.safe_dump(two))
-    for name, app in TEST_APPS.items():
-        (dest / f"{name}.yml").write_text(yaml.safe_dump(app, sort_keys=False))     # options in argv order
+    for name, spec in TEST_APPS.items():    # options in argv order
+        (dest / f"{name}.yml").write_text(yaml.safe_dump({**spec, "backends": list(backends)}, sort_keys=False))
     return dest
 
 
 class SlurmStack:
     """An embedded caesar-rest (Flask test client in this process) and a real worker serving the slurm backends."""
 
-    def __init__(self, cluster: dict[str, str], root: Path) -> None:
+    def __init__(self, cluster: dict[str, str], root: Path, extra_backends: Mapping[str, Any] | None = None,
+                 **settings: Any) -> None:
+        """extra_backends: more slurm backends by name (their options; the class is added), and settings over the
+        stack's own."""
         self.cluster = cluster
         self.root = root
         self.outage_port = free_port()
@@ -116,19 +119,23 @@ class SlurmStack:
                                           **{"class": SLURM_CLASS}),
             # Slurm's time limit a minute below the app's, so that Slurm's TIMEOUT comes before the runner's own
             "slurm_tight": slurm_options(cluster, time_limit_margin=-60, **{"class": SLURM_CLASS}),
+            **{name: {"class": SLURM_CLASS, **options} for name, options in (extra_backends or {}).items()},
         }
-        self.settings = embedded_settings(root / "var", APPS_DIR=str(write_apps(root / "apps")), BACKENDS=backends,
-                                          BROKER_URL=RABBIT, QUEUE_PREFIX=f"t{secrets.token_hex(4)}.",
-                                          REMOTE_POLL_INTERVAL=0.5, REMOTE_UNREACHABLE_TIMEOUT=UNREACHABLE_TIMEOUT)
+        self.slurm_backends = (*SLURM_BACKENDS, *(extra_backends or {}))
+        self.settings = embedded_settings(root / "var", APPS_DIR=str(write_apps(root / "apps", self.slurm_backends)),
+                                          BACKENDS=backends, BROKER_URL=RABBIT,
+                                          QUEUE_PREFIX=f"t{secrets.token_hex(4)}.", REMOTE_POLL_INTERVAL=0.5,
+                                          REMOTE_UNREACHABLE_TIMEOUT=UNREACHABLE_TIMEOUT, **settings)
         self.app = create_app(self.settings)
         self.client = self.app.test_client()
         self.workers: list[Proc] = []
         self.start_worker()
 
-    def start_worker(self) -> Proc:
-        """One more worker process (of one pool process each: the tests count processes) on the same queues."""
-        worker = start_worker(self.settings, ["local", *SLURM_BACKENDS], self.root / f"worker{len(self.workers)}.log",
-                              concurrency=1)
+    def start_worker(self, beat: bool = False) -> Proc:
+        """One more worker process (of one pool process each: the tests count processes) on the same queues; beat:
+        with the reaper."""
+        worker = start_worker(self.settings, ["local", *self.slurm_backends],
+                              self.root / f"worker{len(self.workers)}.log", concurrency=1, beat=beat)
         self.workers.append(worker)
         return worker
 
@@ -154,11 +161,17 @@ class SlurmStack:
         dispose_all()
 
 
+def shared_root(cluster: Mapping[str, str]) -> Path:
+    """A test root inside the directory the cluster's job user can reach, so the job directories are shared with
+    the node."""
+    root = Path(tempfile.mkdtemp(prefix="caesar-test-", dir=cluster["CAESAR_TEST_SLURM_SHARED"]))
+    root.chmod(0o755)       # the job user (caesarjob) must reach the job directories below
+    return root
+
+
 @pytest.fixture(scope="module")
 def slurm_stack(slurm_cluster: dict[str, str]) -> Iterator[SlurmStack]:
-    # Inside the directory the cluster's job user can reach, so the job directories are shared with the node.
-    root = Path(tempfile.mkdtemp(prefix="caesar-test-", dir=slurm_cluster["CAESAR_TEST_SLURM_SHARED"]))
-    root.chmod(0o755)       # the job user (caesarjob) must reach the job directories below
+    root = shared_root(slurm_cluster)
     stack = SlurmStack(slurm_cluster, root)
     try:
         yield stack

@@ -38,7 +38,6 @@ import re
 import secrets
 import shlex
 import shutil
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,6 +59,7 @@ from .base import (
     host_executable,
 )
 from .slurm_rest import SlurmRest, Token
+from .slurm_stage import copy_back, give_to, manifest_lines
 
 WORKDIR_MODES = ("shared", "stage")
 CHOOSABLE = ("partition", "account", "qos", "constraints", "reservation")
@@ -142,9 +142,10 @@ class SlurmBackend(BackendBase):
         problem = self.check_job_options(self.options, {k: v for k, v in job.options.items() if k in CHOOSABLE})
         if problem:
             raise BackendRejected(problem)
-        script = job_script([self._executable(job.argv[0]), *map(str, job.argv[1:])])
+        executable = self._executable(job.argv[0])     # resolved once: the script and the job's PATH use it
+        script = job_script([executable, *map(str, job.argv[1:])], manifest=self.mode == "stage")
         rundir = self._rundir(job)
-        description = self._description(job, rundir)
+        description = self._description(job, rundir, executable)
         try:
             submitted = self.rest.submit(script, description)
             if submitted.messages:
@@ -178,7 +179,8 @@ class SlurmBackend(BackendBase):
         self.rest.cancel(slurm_id)
 
     def fetch_outputs(self, handle: str, dest: Path) -> None:
-        """shared: the outputs are in the job directory already. stage: copied back from the scratch directory."""
+        """shared: the outputs are in the job directory already. stage: copied back from the scratch directory, each
+        file checked against the size and sha256 the job script measured on the node (slurm_stage)."""
         if self.mode != "stage":
             return
         _, rundir = self._split(handle)
@@ -192,8 +194,8 @@ class SlurmBackend(BackendBase):
             shutil.rmtree(rundir)
 
     # ---- helpers ------------------------------------------------------------------------------------------------
-    def _description(self, job: JobSpec, rundir: Path) -> dict[str, Any]:
-        env = {"PATH": f"{os.path.dirname(self._executable(job.argv[0]))}:/usr/local/bin:/usr/bin:/bin",
+    def _description(self, job: JobSpec, rundir: Path, executable: str) -> dict[str, Any]:
+        env = {"PATH": f"{os.path.dirname(executable)}:/usr/local/bin:/usr/bin:/bin",
                "HOME": str(rundir / "tmp"), "TMPDIR": str(rundir / "tmp"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
                "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **self.environment, **job.env,
                "CAESAR_JOB_ID": job.job_id}
@@ -236,7 +238,7 @@ class SlurmBackend(BackendBase):
             rundir = workdir
         (rundir / "tmp").mkdir(parents=True, exist_ok=True)
         if self.owner is not None:
-            _give_to(rundir, *self.owner)
+            give_to(rundir, *self.owner)
         return rundir
 
     def _split(self, handle: str) -> tuple[int, Path | None]:
@@ -260,36 +262,18 @@ class SlurmBackend(BackendBase):
         return found
 
 
-def copy_back(rundir: Path, dest: Path) -> None:
-    """The outputs a staged job left in rundir into dest: regular files and directories, never inputs/ nor tmp/.
-
-    The job's account owns rundir (and so does every other job of that account): walked through directory fds,
-    every file opened with O_NOFOLLOW, so that a symlink, or a directory swapped for one meanwhile, never makes
-    this worker copy a file of its own choosing into the outputs."""
-    for top, dirs, files, top_fd in os.fwalk(rundir, follow_symlinks=False):
-        rel = Path(top).relative_to(rundir)
-        if rel == Path("."):
-            dirs[:] = [d for d in dirs if d not in ("inputs", "tmp")]
-        (dest / rel).mkdir(parents=True, exist_ok=True)
-        for name in files:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=top_fd)
-            except OSError:
-                continue        # a symlink (ELOOP), or gone
-            with os.fdopen(fd, "rb") as src:
-                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                    continue
-                with open(dest / rel / name, "wb") as out:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-
-
-def job_script(argv: list[str]) -> str:
-    """The batch script: argv exec'ed, every argument quoted for sh. A NUL cannot be in an argument of any exec."""
+def job_script(argv: list[str], manifest: bool = False) -> str:
+    """The batch script: argv exec'ed, every argument quoted for sh. A NUL cannot be in an argument of any exec.
+    manifest (the stage mode): argv run, then the size and sha256 of its outputs written beside them
+    (slurm_stage.manifest_lines), and argv's status kept."""
     for arg in argv:
         if "\0" in arg:
             raise BackendRejected(f"an argument contains a NUL byte: {arg!r}")
-    return "#!/bin/sh\n# caesar-rest: the app's argv, each argument quoted\nexec " + \
-        " ".join(shlex.quote(arg) for arg in argv) + "\n"
+    command = " ".join(shlex.quote(arg) for arg in argv)
+    if not manifest:
+        return f"#!/bin/sh\n# caesar-rest: the app's argv, each argument quoted\nexec {command}\n"
+    return "\n".join(["#!/bin/sh", "# caesar-rest: the app's argv, each argument quoted; then its outputs' manifest",
+                      command, *manifest_lines()]) + "\n"
 
 
 def job_status(record: Mapping[str, Any]) -> BackendStatus:
@@ -357,23 +341,3 @@ def _owner(setting: Any, user: str) -> tuple[int, int] | None:
     except KeyError:
         return None
     return entry.pw_uid, entry.pw_gid
-
-
-def _give_to(rundir: Path, uid: int, gid: int) -> None:
-    """The job's account writes into its directory and reads its inputs. Staged inputs are hard links to the
-    user's stored files (read-only to their owner): the job gets its own copies, the store is kept."""
-    for path in (rundir, rundir / "tmp"):
-        os.chown(path, uid, gid)
-    inputs = rundir / "inputs"
-    if not inputs.is_dir():
-        return
-    for path in sorted(inputs.rglob("*")):
-        if path.is_dir():
-            os.chown(path, uid, gid)
-        elif path.is_file() and path.stat().st_uid != uid:
-            copy = path.with_name(f".{path.name}.caesar-copy")
-            shutil.copyfile(path, copy)
-            os.chown(copy, uid, gid)
-            os.chmod(copy, 0o440)
-            os.replace(copy, path)
-    os.chown(inputs, uid, gid)
