@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import images, storage
+from . import images, notify, storage
 from .apps import App, Registry, ResolvedFile, render
 from .errors import BadRequest, Conflict, InvalidOption, NotFound
 from .models import File, Job, JobInput, utcnow
@@ -67,7 +67,7 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     """Validate a caesar-rest job request and insert the PENDING job (the caller commits and publishes)."""
     if not isinstance(body, dict):
         raise BadRequest("The job request must be a JSON object with 'app' and 'job_inputs'")
-    known = {"app", "job_inputs", "data_inputs", "tag", "backend", "backend_options"}
+    known = {"app", "job_inputs", "data_inputs", "tag", "backend", "backend_options", "notify"}
     extra = sorted(set(body) - known)
     if extra:
         raise BadRequest(f"Unknown field {extra[0]!r} in the job request; expected {sorted(known)}", field=extra[0])
@@ -77,6 +77,7 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     app = registry.get(name)
     if app is None:
         raise NotFound(f"Unknown app {name!r}; GET /apps lists the registered apps", field="app")
+    targets = notify.parse_request(body["notify"]) if "notify" in body else []
     tag = body.get("tag")
     if tag is not None and (not isinstance(tag, str) or len(tag) > TAG_MAX or "\x00" in tag):
         raise BadRequest(f"'tag' must be a string of at most {TAG_MAX} characters", field="tag")
@@ -111,10 +112,14 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
         inputs.append({"file_uuid": resolved.uuid, "option": option, "relpath": rel, "sha256": resolved.sha256,
                        "size_bytes": resolved.size_bytes,
                        "crc64nvme": stored.crc64nvme if stored is not None else None})
-    return insert_job(session, NewJob(
+    job = insert_job(session, NewJob(
         owner=owner, kind="app", app=app.name, app_version=app.version, backend=backend, tag=tag,
         job_inputs=rendered.inputs, argv=rendered.argv, workdir_root=str(storage.user_dir(settings["JOBS_DIR"], owner)),
         spec={**app_spec(app), "backend_options": backend_options}, inputs=inputs))
+    for target in targets:       # a bad one raises: the caller's transaction, job and all, is rolled back
+        notify.subscribe(session, job, target["url"], target["events"], target["fmt"], settings=settings,
+                         field=target["field"])
+    return job
 
 
 def app_spec(app: App) -> dict[str, Any]:

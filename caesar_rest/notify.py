@@ -169,7 +169,7 @@ def subscribe(session: Session, job: Job, url: str, events: Sequence[str], fmt: 
 
         settings = current_app.config
     check_url(url, settings, f"{field}.url")
-    names = check_events(list(events), f"{field}.events")
+    names = check_events(events, f"{field}.events")
     if fmt not in RENDERERS:
         raise InvalidSubscription(f"'{field}.format': unknown format {fmt!r}; formats are {', '.join(RENDERERS)}",
                                   field=f"{field}.format")

@@ -91,7 +91,7 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
     if "retries" in params:        # the task's own count, for the reasons the setting lists
         retries = {"max": int(params["retries"]), "on": retries.get("on") or ["lost", "node_failure"]}
     ram_gb = resources.get("ram_gb")
-    return insert_job(session, NewJob(
+    job = insert_job(session, NewJob(
         owner=owner, kind="tes", app="tes", app_version=TES_VERSION, backend=backend,
         argv=list(doc["executors"][0]["command"]), workdir_root=str(storage.user_dir(settings["JOBS_DIR"], owner)),
         status="Task queued", event="TES task submitted", name=doc.get("name"), tags=dict(doc.get("tags") or {}),
@@ -100,6 +100,32 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
               "disk_gb": resources.get("disk_gb"), "backend_options": options, "env": {}, "outputs": [],
               **({"retries": retries} if int(retries.get("max") or 0) > 0 else {})},
         extra={"tes": doc, "tes_logs": {"system_logs": warnings}}))
+    subscribe_from_tags(session, settings, job, doc.get("tags") or {})
+    return job
+
+
+#: TES has no notification field: a task asks for one with these tags (README, Notifications).
+NOTIFY_URL_TAG, NOTIFY_EVENTS_TAG, NOTIFY_FORMAT_TAG = "caesar.notify.url", "caesar.notify.events", \
+    "caesar.notify.format"
+
+
+def subscribe_from_tags(session: Session, settings: Mapping[str, Any], job: Job, tags: Mapping[str, str]) -> None:
+    """tags caesar.notify.url (an http(s) URL), caesar.notify.events (comma-separated, default started,finished)
+    and caesar.notify.format (default tes: the event and the task's BASIC view) make a notification target."""
+    from . import notify
+
+    url = tags.get(NOTIFY_URL_TAG)
+    if url is None:
+        for key in (NOTIFY_EVENTS_TAG, NOTIFY_FORMAT_TAG):
+            if key in tags:
+                raise notify.InvalidSubscription(f"tag {key!r} needs the tag {NOTIFY_URL_TAG!r} (where to notify)",
+                                                 field=f"tags.{NOTIFY_URL_TAG}")
+        return
+    raw_events = tags.get(NOTIFY_EVENTS_TAG)
+    events = list(notify.DEFAULT_EVENTS) if raw_events is None else \
+        [e.strip() for e in raw_events.split(",") if e.strip()]
+    notify.subscribe(session, job, url, events, tags.get(NOTIFY_FORMAT_TAG, "tes"), settings=settings,
+                     field="tags.caesar.notify")
 
 
 def _attempt_log(attempt: dict[str, Any], full: bool) -> dict[str, Any]:

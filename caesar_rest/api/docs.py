@@ -72,6 +72,31 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                         "description": "the backend and handle of a copy kept because its outputs could not be "
                                        "fetched (caesar-rest job refetch)"}},
         "additionalProperties": True},
+    "NotifyRequest": {"type": "object", "required": ["url"], "additionalProperties": False, "properties": {
+        "url": {"type": "string", "description": "http(s) URL the job's state changes are POSTed to"},
+        "events": {"type": "array", "items": {"type": "string",
+                                              "enum": ["started", "finished", "succeeded", "failed", "changed"]},
+                   "description": "default: started, finished"},
+        "format": {"type": "string", "description": "payload format: caesar (default), tes, or another registered"}}},
+    "NotifyAttempt": {"type": "object", "required": ["at", "http_status", "error", "next_try"], "properties": {
+        "at": {"type": "string"}, "http_status": {"type": "integer", "nullable": True},
+        "error": NULLABLE_STR, "duration_ms": {"type": "number", "nullable": True},
+        "next_try": {"type": "string", "nullable": True, "description": "null: no more tries"}}},
+    "NotifyDelivery": {"type": "object", "required": ["id", "event", "job_state", "state", "attempts"],
+                       "properties": {
+        "id": {"type": "integer"}, "event": {"type": "string"}, "job_state": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "delivered", "failed"]}, "created": {"type": "string"},
+        "next_try": NULLABLE_STR, "done": NULLABLE_STR,
+        "attempts": {"type": "array", "items": {"$ref": S + "NotifyAttempt"}}}},
+    "JobNotifications": {"type": "object", "required": ["job_id", "state", "subscriptions"], "properties": {
+        "job_id": {"type": "string"}, "state": {"type": "string"},
+        "subscriptions": {"type": "array", "items": {"type": "object",
+                                                     "required": ["id", "url", "events", "format", "deliveries"],
+                                                     "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string"}}, "format": {"type": "string"},
+            "created": {"type": "string"},
+            "deliveries": {"type": "array", "items": {"$ref": S + "NotifyDelivery"}}}}}}},
 }
 
 

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
-from .. import jobs as service, paging, s3store
+from .. import jobs as service, notify, paging, s3store
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..kinds import AppKind
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 JOB_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["app"], "properties": {
     "app": {"type": "string"}, "job_inputs": {"type": "object"}, "tag": {"type": "string"},
     "backend": {"type": "string"},
+    "notify": {"description": "where to POST the job's state changes: {url, events?, format?} or a list of them "
+                              "(README, Notifications)",
+               "oneOf": [{"$ref": "#/components/schemas/NotifyRequest"},
+                         {"type": "array", "items": {"$ref": "#/components/schemas/NotifyRequest"}}]},
     "data_inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}}}}
 
 
@@ -139,6 +143,15 @@ def cancel(job_id: str):
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)
         return jsonify({**service.to_status(job), "status": message if not job.finished else job.status})
+
+
+@blp.route("/job/<job_id>/notifications", methods=["GET"])
+@blp.doc(summary="The job's notification targets, each delivery and every attempt at it (owner or admin only)",
+         responses=docs.responses(200, "JobNotifications", "The job's notifications"))
+def notifications(job_id: str):
+    with session() as s:
+        job = service.get_job(s, _owner_filter(), job_id)
+        return jsonify({"job_id": job.id, "state": job.state, "subscriptions": notify.report(s, job.id)})
 
 
 @blp.route("/job/<job_id>/output", methods=["GET"])
