@@ -22,7 +22,14 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     served_by: how others reach it ("served by uWSGI", "bound to 0.0.0.0"), when they can: there AUTH_MODE none
     is refused unless ALLOW_ANONYMOUS says so (auth.check_exposure)."""
     from . import auth, db, errors, guard, tes_access
-    from .api import apps as apps_api, files as files_api, jobs as jobs_api, ops as ops_api, tes as tes_api
+    from .api import (
+        apps as apps_api,
+        files as files_api,
+        jobs as jobs_api,
+        ogc as ogc_api,
+        ops as ops_api,
+        tes as tes_api,
+    )
     from .apps import Registry
     from .celery_app import make_celery
     from .config import load_settings
@@ -64,6 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     api.register_blueprint(ops_api.blp)
     ops_api.init_app(app)
     tes_api.register(api, app)
+    ogc_api.register(api, app)
     guard.init_app(app)                     # Host, cross-site and CORS checks come before authentication
     app.before_request(auth.authenticate)
     app.teardown_request(files_api.discard_uploads)

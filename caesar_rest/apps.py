@@ -37,12 +37,13 @@ class Option:
     style: str = "separate"
     no_effect: str | None = None        # accepted for compatibility, not passed to the command
     pattern: str | None = None
+    media_type: str | None = None       # a file option's format (OGC API - Processes advertises it)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "required": self.required,
                                "default": self.default, "help": self.help, "category": self.category,
                                "effect": "none" if self.no_effect else "passed to the command"}
-        for key in ("min", "max", "allowed", "pattern"):
+        for key in ("min", "max", "allowed", "pattern", "media_type"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.no_effect:

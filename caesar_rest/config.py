@@ -258,6 +258,16 @@ class Settings(Mapping[str, Any]):
                                                   "reference, e.g. 'localhost/caesar-*' or "
                                                   "'docker.io/library/python:3.*' (a short name reads "
                                                   "docker.io/library/NAME:latest); empty: any image.")
+    # ---- OGC API - Processes (issue 21; caesar_rest/ogc/, caesar_rest/api/ogc*.py)
+    OGC_SYNC_WAIT: float = setting(600.0, "Longest wait (s) of a synchronous OGC execution for its job: a process "
+                                          "whose app time limit is longer is async-execute only, and a job not ended "
+                                          "by then is answered as an asynchronous one (201 and its status).")
+    OGC_INLINE_MAX_BYTES: int = setting(4 * 1024**2, "Largest file (decoded) an OGC execute request may carry inline "
+                                                     "(base64), and largest output a result gives by value; a larger "
+                                                     "output is given by reference.")
+    OGC_REMOTE_INPUT_MAX_BYTES: int = setting(1024**3, "Largest file an OGC input may name by an external http(s) "
+                                                       "href (fetched under the egress rules when the job is "
+                                                       "submitted, kept as an upload of its owner).")
     # ---- derived from ROOT, never set
     DATA_DIR: str = derived("Uploaded files, <ROOT>/data/<user>/ (derived from ROOT).")
     JOBS_DIR: str = derived("Job directories, <ROOT>/jobs/<user>/<job_id>/ (derived from ROOT).")

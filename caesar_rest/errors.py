@@ -3,6 +3,7 @@ status and a JSON error code, used by register() alone. The API, the domain modu
 same classes; werkzeug's own errors (unknown route, wrong method, body too large) are rendered in the same shape."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from werkzeug import exceptions as wexc
@@ -149,9 +150,18 @@ def body_of(exc: CaesarError) -> dict[str, Any]:
     return {"code": code, "error": error, "status": exc.message, "message": exc.message, **exc.details}
 
 
-def _json(body: dict[str, Any]):
-    from flask import jsonify
+#: Path prefixes whose errors another surface renders from the same body (OGC API - Processes: RFC 7807 exceptions,
+#: caesar_rest/ogc/problems.py): prefix -> render(body) -> response.
+SURFACE_RENDERERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
+
+def _json(body: dict[str, Any]):
+    from flask import has_request_context, jsonify, request
+
+    if has_request_context():
+        for prefix, render in SURFACE_RENDERERS.items():
+            if request.path == prefix or request.path.startswith(prefix + "/"):
+                return render(body)
     response = jsonify(body)
     response.status_code = body["code"]
     return response

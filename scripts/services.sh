@@ -17,6 +17,7 @@ need_pkg bwrap bubblewrap
 need_pkg setpriv util-linux
 need_pkg prlimit util-linux
 need_pkg setfacl acl        # staged uploads opened to the sandbox's group by an ACL entry, never a chgrp
+need_pkg chromium chromium    # the OGC HTML pages are checked in headless Chromium (Playwright, no browser download)
 
 if ! listening 6379; then
   echo "services: starting Redis"

@@ -1,0 +1,157 @@
+"""OGC API - Processes 1.0 under /ogcapi: landing page, conformance, the API document, processes (the apps) and their
+execution, which creates an ordinary app job through the app kind (same validation as POST /job, same queues,
+workers, backends, auth and isolation). The jobs routes are in ogc_jobs.py."""
+from __future__ import annotations
+
+import time
+
+from flask import current_app, jsonify, request
+from flask_smorest import Blueprint
+
+from .. import __version__, errors
+from ..auth import current_owner
+from ..db import session_scope
+from ..kinds import AppKind
+from ..models import JOBS, TERMINAL_STATES, Job
+from ..ogc import CONFORMANCE, PREFIX, REL, execute as ogc_execute, openapi, problems, processes
+from ..ogc.formats import alternates, base, respond
+from ..ogc.status import status_info
+from .common import check_active_limit, json_body, publish_or_withdraw, registry, session, settings
+
+blp = Blueprint("ogc", __name__, description="OGC API - Processes 1.0: processes are the registered apps, jobs the "
+                                              "engine's app jobs")
+OAS_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+
+
+def _app(process_id: str):
+    app = registry().get(process_id)
+    if app is None:
+        raise problems.no_such_process(process_id)
+    return app
+
+
+def root_url() -> str:
+    return request.url_root.rstrip("/")
+
+
+@blp.route("/", methods=["GET"], strict_slashes=False)
+@blp.doc(**openapi.op("Landing page: links to the API document, conformance, processes and jobs", "LandingPage"))
+def landing():
+    b = base()
+    doc = {"title": "caesar-rest: OGC API - Processes",
+           "description": "The registered apps of this caesar-rest service as OGC API - Processes 1.0 processes; "
+                          "their jobs are the service's own jobs.",
+           "links": [*alternates(b + "/"),
+                     {"href": b + "/api", "rel": "service-desc", "type": OAS_TYPE, "title": "the API definition"},
+                     {"href": root_url() + "/swagger", "rel": "service-doc", "type": "text/html",
+                      "title": "the API documentation (Swagger UI)"},
+                     {"href": b + "/conformance", "rel": "conformance", "type": "application/json",
+                      "title": "conformance classes"},
+                     {"href": b + "/conformance", "rel": REL + "conformance", "type": "application/json",
+                      "title": "conformance classes"},
+                     {"href": b + "/processes", "rel": REL + "processes", "type": "application/json",
+                      "title": "the processes"},
+                     {"href": b + "/jobs", "rel": REL + "job-list", "type": "application/json", "title": "jobs"}]}
+    return respond(doc, "landing")
+
+
+@blp.route("/conformance", methods=["GET"])
+@blp.doc(**openapi.op("The conformance classes this server meets", "ConformanceDeclaration"))
+def conformance():
+    return respond({"conformsTo": CONFORMANCE, "links": alternates(base() + "/conformance")}, "conformance")
+
+
+@blp.route("/api", methods=["GET"])
+@blp.doc(**openapi.op("The OpenAPI 3.0 document of this surface (also part of /openapi.json)", None))
+def api_document():
+    spec = current_app.extensions["caesar_ogc_api"].spec.to_dict()
+    response = jsonify(openapi.surface(spec, root_url(), __version__))
+    response.mimetype = OAS_TYPE.split(";")[0]
+    response.headers["Content-Type"] = OAS_TYPE
+    return response
+
+
+@blp.route("/processes", methods=["GET"])
+@blp.doc(**openapi.op("The processes: every registered app", "ProcessList"))
+def process_list():
+    cfg, b = settings(), base()
+    apps = sorted(registry().apps.values(), key=lambda a: a.name)
+    doc = {"processes": [processes.summary(a, cfg, b) for a in apps], "links": alternates(b + "/processes")}
+    return respond(doc, "processes")
+
+
+@blp.route("/processes/<process_id>", methods=["GET"])
+@blp.doc(**openapi.op("A process: its inputs (JSON Schema from the app's options) and outputs", "ProcessDescription",
+                      path=["processID"]))
+def process_description(process_id: str):
+    return respond(processes.description(_app(process_id), settings(), base()), "process")
+
+
+@blp.route("/processes/<process_id>/execution", methods=["POST"])
+@blp.doc(**openapi.execute_op())
+def execution(process_id: str):
+    app = _app(process_id)
+    cfg = settings()
+    owner = current_owner()
+    inline = int(cfg["OGC_INLINE_MAX_BYTES"])
+    doc = json_body(limit=max(int(cfg["MAX_JSON_BYTES"]), inline * 4 // 3 + 64 * 1024))
+    prefer = request.headers.get("Prefer", "").replace(" ", "").lower().split(",")
+    wants_async = "respond-async" in prefer
+    run_async = wants_async or not processes.sync_allowed(app, cfg)
+    plan = ogc_execute.parse(cfg, app, doc, request.host, owner, request.args.get("response"))
+    try:
+        with session() as s:
+            check_active_limit(s, owner)
+            job = AppKind(registry()).create(s, cfg, owner, plan.body)
+            ogc = {"outputs": plan.outputs, "response": plan.response, "mode": "async" if run_async else "sync"}
+            if plan.subscriber:
+                ogc["subscriber"] = plan.subscriber
+            s.execute(JOBS.update().where(JOBS.c.id == job.id).values(extra={"ogc": ogc}))
+            job_id, backend = job.id, job.backend
+        publish_or_withdraw(job_id, backend)
+    except BaseException:
+        ogc_execute.remove_files(cfg, plan.made_files)
+        raise
+    if not run_async:
+        ended = _wait(job_id, float(cfg["OGC_SYNC_WAIT"]))
+        if ended is not None:
+            from .ogc_jobs import results_response
+
+            return results_response(ended, sync=True)
+    # Asynchronous, asked or because the process cannot run synchronously, or a synchronous run that did not end
+    # within OGC_SYNC_WAIT (RFC 7240: a server may answer a preference otherwise): the job's status, 201.
+    with session() as s:
+        info = status_info(s.get_one(Job, job_id), base(), root_url())
+    headers = {"Location": f"{base()}/jobs/{job_id}"}
+    if wants_async:
+        headers["Preference-Applied"] = "respond-async"
+    return respond(info, "job", status=201, headers=headers)
+
+
+def _wait(job_id: str, limit: float) -> Job | None:
+    """The job once it has ended, or None after limit seconds; polled with a growing interval (0.05 to 0.5 s)."""
+    url = settings()["DATABASE_URL"]
+    deadline = time.monotonic() + limit
+    pause = 0.05
+    while True:
+        with session_scope(url) as s:
+            job = s.get(Job, job_id)
+            if job is not None and job.state in TERMINAL_STATES:
+                s.expunge(job)
+                return job
+        if time.monotonic() + pause > deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
+
+
+def register(api, app) -> None:
+    """The blueprint under /ogcapi (documented in /openapi.json and its own /ogcapi/api), its exceptions, its
+    schemas."""
+    from . import ogc_jobs
+
+    openapi.register_schemas(api)
+    api.register_blueprint(blp, url_prefix=PREFIX)
+    api.register_blueprint(ogc_jobs.blp, url_prefix=PREFIX)
+    app.extensions["caesar_ogc_api"] = api
+    errors.SURFACE_RENDERERS[PREFIX] = problems.render

@@ -1,0 +1,184 @@
+"""An engine job as OGC API - Processes shows it: its statusInfo, its results document, and the SQL of the job list's
+filters. Only app jobs are OGC jobs (type "process"); TES tasks are left out of /ogcapi/jobs (the 1.0 schema knows
+no other type), and served by their own API."""
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, and_, false, or_
+
+from ..errors import BadRequest
+from ..models import Job, utcnow
+from ..states import ABORTED, CANCELED, FAILURE, PENDING, RUNNING, STARTED, SUCCESS, TIMED_OUT
+from .processes import ARCHIVE, Output, is_text
+
+API_V1 = "/caesar/api/v1.0"
+#: OGC status -> the engine states it covers (a dismissed job is CANCELED, or a finished job dismissed through OGC).
+STATES: dict[str, tuple[str, ...]] = {
+    "accepted": (PENDING.value,), "running": (STARTED.value, RUNNING.value), "successful": (SUCCESS.value,),
+    "failed": (FAILURE.value, TIMED_OUT.value, ABORTED.value), "dismissed": (CANCELED.value,)}
+_OF_STATE = {state: code for code, states in STATES.items() for state in states}
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat() + "Z"
+
+
+def dismissed_expr():
+    """SQL: the job was dismissed through OGC after it had ended (extra.ogc_dismissed set)."""
+    return Job.extra["ogc_dismissed"].as_string().is_not(None)
+
+
+def status_of(job: Job) -> str:
+    if (job.extra or {}).get("ogc_dismissed"):
+        return "dismissed"
+    return _OF_STATE[job.state]
+
+
+def status_info(job: Job, base: str, root: str) -> dict[str, Any]:
+    """root: the service's root URL (for the caesar-rest logs and metadata links)."""
+    status = status_of(job)
+    href = f"{base}/jobs/{job.id}"
+    times = [t for t in (job.submit_date, job.start_date, job.run_date, job.end_date) if t is not None]
+    info: dict[str, Any] = {"processID": job.app, "type": "process", "jobID": job.id, "status": status,
+                            "message": job.status or job.state, "created": iso(job.submit_date)}
+    if job.start_date is not None:
+        info["started"] = iso(job.run_date or job.start_date)
+    if job.end_date is not None:
+        info["finished"] = iso(job.end_date)
+    info["updated"] = iso(max(times))
+    if status == "successful":
+        info["progress"] = 100
+    elif status == "accepted":
+        info["progress"] = 0
+    links = [{"href": href, "rel": "self", "type": "application/json", "title": "job status"},
+             {"href": f"{href}?f=html", "rel": "alternate", "type": "text/html", "title": "job status as HTML"},
+             {"href": f"{base}/processes/{job.app}", "rel": "up", "type": "application/json", "title": "the process"}]
+    if status in ("successful", "failed"):
+        links.append({"href": f"{href}/results", "rel": "http://www.opengis.net/def/rel/ogc/1.0/results",
+                      "type": "application/json", "title": "job results"})
+    links += [{"href": f"{root}{API_V1}/job/{job.id}/logs", "rel": "related", "type": "application/json",
+               "title": "stdout and stderr (caesar-rest logs)"},
+              {"href": f"{root}{API_V1}/job/{job.id}/metadata", "rel": "describedby", "type": "application/json",
+               "title": "provenance (caesar-rest metadata)"}]
+    info["links"] = links
+    return info
+
+
+def requested(job: Job, known: Mapping[str, Output]) -> tuple[dict[str, str], str]:
+    """(output id -> transmission mode, response mode) the job was executed with; an app job submitted through
+    caesar-rest's own API gets every output (archive by reference) as a document."""
+    ogc = (job.extra or {}).get("ogc") or {}
+    chosen = ogc.get("outputs") or {ident: ("reference" if ident == ARCHIVE else "value") for ident in known}
+    return {k: v for k, v in chosen.items() if k in known}, ogc.get("response", "document")
+
+
+def result_value(out: Output, job: Job, mode: str, base: str, cap: int) -> dict[str, Any] | None:
+    """One output of a successful job as inline data or a link; None when the job wrote no such file. A value
+    larger than cap is given by reference."""
+    href = f"{base}/jobs/{job.id}/results/{out.id}"
+    link = {"href": href, "type": out.media_type, "rel": "related", "title": out.id}
+    if out.glob is None:
+        return link if mode == "reference" else _archive_value(job, cap) or link
+    files = out.files(Path(job.workdir))
+    if not files:
+        return None
+    path = files[0]
+    if mode == "reference" or path.stat().st_size > cap:
+        return link
+    data = path.read_bytes()
+    if is_text(out.media_type):
+        try:
+            return {"value": data.decode("utf-8"), "mediaType": out.media_type}
+        except UnicodeDecodeError:
+            pass
+    return {"value": base64.b64encode(data).decode(), "mediaType": out.media_type, "encoding": "base64"}
+
+
+def _archive_value(job: Job, cap: int) -> dict[str, Any] | None:
+    """The job's tar.gz inline, when it fits cap (built as the download builds it); None otherwise."""
+    from ..tarball import stream_tar_gz
+
+    workdir = Path(job.workdir)
+    if not workdir.is_dir():
+        return None
+    data = bytearray()
+    for chunk in stream_tar_gz(workdir, f"job_{job.id}", exclude=("inputs",)):
+        data += chunk
+        if len(data) > cap:
+            return None
+    return {"value": base64.b64encode(bytes(data)).decode(), "mediaType": "application/gzip", "encoding": "base64"}
+
+
+# ---- the job list's filters ----------------------------------------------------------------------------------------
+def _many(args: Any, name: str) -> list[str]:
+    values: list[str] = []
+    for raw in args.getlist(name):
+        values += [v.strip() for v in raw.split(",") if v.strip()]
+    return values
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"'datetime': {text!r} is not an RFC 3339 date-time", parameter="datetime") from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)      # the database keeps UTC without a zone
+    return value
+
+
+def _seconds(args: Any, name: str) -> int | None:
+    values = _many(args, name)
+    if not values:
+        return None
+    if len(values) > 1 or not values[0].isdigit() or not values[0].isascii():
+        raise BadRequest(f"'{name}' is one whole number of seconds", parameter=name)
+    return int(values[0])
+
+
+def filtered(query: Select, args: Any) -> Select:
+    """query with the job list's filters: type, processID, status, datetime (on creation), min/maxDuration
+    (seconds of running: to the end, or to now while it runs; 0 before it runs)."""
+    types = _many(args, "type")
+    if any(t != "process" for t in types):
+        raise BadRequest("'type' can only be process here (TES tasks are not OGC jobs)", parameter="type")
+    processes = _many(args, "processID")
+    if processes:
+        query = query.where(Job.app.in_(processes))
+    codes = _many(args, "status")
+    if codes:
+        bad = [c for c in codes if c not in STATES]
+        if bad:
+            raise BadRequest(f"Unknown status {bad[0]!r}; statuses are {', '.join(STATES)}", parameter="status")
+        dismissed = dismissed_expr()
+        clauses = [and_(Job.state.in_(STATES[c]), ~dismissed) if c != "dismissed"
+                   else or_(Job.state.in_(STATES[c]), dismissed) for c in codes]
+        query = query.where(or_(*clauses))
+    when = args.get("datetime")
+    if when:
+        if "/" in when:
+            start, _, end = when.partition("/")
+            if start not in ("", ".."):
+                query = query.where(Job.submit_date >= _parse_time(start))
+            if end not in ("", ".."):
+                query = query.where(Job.submit_date <= _parse_time(end))
+        else:
+            query = query.where(Job.submit_date == _parse_time(when))
+    now = utcnow()
+    low, high = _seconds(args, "minDuration"), _seconds(args, "maxDuration")
+    if low is not None and low > 0:
+        query = query.where(or_(and_(Job.end_date.is_not(None), Job.elapsed >= low),
+                                and_(Job.end_date.is_(None), Job.run_date.is_not(None),
+                                     Job.run_date <= now - timedelta(seconds=low))))
+    if high is not None:
+        query = query.where(or_(and_(Job.end_date.is_not(None), or_(Job.elapsed.is_(None), Job.elapsed <= high)),
+                                and_(Job.end_date.is_(None), or_(Job.run_date.is_(None),
+                                                                 Job.run_date >= now - timedelta(seconds=high)))))
+    if low is not None and high is not None and low > high:
+        query = query.where(false())
+    return query
