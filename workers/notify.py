@@ -112,7 +112,7 @@ def deliver(settings: Mapping[str, Any], publish: Publish, delivery_id: int) -> 
                                           DELIVERIES.c.id > delivery_id, DELIVERIES.c.state == "pending")
             .order_by(DELIVERIES.c.id).limit(1))
     if state == "pending":
-        log.info("notification %s (%s of job %s): try %d failed (%s); next in %.0f s", delivery_id, row.event,
+        log.info("notification %s (%s of job %s): try %d failed (%s); next in %g s", delivery_id, row.event,
                  row.job_id, attempts, error, backoff(settings, attempts))
         _publish(publish, [delivery_id], backoff(settings, attempts))
     else:
@@ -163,15 +163,26 @@ def attempt(settings: Mapping[str, Any], url: str, delivery_id: int, job_id: str
     except (Urllib3Timeout, TimeoutError):
         error = f"no answer in {timeout:g} s"
     except (HTTPError, OSError) as exc:
-        error = f"cannot send: {_reason(exc)}"
+        inner = _inner(exc)
+        error = f"cannot connect: {_reason(inner)}" if isinstance(inner, ConnectionRefusedError) else \
+            f"cannot send: {_reason(inner)}"
     finally:
         if response is not None:
             response.close()
     return status, error, permanent, round((time.monotonic() - started) * 1000, 1)
 
 
+def _inner(exc: BaseException) -> BaseException:
+    """The socket error inside urllib3's ProtocolError('Connection aborted.', error), else exc."""
+    last = exc.args[-1] if exc.args else None
+    return last if isinstance(last, OSError) else exc
+
+
 def _reason(exc: BaseException) -> str:
-    """An urllib3 error without the connection object's repr it starts with."""
+    """An error as a phrase: an OSError's strerror (connection refused), an urllib3 error without the connection
+    object's repr it starts with."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
     text = str(exc)
     if text.startswith("<") and ">: " in text:
         text = text.split(">: ", 1)[1]
