@@ -271,3 +271,40 @@ def test_broker_restart_with_200_jobs_queued_runs_each_once(tmp_path, scratch_ra
     finally:
         worker.stop()
         dispose_all()
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "filesystem"])
+def test_a_frozen_worker_is_found_by_the_broker_view_long_before_stale_after(tmp_path, pg_db, broker):
+    """Issue 15: a worker the broker no longer sees is gone. The pool's processes are frozen (SIGSTOP: alive, so
+    the same-host pid check cannot tell, as for a worker on another host), its job runs on in its sandbox. With
+    STALE_AFTER 300 s the heartbeat rule alone would leave the job RUNNING for five minutes (the code before this
+    rule did); the reaper's ping misses the frozen node twice in a row, the job ends FAILURE naming why, and its
+    orphaned process is stopped. Real workers, real RabbitMQ or the embedded filesystem broker, real PostgreSQL."""
+    extra = dict(STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5, REMOTE_POLL_INTERVAL=0.5,
+                 REAPER_DB_GRACE=0)
+    settings = production_settings(tmp_path / "var", pg_db, **extra) if broker == "rabbitmq" else \
+        embedded_settings(tmp_path / "var", DATABASE_URL=pg_db, **extra)
+    client = create_app(settings).test_client()
+    worker = start_worker(settings, ["local"], tmp_path / "worker.log", concurrency=1, beat=True, name="frozen")
+    try:
+        job_id = client.post(f"{API}/job", json={"app": "sleeper", "job_inputs": {"seconds": 120}}).get_json()["job_id"]
+        wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), job_id, ["RUNNING"], timeout=60)
+        assert job_processes(job_id)
+        frozen_at = time.monotonic()
+        os.killpg(worker.popen.pid, signal.SIGSTOP)     # the pool: main process and its children; not the reaper's
+        try:
+            st = wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), job_id, timeout=60)
+            took = time.monotonic() - frozen_at
+        finally:
+            os.killpg(worker.popen.pid, signal.SIGCONT)
+        assert st["state"] == "FAILURE", st
+        assert st["status"].startswith("Job lost: its worker is gone from the broker while it was RUNNING"), st
+        assert took < 60 < settings["STALE_AFTER"]
+        wait_until(lambda: not job_processes(job_id), 30, "the orphaned sleeper stopped")
+        # The thawed worker finds its job ended by someone else: it stays FAILURE, run once.
+        time.sleep(2)
+        meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
+        assert meta["state"] == "FAILURE" and meta["attempts"] == 1
+    finally:
+        worker.stop()
+        dispose_all()

@@ -1,6 +1,7 @@
 """Nothing lost: a redelivered message, a job whose worker died, and the reaper that finds them."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("caesar.runner")
 HOST = socket.gethostname()
+#: How long the reaper waits for the workers' answers to its ping (the broker's view of who is alive).
+PING_TIMEOUT = 1.0
 
 
 def on_redelivery(runner: Runner, job_id: str) -> str:
@@ -102,12 +105,56 @@ def _set_mark(s: Any, name: str, at: datetime) -> None:
         s.execute(update(Mark).where(Mark.name == name).values(at=at))
 
 
+def broker_view() -> set[str] | None:
+    """The workers the broker reaches now: the node names that answer a ping (Celery's broadcast, on RabbitMQ and
+    on the filesystem broker alike), or None when there is no view (no Celery app of this service in this process,
+    the broker unreachable, or nobody answered: a pool that cannot answer says nothing about its jobs)."""
+    from celery import current_app
+
+    if not current_app.conf.get("caesar_settings"):
+        return None
+    try:
+        replies = current_app.control.ping(timeout=PING_TIMEOUT)
+    except Exception as exc:            # the broker down: the heartbeats alone decide
+        log.warning("the reaper could not ping the workers: %s", exc)
+        return None
+    return {name for reply in replies for name in reply} or None
+
+
+def absent_nodes(settings: Mapping[str, Any], s: Any, now: datetime, nodes: set[str],
+                 view: set[str] | None) -> set[str]:
+    """Of `nodes` (the workers of jobs that stopped beating), those the broker has not seen for two heartbeat
+    intervals in a row: a node missing from one ping may be reconnecting. When a node was first missed is kept in
+    the marks table ('absent:<digest of its name>'), and forgotten once it answers, holds no quiet job, or the
+    broker gave no view (then nobody knows for how long it has been away)."""
+    after = timedelta(seconds=2 * float(settings["HEARTBEAT_INTERVAL"]))
+    marks = {m.name: m for m in s.execute(select(Mark).where(Mark.name.like("absent:%"))).scalars()}
+    missing = {_absent_mark(node): node for node in nodes - (view or set())} if view is not None else {}
+    gone = set()
+    for name, node in missing.items():
+        mark = marks.get(name)
+        if mark is None:
+            _set_mark(s, name, now)
+        elif now - mark.at >= after:
+            gone.add(node)
+    for name, mark in marks.items():
+        if name not in missing:
+            s.delete(mark)
+    return gone
+
+
+def _absent_mark(node: str) -> str:
+    return "absent:" + hashlib.sha256(node.encode()).hexdigest()[:40]
+
+
 def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
-         follow: Callable[[str], Any]) -> dict[str, int]:
+         follow: Callable[[str], Any], view: Callable[[], set[str] | None] = broker_view) -> dict[str, int]:
     """Jobs whose worker is gone are declared lost (or re-followed), old PENDING ones re-published, at most once per
-    PENDING_REPUBLISH_AFTER each. A dead worker pid on this host is proof at once; a stale heartbeat counts only
-    once the reaper has had the database for REAPER_DB_GRACE (default STALE_AFTER) without a gap: after an outage
-    the workers' heartbeats need that long to be stored again, and their jobs are healthy."""
+    PENDING_REPUBLISH_AFTER each. A worker is gone when its pid is dead on this host (proof at once), when the broker
+    has not seen it for two heartbeat intervals while its jobs stopped beating (a worker on another host that died
+    or froze), or when its heartbeat is older than STALE_AFTER. The last two count only once the reaper has had the
+    database for REAPER_DB_GRACE (default STALE_AFTER) without a gap: after an outage the workers' heartbeats need
+    that long to be stored again, and their jobs are healthy."""
     from .runner import Runner
 
     url = settings["DATABASE_URL"]
@@ -130,16 +177,19 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         # remote job's poll chain, on another worker process): then there is nothing to re-follow.
         beating = now - timedelta(seconds=2 * max(float(settings["HEARTBEAT_INTERVAL"]),
                                                   float(settings["REMOTE_POLL_INTERVAL"])))
-        local_dead = s.execute(select(Job.id, Job.extra).where(
-            Job.state.in_((STARTED, RUNNING)), Job.host == HOST,
-            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beating))).all()
+        quiet = s.execute(select(Job.id, Job.host, Job.extra).where(
+            Job.state.in_((STARTED, RUNNING)), or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beating))).all()
+        nodes = {extra["worker_node"] for _j, _h, extra in quiet if (extra or {}).get("worker_node")}
+        absent = absent_nodes(settings, s, now, nodes, view() if nodes and judging else None)
     runner = Runner(settings)
     lost = 0
     retried: list[str] = []
-    dead = {jid for jid, extra in local_dead
+    dead = {jid for jid, host, extra in quiet if host == HOST
             if (extra or {}).get("worker_pid") and not process_alive(int(extra["worker_pid"]))}
-    for job_id in set(stale) | dead:
-        why = "the worker running it died" if job_id in dead else "no heartbeat from its worker"
+    unseen = {jid for jid, _h, extra in quiet if (extra or {}).get("worker_node") in absent} - dead
+    for job_id in set(stale) | dead | unseen:
+        why = "the worker running it died" if job_id in dead else \
+            "its worker is gone from the broker" if job_id in unseen else "no heartbeat from its worker"
         outcome = declare_lost(runner, job_id, why)
         if outcome == "poll":
             follow(job_id)

@@ -56,7 +56,8 @@ class Runner:
         """Task body of caesar.run_job. Returns what happened (for the task result and logs): the end state, 'poll'
         when a remote backend now runs the job, or what a redelivery found."""
         with session_scope(self.url) as s:
-            held = claim(s, job_id, HOST, f"Worker {HOST} took the job; staging inputs", {"worker_pid": os.getpid()})
+            held = claim(s, job_id, HOST, f"Worker {HOST} took the job; staging inputs",
+                         {"worker_pid": os.getpid(), "worker_node": _node()})
         if held is None:
             return lost.on_redelivery(self, job_id)
         run = kind_run(self, held)
@@ -339,6 +340,14 @@ class Runner:
         return utcnow()
 
 
+def _node() -> str | None:
+    """The Celery node name of the worker running this task (what answers the reaper's ping), if in one."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    return getattr(request, "hostname", None) or None
+
+
 def _classified(how: Ending, result: StepResult | None) -> Ending:
     """how, with the retry reason the attempt's last command gives (a kind may have set one already)."""
     if how.retry_reason is not None:
@@ -347,6 +356,7 @@ def _classified(how: Ending, result: StepResult | None) -> Ending:
     return dataclasses.replace(how, retry_reason=reason) if reason else how
 
 
-def reap(settings: Mapping[str, Any], publish, follow) -> dict[str, int]:
+def reap(settings: Mapping[str, Any], publish, follow, view: Callable[[], set[str] | None] = lost.broker_view,
+         ) -> dict[str, int]:
     """The reaper (workers/lost.py), under the name the Celery task imports."""
-    return lost.reap(settings, publish, follow)
+    return lost.reap(settings, publish, follow, view)
