@@ -97,10 +97,28 @@ def _tes(job: Job, ev: Event) -> dict[str, Any]:
 RENDERERS: dict[str, Renderer] = {"caesar": _caesar, "tes": _tes}
 
 
-def register_renderer(name: str, renderer: Renderer) -> None:
-    """Make a payload format available to subscribe() under `name` (at import of the module that defines it: the
-    workers render too, so the module must be imported in both, e.g. from caesar_rest.kinds or this package)."""
+#: Formats registered by another module, by name: the module to import (it calls register_renderer) when the
+#: format is first used in a process that has not imported it yet. Payloads are rendered where the change happens,
+#: in the workers as much as in the API, so a format must be found in both.
+RENDERER_MODULES: dict[str, str] = {}
+
+
+def register_renderer(name: str, renderer: Renderer, module: str | None = None) -> None:
+    """Make a payload format available to subscribe() under `name`. Call it at import of the module that defines
+    the renderer, and give that module's import path as `module` (or list it in RENDERER_MODULES) so that a
+    worker, which may never import it otherwise, finds the format when a job of that format changes state."""
     RENDERERS[name] = renderer
+    if module:
+        RENDERER_MODULES[name] = module
+
+
+def renderer(name: str) -> Renderer | None:
+    """The renderer of a format, importing its module (RENDERER_MODULES) if this process has not yet."""
+    if name not in RENDERERS and name in RENDERER_MODULES:
+        import importlib
+
+        importlib.import_module(RENDERER_MODULES[name])
+    return RENDERERS.get(name)
 
 
 # ---- subscriptions ------------------------------------------------------------------------------------------------
@@ -170,7 +188,7 @@ def subscribe(session: Session, job: Job, url: str, events: Sequence[str], fmt: 
         settings = current_app.config
     check_url(url, settings, f"{field}.url")
     names = check_events(events, f"{field}.events")
-    if fmt not in RENDERERS:
+    if not isinstance(fmt, str) or renderer(fmt) is None:
         raise InvalidSubscription(f"'{field}.format': unknown format {fmt!r}; formats are {', '.join(RENDERERS)}",
                                   field=f"{field}.format")
     limit = int(settings.get("NOTIFY_MAX_SUBSCRIPTIONS") or 8)
@@ -225,7 +243,10 @@ def produce(session: Session, job_id: str, state: JobState | str, message: str, 
     for sub, names in wanted:
         ev = Event(names[0], names, str(JobState(state)), message, at)
         try:
-            payload = RENDERERS[sub.format](job, ev)
+            render = renderer(sub.format)
+            if render is None:
+                raise LookupError(f"no renderer for the format {sub.format!r} in this process")
+            payload = render(job, ev)
         except Exception:
             log.exception("job %s: the %s payload of a notification could not be rendered", job_id, sub.format)
             payload = {**ev.header(), "job_id": job_id, "state": ev.state, "status": message}

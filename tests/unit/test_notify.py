@@ -118,3 +118,19 @@ def test_backoff_doubles_up_to_its_cap():
 
     settings = {"NOTIFY_BACKOFF": 2.0, "NOTIFY_BACKOFF_MAX": 20.0}
     assert [backoff(settings, n) for n in range(1, 7)] == [2, 4, 8, 16, 20, 20]
+
+
+def test_a_format_registered_elsewhere_is_imported_where_it_is_first_used(monkeypatch):
+    """A worker may never import the module of another API's format: RENDERER_MODULES names it, renderer() loads
+    it (here the standard json module stands in: it registers nothing, so the name stays unknown)."""
+    monkeypatch.setitem(notify.RENDERER_MODULES, "x-test", "json")
+    assert notify.renderer("x-test") is None and notify.renderer("caesar") is notify.RENDERERS["caesar"]
+
+    def render(job, ev):
+        return {"event": ev.name}
+
+    notify.register_renderer("x-test", render, module="json")
+    try:
+        assert notify.renderer("x-test") is render
+    finally:
+        notify.RENDERERS.pop("x-test")
