@@ -217,8 +217,9 @@ class Settings(Mapping[str, Any]):
                                             "keys: AUTH_USERS.<name>.s3. The service's S3 keys never serve TES URLs.",
                                         checked_by="caesar_rest.tes_access.check_settings")
     # ---- notifications of job state changes (issue 21; caesar_rest/notify.py, workers/notify.py)
-    NOTIFY_ATTEMPTS: int = setting(8, "Tries at delivering one notification before it is given up (recorded as "
-                                      "failed); a refused target is given up at once.")
+    NOTIFY_ATTEMPTS: int = setting(12, "Tries at delivering one notification before it is given up (recorded as "
+                                       "failed; with the default backoff the last comes about 37 min after the "
+                                       "first); a target the egress rules refuse is given up at once.")
     NOTIFY_BACKOFF: float = setting(2.0, "Seconds before the second try of a notification; each later try waits "
                                          "twice as long as the one before (2, 4, 8... s), up to NOTIFY_BACKOFF_MAX.")
     NOTIFY_BACKOFF_MAX: float = setting(600.0, "Longest wait (s) between two tries of a notification.")
