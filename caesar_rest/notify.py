@@ -100,7 +100,8 @@ RENDERERS: dict[str, Renderer] = {"caesar": _caesar, "tes": _tes}
 #: Formats registered by another module, by name: the module to import (it calls register_renderer) when the
 #: format is first used in a process that has not imported it yet. Payloads are rendered where the change happens,
 #: in the workers as much as in the API, so a format must be found in both.
-RENDERER_MODULES: dict[str, str] = {}
+RENDERER_MODULES: dict[str, str] = {"ogc-status": "caesar_rest.ogc.callbacks",
+                                   "ogc-results": "caesar_rest.ogc.callbacks"}
 
 
 def register_renderer(name: str, renderer: Renderer, module: str | None = None) -> None:

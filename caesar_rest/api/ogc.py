@@ -13,7 +13,7 @@ from ..auth import current_owner
 from ..db import session_scope
 from ..kinds import AppKind
 from ..models import JOBS, TERMINAL_STATES, Job
-from ..ogc import CONFORMANCE, PREFIX, REL, execute as ogc_execute, openapi, problems, processes
+from ..ogc import CONFORMANCE, PREFIX, REL, callbacks, execute as ogc_execute, openapi, problems, processes
 from ..ogc.formats import alternates, base, respond
 from ..ogc.status import status_info
 from .common import check_active_limit, json_body, publish_or_withdraw, registry, session, settings
@@ -103,10 +103,14 @@ def execution(process_id: str):
         with session() as s:
             check_active_limit(s, owner)
             job = AppKind(registry()).create(s, cfg, owner, plan.body)
-            ogc = {"outputs": plan.outputs, "response": plan.response, "mode": "async" if run_async else "sync"}
+            # What the results, the status and the callbacks' payloads (rendered in the workers) are made from.
+            ogc = {"outputs": plan.outputs, "response": plan.response, "mode": "async" if run_async else "sync",
+                   "base": base(), "root": root_url(), "cap": inline}
             if plan.subscriber:
                 ogc["subscriber"] = plan.subscriber
             s.execute(JOBS.update().where(JOBS.c.id == job.id).values(extra={"ogc": ogc}))
+            if plan.subscriber:
+                callbacks.subscribe(s, job, plan.subscriber, cfg)
             job_id, backend = job.id, job.backend
         publish_or_withdraw(job_id, backend)
     except BaseException:

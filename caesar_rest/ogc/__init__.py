@@ -6,7 +6,7 @@ from __future__ import annotations
 
 PREFIX = "/ogcapi"
 CONF = "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/"
-#: The conformance classes declared and met (callback joins once subscriber URIs are delivered).
+#: The conformance classes declared and met (callback: subscriber URIs through the notification outbox).
 CONFORMANCE = [CONF + c for c in ("core", "ogc-process-description", "json", "html", "oas30", "job-list",
-                                  "dismiss")]
+                                  "callback", "dismiss")]
 REL = "http://www.opengis.net/def/rel/ogc/1.0/"

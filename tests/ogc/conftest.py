@@ -24,6 +24,7 @@ SCHEMAS = REPO / "caesar_rest" / "specs" / "ogcapi-processes-1.0" / "core" / "op
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789", "root": "root-token-0123456789"}
 USERS = {name: {"tokens_sha256": [hash_token(token)], **({"admin": True} if name == "root" else {})}
          for name, token in TOKENS.items()}
+NOTIFY_SECRET = "ogc-callback-secret"
 #: A sleeper whose time limit is longer than OGC_SYNC_WAIT: it cannot run synchronously.
 LONG_SLEEPER = """
 name: long-sleeper
@@ -43,7 +44,7 @@ def ogc_stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     settings = embedded_settings(root / "var", AUTH_MODE="token", AUTH_USERS=USERS, OGC_SYNC_WAIT=3600,
                                  OGC_INLINE_MAX_BYTES=64 * 1024, EGRESS_ALLOWED_NETWORKS=["127.0.0.0/8"],
                                  APPS_DIR=str(write_apps(root / "apps", {"long-sleeper": LONG_SLEEPER})),
-                                 STALE_AFTER=20)
+                                 STALE_AFTER=20, NOTIFY_SECRET=NOTIFY_SECRET, NOTIFY_BACKOFF=0.5)
     api, base = start_api(settings, root / "api.log")
     worker = start_worker(settings, ["local"], root / "worker.log", concurrency=2, beat=True)
     yield {"base": base, "ogc": base + "/ogcapi", "settings": settings, "root": root, "api": api, "worker": worker}
