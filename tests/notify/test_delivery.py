@@ -69,6 +69,17 @@ def test_every_change_and_a_tes_task_through_its_tags(stack, receiver):
     assert r.status_code == 400 and "private" in r.json()["message"], r.text
 
 
+def test_a_canceled_job_is_failed_and_finished(stack, receiver):
+    job_id = stack.alice.submit({"url": receiver.url("/cancel"), "events": ["failed", "finished", "succeeded"]},
+                                seconds=120).json()["job_id"]
+    wait_state(stack.alice.status, job_id, ["RUNNING"], timeout=60)
+    assert stack.alice.call("POST", f"{API}/job/{job_id}/cancel").status_code == 200
+    wait_until(lambda: receiver.events(job_id), 30, "the cancel's notification")
+    (sent,) = [x for x in receiver.requests if x["path"] == "/cancel"]        # one request for the change
+    assert sent["body"]["event"] == "failed" and sent["body"]["events"] == ["failed", "finished"]
+    assert sent["body"]["state"] == "CANCELED" and sent["signed"]
+
+
 def test_a_receiver_down_at_first_gets_it_after_retries(stack, receivers):
     down = Receiver()                    # its port is known, nothing listens there yet
     receivers.append(down)
