@@ -116,6 +116,12 @@ class Backend(Protocol):
     def cleanup(self, handle: str) -> None:
         """Free whatever the backend holds for this job (remote dir, container). Idempotent."""
 
+    def adopt(self, job_id: str, workdir: Path, since: float) -> str | None:
+        """The handle of a job this backend made for job_id since `since` (epoch seconds: when the attempt began)
+        although no submit returned it to be recorded (its reply was lost, or the worker died in between), so that
+        it is followed instead of submitted a second time; None when there is none. A job of an earlier attempt
+        still running is stopped: its attempt has ended."""
+
 
 class BackendBase(ABC):
     """What every backend derives from: the protocol's optional parts with their defaults, so that callers call
@@ -136,6 +142,9 @@ class BackendBase(ABC):
 
     def wait(self, handle: str, seconds: float) -> None:
         time.sleep(seconds)     # nothing to wait on but the clock
+
+    def adopt(self, job_id: str, workdir: Path, since: float) -> str | None:
+        return None             # a backend that cannot find its jobs by the caesar job id
 
     @abstractmethod
     def submit(self, job: JobSpec) -> str: ...

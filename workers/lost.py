@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import socket
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import insert, or_, select, update
@@ -48,8 +50,9 @@ def on_redelivery(runner: Runner, job_id: str) -> str:
 
 
 def declare_lost(runner: Runner, job_id: str, why: str) -> str:
-    """The job's worker is gone: a remote job is followed again ('poll'); anything else ends FAILURE, its leftovers
-    stopped. Never re-run."""
+    """The job's worker is gone: a remote job is followed again ('poll'), one whose submission the backend took
+    without its reply being recorded too (adopted); anything else ends FAILURE, its leftovers stopped. Never
+    re-run."""
     with session_scope(runner.url) as s:
         job = s.get(Job, job_id)
         if job is None or job.state in TERMINAL_STATES:
@@ -57,6 +60,7 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
         if job.backend == "local" and job.pid and job.host == HOST and process_alive(job.pid, job_id):
             kill_group(job.pid, float(runner.settings["CANCEL_GRACE"]))   # an orphan of the dead worker
         backend_name, handle, state, host = job.backend, job.handle, job.state, job.host
+        workdir, began = Path(job.workdir), job.start_date
     try:
         backend = get_backend(runner.settings, backend_name)
     except BackendError:
@@ -65,6 +69,18 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
         # The remote job may well be alive: only its follower was lost. Keep following it.
         return "poll"
     leftovers = ""
+    if backend is not None and not handle and not backend.blocking:
+        # The worker may have died after the backend took the submission, before the handle was recorded: a job the
+        # backend holds for this attempt is adopted and followed, never left running unseen nor made twice.
+        try:
+            handle = backend.adopt(job_id, workdir, began.replace(tzinfo=UTC).timestamp() if began else math.inf)
+        except Exception as exc:
+            log.exception("looking for the lost job %s on %s failed", job_id, backend_name)
+            leftovers = f"; looking for it on the {backend_name} backend failed ({exc}): a later try adopts it"
+        if handle and _adopted(runner, job_id, handle):
+            log.warning("job %s: adopted %s on %s, submitted by a worker that died before recording it", job_id,
+                        handle, backend_name)
+            return "poll"
     if backend is not None and handle and backend.name != "local":
         # An in-slot job outside this process (a container) outlives its worker: stop and remove it.
         try:
@@ -76,6 +92,14 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
     how = Ending(FAILURE, f"Job lost: {why} while it was {state} (worker {host}); it was not re-run{leftovers}",
                  retry_reason="lost")
     return runner.end(job_id, how)         # FAILURE, or PENDING when its app retries lost attempts
+
+
+def _adopted(runner: Runner, job_id: str, handle: str) -> bool:
+    """The adopted handle recorded, if the job still has none and is still active (else the caller stops it)."""
+    with session_scope(runner.url) as s:
+        done = s.execute(update(Job).where(Job.id == job_id, Job.handle.is_(None), Job.state.in_((STARTED, RUNNING)))
+                         .values(handle=handle, heartbeat_at=utcnow()))
+        return bool(cast(CursorResult[Any], done).rowcount)
 
 
 def watching_since(settings: Mapping[str, Any], s: Any, now: datetime) -> datetime:

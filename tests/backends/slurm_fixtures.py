@@ -103,9 +103,9 @@ class SlurmStack:
     """An embedded caesar-rest (Flask test client in this process) and a real worker serving the slurm backends."""
 
     def __init__(self, cluster: dict[str, str], root: Path, extra_backends: Mapping[str, Any] | None = None,
-                 **settings: Any) -> None:
-        """extra_backends: more slurm backends by name (their options; the class is added), and settings over the
-        stack's own."""
+                 extra_apps: Mapping[str, str] | None = None, **settings: Any) -> None:
+        """extra_backends: more slurm backends by name (their options; the class is added); extra_apps: more apps
+        (name: YAML); settings over the stack's own."""
         self.cluster = cluster
         self.root = root
         self.outage_port = free_port()
@@ -122,7 +122,10 @@ class SlurmStack:
             **{name: {"class": SLURM_CLASS, **options} for name, options in (extra_backends or {}).items()},
         }
         self.slurm_backends = (*SLURM_BACKENDS, *(extra_backends or {}))
-        self.settings = embedded_settings(root / "var", APPS_DIR=str(write_apps(root / "apps", self.slurm_backends)),
+        apps = write_apps(root / "apps", self.slurm_backends)
+        for name, text in (extra_apps or {}).items():
+            (apps / f"{name}.yml").write_text(text)
+        self.settings = embedded_settings(root / "var", APPS_DIR=str(apps),
                                           BACKENDS=backends, BROKER_URL=RABBIT,
                                           QUEUE_PREFIX=f"t{secrets.token_hex(4)}.", REMOTE_POLL_INTERVAL=0.5,
                                           REMOTE_UNREACHABLE_TIMEOUT=UNREACHABLE_TIMEOUT, **settings)

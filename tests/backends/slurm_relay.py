@@ -15,6 +15,7 @@ import urllib3
 
 SUBMIT = re.compile(r"^/slurm/[^/]+/job/submit$")
 JOB = re.compile(r"^/slurm/[^/]+/job/(\d+)$")
+JOBS = re.compile(r"^/slurm/[^/]+/jobs$")
 NOT_ENDED = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "STAGE_OUT", "SIGNALING"}
 
 
@@ -22,12 +23,13 @@ class SlurmRelay:
     """Relays to `target` (slurmrestd's base URL). `submit_reply`: "pass", "drop" (the first accepted submission's
     reply is lost: the connection closes) or "hold" (that reply is held, `submit_held` set, until `release`).
     `hold_ended`: the first answer to GET /job/{id} that says the job ended is held (`ended_held` set) until
-    `release`."""
+    `release`. `fail_listing`: that many GET /jobs are answered 503 (slurmrestd unreachable) instead of relayed."""
 
     def __init__(self, target: str, submit_reply: str = "pass", hold_ended: bool = False) -> None:
         self.target = target.rstrip("/")
         self.submit_reply = submit_reply
         self.hold_ended = hold_ended
+        self.fail_listing = 0
         self.submits: list[dict[str, Any]] = []        # slurmrestd's answers to every submission relayed
         self.submit_held = threading.Event()
         self.ended_held = threading.Event()
@@ -44,6 +46,9 @@ class SlurmRelay:
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if self.command == "GET" and JOBS.match(self.path) and relay._fail_listing():
+                    self.send_error(503, "the relay plays slurmrestd unreachable")
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 answer = relay.http.request(self.command, relay.target + self.path, body=body, headers=headers)
                 if not relay._deliver(self.command, self.path, answer):
@@ -72,15 +77,22 @@ class SlurmRelay:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, name="slurm-relay", daemon=True).start()
 
-    def arm(self, submit_reply: str = "pass", hold_ended: bool = False) -> SlurmRelay:
+    def arm(self, submit_reply: str = "pass", hold_ended: bool = False, fail_listing: int = 0) -> SlurmRelay:
         """What the relay does from now on, each misbehaviour once; what it did before is forgotten."""
         with self._lock:
-            self.submit_reply, self.hold_ended = submit_reply, hold_ended
+            self.submit_reply, self.hold_ended, self.fail_listing = submit_reply, hold_ended, fail_listing
             self._played.clear()
             self.submits.clear()
             for event in (self.submit_held, self.ended_held, self.release):
                 event.clear()
         return self
+
+    def _fail_listing(self) -> bool:
+        with self._lock:
+            if self.fail_listing <= 0:
+                return False
+            self.fail_listing -= 1
+            return True
 
     def _once(self, what: str) -> bool:
         with self._lock:

@@ -31,6 +31,7 @@ scripts first, and the nodes must see the same path (a shared software area). Th
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pwd
@@ -38,6 +39,7 @@ import re
 import secrets
 import shlex
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,33 +47,28 @@ from typing import Any, ClassVar
 from caesar_rest.errors import BackendRejected
 
 from .base import (
-    CANCELLED,
-    EXITED,
-    FAILED,
     LOST,
-    QUEUED,
-    RUNNING,
     BackendBase,
     BackendError,
     BackendNotConfigured,
     BackendStatus,
+    BackendUnavailable,
     JobSpec,
     host_executable,
 )
 from .slurm_rest import SlurmRest, Token
 from .slurm_stage import copy_back, give_to, manifest_lines
+from .slurm_states import ACTIVE, CANCEL_MARK, WAITING, job_status
+
+__all__ = ["CANCEL_MARK", "SlurmBackend", "job_script", "job_status"]
 
 WORKDIR_MODES = ("shared", "stage")
 CHOOSABLE = ("partition", "account", "qos", "constraints", "reservation")
-CANCEL_MARK = "; canceled through caesar-rest"
-_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-_ACTIVE = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
-# Ends that are no fault of the job: LOST, which the runner's retries count as a node failure.
-_NODE_TROUBLE = {"NODE_FAIL": "its node failed", "BOOT_FAIL": "its node failed to boot",
-                 "PREEMPTED": "it was preempted"}
-_OTHER_ENDS = {"DEADLINE": "it reached its deadline", "REVOKED": "it was revoked (federation)",
-               "SPECIAL_EXIT": "it ended in a special exit state"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Seconds the controller's clock (a job's submit_time, whole seconds) may be behind the worker's when a job made
+# since an attempt began is told from an earlier attempt's.
+CLOCK_SLACK = 2
+log = logging.getLogger("caesar.backends.slurm")
 
 
 class SlurmBackend(BackendBase):
@@ -144,10 +141,22 @@ class SlurmBackend(BackendBase):
             raise BackendRejected(problem)
         executable = self._executable(job.argv[0])     # resolved once: the script and the job's PATH use it
         script = job_script([executable, *map(str, job.argv[1:])], manifest=self.mode == "stage")
+        if self._tried_before(job):
+            # An earlier attempt's job may still run, made with its reply lost: that attempt has ended, so its job is
+            # cancelled (it runs in a directory set aside, or with inputs of its own), never left running beside this.
+            self.adopt(job.job_id, Path(job.workdir), since=math.inf)
         rundir = self._rundir(job)
         description = self._description(job, rundir, executable)
         try:
-            submitted = self.rest.submit(script, description)
+            posted = time.time()
+            try:
+                submitted = self.rest.submit(script, description)
+            except BackendUnavailable as exc:
+                # The reply may be lost after slurmrestd accepted it (a dropped connection, a read timeout).
+                adopted = self._after_lost_reply(job, posted, exc)
+                log.warning("job %s: the reply to its submission was lost (%s); adopted Slurm job %s", job.job_id,
+                            exc, adopted)
+                return adopted
             if submitted.messages:
                 # Made, but Slurm says it cannot run as asked (more CPUs than any node has): it would wait forever.
                 self.rest.cancel(submitted.job_id)
@@ -193,7 +202,58 @@ class SlurmBackend(BackendBase):
         if rundir is not None and rundir.is_dir():
             shutil.rmtree(rundir)
 
+    def adopt(self, job_id: str, workdir: Path, since: float) -> str | None:
+        """The Slurm job this backend made for job_id since `since` whose id was never recorded, found by its comment
+        in the controller's job listing (ended or not). Any other copy still waiting or running is cancelled: one of
+        an earlier attempt, a second one, or one this backend cannot follow (its directory neither the job's nor a
+        scratch directory of this backend). Never two copies of a job."""
+        mine = f"caesar-rest job {job_id}"
+        found: str | None = None
+        for record in sorted(self.rest.jobs(), key=lambda r: int(r.get("job_id") or 0)):
+            if str(record.get("comment") or "") not in (mine, mine + CANCEL_MARK):
+                continue
+            state, submitted = str(record.get("job_state") or ""), record.get("submit_time")
+            live = state in WAITING or state in ACTIVE
+            handle = self._handle_of(record, job_id, workdir)
+            if found is None and handle is not None and isinstance(submitted, int) \
+                    and submitted >= since - CLOCK_SLACK:
+                found = handle
+            elif live:
+                log.warning("job %s: cancelling Slurm job %s, a copy this backend does not follow", job_id,
+                            record.get("job_id"))
+                self.rest.cancel(int(record["job_id"]))
+        return found
+
     # ---- helpers ------------------------------------------------------------------------------------------------
+    def _after_lost_reply(self, job: JobSpec, posted: float, exc: BackendUnavailable) -> str:
+        """The job slurmrestd made of a submission whose reply never came, or BackendUnavailable again when it made
+        none (or the listing cannot be read: then the next try, or the reaper's, adopts or cancels it)."""
+        try:
+            adopted = self.adopt(job.job_id, Path(job.workdir), since=posted)
+        except BackendError as again:
+            raise BackendUnavailable(f"{exc}; whether Slurm made the job is unknown (listing its jobs failed: "
+                                     f"{again}); a later try adopts or cancels it") from exc
+        if adopted is None:
+            raise exc
+        return adopted
+
+    def _tried_before(self, job: JobSpec) -> bool:
+        """An earlier submit of this job got as far as its directory: its tmp/, an earlier attempt's directory set
+        aside (workers/retry.py), or a scratch directory of it. Only then is the controller's listing read."""
+        workdir = Path(job.workdir)
+        if (workdir / "tmp").exists() or any(workdir.parent.glob(f"{workdir.name}.attempt-*")):
+            return True
+        return self.scratch is not None and any(self.scratch.glob(f"caesar-{job.job_id}-*"))
+
+    def _handle_of(self, record: Mapping[str, Any], job_id: str, workdir: Path) -> str | None:
+        """The handle of a Slurm job record, when it runs where this backend would run job_id."""
+        cwd = Path(str(record.get("current_working_directory") or ""))
+        if self.mode != "stage":
+            return str(record["job_id"]) if cwd == workdir else None
+        if self.scratch is None or cwd.parent != self.scratch or not cwd.name.startswith(f"caesar-{job_id}-"):
+            return None
+        return f"{record['job_id']}|{cwd}"
+
     def _description(self, job: JobSpec, rundir: Path, executable: str) -> dict[str, Any]:
         env = {"PATH": f"{os.path.dirname(executable)}:/usr/local/bin:/usr/bin:/bin",
                "HOME": str(rundir / "tmp"), "TMPDIR": str(rundir / "tmp"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
@@ -274,53 +334,6 @@ def job_script(argv: list[str], manifest: bool = False) -> str:
         return f"#!/bin/sh\n# caesar-rest: the app's argv, each argument quoted\nexec {command}\n"
     return "\n".join(["#!/bin/sh", "# caesar-rest: the app's argv, each argument quoted; then its outputs' manifest",
                       command, *manifest_lines()]) + "\n"
-
-
-def job_status(record: Mapping[str, Any]) -> BackendStatus:
-    """A Slurm job record (GET /job/{id}) as a BackendStatus, with Slurm's reasons."""
-    slurm_id = record.get("job_id")
-    state = str(record.get("job_state") or "")
-    reason = str(record.get("state_reason") or "None")
-    host = str(record.get("batch_host") or record.get("nodes") or "") or None
-    if state in _WAITING:
-        why = reason if reason != "None" else state.lower()
-        return BackendStatus(QUEUED, reason=f"Waiting in Slurm as job {slurm_id} (partition "
-                                            f"{record.get('partition')}): {why}")
-    if state in _ACTIVE:
-        return BackendStatus(RUNNING, host=host)
-    code = record.get("exit_code")
-    status = code if isinstance(code, int) else None
-    if state == "COMPLETED":
-        return BackendStatus(EXITED, exit_code=0, host=host)
-    if state == "FAILED" and status is not None and status & 0x7F:
-        return BackendStatus(EXITED, exit_code=-(status & 0x7F), host=host)     # a wait status: killed by a signal
-    if state == "FAILED" and status is not None and status >> 8:
-        return BackendStatus(EXITED, exit_code=status >> 8, host=host)
-    if state == "FAILED":
-        return BackendStatus(FAILED, reason=f"Slurm failed job {slurm_id}: {reason}", host=host)
-    if state == "TIMEOUT":
-        return BackendStatus(FAILED, timed_out=True, host=host, reason=f"Slurm stopped job {slurm_id} at its time "
-                                                                       f"limit of {record.get('time_limit')} min "
-                                                                       "(TIMEOUT)")
-    if state == "OUT_OF_MEMORY":
-        limit = record.get("memory_per_node")
-        return BackendStatus(FAILED, oom_killed=True, host=host,
-                             reason=f"out of memory: the kernel killed job {slurm_id} past its memory limit"
-                                    f"{f' of {limit} MB' if isinstance(limit, int) else ''} (Slurm: OUT_OF_MEMORY)")
-    if state == "CANCELLED":
-        if str(record.get("comment") or "").endswith(CANCEL_MARK):
-            return BackendStatus(CANCELLED, reason="Job canceled by user", host=host)
-        return BackendStatus(FAILED, host=host, reason=f"Slurm job {slurm_id} was cancelled outside caesar-rest "
-                                                       f"(by its Slurm user {record.get('user_name')!r} or an "
-                                                       "administrator: scancel)")
-    if state in _NODE_TROUBLE:
-        return BackendStatus(LOST, host=host, reason=f"Slurm ended job {slurm_id}: {_NODE_TROUBLE[state]} "
-                                                     f"({state}, {reason}); running it again may succeed")
-    if state in _OTHER_ENDS:
-        return BackendStatus(FAILED, host=host, reason=f"Slurm ended job {slurm_id}: {_OTHER_ENDS[state]} "
-                                                       f"({state}, {reason})")
-    return BackendStatus(FAILED, reason=f"Slurm job {slurm_id} is in a state this service does not know: "
-                                        f"{state!r} ({reason})", host=host)
 
 
 def _uid_of(user: str) -> int | None:

@@ -133,6 +133,10 @@ class SlurmRest:
         self._raise(status, messages, "submitting a job", rejected=True)
         raise BackendError(f"slurmrestd answered a submission with HTTP {status} and no job id")    # not reached
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """GET /jobs: every job the controller knows (running, waiting, and those ended within MinJobAge)."""
+        return [dict(j) for j in self._call("GET", "/jobs", "listing the jobs").get("jobs") or []]
+
     def job(self, job_id: int) -> dict[str, Any] | None:
         """The job's record; None when the controller does not know it (purged, or never was)."""
         status, body = self._request("GET", f"/job/{job_id}", f"reading job {job_id}")
