@@ -18,7 +18,16 @@ from referencing.jsonschema import DRAFT4
 
 from caesar_rest.auth import hash_token
 
-from ..support import REPO, embedded_settings, start_api, start_worker, write_apps
+from ..support import (
+    REPO,
+    create_pg_database,
+    drop_pg_database,
+    embedded_settings,
+    production_settings,
+    start_api,
+    start_worker,
+    write_apps,
+)
 
 SCHEMAS = REPO / "caesar_rest" / "specs" / "ogcapi-processes-1.0" / "core" / "openapi" / "schemas"
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789", "root": "root-token-0123456789"}
@@ -38,10 +47,13 @@ options:
 """
 
 
-@pytest.fixture(scope="session")
-def ogc_stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("ogc")
-    settings = embedded_settings(root / "var", AUTH_MODE="token", AUTH_USERS=USERS, OGC_SYNC_WAIT=3600,
+@pytest.fixture(scope="session", params=["embedded", "production"])
+def ogc_stack(request, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """The embedded default (SQLite, filesystem broker) and production (PostgreSQL, RabbitMQ, Redis) stacks."""
+    root = tmp_path_factory.mktemp(f"ogc-{request.param}")
+    db_url = create_pg_database() if request.param == "production" else None
+    make = embedded_settings if db_url is None else functools.partial(production_settings, database_url=db_url)
+    settings = make(root / "var", AUTH_MODE="token", AUTH_USERS=USERS, OGC_SYNC_WAIT=3600,
                                  OGC_INLINE_MAX_BYTES=64 * 1024, EGRESS_ALLOWED_NETWORKS=["127.0.0.0/8"],
                                  APPS_DIR=str(write_apps(root / "apps", {"long-sleeper": LONG_SLEEPER})),
                                  STALE_AFTER=20, NOTIFY_SECRET=NOTIFY_SECRET, NOTIFY_BACKOFF=0.5)
@@ -50,6 +62,8 @@ def ogc_stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     yield {"base": base, "ogc": base + "/ogcapi", "settings": settings, "root": root, "api": api, "worker": worker}
     worker.stop()
     api.stop()
+    if db_url:
+        drop_pg_database(db_url)
 
 
 def session_for(user: str) -> requests.Session:
