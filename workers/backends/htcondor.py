@@ -32,6 +32,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from . import condor_seal
 from .base import (
     CANCELLED,
     EXITED,
@@ -56,6 +57,7 @@ HOLD_SPOOLING_INPUT = 16    # HoldReasonCode while a spooled job's inputs are st
 PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
               "HoldReasonCode", "RemoveReason", "RemoteHost", "LastRemoteHost", "CaesarJobId"]
 USER_RE = re.compile(r"[^A-Za-z0-9_-]")
+SEAL_SCRIPT = os.path.abspath(condor_seal.__file__)
 
 
 def without_match_time_expansion(value: str) -> str:
@@ -248,16 +250,27 @@ class HTCondorBackend(BackendBase):
             schedd.act(self.htcondor.JobAction.Remove, job, "Canceled by the caesar-rest user")
 
     def fetch_outputs(self, handle: str, dest: Path) -> None:
-        """files / shared: HTCondor already wrote outputs into the job directory. spool: retrieve them."""
-        if self.transfer != "spool":
+        """shared: HTCondor ran the job in the job directory. files: HTCondor transferred the outputs into it. spool:
+        retrieve them. Transferred outputs are held to the seal the execute node made (condor_seal.py): a file that
+        differs from it is an error naming the file (spool: retried, the schedd still holds its copy)."""
+        if self.transfer == "shared":
             return
         job, name = self._parse(handle)
         schedd, _ = self._schedd(name or None)
         with self._reaching(f"retrieving the outputs of job {job} from schedd {name}"):
             ads = schedd.query(self._constraint(job), ["JobStatus"])
-            if ads and ads[0].get("JobStatus") == COMPLETED:
-                # Written to the job's submit-time iwd, which is dest: the job directory.
-                schedd.retrieve(job)
+            if not ads and self.transfer == "files":    # done and gone from the queue: its last word
+                ads = schedd.history(self._constraint(job), ["JobStatus"], match=1)
+            if not ads or ads[0].get("JobStatus") != COMPLETED:
+                return              # removed or held: nothing was sealed, nothing to retrieve
+            if self.transfer == "spool":
+                schedd.retrieve(job)    # written to the job's submit-time iwd, which is dest: the job directory
+        problems = condor_seal.verify(dest)
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            error = BackendUnavailable if self.transfer == "spool" else BackendError
+            raise error(f"the outputs of HTCondor job {job} do not match what the execute node sealed: {shown}")
+        (dest / condor_seal.MANIFEST).unlink(missing_ok=True)
 
     def cleanup(self, handle: str) -> None:
         """Take the job out of the queue: a held job, or a finished spooled one kept for its outputs."""
@@ -299,8 +312,10 @@ class HTCondorBackend(BackendBase):
         else:
             description["should_transfer_files"] = "YES"
             description["when_to_transfer_output"] = "ON_EXIT"
-            if (workdir / "inputs").is_dir():
-                description["transfer_input_files"] = "inputs"
+            # The outputs' seal runs after the job on the execute node (condor_seal.py); its manifest comes back.
+            seal = _plain(SEAL_SCRIPT, "seal script path")
+            description["transfer_input_files"] = f"inputs,{seal}" if (workdir / "inputs").is_dir() else seal
+            description["+PostCmd"] = classad2.quote(os.path.basename(SEAL_SCRIPT))
         if self.transfer != "spool":
             description["hold"] = "true"    # released once Arguments and Environment are set
         if self.requirements:
