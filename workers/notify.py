@@ -166,6 +166,9 @@ def attempt(settings: Mapping[str, Any], url: str, delivery_id: int, job_id: str
         inner = _inner(exc)
         error = f"cannot connect: {_reason(inner)}" if isinstance(inner, ConnectionRefusedError) else \
             f"cannot send: {_reason(inner)}"
+    except Exception as exc:    # anything else is a failed try too, recorded: a notification never escapes as an error
+        log.exception("notification %s: unexpected error sending it", delivery_id)
+        error = f"cannot send: {exc.__class__.__name__}: {exc}"
     finally:
         if response is not None:
             response.close()

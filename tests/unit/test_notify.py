@@ -134,3 +134,13 @@ def test_a_format_registered_elsewhere_is_imported_where_it_is_first_used(monkey
         assert notify.renderer("x-test") is render
     finally:
         notify.RENDERERS.pop("x-test")
+
+
+def test_a_try_at_a_refused_address_connects_nowhere_and_is_not_retried():
+    from workers.notify import attempt
+
+    settings = {"NOTIFY_TIMEOUT": 1, "NOTIFY_SECRET": None, "EGRESS_ALLOWED_NETWORKS": []}
+    status, error, permanent, _took = attempt(settings, "http://127.0.0.1:9/hook", 1, "job-1", "finished", {})
+    assert status is None and permanent
+    assert error == ("refused by the egress rules: 127.0.0.1: a loopback address, refused "
+                     "(EGRESS_ALLOWED_NETWORKS does not list it)")
