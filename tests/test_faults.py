@@ -308,3 +308,38 @@ def test_a_frozen_worker_is_found_by_the_broker_view_long_before_stale_after(tmp
     finally:
         worker.stop()
         dispose_all()
+
+
+def test_database_outage_of_twice_stale_after_ends_no_healthy_local_or_remote_job(tmp_path, pg_db, condor_pool):
+    """The same drill with a remote job beside the local one (issue 15 asks for both): a job on the real HTCondor
+    pool, followed by its poll chain, and a local sleeper, while the database is cut for 2 x STALE_AFTER. Both end
+    SUCCESS, each in one attempt, the remote one with its output fetched."""
+    from .backends.htcondor_fixtures import condor_options, write_apps as condor_apps
+
+    proxy = TcpProxy(5432)
+    url = pg_db.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    stale_after = 3.0
+    settings = embedded_settings(tmp_path / "var", DATABASE_URL=url, STALE_AFTER=stale_after, REAPER_INTERVAL=1,
+                                 HEARTBEAT_INTERVAL=0.5, APPS_DIR=str(condor_apps(tmp_path / "apps")),
+                                 BACKENDS={"local": {}, "condor": condor_options(condor_pool)})
+    client = create_app(settings).test_client()
+    worker = start_worker(settings, ["local", "condor"], tmp_path / "worker.log", concurrency=2, beat=True)
+    try:
+        jobs = {backend: client.post(f"{API}/job", json={"app": "sleeper", "backend": backend, "job_inputs": {
+            "seconds": 14, "message": f"on {backend}"}}).get_json()["job_id"] for backend in ("local", "condor")}
+        for job_id in jobs.values():
+            wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), job_id, ["RUNNING"], timeout=180)
+        proxy.down()
+        time.sleep(2 * stale_after + 1)     # the outage itself is the drill's input, not a wait on a result
+        proxy.up()
+        for backend, job_id in jobs.items():
+            st = wait_state(lambda j: client.get(f"{API}/job/{j}/status").get_json(), job_id, timeout=180)
+            assert st["state"] == "SUCCESS", (backend, st)
+            meta = client.get(f"{API}/job/{job_id}/metadata").get_json()
+            assert meta["attempts"] == 1 and meta["backend"] == backend
+            assert "sleeper.txt" in {o["path"] for o in meta["outputs"]}, meta["outputs"]
+    finally:
+        proxy.up() if proxy._listener is None else None
+        worker.stop()
+        dispose_all()
+        proxy.down()
