@@ -260,9 +260,10 @@ class Settings(Mapping[str, Any]):
                                                   "'docker.io/library/python:3.*' (a short name reads "
                                                   "docker.io/library/NAME:latest); empty: any image.")
     # ---- OGC API - Processes (issue 21; caesar_rest/ogc/, caesar_rest/api/ogc*.py)
-    OGC_SYNC_WAIT: float = setting(600.0, "Longest wait (s) of a synchronous OGC execution for its job: a process "
+    OGC_SYNC_WAIT: float = setting(240.0, "Longest wait (s) of a synchronous OGC execution for its job: a process "
                                           "whose app time limit is longer is async-execute only, and a job not ended "
-                                          "by then is answered as an asynchronous one (201 and its status).")
+                                          "by then is answered as an asynchronous one (201 and its status). Keep it "
+                                          "below the proxy's read timeout (nginx/caesar-rest.conf: 300 s).")
     OGC_INLINE_MAX_BYTES: int = setting(4 * 1024**2, "Largest file (decoded) an OGC execute request may carry inline "
                                                      "(base64), and largest output a result gives by value; a larger "
                                                      "output is given by reference.")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, request, send_file
+from flask import Response, request, send_file, stream_with_context
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
-from .. import jobs as service, paging
+from .. import jobs as service, paging, s3store
 from ..auth import owner_filter
 from ..db import json_merge, session_scope
 from ..errors import NotFound
@@ -22,7 +22,7 @@ from ..models import JOBS, TERMINAL_STATES, Job, utcnow
 from ..ogc import openapi, problems
 from ..ogc.formats import alternates, base, respond
 from ..ogc.processes import Output, outputs_of
-from ..ogc.status import iso, requested, result_value, status_info, status_of
+from ..ogc.status import JobFile, file_of, iso, job_files, requested, result_value, status_info, status_of
 from .common import celery, int_arg, session, settings
 
 blp = Blueprint("ogc_jobs", __name__, description="OGC API - Processes 1.0 jobs: the engine's app jobs")
@@ -144,9 +144,11 @@ def results_response(job: Job, sync: bool = False) -> Response:
     known = _outputs(job)
     chosen, mode = requested(job, known)
     b, cap = base(), int(settings()["OGC_INLINE_MAX_BYTES"])
+    store = _store(job)
+    files = job_files(job, store)
     monitor = f'<{b}/jobs/{job.id}>; rel="monitor"; type="application/json"'
     if mode == "document":
-        values = {ident: result_value(known[ident], job, how, b, cap) for ident, how in chosen.items()}
+        values = {ident: result_value(known[ident], job, how, b, cap, files, store) for ident, how in chosen.items()}
         doc = {k: v for k, v in values.items() if v is not None}
         return respond(doc, "results", headers={"Link": monitor}, job=status_info(job, b, _root()))
     links = [f'<{b}/jobs/{job.id}/results/{i}>; rel="related"; type="{known[i].media_type}"; title="{i}"'
@@ -156,13 +158,19 @@ def results_response(job: Job, sync: bool = False) -> Response:
         response.headers["Link"] = ", ".join([*links, monitor])
         return response
     if len(chosen) == 1:
-        response = output_response(job, known[next(iter(chosen))])
+        response = output_response(job, known[next(iter(chosen))], files, store)
         response.headers["Link"] = monitor
         return response
-    return _multipart(job, known, chosen, b, cap)
+    return _multipart(job, known, chosen, b, cap, files, store)
 
 
-def _multipart(job: Job, known: dict[str, Output], chosen: dict[str, str], b: str, cap: int) -> Response:
+def _store(job: Job) -> Any:
+    """The S3 store of a job whose directory moved there (None: it is on the local disk)."""
+    return s3store.store_for(settings()) if (job.extra or {}).get("output_store") else None
+
+
+def _multipart(job: Job, known: dict[str, Output], chosen: dict[str, str], b: str, cap: int,
+               files: list[JobFile], store: Any) -> Response:
     """Several raw outputs: multipart/related, a part each; a part by reference (or over cap) is a
     message/external-body naming its URL (RFC 2017)."""
     import base64
@@ -171,7 +179,7 @@ def _multipart(job: Job, known: dict[str, Output], chosen: dict[str, str], b: st
     body = bytearray()
     for ident, how in chosen.items():
         out = known[ident]
-        value = result_value(out, job, how, b, cap)
+        value = result_value(out, job, how, b, cap, files, store)
         if value is None:
             continue
         body += f"--{boundary}\r\nContent-ID: <{ident}>\r\n".encode()
@@ -186,17 +194,22 @@ def _multipart(job: Job, known: dict[str, Output], chosen: dict[str, str], b: st
     return Response(bytes(body), mimetype=f'multipart/related; boundary="{boundary}"')
 
 
-def output_response(job: Job, out: Output) -> Response:
-    """One output of a successful job, its bytes: a file of the job directory, or the archive."""
+def output_response(job: Job, out: Output, files: list[JobFile], store: Any) -> Response:
+    """One output of a successful job, its bytes: a file of the job directory (on disk or in S3), or the
+    archive (the tar.gz caesar-rest's /job/<id>/output streams)."""
     if out.glob is None:
         from .jobs import output
 
         return output(job.id)
-    files = out.files(Path(job.workdir))
-    if not files:
+    found = file_of(out, files)
+    if found is None:
         raise NotFound(f"Job {job.id} wrote no file for output {out.id!r} ({out.glob})", output=out.id,
                        jobID=job.id)
-    return send_file(files[0], mimetype=out.media_type, download_name=files[0].name, conditional=True)
+    if found.path is not None:
+        return send_file(found.path, mimetype=out.media_type, download_name=found.name, conditional=True)
+    response = Response(stream_with_context(found.chunks(store)), mimetype=out.media_type, direct_passthrough=True)
+    response.headers["Content-Length"] = str(found.size)
+    return response
 
 
 @blp.route("/jobs/<job_id>/results/<output_id>", methods=["GET"])
@@ -213,4 +226,5 @@ def one_output(job_id: str, output_id: str):
     if output_id not in known:
         raise NotFound(f"Process {job.app!r} has no output {output_id!r}; outputs are {list(known)}",
                        output=output_id)
-    return output_response(job, known[output_id])
+    store = _store(job)
+    return output_response(job, known[output_id], job_files(job, store), store)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from .. import notify
 from ..models import Job
 from .processes import outputs_of
-from .status import requested, result_value, status_info
+from .status import job_files, requested, result_value, status_info
 
 #: subscriber key -> (the notify events it is delivered on, the payload format)
 TARGETS = {"successUri": (["succeeded"], "ogc-results"), "inProgressUri": (["started"], "ogc-status"),
@@ -33,7 +33,8 @@ def render_results(job: Job, _ev: notify.Event) -> dict[str, Any]:
     ogc = _ogc(job)
     known = outputs_of(list((job.spec or {}).get("outputs") or []))
     chosen, _mode = requested(job, known)
-    values = {ident: result_value(known[ident], job, how, ogc.get("base", ""), int(ogc.get("cap", 0)))
+    files = job_files(job)              # at the end the directory is still on this worker's disk
+    values = {ident: result_value(known[ident], job, how, ogc.get("base", ""), int(ogc.get("cap", 0)), files)
               for ident, how in chosen.items()}
     return {k: v for k, v in values.items() if v is not None}
 

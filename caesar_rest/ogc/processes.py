@@ -36,11 +36,9 @@ class Output:
     glob: str | None            # None: the archive
     media_type: str
 
-    def files(self, workdir: Path) -> list[Path]:
-        """The files of the job directory this output names, sorted (its glob at the top level)."""
-        if self.glob is None or not workdir.is_dir():
-            return []
-        return sorted(p for p in workdir.iterdir() if p.is_file() and fnmatch.fnmatchcase(p.name, self.glob))
+    def matches(self, name: str) -> bool:
+        """Whether a file at the top of the job directory is this output (the archive is no file)."""
+        return self.glob is not None and fnmatch.fnmatchcase(name, self.glob)
 
 
 def outputs(app: App) -> dict[str, Output]:

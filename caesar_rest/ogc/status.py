@@ -4,7 +4,8 @@ no other type), and served by their own API."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -77,20 +78,62 @@ def requested(job: Job, known: Mapping[str, Output]) -> tuple[dict[str, str], st
     return {k: v for k, v in chosen.items() if k in known}, ogc.get("response", "document")
 
 
-def result_value(out: Output, job: Job, mode: str, base: str, cap: int) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class JobFile:
+    """A file at the top of a job's directory: on the local disk (path), or in S3 once the directory moved there
+    (url, read through the store)."""
+
+    name: str
+    size: int
+    path: Path | None = None
+    url: str | None = None
+
+    def chunks(self, store: Any = None) -> Iterator[bytes]:
+        if self.path is not None:
+            with open(self.path, "rb") as fh:
+                while block := fh.read(1024 * 1024):
+                    yield block
+        else:
+            yield from store.open_stream(self.url)[0]
+
+
+def job_files(job: Job, store: Any = None) -> list[JobFile]:
+    """The files at the top of the job's directory, by name. A directory archived to S3 (extra.output_store) is
+    listed from the bucket when a store is given (the API); without one (a worker rendering a callback at the
+    end, when the directory is still on its disk) from the disk."""
+    archived = (job.extra or {}).get("output_store")
+    if archived and store is not None:
+        from ..s3store import job_objects, split_url
+
+        bucket, folder = split_url(archived)
+        return sorted((JobFile(obj["Key"][len(folder):], int(obj["Size"]), url=f"s3://{bucket}/{obj['Key']}")
+                       for obj in job_objects(store, archived) if "/" not in obj["Key"][len(folder):]),
+                      key=lambda f: f.name)
+    workdir = Path(job.workdir)
+    if not workdir.is_dir():
+        return []
+    return [JobFile(p.name, p.stat().st_size, path=p) for p in sorted(workdir.iterdir()) if p.is_file()]
+
+
+def file_of(out: Output, files: list[JobFile]) -> JobFile | None:
+    """The file an output names (the first match of its glob), if the job wrote one."""
+    return next((f for f in files if out.matches(f.name)), None)
+
+
+def result_value(out: Output, job: Job, mode: str, base: str, cap: int, files: list[JobFile],
+                 store: Any = None) -> dict[str, Any] | None:
     """One output of a successful job as inline data or a link; None when the job wrote no such file. A value
     larger than cap is given by reference."""
     href = f"{base}/jobs/{job.id}/results/{out.id}"
     link = {"href": href, "type": out.media_type, "rel": "related", "title": out.id}
     if out.glob is None:
         return link if mode == "reference" else _archive_value(job, cap) or link
-    files = out.files(Path(job.workdir))
-    if not files:
+    found = file_of(out, files)
+    if found is None:
         return None
-    path = files[0]
-    if mode == "reference" or path.stat().st_size > cap:
+    if mode == "reference" or found.size > cap:
         return link
-    data = path.read_bytes()
+    data = b"".join(found.chunks(store))
     if is_text(out.media_type):
         try:
             return {"value": data.decode("utf-8"), "mediaType": out.media_type}
