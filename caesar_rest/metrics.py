@@ -1,5 +1,5 @@
-"""Prometheus metrics: jobs by state/app/backend and job durations (from the database), queue depth per pool
-(from the broker), and request/upload/download counters shared by every API process on the host.
+"""Prometheus metrics: jobs by state/app/backend, job durations and notifications (from the database), queue depth
+per pool (from the broker), and request/upload/download counters shared by every API process on the host.
 
 Counters live in one small SQLite file per host (METRICS_DIR), incremented by each uWSGI/gunicorn process
 under SQLite's lock: in-process counters would show one random process's share at each scrape, and the
@@ -196,6 +196,27 @@ def _jobs(exp: Exposition, settings: Mapping[str, Any]) -> None:
         exp.sample("caesar_job_duration_seconds", n, labels, "_count")
 
 
+def _notifications(exp: Exposition, settings: Mapping[str, Any]) -> None:
+    """The notification outbox (caesar_rest/notify.py) by state, and the pending ones overdue by more than two sweep
+    intervals: a number that grows means no control worker sends them."""
+    from datetime import timedelta
+
+    from .models import DELIVERIES, utcnow
+
+    exp.family("caesar_notifications", "gauge", "Notification deliveries by state (pending, delivered, failed).")
+    exp.family("caesar_notifications_overdue", "gauge",
+               "Pending notifications due for more than two NOTIFY_SWEEP_INTERVALs (is a control worker up?).")
+    late = utcnow() - timedelta(seconds=2 * float(settings["NOTIFY_SWEEP_INTERVAL"]))
+    with session_scope(settings["DATABASE_URL"]) as s:
+        counts = {str(state): int(n) for state, n in s.execute(
+            select(DELIVERIES.c.state, func.count()).group_by(DELIVERIES.c.state)).all()}
+        overdue = s.scalar(select(func.count()).select_from(DELIVERIES).where(
+            DELIVERIES.c.state == "pending", DELIVERIES.c.next_try < late)) or 0
+    for state in ("pending", "delivered", "failed"):
+        exp.sample("caesar_notifications", counts.get(state, 0), {"state": state})
+    exp.sample("caesar_notifications_overdue", overdue)
+
+
 def queue_depths(celery, settings: Mapping[str, Any]) -> dict[str, tuple[int, int | None]]:
     """{pool: (messages waiting, consumers or None)} by a passive declare, which every kombu transport answers
     (RabbitMQ's queue.declare-ok, Redis LLEN, filesystem file count). A queue that does not exist holds nothing."""
@@ -255,6 +276,7 @@ def render(settings: Mapping[str, Any], celery, version: str) -> str:
     exp.family("caesar_build_info", "gauge", "Version of the caesar-rest API answering.")
     exp.sample("caesar_build_info", 1, {"version": version})
     _jobs(exp, settings)
+    _notifications(exp, settings)
     _queues(exp, celery, settings)
     _counters(exp, settings)
     return exp.render()

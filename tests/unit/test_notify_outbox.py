@@ -62,6 +62,8 @@ def test_a_rolled_back_change_notifies_nobody_and_a_committed_one_is_handed_over
         row = s.execute(select(DELIVERIES).where(DELIVERIES.c.id == published[0][0][0])).one()
     assert (row.event, row.job_state, row.state, row.attempts) == ("changed", "STARTED", "pending", 0)
     assert row.payload["state"] == "STARTED" and row.payload["status"] == "claimed"   # the job as it just became
+    metrics = client.get("/metrics").get_data(as_text=True).splitlines()
+    assert 'caesar_notifications{state="pending"} 1' in metrics and "caesar_notifications_overdue 0" in metrics
 
 
 def test_only_the_asked_events_are_written(app, client, published):
