@@ -72,6 +72,7 @@ def make_celery(settings: Mapping[str, Any]) -> Celery:
     )
     from . import notify
 
+    notify.check_settings(settings)
     notify.register_publisher(settings["DATABASE_URL"],
                               lambda ids: publish_notifications(celery, settings, ids))
     return celery

@@ -257,6 +257,22 @@ def produce(session: Session, job_id: str, state: JobState | str, message: str, 
     session.info.setdefault(_PENDING, []).extend(ids)
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """The NOTIFY_* settings are usable (at start, in the API and in every worker: SettingsError naming the key)."""
+    from .config import SettingsError
+
+    for key, low in (("NOTIFY_ATTEMPTS", 1), ("NOTIFY_THREADS", 1), ("NOTIFY_MAX_SUBSCRIPTIONS", 1),
+                     ("NOTIFY_BACKOFF", 0), ("NOTIFY_BACKOFF_MAX", 0)):
+        if float(settings[key]) < low:
+            raise SettingsError(f"setting {key} must be at least {low}, not {settings[key]!r}")
+    for key in ("NOTIFY_TIMEOUT", "NOTIFY_SWEEP_INTERVAL"):
+        if not float(settings[key]) > 0:
+            raise SettingsError(f"setting {key} must be a number of seconds above 0, not {settings[key]!r}")
+    secret = settings.get("NOTIFY_SECRET")
+    if secret is not None and not secret:
+        raise SettingsError("setting NOTIFY_SECRET is empty: give a key, or null for unsigned notifications")
+
+
 # ---- the hand-off after commit --------------------------------------------------------------------------------------
 Publisher = Callable[[Sequence[int]], None]
 _publishers: dict[str, Publisher] = {}

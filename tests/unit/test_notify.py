@@ -144,3 +144,15 @@ def test_a_try_at_a_refused_address_connects_nowhere_and_is_not_retried():
     assert status is None and permanent
     assert error == ("refused by the egress rules: 127.0.0.1: a loopback address, refused "
                      "(EGRESS_ALLOWED_NETWORKS does not list it)")
+
+
+@pytest.mark.parametrize("key, value", [("NOTIFY_ATTEMPTS", 0), ("NOTIFY_THREADS", 0), ("NOTIFY_TIMEOUT", 0),
+                                        ("NOTIFY_BACKOFF", -1), ("NOTIFY_SWEEP_INTERVAL", 0), ("NOTIFY_SECRET", "")])
+def test_unusable_notify_settings_stop_the_service_at_start(tmp_path, key, value):
+    from caesar_rest import create_app
+    from caesar_rest.config import SettingsError
+
+    from ..support import embedded_settings
+
+    with pytest.raises(SettingsError, match=key):
+        create_app(embedded_settings(tmp_path / "var", **{key: value}))
