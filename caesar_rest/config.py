@@ -260,6 +260,9 @@ class Settings(Mapping[str, Any]):
                                                   "'docker.io/library/python:3.*' (a short name reads "
                                                   "docker.io/library/NAME:latest); empty: any image.")
     # ---- OGC API - Processes (issue 21; caesar_rest/ogc/, caesar_rest/api/ogc*.py)
+    PUBLIC_URL: str | None = setting(None, "The service's root URL as clients reach it (https://caesar.example.org), "
+                                           "for the absolute links of the OGC surface; null: from each request's "
+                                           "Host (Debian's nginx uwsgi_params pass it without the port).")
     OGC_SYNC_WAIT: float = setting(240.0, "Longest wait (s) of a synchronous OGC execution for its job: a process "
                                           "whose app time limit is longer is async-execute only, and a job not ended "
                                           "by then is answered as an asynchronous one (201 and its status). Keep it "

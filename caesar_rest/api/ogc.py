@@ -14,7 +14,7 @@ from ..db import session_scope
 from ..kinds import AppKind
 from ..models import JOBS, TERMINAL_STATES, Job
 from ..ogc import CONFORMANCE, PREFIX, REL, callbacks, execute as ogc_execute, openapi, problems, processes
-from ..ogc.formats import alternates, base, respond
+from ..ogc.formats import alternates, base, respond, root
 from ..ogc.status import status_info
 from .common import check_active_limit, json_body, publish_or_withdraw, registry, session, settings
 
@@ -30,10 +30,6 @@ def _app(process_id: str):
     return app
 
 
-def root_url() -> str:
-    return request.url_root.rstrip("/")
-
-
 @blp.route("/", methods=["GET"], strict_slashes=False)
 @blp.doc(**openapi.op("Landing page: links to the API document, conformance, processes and jobs", "LandingPage"))
 def landing():
@@ -43,7 +39,7 @@ def landing():
                           "their jobs are the service's own jobs.",
            "links": [*alternates(b + "/"),
                      {"href": b + "/api", "rel": "service-desc", "type": OAS_TYPE, "title": "the API definition"},
-                     {"href": root_url() + "/swagger", "rel": "service-doc", "type": "text/html",
+                     {"href": root() + "/swagger", "rel": "service-doc", "type": "text/html",
                       "title": "the API documentation (Swagger UI)"},
                      {"href": b + "/conformance", "rel": "conformance", "type": "application/json",
                       "title": "conformance classes"},
@@ -65,7 +61,7 @@ def conformance():
 @blp.doc(**openapi.op("The OpenAPI 3.0 document of this surface (also part of /openapi.json)", None))
 def api_document():
     spec = current_app.extensions["caesar_ogc_api"].spec.to_dict()
-    response = jsonify(openapi.surface(spec, root_url(), __version__))
+    response = jsonify(openapi.surface(spec, root(), __version__))
     response.mimetype = OAS_TYPE.split(";")[0]
     response.headers["Content-Type"] = OAS_TYPE
     return response
@@ -105,7 +101,7 @@ def execution(process_id: str):
             job = AppKind(registry()).create(s, cfg, owner, plan.body)
             # What the results, the status and the callbacks' payloads (rendered in the workers) are made from.
             ogc = {"outputs": plan.outputs, "response": plan.response, "mode": "async" if run_async else "sync",
-                   "base": base(), "root": root_url(), "cap": inline}
+                   "base": base(), "root": root(), "cap": inline}
             if plan.subscriber:
                 ogc["subscriber"] = plan.subscriber
             s.execute(JOBS.update().where(JOBS.c.id == job.id).values(extra={"ogc": ogc}))
@@ -125,7 +121,7 @@ def execution(process_id: str):
     # Asynchronous, asked or because the process cannot run synchronously, or a synchronous run that did not end
     # within OGC_SYNC_WAIT (RFC 7240: a server may answer a preference otherwise): the job's status, 201.
     with session() as s:
-        info = status_info(s.get_one(Job, job_id), base(), root_url())
+        info = status_info(s.get_one(Job, job_id), base(), root())
     headers = {"Location": f"{base()}/jobs/{job_id}"}
     if wants_async:
         headers["Preference-Applied"] = "respond-async"

@@ -20,7 +20,7 @@ from ..errors import NotFound
 from ..jobs import JOB_ID_RE
 from ..models import JOBS, TERMINAL_STATES, Job, utcnow
 from ..ogc import openapi, problems
-from ..ogc.formats import alternates, base, respond
+from ..ogc.formats import alternates, base, respond, root
 from ..ogc.processes import Output, outputs_of
 from ..ogc.status import JobFile, file_of, iso, job_files, requested, result_value, status_info, status_of
 from .common import celery, int_arg, session, settings
@@ -29,10 +29,6 @@ blp = Blueprint("ogc_jobs", __name__, description="OGC API - Processes 1.0 jobs:
 log = logging.getLogger(__name__)
 LIST_QUERY = ["type", "processIDQueryParam", "status", "datetime", "minDuration", "maxDuration", "limit"]
 DISMISS_WAIT = 10.0        # seconds a dismiss waits for a running job to stop before answering
-
-
-def _root() -> str:
-    return request.url_root.rstrip("/")
 
 
 def _job(s, job_id: str) -> Job:
@@ -57,10 +53,10 @@ def job_list():
     if owner is not None:
         query = query.where(Job.owner == owner)
     query = filtered(query, request.args)
-    b, root = base(), _root()
+    b, top = base(), root()
     with session() as s:
         rows = s.scalars(paging.after_token(query, token).limit(limit + 1)).all()
-        jobs = [status_info(j, b, root) for j in rows[:limit]]
+        jobs = [status_info(j, b, top) for j in rows[:limit]]
         next_token = paging.encode_token(rows[limit - 1]) if len(rows) > limit else None
     args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page_token", "f")]
     here = f"{b}/jobs" + (f"?{urlencode(args)}" if args else "")
@@ -75,7 +71,7 @@ def job_list():
 @blp.doc(**openapi.op("A job's status", "Status", path=["jobId"]))
 def job_status(job_id: str):
     with session() as s:
-        return respond(status_info(_job(s, job_id), base(), _root()), "job")
+        return respond(status_info(_job(s, job_id), base(), root()), "job")
 
 
 @blp.route("/jobs/<job_id>", methods=["DELETE"])
@@ -97,7 +93,7 @@ def dismiss(job_id: str):
             log.warning("revoke of %s not sent: %s", job_id, exc.__class__.__name__)
         _wait_end(job_id, DISMISS_WAIT)
     with session() as s:
-        return respond(status_info(_job(s, job_id), base(), _root()), "job")
+        return respond(status_info(_job(s, job_id), base(), root()), "job")
 
 
 def _wait_end(job_id: str, limit: float) -> None:
@@ -150,7 +146,7 @@ def results_response(job: Job, sync: bool = False) -> Response:
     if mode == "document":
         values = {ident: result_value(known[ident], job, how, b, cap, files, store) for ident, how in chosen.items()}
         doc = {k: v for k, v in values.items() if v is not None}
-        return respond(doc, "results", headers={"Link": monitor}, job=status_info(job, b, _root()))
+        return respond(doc, "results", headers={"Link": monitor}, job=status_info(job, b, root()))
     links = [f'<{b}/jobs/{job.id}/results/{i}>; rel="related"; type="{known[i].media_type}"; title="{i}"'
              for i in chosen]
     if all(how == "reference" for how in chosen.values()):

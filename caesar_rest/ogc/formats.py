@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify, render_template, request
+from flask import Response, current_app, jsonify, render_template, request
 
 from ..errors import BadRequest
 from . import PREFIX
@@ -12,9 +12,15 @@ from . import PREFIX
 FORMATS = ("json", "html")
 
 
+def root() -> str:
+    """The service's root URL: PUBLIC_URL, else as this request reached it (behind a proxy: its script root too)."""
+    public = current_app.config.get("PUBLIC_URL")
+    return public.rstrip("/") if public else request.url_root.rstrip("/")
+
+
 def base() -> str:
-    """The surface's root URL as this request reached it (behind a proxy: its script root too)."""
-    return request.url_root.rstrip("/") + PREFIX
+    """The OGC surface's root URL."""
+    return root() + PREFIX
 
 
 def wants_html() -> bool:

@@ -302,3 +302,28 @@ def test_graceful_reload_by_touch(stack):
     r = wait_http(f"{stack['base']}/health", timeout=20, status=200)
     assert r.json()["status"] == "ok"
     assert not set(uwsgi.worker_pids()) & set(before_pids)
+
+
+def test_ogc_api_processes_through_nginx(stack):
+    """/ogcapi behind nginx and uWSGI: with the default OGC_SYNC_WAIT (240 s, below nginx's 300 s) the sleeper
+    (600 s limit) runs asynchronously even when asked without a preference; its archive streams through the
+    results location unbuffered. Debian's uwsgi_params pass the Host without its port, so the links name the
+    host alone here (PUBLIC_URL gives them the URL clients use); their paths are followed."""
+    import io
+    import tarfile
+    from urllib.parse import urlsplit
+
+    base = stack["base"]
+    r = requests.post(f"{base}/ogcapi/processes/sleeper/execution", json={"inputs": {"message": "via nginx"}},
+                      timeout=30)
+    assert r.status_code == 201, r.text
+    job = r.json()["jobID"]
+    assert urlsplit(r.headers["Location"]).path == f"/ogcapi/jobs/{job}"
+    wait_state(lambda j: {"state": requests.get(f"{base}/ogcapi/jobs/{j}", timeout=10).json()["status"]}, job,
+               ["successful", "failed"], timeout=120)
+    results = requests.get(f"{base}/ogcapi/jobs/{job}/results", timeout=10).json()
+    assert results["sleeper"]["value"].strip() == "via nginx"
+    archive = requests.get(base + urlsplit(results["archive"]["href"]).path, timeout=60)
+    assert archive.status_code == 200 and archive.headers["Content-Type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        assert f"job_{job}/sleeper.txt" in tar.getnames()

@@ -104,3 +104,17 @@ def test_openapi_document_is_valid(tmp_path: Path):
         assert problem.status_code == 404 and problem.get_json()["type"].endswith("/no-such-process")
     finally:
         dispose_all()
+
+
+def test_public_url_names_the_links(tmp_path: Path):
+    from caesar_rest import create_app
+    from caesar_rest.db import dispose_all
+
+    from ..support import embedded_settings
+
+    app = create_app(embedded_settings(tmp_path / "var", PUBLIC_URL="https://caesar.example.org/"))
+    try:
+        links = app.test_client().get("/ogcapi/processes").get_json()["links"]
+        assert links[0]["href"] == "https://caesar.example.org/ogcapi/processes"
+    finally:
+        dispose_all()
