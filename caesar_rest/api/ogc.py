@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify, redirect, request
 from flask_smorest import Blueprint
 
 from .. import __version__, errors
@@ -14,7 +14,7 @@ from ..db import session_scope
 from ..kinds import AppKind
 from ..models import JOBS, TERMINAL_STATES, Job
 from ..ogc import CONFORMANCE, PREFIX, REL, callbacks, execute as ogc_execute, openapi, problems, processes
-from ..ogc.formats import alternates, base, respond, root
+from ..ogc.formats import alternates, base, respond, root, wants_html
 from ..ogc.status import status_info
 from .common import check_active_limit, json_body, publish_or_withdraw, registry, session, settings
 
@@ -60,6 +60,8 @@ def conformance():
 @blp.route("/api", methods=["GET"])
 @blp.doc(**openapi.op("The OpenAPI 3.0 document of this surface (also part of /openapi.json)", None))
 def api_document():
+    if wants_html():
+        return redirect(root() + "/swagger")
     spec = current_app.extensions["caesar_ogc_api"].spec.to_dict()
     response = jsonify(openapi.surface(spec, root(), __version__))
     response.mimetype = OAS_TYPE.split(";")[0]
@@ -129,10 +131,11 @@ def execution(process_id: str):
 
 
 def _wait(job_id: str, limit: float) -> Job | None:
-    """The job once it has ended, or None after limit seconds; polled with a growing interval (0.05 to 0.5 s)."""
+    """The job once it has ended, or None after limit seconds; polled with a growing interval (0.02 to 0.25 s:
+    a short job is answered within a few tens of milliseconds of its end)."""
     url = settings()["DATABASE_URL"]
     deadline = time.monotonic() + limit
-    pause = 0.05
+    pause = 0.02
     while True:
         with session_scope(url) as s:
             job = s.get(Job, job_id)
@@ -142,7 +145,7 @@ def _wait(job_id: str, limit: float) -> Job | None:
         if time.monotonic() + pause > deadline:
             return None
         time.sleep(pause)
-        pause = min(pause * 1.5, 0.5)
+        pause = min(pause * 1.25, 0.25)
 
 
 def register(api, app) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from flask import Response, request, send_file, stream_with_context
 from flask_smorest import Blueprint
 from sqlalchemy import select
+from sqlalchemy.orm import load_only
 
 from .. import jobs as service, paging, s3store
 from ..auth import owner_filter
@@ -54,8 +55,11 @@ def job_list():
         query = query.where(Job.owner == owner)
     query = filtered(query, request.args)
     b, top = base(), root()
+    # Only what a statusInfo shows: the JSON columns it does not (argv, spec, job_inputs) are neither sent nor decoded.
+    shown = load_only(Job.app, Job.state, Job.status, Job.submit_date, Job.start_date, Job.run_date, Job.end_date,
+                      Job.extra)
     with session() as s:
-        rows = s.scalars(paging.after_token(query, token).limit(limit + 1)).all()
+        rows = s.scalars(paging.after_token(query.options(shown), token).limit(limit + 1)).all()
         jobs = [status_info(j, b, top) for j in rows[:limit]]
         next_token = paging.encode_token(rows[limit - 1]) if len(rows) > limit else None
     args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page_token", "f")]

@@ -87,5 +87,7 @@ def test_format_selection(ogc_stack, alice):
     assert alice.get(f"{ogc}/processes?f=json", headers={"Accept": "text/html"}).headers["Content-Type"] == (
         "application/json")
     assert alice.get(f"{ogc}/processes?f=html").headers["Content-Type"].startswith("text/html")
+    swagger = alice.get(f"{ogc}/api?f=html", allow_redirects=False)
+    assert swagger.status_code == 302 and swagger.headers["Location"] == ogc_stack["base"] + "/swagger"
     bad = alice.get(f"{ogc}/processes?f=xml")
     assert bad.status_code == 400 and bad.json()["parameter"] == "f"
