@@ -270,6 +270,8 @@ class Settings(Mapping[str, Any]):
     OGC_INLINE_MAX_BYTES: int = setting(4 * 1024**2, "Largest file (decoded) an OGC execute request may carry inline "
                                                      "(base64), and largest output a result gives by value; a larger "
                                                      "output is given by reference.")
+    OGC_REMOTE_INPUT_TIMEOUT: float = setting(300.0, "Seconds an external http(s) href input may take to fetch in all "
+                                                     "(the execute request waits for it; a slower one is a 400).")
     OGC_REMOTE_INPUT_MAX_BYTES: int = setting(1024**3, "Largest file an OGC input may name by an external http(s) "
                                                        "href (fetched under the egress rules when the job is "
                                                        "submitted, kept as an upload of its owner).")

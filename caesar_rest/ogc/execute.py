@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,21 @@ def _fetch(settings: Mapping[str, Any], owner: str, name: str, url: str) -> str:
             filename = storage.check_filename(filename)
         except CaesarError:
             filename = f"{name}.dat"
-        return _store(settings, owner, name, filename, response.stream(1024 * 1024), cap)
+        return _store(settings, owner, name, filename, _within(response, name, url,
+                                                              float(settings["OGC_REMOTE_INPUT_TIMEOUT"])), cap)
     finally:
         response.close()
+
+
+def _within(response: Any, name: str, url: str, limit: float) -> Iterator[bytes]:
+    """The response's body as it arrives (read1: what is there, never waiting for a full block), as long as it
+    comes within limit seconds in all."""
+    deadline = time.monotonic() + limit
+    while chunk := response.read1(64 * 1024):
+        if time.monotonic() > deadline:
+            raise _bad_input(name, f"{egress.redact(url)} took more than {limit:g} s to fetch "
+                                   "(OGC_REMOTE_INPUT_TIMEOUT); upload the file and give its href")
+        yield chunk
 
 
 def _store(settings: Mapping[str, Any], owner: str, name: str, filename: str, chunks: Iterable[bytes],

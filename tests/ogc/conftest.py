@@ -54,9 +54,9 @@ def ogc_stack(request, tmp_path_factory) -> Iterator[dict[str, Any]]:
     db_url = create_pg_database() if request.param == "production" else None
     make = embedded_settings if db_url is None else functools.partial(production_settings, database_url=db_url)
     settings = make(root / "var", AUTH_MODE="token", AUTH_USERS=USERS, OGC_SYNC_WAIT=3600,
-                                 OGC_INLINE_MAX_BYTES=64 * 1024, EGRESS_ALLOWED_NETWORKS=["127.0.0.0/8"],
-                                 APPS_DIR=str(write_apps(root / "apps", {"long-sleeper": LONG_SLEEPER})),
-                                 STALE_AFTER=20, NOTIFY_SECRET=NOTIFY_SECRET, NOTIFY_BACKOFF=0.5)
+                    OGC_INLINE_MAX_BYTES=64 * 1024, EGRESS_ALLOWED_NETWORKS=["127.0.0.0/8"],
+                    APPS_DIR=str(write_apps(root / "apps", {"long-sleeper": LONG_SLEEPER})),
+                    STALE_AFTER=20, NOTIFY_SECRET=NOTIFY_SECRET, NOTIFY_BACKOFF=0.5, OGC_REMOTE_INPUT_TIMEOUT=3)
     api, base = start_api(settings, root / "api.log")
     worker = start_worker(settings, ["local"], root / "worker.log", concurrency=2, beat=True)
     yield {"base": base, "ogc": base + "/ogcapi", "settings": settings, "root": root, "api": api, "worker": worker}

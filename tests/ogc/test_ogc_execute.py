@@ -9,6 +9,9 @@ import email.policy
 import hashlib
 import io
 import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -177,3 +180,40 @@ def test_a_body_that_is_not_json_is_an_ogc_exception(ogc_stack, alice, schemas):
                    headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 415
     schemas.validate(r.json(), "exception")
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Promises 1 MiB and sends a byte a tenth of a second."""
+
+    def log_message(self, *_args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1024 * 1024))
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+
+def test_an_external_input_too_slow_to_fetch_is_refused(ogc_stack, alice, schemas):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        before = counts(alice, ogc_stack["base"])
+        t0 = time.monotonic()
+        r = alice.post(f"{ogc_stack['ogc']}/processes/checksum/execution", timeout=60, json={
+            "inputs": {"inputfile": {"href": f"http://127.0.0.1:{server.server_address[1]}/slow.bin"}}})
+        assert r.status_code == 400 and "OGC_REMOTE_INPUT_TIMEOUT" in r.json()["detail"], r.text
+        assert time.monotonic() - t0 < 10
+        schemas.validate(r.json(), "exception")
+        assert counts(alice, ogc_stack["base"]) == before
+    finally:
+        server.shutdown()
+        server.server_close()
