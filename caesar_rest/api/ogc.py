@@ -93,7 +93,8 @@ def execution(process_id: str):
     owner = current_owner()
     inline = int(cfg["OGC_INLINE_MAX_BYTES"])
     doc = json_body(limit=max(int(cfg["MAX_JSON_BYTES"]), inline * 4 // 3 + 64 * 1024))
-    prefer = request.headers.get("Prefer", "").replace(" ", "").lower().split(",")
+    # RFC 7240: comma-separated preferences, each a token with optional ;parameters ("respond-async; wait=10").
+    prefer = {p.split(";")[0].strip().lower() for p in request.headers.get("Prefer", "").split(",")}
     wants_async = "respond-async" in prefer
     run_async = wants_async or not processes.sync_allowed(app, cfg)
     plan = ogc_execute.parse(cfg, app, doc, request.host, owner, request.args.get("response"))

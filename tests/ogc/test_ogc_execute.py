@@ -18,7 +18,7 @@ import pytest
 from .ogc_support import counts, upload, wait_status
 
 EXC = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
-ASYNC = {"Prefer": "respond-async"}
+ASYNC = {"Prefer": "return=minimal, respond-async; wait=5"}      # RFC 7240, parameters and all
 MESSAGE = "ogc says hello"
 
 
