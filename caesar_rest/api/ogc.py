@@ -120,7 +120,7 @@ def execution(process_id: str):
         if ended is not None:
             from .ogc_jobs import results_response
 
-            return results_response(ended, sync=True)
+            return results_response(ended)
     # Asynchronous, asked or because the process cannot run synchronously, or a synchronous run that did not end
     # within OGC_SYNC_WAIT (RFC 7240: a server may answer a preference otherwise): the job's status, 201.
     with session() as s:

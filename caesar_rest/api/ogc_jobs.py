@@ -133,7 +133,7 @@ def _ready(job: Job) -> None:
                        type=problems.RESULT_NOT_READY, jobID=job.id, status=status)
 
 
-def results_response(job: Job, sync: bool = False) -> Response:
+def results_response(job: Job) -> Response:
     """A finished job's results as its execute request asked (document or raw, each output by value or
     reference); a failed job's exception."""
     _ready(job)
