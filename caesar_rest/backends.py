@@ -95,6 +95,15 @@ class Backend(Protocol):
         """A message naming what is wrong with a job's backend_options, None when they are fine (a 400 at submit:
         a staticmethod, since the API checks without building the backend)."""
 
+    @classmethod
+    def check_image(cls, settings: Mapping[str, Any], backend_settings: Mapping[str, Any], image: str) -> str | None:
+        """Why a job asking for `image` cannot run on this backend so configured (a 400 at submit, checked without
+        building the backend), None when it can."""
+
+    @classmethod
+    def runs_tes(cls, backend_settings: Mapping[str, Any]) -> bool:
+        """Its jobs can be GA4GH TES executors (an image, the task's directories mounted at their paths)."""
+
     def health(self) -> Mapping[str, Any] | None:
         """A cheap check for GET /health: details, or None; raises when the backend cannot take jobs."""
 
@@ -135,6 +144,18 @@ class BackendBase(ABC):
     @staticmethod
     def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
         return None         # the names in job_options are all it takes, any value
+
+    @classmethod
+    def check_image(cls, settings: Mapping[str, Any], backend_settings: Mapping[str, Any], image: str) -> str | None:
+        """ALLOWED_IMAGES, for a backend that runs its jobs' images; the others run the app in place (the image is
+        only recorded)."""
+        from .images import refusal
+
+        return refusal(settings, image) if cls.runs_images else None
+
+    @classmethod
+    def runs_tes(cls, backend_settings: Mapping[str, Any]) -> bool:
+        return False
 
     def health(self) -> Mapping[str, Any] | None:
         """Checks nothing: GET /health reports a backend that keeps this default as "unchecked"."""

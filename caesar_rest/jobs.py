@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import images, notify, storage
+from . import notify, storage
 from .apps import App, Registry, ResolvedFile, render
 from .errors import BadRequest, Conflict, InvalidOption, NotFound
 from .models import File, Job, JobInput, utcnow
@@ -143,13 +143,15 @@ def _pick_backend(settings: Mapping[str, Any], app: App, requested: Any) -> str:
 
 
 def _check_image(settings: Mapping[str, Any], backend: str, app: App) -> None:
-    """ALLOWED_IMAGES, for the backends that run the app's image (container, batch): a 400 before any row exists."""
+    """Whether the backend can run the app's image (ALLOWED_IMAGES for those that run it, a Slurm backend without
+    a container runtime refuses it): a 400 before any row exists."""
     from .backends import backend_class
 
-    if not app.image or images.patterns(settings) is None:
+    if not app.image:
         return
-    problem = images.refusal(settings, app.image)
-    if problem and backend_class(backend, settings["BACKENDS"].get(backend)).runs_images:
+    backend_settings = settings["BACKENDS"].get(backend) or {}
+    problem = backend_class(backend, backend_settings).check_image(settings, backend_settings, app.image)
+    if problem:
         raise BadRequest(f"App {app.name!r}: {problem}", field="app")
 
 

@@ -9,6 +9,9 @@
 #   scripts/slurm.sh stop-controller  stop slurmctld alone (jobs go on under slurmd; `start` starts it again)
 #   scripts/slurm.sh env      print the env of the running cluster
 #   scripts/slurm.sh status   exit 0 when slurmctld, slurmd and slurmrestd run
+#   scripts/slurm.sh images IMAGE...  copy images from root's Podman store (scripts/podman.sh builds them) into the
+#                             job user's own rootless store, for the slurm backend's `container` setting; prints
+#                             that store's settings. Idempotent: an image already there (same id) is not copied
 #
 # Environment:
 #   SLURM_CACHE       where the config, state, logs and keys live (default /var/cache/caesar-rest/slurm)
@@ -21,6 +24,8 @@
 #   - the users `slurmrest` (slurmrestd refuses to run as root) and `caesarjob` (uid 2100, the unprivileged
 #     account the tests' jobs run as), with an ACL entry letting caesarjob traverse to the venv's Python
 #   - $SLURM_CACHE/shared (mode 1777): a directory for test roots, which caesarjob can reach
+#   - with `images`: $SLURM_CACHE/podman, caesarjob's rootless Podman (overlay storage, its runroot, a
+#     containers.conf): what a node provides for jobs that run an image
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -194,6 +199,47 @@ print_env() {
   echo "CAESAR_TEST_SLURM_SHARED=$D/shared"
 }
 
+PODMAN=$D/podman
+as_job_podman() {   # podman as the job user, on its store: the same --root and --runroot as its jobs use
+  runuser -u "$JOB_USER" -- env HOME="$PODMAN/home" XDG_RUNTIME_DIR="$PODMAN/run" \
+    CONTAINERS_CONF="$PODMAN/containers.conf" podman --root "$PODMAN/storage" --runroot "$PODMAN/run" \
+    --storage-driver overlay "$@"
+}
+
+load_images() {
+  command -v podman >/dev/null || die "podman is missing: scripts/podman.sh installs it and builds the images"
+  install -d -m 755 "$PODMAN"
+  install -d -o "$JOB_USER" -g "$JOB_USER" -m 700 "$PODMAN/home" "$PODMAN/run"
+  install -d -o "$JOB_USER" -g "$JOB_USER" -m 755 "$PODMAN/storage"
+  # Sandboxes here run cgroup v1 without systemd (as scripts/podman.sh says); no journald either.
+  cat >"$PODMAN/containers.conf" <<'EOF'
+# Written by scripts/slurm.sh: the job user's rootless Podman on the node
+[containers]
+log_driver = "k8s-file"
+init_path = "/usr/bin/catatonit"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+  chmod 644 "$PODMAN/containers.conf"
+  local image want have root_conf=${CAESAR_PODMAN_DIR:-/run/caesar-podman}/containers.conf
+  [ -e "$root_conf" ] && export CONTAINERS_CONF=$root_conf
+  for image in "$@"; do
+    want=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null) \
+      || die "image $image is not in root's Podman store (scripts/podman.sh builds it)"
+    have=$(as_job_podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+    [ "$want" = "$have" ] && continue
+    log "copying $image into $JOB_USER's Podman store"
+    podman save "$image" | as_job_podman load >/dev/null
+  done
+  echo "CAESAR_TEST_SLURM_PODMAN=$(command -v podman)"
+  echo "CAESAR_TEST_SLURM_PODMAN_STORAGE=$PODMAN/storage"
+  echo "CAESAR_TEST_SLURM_PODMAN_RUNROOT=$PODMAN/run"
+  echo "CAESAR_TEST_SLURM_PODMAN_CONF=$PODMAN/containers.conf"
+}
+
 stop_one() {    # $1: pid file, $2: command name
   local pid i; pid=$(cat "$1" 2>/dev/null || true)
   if alive "$1" "$2"; then
@@ -236,5 +282,6 @@ case "$cmd" in
   stop-controller) stop_one "$D/run/slurmctld.pid" slurmctld ;;
   env) running || die "the cluster is not running"; print_env ;;
   status) running ;;
-  *) echo "usage: $0 start|stop|stop-rest|stop-controller|env|status" >&2; exit 2 ;;
+  images) shift; load_images "$@" ;;
+  *) echo "usage: $0 start|stop|stop-rest|stop-controller|env|status|images IMAGE..." >&2; exit 2 ;;
 esac

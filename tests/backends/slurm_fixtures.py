@@ -24,6 +24,7 @@ from ..support import RABBIT, REPO, Proc, embedded_settings, free_port, start_wo
 SCRIPT = REPO / "scripts" / "slurm.sh"
 SLURM_CLASS = "workers.backends.slurm:SlurmBackend"
 SLURM_BACKENDS = ("slurm", "slurm_stage", "slurm_outage", "slurm_tight")
+IMAGES = ("localhost/caesar-apps:latest", "localhost/busybox:latest")
 # Polls that fail for longer than this end the job. A stopped slurmctld makes each poll wait for slurmrestd's
 # own retries (9 to 18 s) before it fails: the timeout leaves room for one such poll after a restart.
 UNREACHABLE_TIMEOUT = 20
@@ -52,9 +53,10 @@ TEST_APPS = {
 }
 
 
-def slurm_script(command: str, env: Mapping[str, str] | None = None, timeout: float = 900) -> dict[str, str]:
+def slurm_script(command: str, env: Mapping[str, str] | None = None, timeout: float = 900,
+                 args: tuple[str, ...] = ()) -> dict[str, str]:
     """Run scripts/slurm.sh; returns the KEY=VALUE lines it prints. A failure fails the test (no skip)."""
-    done = subprocess.run(["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=timeout,
+    done = subprocess.run(["bash", str(SCRIPT), command, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, check=False)
     if done.returncode != 0:
         pytest.fail(f"scripts/slurm.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -68,6 +70,16 @@ def slurm_cluster() -> dict[str, str]:
     return slurm_script("start")
 
 
+@pytest.fixture(scope="session")
+def slurm_podman(slurm_cluster: dict[str, str], podman_socket: str) -> dict[str, Any]:
+    """The `container` setting of a slurm backend whose jobs run images: the job user's rootless Podman on the node,
+    with the images scripts/podman.sh built copied into its store (scripts/slurm.sh images)."""
+    found = slurm_script("images", args=IMAGES)
+    return {"runtime": found["CAESAR_TEST_SLURM_PODMAN"], "storage": found["CAESAR_TEST_SLURM_PODMAN_STORAGE"],
+            "storage_driver": "overlay", "runroot": found["CAESAR_TEST_SLURM_PODMAN_RUNROOT"],
+            "conf": found["CAESAR_TEST_SLURM_PODMAN_CONF"]}
+
+
 def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
     return {"url": cluster["CAESAR_TEST_SLURM_URL"], "api_version": cluster["CAESAR_TEST_SLURM_API_VERSION"],
             "jwt_key": cluster["CAESAR_TEST_SLURM_JWT_KEY"], "user": cluster["CAESAR_TEST_SLURM_USER"],
@@ -79,10 +91,12 @@ def slurm_options(cluster: Mapping[str, str], **extra: Any) -> dict[str, Any]:
 
 def write_apps(dest: Path, backends: tuple[str, ...] = SLURM_BACKENDS) -> Path:
     """The shipped apps, allowed on every test slurm backend, sleeper with a 5 s and a 2 min limit, with more memory
-    than the node has and with 128 MB, and TEST_APPS."""
+    than the node has and with 128 MB, and TEST_APPS. Without their image: these run in place (a slurm backend
+    without a container runtime refuses an app with an image; tests/backends/test_slurm_images.py runs them)."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in (REPO / "config" / "apps").glob("*.yml"):
         app = yaml.safe_load(path.read_text())
+        app.pop("image", None)
         app["backends"] = list(dict.fromkeys([*app.get("backends", []), *backends]))
         (dest / path.name).write_text(yaml.safe_dump(app))
         if app["name"] == "sleeper":

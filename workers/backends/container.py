@@ -22,7 +22,14 @@ from .base import (
     BackendUnavailable,
     JobSpec,
 )
-from .container_security import Hardening, check_user, checked_image, input_groups, refuse_job_options
+from .container_security import (
+    Hardening,
+    check_user,
+    checked_image,
+    input_groups,
+    refuse_job_options,
+    resource_limits,
+)
 
 try:
     import docker
@@ -90,6 +97,10 @@ class ContainerBackend(BackendBase):
         self.log_drain_timeout = float(options.get("log_drain_timeout", 10))
         self._api: docker.APIClient | None = None
         self._pumps: dict[str, dict[str, LogPump]] = {}
+
+    @classmethod
+    def runs_tes(cls, backend_settings: Mapping[str, Any]) -> bool:
+        return True             # one container per executor, the task's directories mounted at their paths
 
     @staticmethod
     def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
@@ -159,9 +170,7 @@ class ContainerBackend(BackendBase):
             stdin = tes.get("stdin")
         with self._engine(f"starting job {job.job_id}") as api:
             ensure_image(api, self.base_url, image, policy)
-            limits: dict[str, Any] = {"nano_cpus": max(1, int(float(job.cpus) * 1e9))}
-            if job.memory_mb:
-                limits["mem_limit"] = limits["memswap_limit"] = f"{int(job.memory_mb)}m"   # no swap beyond it
+            limits = resource_limits(job.cpus, job.memory_mb)
             host_config = api.create_host_config(binds=binds, init=self.init or None, group_add=groups or None,
                                                  **limits, **self.hardening.host_config(job.options))
             labels = {JOB_LABEL: job.job_id, "caesar.app": app, "caesar.owner": job.owner}

@@ -86,7 +86,7 @@ class Hardening:
         return self.app_network if job_options.get("network") is True and self.network == "none" else self.network
 
     def host_config(self, job_options: Mapping[str, Any]) -> dict[str, Any]:
-        """Keyword arguments of docker.APIClient.create_host_config."""
+        """Keyword arguments of docker.APIClient.create_host_config (podman_args: the same as podman run options)."""
         return {
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
@@ -96,3 +96,30 @@ class Hardening:
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size},mode=1777"},
             "network_mode": self.network_mode(job_options),
         }
+
+    def podman_args(self, job_options: Mapping[str, Any], cpus: float, memory_mb: int | None) -> list[str]:
+        """host_config and resource_limits as `podman run` options, for a runtime driven by its command line (the
+        Slurm backend's nodes): one definition of the hardening, two spellings."""
+        config = {**self.host_config(job_options), **resource_limits(cpus, memory_mb)}
+        args = [f"--cap-drop={cap}" for cap in config.pop("cap_drop")]
+        args += [f"--security-opt={opt}" for opt in config.pop("security_opt")]
+        args.append(f"--pids-limit={config.pop('pids_limit')}")
+        if config.pop("read_only"):
+            args.append("--read-only")
+        args += [f"--tmpfs={path}:{opts}" for path, opts in config.pop("tmpfs").items()]
+        args.append(f"--network={config.pop('network_mode')}")
+        args.append(f"--cpus={config.pop('nano_cpus') / 1e9:g}")
+        if "mem_limit" in config:
+            args += [f"--memory={config.pop('mem_limit')}", f"--memory-swap={config.pop('memswap_limit')}"]
+        if config:
+            raise BackendNotConfigured(f"the container hardening has options podman_args cannot spell: "
+                                       f"{sorted(config)}")
+        return args
+
+
+def resource_limits(cpus: float, memory_mb: int | None) -> dict[str, Any]:
+    """A job's cpu and memory limits, as docker.APIClient.create_host_config arguments; no swap beyond the memory."""
+    limits: dict[str, Any] = {"nano_cpus": max(1, int(float(cpus) * 1e9))}
+    if memory_mb:
+        limits["mem_limit"] = limits["memswap_limit"] = f"{int(memory_mb)}m"
+    return limits

@@ -21,6 +21,9 @@ Settings (BACKENDS["slurm"]):
     workdir_owner     "uid:gid" the job's directory is given to before submit (default: `user`'s ids on this
                       host, when it has that account): the job writes its outputs as `user`
     environment       extra environment variables of every job
+    container         the nodes' container runtime, for jobs that run an image (an app's, a TES executor's):
+                      {runtime: /usr/bin/podman, storage: ..., ...} (workers/backends/slurm_container.py); without
+                      it a job asking for an image is refused (a 400 at submission)
     time_limit_margin seconds added to a job's time limit to make Slurm's (default 60): the runner stops the job
                       at its limit, Slurm's is a backstop (Slurm counts whole minutes)
     connect_timeout, read_timeout  seconds (default 5, 60)
@@ -35,9 +38,7 @@ import logging
 import math
 import os
 import pwd
-import re
 import secrets
-import shlex
 import shutil
 import time
 from collections.abc import Mapping
@@ -56,15 +57,16 @@ from .base import (
     JobSpec,
     host_executable,
 )
+from .slurm_container import JOB_MOUNT, SlurmPodman, give_tree, refusal
 from .slurm_rest import SlurmRest, Token
-from .slurm_stage import copy_back, give_to, manifest_lines
+from .slurm_script import check_env, job_script
+from .slurm_stage import copy_back, give_to
 from .slurm_states import ACTIVE, CANCEL_MARK, WAITING, job_status
 
 __all__ = ["CANCEL_MARK", "SlurmBackend", "job_script", "job_status"]
 
 WORKDIR_MODES = ("shared", "stage")
 CHOOSABLE = ("partition", "account", "qos", "constraints", "reservation")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Seconds the controller's clock (a job's submit_time, whole seconds) may be behind the worker's when a job made
 # since an attempt began is told from an earlier attempt's.
 CLOCK_SLACK = 2
@@ -94,6 +96,7 @@ class SlurmBackend(BackendBase):
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.options = options
+        self.settings = settings
         url, user = options.get("url"), str(options.get("user") or "")
         if not url or not user:
             raise BackendNotConfigured("BACKENDS.slurm needs 'url' (slurmrestd) and 'user' (the Slurm user jobs "
@@ -110,9 +113,22 @@ class SlurmBackend(BackendBase):
         self.environment = {str(k): str(v) for k, v in (options.get("environment") or {}).items()}
         self.margin = float(options.get("time_limit_margin", 60))
         self.owner = _owner(options.get("workdir_owner"), user)
+        ids = self.owner or _ids_of(user)
+        self.podman = SlurmPodman(settings, options["container"], *(ids or (None, None))) \
+            if options.get("container") else None
         token = Token(user, options.get("jwt_key"), options.get("token"), float(options.get("token_lifetime", 1800)))
         self.rest = SlurmRest(str(url), token, str(options.get("api_version") or "v0.0.38"),
                               float(options.get("connect_timeout", 5)), float(options.get("read_timeout", 60)))
+
+    @classmethod
+    def check_image(cls, settings: Mapping[str, Any], backend_settings: Mapping[str, Any], image: str) -> str | None:
+        return refusal(settings, backend_settings, image)
+
+    @classmethod
+    def runs_tes(cls, backend_settings: Mapping[str, Any]) -> bool:
+        """With a container runtime and the shared working directory: the task's directories are the job's."""
+        return bool((backend_settings.get("container") or {}).get("runtime")) and \
+            backend_settings.get("workdir", "shared") == "shared"
 
     # ---- the protocol -----------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -139,15 +155,21 @@ class SlurmBackend(BackendBase):
         problem = self.check_job_options(self.options, {k: v for k, v in job.options.items() if k in CHOOSABLE})
         if problem:
             raise BackendRejected(problem)
-        executable = self._executable(job.argv[0])     # resolved once: the script and the job's PATH use it
-        script = job_script([executable, *map(str, job.argv[1:])], manifest=self.mode == "stage")
+        if job.image and self.podman is None:
+            raise BackendRejected(f"App {job.app!r}: {refusal(self.settings, self.options, job.image)}")
+        if job.options.get("tes") is not None and not self.runs_tes(self.options):
+            raise BackendRejected("TES executors run on a Slurm backend with a container runtime and the shared "
+                                  "working directory")
+        # Resolved once: the script and the job's PATH use it. An image's command is the image's to find.
+        executable = self.podman.runtime if self.podman and job.image else self._executable(job.argv[0])
         if self._tried_before(job):
             # An earlier attempt's job may still run, made with its reply lost: that attempt has ended, so its job is
             # cancelled (it runs in a directory set aside, or with inputs of its own), never left running beside this.
             self.adopt(job.job_id, Path(job.workdir), since=math.inf)
         rundir = self._rundir(job)
-        description = self._description(job, rundir, executable)
         try:
+            script = self._script(job, rundir, executable)
+            description = self._description(job, rundir, executable)
             posted = time.time()
             try:
                 submitted = self.rest.submit(script, description)
@@ -185,6 +207,16 @@ class SlurmBackend(BackendBase):
         if not comment.endswith(CANCEL_MARK):
             # Marked first: whichever worker polls the job next tells our cancel from someone else's.
             self.rest.update(slurm_id, {"comment": comment + CANCEL_MARK})
+        if self.podman is not None and record.get("job_state") == "RUNNING":
+            # SIGTERM first, so that the job script removes its container: a cancel's SIGKILL reaches podman and
+            # conmon at once, and podman run's --rm never runs. Then the job, if it outlives stop_grace.
+            self.rest.cancel(slurm_id, signal="SIGTERM")
+            deadline = time.monotonic() + self.podman.stop_grace
+            while time.monotonic() < deadline:
+                record = self.rest.job(slurm_id)
+                if record is None or record.get("job_state") != "RUNNING":
+                    return
+                time.sleep(0.2)
         self.rest.cancel(slurm_id)
 
     def fetch_outputs(self, handle: str, dest: Path) -> None:
@@ -254,14 +286,29 @@ class SlurmBackend(BackendBase):
             return None
         return f"{record['job_id']}|{cwd}"
 
+    def _script(self, job: JobSpec, rundir: Path, executable: str) -> str:
+        """The app's argv in place, or the podman run of its image (the app's environment inside with -e)."""
+        if not (self.podman and job.image):
+            return job_script([executable, *map(str, job.argv[1:])], manifest=self.mode == "stage")
+        tes = job.options.get("tes")
+        inside = {"HOME": "/tmp", "TMPDIR": "/tmp" if tes else f"{JOB_MOUNT}/tmp", "LANG": "C.UTF-8",
+                  **({} if tes else {"MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus)))}),
+                  **self.environment, **job.env, "CAESAR_JOB_ID": job.job_id}
+        check_env(inside)
+        return job_script(self.podman.argv(job, rundir, inside), manifest=self.mode == "stage",
+                          prologue=self.podman.prologue(), on_term=self.podman.remove(job, rundir))
+
     def _description(self, job: JobSpec, rundir: Path, executable: str) -> dict[str, Any]:
-        env = {"PATH": f"{os.path.dirname(executable)}:/usr/local/bin:/usr/bin:/bin",
-               "HOME": str(rundir / "tmp"), "TMPDIR": str(rundir / "tmp"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
-               "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **self.environment, **job.env,
-               "CAESAR_JOB_ID": job.job_id}
-        for name, value in env.items():
-            if not _ENV_NAME.match(name) or "\0" in value:
-                raise BackendRejected(f"environment variable {name!r} cannot be passed to Slurm")
+        tes = job.options.get("tes") or {}
+        if self.podman and job.image:       # podman's own environment: the app's is inside the container
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **self.podman.environment(rundir),
+                   "CAESAR_JOB_ID": job.job_id}
+        else:
+            env = {"PATH": f"{os.path.dirname(executable)}:/usr/local/bin:/usr/bin:/bin",
+                   "HOME": str(rundir / "tmp"), "TMPDIR": str(rundir / "tmp"), "LANG": "C.UTF-8",
+                   "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus))), **self.environment,
+                   **job.env, "CAESAR_JOB_ID": job.job_id}
+        check_env(env)
         description: dict[str, Any] = {
             "name": f"caesar-{job.app}-{job.job_id}",
             "comment": f"caesar-rest job {job.job_id}",
@@ -269,7 +316,9 @@ class SlurmBackend(BackendBase):
             # Relative to the working directory: Slurm expands %-patterns in these names, never in the directory.
             "standard_output": "stdout.log",
             "standard_error": "stderr.log",
-            "standard_input": "/dev/null",
+            # A TES executor's stdin is opened by Slurm, as the job's user; its executors share the task's logs.
+            "standard_input": str(tes.get("stdin") or "/dev/null"),
+            **({"open_mode": "append"} if tes else {}),
             "environment": env,
             "cpus_per_task": max(1, math.ceil(job.cpus or 1)),
             "tasks": 1,
@@ -299,6 +348,8 @@ class SlurmBackend(BackendBase):
         (rundir / "tmp").mkdir(parents=True, exist_ok=True)
         if self.owner is not None:
             give_to(rundir, *self.owner)
+            if job.options.get("tes") is not None:
+                give_tree(rundir / "fs", *self.owner)     # the task's directories, written by its executor
         return rundir
 
     def _split(self, handle: str) -> tuple[int, Path | None]:
@@ -322,25 +373,19 @@ class SlurmBackend(BackendBase):
         return found
 
 
-def job_script(argv: list[str], manifest: bool = False) -> str:
-    """The batch script: argv exec'ed, every argument quoted for sh. A NUL cannot be in an argument of any exec.
-    manifest (the stage mode): argv run, then the size and sha256 of its outputs written beside them
-    (slurm_stage.manifest_lines), and argv's status kept."""
-    for arg in argv:
-        if "\0" in arg:
-            raise BackendRejected(f"an argument contains a NUL byte: {arg!r}")
-    command = " ".join(shlex.quote(arg) for arg in argv)
-    if not manifest:
-        return f"#!/bin/sh\n# caesar-rest: the app's argv, each argument quoted\nexec {command}\n"
-    return "\n".join(["#!/bin/sh", "# caesar-rest: the app's argv, each argument quoted; then its outputs' manifest",
-                      command, *manifest_lines()]) + "\n"
-
-
 def _uid_of(user: str) -> int | None:
     try:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         return None
+
+
+def _ids_of(user: str) -> tuple[int, int] | None:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _owner(setting: Any, user: str) -> tuple[int, int] | None:

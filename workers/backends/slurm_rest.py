@@ -161,9 +161,11 @@ class SlurmRest:
         self._raise(status, messages, f"updating job {job_id}")
         return False
 
-    def cancel(self, job_id: int) -> None:
-        """DELETE /job/{id}: every step and process of the job. Idempotent: an ended or unknown job is done."""
-        status, body = self._request("DELETE", f"/job/{job_id}", f"cancelling job {job_id}")
+    def cancel(self, job_id: int, signal: str | None = None) -> None:
+        """DELETE /job/{id}: every step and process of the job (SIGKILL). Idempotent: an ended or unknown job is
+        done. signal (e.g. "SIGTERM"): that signal to every process of the job instead, which it may outlive."""
+        query = f"?signal={signal}" if signal else ""
+        status, body = self._request("DELETE", f"/job/{job_id}{query}", f"cancelling job {job_id}")
         messages = _messages(body)
         if status == 200 and not messages:
             return

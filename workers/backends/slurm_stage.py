@@ -32,11 +32,19 @@ _CHUNK = 1024 * 1024
 log = logging.getLogger("caesar.backends.slurm")
 
 
+# The end of a script that ran the app without exec (its status in $rc): that status again. A status above 128 is
+# the signal that killed the app (as sh reports it), raised again so that Slurm records the signal as it does for
+# an exec'ed app.
+STATUS_LINES = [
+    'if [ "$rc" -gt 128 ] && [ "$rc" -lt 160 ]; then trap - "$((rc - 128))"; kill -"$((rc - 128))" $$; fi',
+    'exit "$rc"',
+]
+
+
 def manifest_lines() -> list[str]:
     """What the stage job script runs after the app (whose status is in $rc): the manifest of every regular file
-    but inputs/, tmp/ and the manifest itself, nothing written to the job's logs. Then the app's status again: a
-    status above 128 is the signal that killed it (as sh reports it), raised again so that Slurm records the
-    signal as it does for an exec'ed app."""
+    but inputs/, tmp/ and the manifest itself, nothing written to the job's logs; then the app's status
+    (STATUS_LINES)."""
     prune = " -o ".join(f"-path ./{shlex.quote(d)} -prune" for d in NOT_OUTPUTS)
     skip = " ".join(f"! -path ./{shlex.quote(name)}" for name in OWN)
     files = f"find . {prune} -o -type f {skip}"
@@ -45,8 +53,7 @@ def manifest_lines() -> list[str]:
         f"{{ {files} -printf '%s %P\\0' > {SIZES}.part &&",
         f"  {files} -print0 | xargs -0r sha256sum -z -- > {SUMS}.part &&",
         f"  mv -f {SUMS}.part {SUMS} && mv -f {SIZES}.part {SIZES}; }} </dev/null >/dev/null 2>&1",
-        'if [ "$rc" -gt 128 ] && [ "$rc" -lt 160 ]; then trap - "$((rc - 128))"; kill -"$((rc - 128))" $$; fi',
-        'exit "$rc"',
+        *STATUS_LINES,
     ]
 
 
