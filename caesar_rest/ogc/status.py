@@ -45,8 +45,11 @@ def status_info(job: Job, base: str, root: str) -> dict[str, Any]:
     status = status_of(job)
     href = f"{base}/jobs/{job.id}"
     times = [t for t in (job.submit_date, job.start_date, job.run_date, job.end_date) if t is not None]
+    message = job.status or job.state
+    if status == "dismissed" and job.state != CANCELED.value:
+        message = f"Dismissed after it had ended {job.state}: {message}"
     info: dict[str, Any] = {"processID": job.app, "type": "process", "jobID": job.id, "status": status,
-                            "message": job.status or job.state, "created": iso(job.submit_date)}
+                            "message": message, "created": iso(job.submit_date)}
     if job.start_date is not None:
         info["started"] = iso(job.run_date or job.start_date)
     if job.end_date is not None:

@@ -44,7 +44,8 @@ def test_dismiss_of_a_finished_job(ogc_stack, alice):
     job_id = _start(alice, ogc, seconds=0)
     assert wait_status(alice, ogc, job_id)["status"] == "successful"
     assert alice.delete(f"{ogc}/jobs/{job_id}", timeout=10).json()["status"] == "dismissed"
-    assert alice.get(f"{ogc}/jobs/{job_id}", timeout=10).json()["status"] == "dismissed"
+    info = alice.get(f"{ogc}/jobs/{job_id}", timeout=10).json()
+    assert info["status"] == "dismissed" and info["message"].startswith("Dismissed after it had ended SUCCESS")
     assert alice.get(f"{ogc}/jobs/{job_id}/results", timeout=10).json()["type"] == EXC + "no-such-job"
     ok = alice.get(f"{ogc}/jobs", params={"status": "successful", "limit": 1000}, timeout=10).json()
     assert job_id not in [j["jobID"] for j in ok["jobs"]]
