@@ -7,6 +7,8 @@ Drills:
   kill-running     workers SIGKILLed twice while jobs run, a new worker each time (no retries: lost is the honest
                    answer; doubled and SUCCESS-without-outputs must be 0)
   kill-retrying    the same with an app that retries lost attempts: every job must end SUCCESS
+  frozen-pool      the pool SIGSTOPped while retrying jobs run, STALE_AFTER 300 s: the broker's view finds it
+                   gone within seconds, every job is retried elsewhere and must end SUCCESS
   db-outage        the database cut for 2 x STALE_AFTER while jobs run: no job may end other than SUCCESS
   pending-backlog  PENDING jobs with no worker for 3 reaper periods: messages published must stay within one
                    republish per job"""
@@ -132,6 +134,27 @@ def kill_running(scratch: Path, app: str, name: str, jobs: int) -> Row:
         drill.close()
 
 
+def frozen_pool(scratch: Path, jobs: int) -> Row:
+    """Alive but silent (a frozen VM, a partitioned host): the pid check cannot tell, the heartbeat rule would take
+    STALE_AFTER; the reaper's ping misses the pool twice and its jobs run again on a second pool."""
+    drill = Drill(scratch, "frozen-pool", STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5)
+    frozen = None
+    try:
+        started = time.monotonic()
+        frozen = drill.worker()
+        ids = drill.submit("sleeper-retry", jobs, seconds=3)
+        wait_until(lambda: any(drill.status(j)["state"] == "RUNNING" for j in ids), 120, "a running job")
+        os.killpg(frozen.pid, signal.SIGSTOP)
+        drill.worker()
+        drill.wait_all(ids, 240)
+        return drill.row("frozen-pool", ids, started, "pool SIGSTOPped with STALE_AFTER 300 s, found by the "
+                                                      "broker's view; retries asked")
+    finally:
+        if frozen is not None:
+            os.killpg(frozen.pid, signal.SIGCONT)
+        drill.close()
+
+
 def db_outage(scratch: Path, jobs: int) -> Row:
     stale = 4.0
     drill = Drill(scratch, "db-outage", STALE_AFTER=stale, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5)
@@ -197,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     plan = [("kill-running", lambda: kill_running(scratch, "sleeper", "kill-running", jobs)),
             ("kill-retrying", lambda: kill_running(scratch, "sleeper-retry", "kill-retrying", jobs)),
+            ("frozen-pool", lambda: frozen_pool(scratch, jobs)),
             ("db-outage", lambda: db_outage(scratch, min(jobs, 4))),
             ("pending-backlog", lambda: pending_backlog(scratch, 100 if args.quick else 1000))]
     for name, run in plan:
@@ -213,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written: {out}", file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
     bad = any(r.doubled or r.success_without_outputs for r in rows) or \
-        any(r.drill in ("kill-retrying", "db-outage") and r.success != r.jobs for r in rows)
+        any(r.drill in ("kill-retrying", "frozen-pool", "db-outage") and r.success != r.jobs for r in rows)
     return 1 if failed or bad else 0
 
 

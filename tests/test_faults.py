@@ -280,8 +280,7 @@ def test_a_frozen_worker_is_found_by_the_broker_view_long_before_stale_after(tmp
     STALE_AFTER 300 s the heartbeat rule alone would leave the job RUNNING for five minutes (the code before this
     rule did); the reaper's ping misses the frozen node twice in a row, the job ends FAILURE naming why, and its
     orphaned process is stopped. Real workers, real RabbitMQ or the embedded filesystem broker, real PostgreSQL."""
-    extra = dict(STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5, REMOTE_POLL_INTERVAL=0.5,
-                 REAPER_DB_GRACE=0)
+    extra = dict(STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5, REMOTE_POLL_INTERVAL=0.5)
     settings = production_settings(tmp_path / "var", pg_db, **extra) if broker == "rabbitmq" else \
         embedded_settings(tmp_path / "var", DATABASE_URL=pg_db, **extra)
     client = create_app(settings).test_client()

@@ -174,11 +174,13 @@ def _absent_mark(node: str) -> str:
 def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
          follow: Callable[[str], Any], view: Callable[[], set[str] | None] = broker_view) -> dict[str, int]:
     """Jobs whose worker is gone are declared lost (or re-followed), old PENDING ones re-published, at most once per
-    PENDING_REPUBLISH_AFTER each. A worker is gone when its pid is dead on this host (proof at once), when the broker
+    PENDING_REPUBLISH_AFTER each (and when a worker is found gone from the broker, since it may hold their messages).
+    A worker is gone when its pid is dead on this host (proof at once), when the broker
     has not seen it for two heartbeat intervals while its jobs stopped beating (a worker on another host that died
-    or froze), or when its heartbeat is older than STALE_AFTER. The last two count only once the reaper has had the
-    database for REAPER_DB_GRACE (default STALE_AFTER) without a gap: after an outage the workers' heartbeats need
-    that long to be stored again, and their jobs are healthy."""
+    or froze), or when its heartbeat is older than STALE_AFTER. The heartbeat rule counts only once the reaper has
+    had the database for REAPER_DB_GRACE (default STALE_AFTER) without a gap: after an outage the workers'
+    heartbeats need time to be stored again, and their jobs are healthy; the broker's view, after three heartbeat
+    intervals (or REAPER_DB_GRACE when shorter)."""
     from .runner import Runner
 
     url = settings["DATABASE_URL"]
@@ -188,7 +190,11 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
     grace = settings.get("REAPER_DB_GRACE")
     grace = float(settings["STALE_AFTER"] if grace is None else grace)
     with session_scope(url) as s:
-        judging = (now - watching_since(settings, s, now)).total_seconds() >= grace
+        watched = (now - watching_since(settings, s, now)).total_seconds()
+        judging = watched >= grace
+        # The broker's view needs less: after a gap the heartbeat threads beat again within one interval, and a
+        # node that answers the ping is never gone, whatever its heartbeats say.
+        judging_view = watched >= min(grace, 3 * float(settings["HEARTBEAT_INTERVAL"]))
         stale = s.execute(select(Job.id).where(Job.state.in_((STARTED, RUNNING)),
                                                Job.heartbeat_at < stale_cut)).scalars().all() if judging else []
         pending = s.execute(select(Job.id, Job.backend).where(
@@ -204,7 +210,16 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         quiet = s.execute(select(Job.id, Job.host, Job.extra).where(
             Job.state.in_((STARTED, RUNNING)), or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beating))).all()
         nodes = {extra["worker_node"] for _j, _h, extra in quiet if (extra or {}).get("worker_node")}
-        absent = absent_nodes(settings, s, now, nodes, view() if nodes and judging else None)
+        absent = absent_nodes(settings, s, now, nodes, view() if nodes and judging_view else None)
+        if absent:      # the gone worker may hold messages of jobs it never started: they are published again
+            held = s.execute(select(Job.id, Job.backend).where(
+                Job.state == PENDING, Job.submit_date < now - timedelta(seconds=float(settings["REAPER_INTERVAL"])),
+                Job.id.notin_([jid for jid, _b in pending]),
+                or_(Job.republished_at.is_(None), Job.republished_at < pending_cut))).all()
+            if held:
+                s.execute(update(Job).where(Job.id.in_([jid for jid, _b in held]), Job.state == PENDING)
+                          .values(republished_at=now))
+                pending = [*pending, *held]
     runner = Runner(settings)
     lost = 0
     retried: list[str] = []

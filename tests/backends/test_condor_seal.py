@@ -33,16 +33,16 @@ def test_the_seal_covers_the_jobs_files_and_names_every_difference(tmp_path):
 
     dest = tmp_path / "dest"
     (dest / "out").mkdir(parents=True)
-    assert condor_seal.verify(dest) == [f"no {condor_seal.MANIFEST} arrived: the job's post step did not run, "
-                                        "or its output was lost"]
+    assert condor_seal.verify(dest) == [(f"no {condor_seal.MANIFEST} arrived: the job's post step did not run, "
+                                         "or its output was lost")]
     (dest / condor_seal.MANIFEST).write_text(json.dumps({"files": files}))
     (dest / "out" / "cat.txt").write_text("catalogue\n")
     (dest / "result.json").write_text("{ }")                      # same size would be caught by the digest; this
     assert condor_seal.verify(dest) == ["result.json has 3 bytes, not 2", "stdout.log is missing"]
     (dest / "result.json").write_text("[]")
     (dest / "stdout.log").write_text("hello\n")
-    assert condor_seal.verify(dest) == [f"result.json has sha256 {condor_seal.sha256_of(dest / 'result.json')}, "
-                                        f"not {files['result.json']['sha256']}"]
+    assert condor_seal.verify(dest) == [(f"result.json has sha256 {condor_seal.sha256_of(dest / 'result.json')}, "
+                                         f"not {files['result.json']['sha256']}")]
     (dest / "result.json").write_text("{}")
     assert condor_seal.verify(dest) == []
 

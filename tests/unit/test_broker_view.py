@@ -43,12 +43,19 @@ def test_a_worker_gone_from_the_broker_loses_its_quiet_job_before_stale_after(st
     assert len(absent_marks(standin_app)) == 1
     with session_scope(settings["DATABASE_URL"]) as s:              # the first miss 1 s ago: two intervals past
         s.execute(update(Mark).where(Mark.name.like("absent:%")).values(at=utcnow() - timedelta(seconds=1)))
-    assert reap(settings, **QUIET, view=lambda: {"control@here"})["lost"] == 1
+    waiting = submit(standin_client, "exit0")                     # PENDING: its message may be with that worker
+    with session_scope(settings["DATABASE_URL"]) as s:
+        s.execute(update(Job).where(Job.id == waiting).values(submit_date=utcnow() - timedelta(seconds=5)))
+    published: list[str] = []
+    hold = dict(publish=lambda j, _b: published.append(j), follow=lambda *a: None)
+    assert reap(settings, **hold, view=lambda: {"control@here"})["lost"] == 1
+    assert published == [waiting]                                 # published again when the worker is found gone
     row, _events = job_row(standin_app, job_id)
     assert row["state"] == "FAILURE"
     assert row["status"].startswith("Job lost: its worker is gone from the broker while it was STARTED")
-    reap(settings, **QUIET, view=lambda: {"control@here"})
+    reap(settings, **hold, view=lambda: {"control@here"})
     assert absent_marks(standin_app) == []                          # no quiet job of that node any more
+    assert published == [waiting]                                 # and once only (PENDING_REPUBLISH_AFTER)
 
 
 def test_a_worker_the_broker_sees_keeps_its_job_and_its_mark_is_forgotten(standin_app, standin_client):
