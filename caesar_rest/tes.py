@@ -16,7 +16,8 @@ from sqlalchemy import ColumnElement, case, false, func, select, true
 from sqlalchemy.orm import Session
 
 from . import storage
-from .errors import NotFound
+from .backends import backend_class
+from .errors import BadRequest, NotFound
 from .jobs import JOB_ID_RE
 from .models import Job, TesTag
 from .paging import after_token, encode_token
@@ -34,7 +35,7 @@ from .states import (
     NewJob,
     insert_job,
 )
-from .tes_task import runtime_backend, validate
+from .tes_task import host_runtime, runtime_backend, validate
 
 TES_VERSION = "1.1.0"
 VIEWS = ("MINIMAL", "BASIC", "FULL")
@@ -80,10 +81,36 @@ def _state_filter(state: str) -> ColumnElement[bool]:
 
 
 # ---- creation --------------------------------------------------------------------------------------------------------
+def task_backend(settings: Mapping[str, Any], body: Any) -> str:
+    """The backend of a task: the one its resources.backend_parameters.backend names (any enabled backend that runs
+    TES executors: a slurm backend with a container runtime), else the runtime's (container, or local's host
+    runtime). A 400 naming the parameter otherwise."""
+    resources = body.get("resources") if isinstance(body, dict) else None
+    params = resources.get("backend_parameters") if isinstance(resources, dict) else None
+    named = [v for k, v in params.items() if isinstance(k, str) and k.lower() == "backend"] \
+        if isinstance(params, dict) else []
+    if not named:
+        return runtime_backend(settings)
+    field = "resources.backend_parameters.backend"
+    name, enabled = named[0], settings.get("BACKENDS") or {}
+    if not isinstance(name, str) or name not in enabled:
+        raise BadRequest(f"'{field}': {name!r} is not a backend enabled here ({sorted(enabled)})", field=field)
+    if not (name == "local" and host_runtime(settings)) and \
+            not backend_class(name, enabled[name]).runs_tes(enabled[name] or {}):
+        raise BadRequest(f"'{field}': backend {name!r} does not run TES executors here (a slurm backend needs a "
+                         "container runtime and the shared working directory)", field=field)
+    return name
+
+
 def create_task(session: Session, settings: Mapping[str, Any], owner: str, body: Any) -> Job:
     """Validate a tesTask and insert its PENDING job (the caller commits and publishes)."""
-    backend = runtime_backend(settings)
+    backend = task_backend(settings, body)
     doc, options, warnings = validate(settings, body, backend, owner)
+    enabled = settings.get("BACKENDS") or {}
+    if len(doc["executors"]) > 1 and not backend_class(backend, enabled.get(backend)).blocking:
+        # The runner follows one remote job per task: the executors after the first would never run.
+        raise BadRequest(f"'executors': backend {backend!r} runs one executor per task, not "
+                         f"{len(doc['executors'])}", field="executors")
     resources = doc.get("resources") or {}
     params = resources.get("backend_parameters") or {}
     time_limit = int(params.get("time_limit") or settings.get("TES_TIME_LIMIT") or settings["DEFAULT_TIME_LIMIT"])

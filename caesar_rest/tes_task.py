@@ -25,8 +25,9 @@ WILDCARD_RE = re.compile(r"[*?\[]")
 RESERVED_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
                  "/sbin", "/sys", "/usr")
 KERNEL_DIRS = ("/dev", "/proc", "/sys")
-# backend_parameters this service understands itself (the backend's own job_options come on top).
-PARAMETERS = ("time_limit", "retries")
+# backend_parameters this service understands itself (the backend's own job_options come on top); "backend" names
+# the backend the task runs on (caesar_rest.tes.task_backend).
+PARAMETERS = ("time_limit", "retries", "backend")
 READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
 TASK_FIELDS = ("name", "description", "inputs", "outputs", "resources", "executors", "volumes", "tags")
 INPUT_FIELDS = ("name", "description", "url", "path", "type", "content", "streamable")

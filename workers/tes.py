@@ -57,6 +57,7 @@ class TaskRun:
         self.backend_name = job.backend
         self.doc: dict[str, Any] = dict((job.extra or {}).get("tes") or {})
         self.spec: dict[str, Any] = dict(job.spec or {})
+        self.started_at = job.start_date
         self.jobdir = Path(job.workdir)
         self.fs = self.jobdir / "fs"
         self.meta = self.jobdir / ".tes"
@@ -144,7 +145,16 @@ class TaskRun:
             self._deadline = started + self.time_limit
         return self._deadline
 
+    def _resume(self) -> None:
+        """On a remote backend the executor is followed by poll tasks, each with a TaskRun of its own: the executor
+        that ended is the task's only one (caesar_rest.tes refuses more there), its logs read from their start."""
+        if self._current is None:
+            entry: dict[str, Any] = {"start_time": rfc3339(self.started_at or utcnow()), "exit_code": None}
+            self.logs["executors"].append(entry)
+            self._current = (0, self.doc["executors"][0], entry, {"stdout.log": 0, "stderr.log": 0})
+
     def step_ended(self, spec: JobSpec | None, result: StepResult) -> Ending | None:
+        self._resume()
         assert self._current is not None
         _i, executor, _entry, _offsets = self._current
         outcome, detail, rc = self._executor_ended(result)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from caesar_rest.backends import BackendError, JobSpec
+from caesar_rest.backends import BackendError, JobSpec, backend_class
 from caesar_rest.tes_task import norm
 
 from .tes_launcher import SANDBOX_LAUNCHER, SANDBOX_PYTHON, STATUS_PATH
@@ -29,9 +29,10 @@ def executor_spec(task: TaskRun, i: int, executor: dict[str, Any]) -> JobSpec:
     mounts = {m: str(task.host_path(m)) for m in task.mounts}
     if task.backend_name == "local":
         return _host_job_spec(task, i, executor, env, common)
-    if task.backend_name != "container":
-        raise BackendError(f"TES executors run on the local (host runtime) or container backend, not on "
-                           f"{task.backend_name!r}")
+    options = (task.settings.get("BACKENDS") or {}).get(task.backend_name) or {}
+    if not backend_class(task.backend_name, options).runs_tes(options):
+        raise BackendError(f"TES executors run on the local (host runtime) or container backend, or a backend that "
+                           f"runs them (a slurm backend with a container runtime), not on {task.backend_name!r}")
     _open_to_group(task.fs)           # the container's user (not root) writes through the group
     return JobSpec(argv=list(executor["command"]), image=executor["image"], env=env, **common,
                    options={**(task.spec.get("backend_options") or {}),

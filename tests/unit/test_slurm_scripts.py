@@ -33,7 +33,7 @@ def test_an_image_job_is_podman_run_as_the_jobs_own_user_with_the_hardening(tmp_
     job = JobSpec(job_id="j1", owner="u", app="a", argv=["caesar-sleeper", "--message", "$(id)"], workdir=tmp_path,
                   image="localhost/caesar-apps:latest", options={"image_pull": "if-missing"})
     argv = podman.argv(job, tmp_path, {"HOME": "/tmp"})
-    assert argv[:5] == ["/usr/bin/podman", "--root", "/s", "--runroot", "/r"]
+    assert argv[:6] == ["/usr/bin/podman", "--root", "/s", "--runroot", "/r", "--log-level=error"]
     assert {"--userns=keep-id", "--user=2100:2100", "--pull=missing", "--cap-drop=ALL", "--read-only",
             "--network=none", "--init"} <= set(argv)
     assert argv[-4:] == ['--entrypoint=["caesar-sleeper"]', "localhost/caesar-apps:latest", "--message", "$(id)"]

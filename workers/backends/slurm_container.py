@@ -78,7 +78,8 @@ class SlurmPodman:
             top += ["--root", str(self.storage)]
         if self.driver:
             top += ["--storage-driver", str(self.driver)]
-        return [*top, "--runroot", self.runroot]
+        # Errors only: podman's warnings (rootless limits ignored on cgroup v1) would be the app's stderr lines.
+        return [*top, "--runroot", self.runroot, "--log-level=error"]
 
     def prologue(self) -> list[str]:
         """Lines of the job script before podman: its runtime directory, the user's own (0700)."""
