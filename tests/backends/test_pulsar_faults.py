@@ -171,7 +171,7 @@ def test_downloads_cut_every_time_keep_the_remote_copy_until_refetched(cut_stack
 
 
 def test_staging_a_big_input_for_longer_than_stale_after_is_not_declared_lost(pulsar_servers, tmp_path):
-    """Issue 15's drill: a 1 GiB input sent to a real Pulsar server while STALE_AFTER is 1 s and the reaper runs
+    """Issue 15's drill: a 2 GiB input sent to a real Pulsar server while STALE_AFTER is 1 s and the reaper runs
     every second. Before, the claim's heartbeat went stale during the upload and the reaper failed the job ("Job
     lost") while the worker went on staging it. Now the worker's heartbeat thread keeps it alive throughout."""
     import hashlib
@@ -186,9 +186,9 @@ def test_staging_a_big_input_for_longer_than_stale_after_is_not_declared_lost(pu
                                  STALE_AFTER=1, HEARTBEAT_INTERVAL=0.2, REAPER_INTERVAL=1, REAPER_DB_GRACE=0,
                                  BACKENDS={"local": {}, "pulsar": {"servers": servers, "default_server": "p1"}})
     big = tmp_path / "big.bin"
-    with open(big, "wb") as fh:                  # 1 GiB, written in blocks (not held in memory)
+    with open(big, "wb") as fh:                  # 2 GiB, written in blocks (not held in memory)
         block = hashlib.sha256(b"caesar").digest() * 32768        # 1 MiB
-        for _ in range(1024):
+        for _ in range(2048):
             fh.write(block)
     api, base = start_api(settings, tmp_path / "api.log")
     worker = start_worker(settings, ["pulsar"], tmp_path / "worker.log", concurrency=1, beat=True)
@@ -210,7 +210,7 @@ def test_staging_a_big_input_for_longer_than_stale_after_is_not_declared_lost(pu
         assert staging > 1, f"staging took {staging:.2f} s, not longer than STALE_AFTER: the drill proves nothing"
         assert meta["attempts"] == 1 and "lost" not in st["status"].lower()
         assert "Task caesar.reap[" in worker.log()              # the reaper ran while it staged
-        print(f"\n1 GiB staged to Pulsar in {staging:.1f} s with STALE_AFTER 1 s: not declared lost")
+        print(f"\n2 GiB staged to Pulsar in {staging:.1f} s with STALE_AFTER 1 s: not declared lost")
     finally:
         worker.stop()
         api.stop()
