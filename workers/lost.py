@@ -77,9 +77,14 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
         except Exception as exc:
             log.exception("looking for the lost job %s on %s failed", job_id, backend_name)
             leftovers = f"; looking for it on the {backend_name} backend failed ({exc}): a later try adopts it"
-        if handle and _adopted(runner, job_id, handle):
+        recorded = _adopted(runner, job_id, handle) if handle else None
+        if recorded is not None:
+            if handle and recorded != handle:
+                # Another look (the redelivered message and the reaper both look) recorded a job of its own first.
+                backend.cancel(handle)
+                backend.cleanup(handle)
             log.warning("job %s: adopted %s on %s, submitted by a worker that died before recording it", job_id,
-                        handle, backend_name)
+                        recorded, backend_name)
             return "poll"
     if backend is not None and handle and backend.name != "local":
         # An in-slot job outside this process (a container) outlives its worker: stop and remove it.
@@ -94,12 +99,16 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
     return runner.end(job_id, how)         # FAILURE, or PENDING when its app retries lost attempts
 
 
-def _adopted(runner: Runner, job_id: str, handle: str) -> bool:
-    """The adopted handle recorded, if the job still has none and is still active (else the caller stops it)."""
+def _adopted(runner: Runner, job_id: str, handle: str) -> str | None:
+    """The handle the still active job follows: the adopted one, recorded if it has none yet, or the one another
+    look recorded first; None when the job is no longer active (the caller then stops the adopted one)."""
     with session_scope(runner.url) as s:
         done = s.execute(update(Job).where(Job.id == job_id, Job.handle.is_(None), Job.state.in_((STARTED, RUNNING)))
                          .values(handle=handle, heartbeat_at=utcnow()))
-        return bool(cast(CursorResult[Any], done).rowcount)
+        if cast(CursorResult[Any], done).rowcount:
+            return handle
+        job = s.get(Job, job_id)
+        return job.handle if job is not None and job.state in (STARTED, RUNNING) and job.handle else None
 
 
 def watching_since(settings: Mapping[str, Any], s: Any, now: datetime) -> datetime:

@@ -17,20 +17,20 @@ from ..support import REPO
 
 #: The protocol's methods, by name: every backend has each, with the protocol's parameter names.
 PROTOCOL_METHODS = {name: member for name, member in vars(Backend).items()
-                    if callable(member) or isinstance(member, staticmethod)
+                    if callable(member) or isinstance(member, (staticmethod, classmethod))
                     if not name.startswith("_") or name == "__init__"}
 CLASS_ATTRIBUTES = {"name": str, "blocking": bool, "job_options": tuple, "runs_images": bool}
 
 
 def parameters(member: object) -> list[str]:
-    function = member.__func__ if isinstance(member, staticmethod) else member
+    function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
     return list(inspect.signature(function).parameters)
 
 
 def test_the_protocol_is_what_the_backends_are_held_to():
     # A guard on this test itself: the methods it checks are the protocol's whole, optional ones included.
-    assert set(PROTOCOL_METHODS) == {"__init__", "check_job_options", "health", "submit", "poll", "wait", "cancel",
-                                     "fetch_outputs", "cleanup"}
+    assert set(PROTOCOL_METHODS) == {"__init__", "check_job_options", "check_image", "runs_tes", "health", "submit",
+                                     "poll", "wait", "cancel", "fetch_outputs", "cleanup", "adopt"}
     assert set(typing.get_type_hints(Backend)) == set(CLASS_ATTRIBUTES)
     assert set(REGISTRY) == {"local", "container", "pulsar", "condor", "batch", "slurm"}
 
@@ -48,6 +48,7 @@ def test_each_registered_backend_keeps_the_protocol(name):
     for method, declared in PROTOCOL_METHODS.items():
         implemented = inspect.getattr_static(cls, method)
         assert isinstance(implemented, staticmethod) == isinstance(declared, staticmethod), (cls, method)
+        assert isinstance(implemented, classmethod) == isinstance(declared, classmethod), (cls, method)
         assert parameters(implemented) == parameters(declared), (cls, method)
     # check_job_options answers without the backend being built: None for no options, None or a message for
     # options of the wrong type.

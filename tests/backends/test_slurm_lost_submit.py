@@ -59,6 +59,11 @@ def all_logs(stack: SlurmStack) -> str:
     return "".join(w.log() for w in stack.workers)
 
 
+def logged(stack: SlurmStack, words: str) -> bool:
+    """The workers' logs say it (they reach the file a moment after the job's end is visible)."""
+    return bool(wait_until(lambda: words in all_logs(stack), 15, f"{words!r} in the workers' logs"))
+
+
 def test_a_dropped_submit_reply_is_found_and_adopted_not_submitted_again(relayed):
     stack, relay = relayed
     relay.arm(submit_reply="drop")
@@ -68,7 +73,7 @@ def test_a_dropped_submit_reply_is_found_and_adopted_not_submitted_again(relayed
     made, = slurm_jobs_of(stack, job_id)                   # exactly one Slurm job for it
     assert len(relay.submits) == 1 and relay.submits[0]["job_id"] == made["job_id"], relay.submits
     assert metadata(stack, job_id)["handle"] == str(made["job_id"])
-    assert made["job_state"] == "COMPLETED" and "the reply to its submission was lost" in all_logs(stack)
+    assert made["job_state"] == "COMPLETED" and logged(stack, "the reply to its submission was lost")
 
 
 def test_a_worker_killed_before_recording_the_job_id_the_reaper_adopts_the_job(relayed):
@@ -86,7 +91,7 @@ def test_a_worker_killed_before_recording_the_job_id_the_reaper_adopts_the_job(r
     made, = slurm_jobs_of(stack, job_id)
     meta = metadata(stack, job_id)
     assert meta["handle"] == str(made["job_id"]) == str(relay.submits[0]["job_id"]) and len(relay.submits) == 1
-    assert meta["attempts"] == 1 and "submitted by a worker that died before recording it" in all_logs(stack), meta
+    assert meta["attempts"] == 1 and logged(stack, "submitted by a worker that died before recording it"), meta
     assert "sleeper.txt" in {o["path"] for o in meta["outputs"]}
 
 
@@ -113,4 +118,6 @@ def test_the_next_attempt_cancels_a_copy_it_cannot_follow_and_runs_once_more(rel
     wait_until(lambda: slurm_jobs_of(stack, job_id) and {r["job_id"]: r["job_state"] for r in
                                                          slurm_jobs_of(stack, job_id)}[orphan] == "CANCELLED",
                30, "the orphan cancelled")
-    assert made[max(made)]["job_state"] == "COMPLETED" and f"cancelling Slurm job {orphan}" in all_logs(stack)
+    # Cancelled by the next attempt's submit, or by a second look of the reaper's at the lost attempt (the
+    # redelivered message and the reaper both look): never followed, never left running.
+    assert made[max(made)]["job_state"] == "COMPLETED", made
