@@ -1,6 +1,7 @@
 """`python -m bench [--quick]`: every figure on one fresh production stack, a table, and a JSON file.
 
-Phases, in order: job overhead, submission throughput, drain, upload, tar.gz download, reads with a full
+Phases, in order: OGC API - Processes against pygeoapi (first: its stores must hold only the sizes it asks for), job
+overhead, submission throughput, drain, upload, tar.gz download, reads with a full
 jobs table (the last adds the most rows, so it runs last). A phase that fails is reported (value missing,
 error in the JSON) and the exit status is 1; targets missed do not change the exit status."""
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 
 from .report import Figure, machine, table, write_json
 
-PHASES = ("overhead", "throughput", "drain", "upload", "download", "listing")
+PHASES = ("ogc", "overhead", "throughput", "drain", "upload", "download", "listing")
 #: What each phase must produce: the smoke test checks every key is present with a number.
 FIGURE_KEYS = {
+    "ogc": ("ogc_async_p50", "ogc_async_p50_small", "ogc_async_growth", "ogc_jobs_p50", "ogc_jobs_p50_small",
+            "ogc_jobs_growth"),
     "overhead": ("job_overhead_p50", "job_overhead_p95", "job_overhead_sandbox_p50"),
     "throughput": ("submit_throughput",),
     "drain": ("drain_rate", "drain_lost", "drain_run_twice"),
@@ -28,12 +31,12 @@ FIGURE_KEYS = {
 }
 MiB = 1024 * 1024
 
-FULL = {"overhead_jobs": 100, "submit_requests": 3000, "submit_concurrency": 16, "drain_jobs": 10000,
-        "upload_mib": 1024, "upload_repeats": 3, "download_mib": 1024, "download_repeats": 1,
+FULL = {"ogc_jobs": 1000, "ogc_rounds": 40, "overhead_jobs": 100, "submit_requests": 3000, "submit_concurrency": 16,
+        "drain_jobs": 10000, "upload_mib": 1024, "upload_repeats": 3, "download_mib": 1024, "download_repeats": 1,
         "listing_jobs": 100000, "listing_requests": 300}
-QUICK = {"overhead_jobs": 10, "submit_requests": 200, "submit_concurrency": 8, "drain_jobs": 100,
-         "upload_mib": 16, "upload_repeats": 1, "download_mib": 16, "download_repeats": 1, "listing_jobs": 2000,
-         "listing_requests": 40}
+QUICK = {"ogc_jobs": 40, "ogc_rounds": 6, "overhead_jobs": 10, "submit_requests": 200, "submit_concurrency": 8,
+         "drain_jobs": 100, "upload_mib": 16, "upload_repeats": 1, "download_mib": 16, "download_repeats": 1,
+         "listing_jobs": 2000, "listing_requests": 40}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +69,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
-    from . import drain, listing, throughput, transfer
+    from . import drain, listing, ogc, throughput, transfer
     from .stack import Stack
 
     started = time.time()
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
                          "api": f"gunicorn {args.api_processes}x{args.api_threads} gthread",
                          "job_poll_interval": stack.settings["JOB_POLL_INTERVAL"]}
         steps = {
+            "ogc": lambda: ogc.measure(stack, base, args.ogc_jobs, args.ogc_rounds, args.worker_concurrency,
+                                       args.api_processes, args.api_threads),
             "overhead": lambda: _overhead(stack, base, args),
             "throughput": lambda: throughput.measure(stack, base, args.submit_requests, args.submit_concurrency),
             "drain": lambda: drain.measure(stack, args.drain_jobs, args.drain_concurrency, args.drain_timeout),

@@ -11,8 +11,9 @@ from typing import Any
 
 
 def _request_bytes(method: str, path: str, host: str, body: bytes | None = None,
-                   content_type: str = "application/json") -> bytes:
+                   content_type: str = "application/json", headers: dict[str, str] | None = None) -> bytes:
     head = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: keep-alive"]
+    head += [f"{key}: {value}" for key, value in (headers or {}).items()]
     if body is not None:
         head += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b"")
@@ -39,6 +40,7 @@ class Connection:
         self.hostport = hostport
         self.sock: socket.socket | None = None
         self.buf = b""
+        self.headers: dict[str, str] = {}       # the last response's headers, names in lower case
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=60)
@@ -46,9 +48,10 @@ class Connection:
         self.buf = b""
         return sock
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        raw = _request_bytes(method, path, self.hostport, data)
+        raw = _request_bytes(method, path, self.hostport, data, headers=headers)
         for attempt in (0, 1):
             if self.sock is None:
                 self.sock = self._connect()
@@ -81,6 +84,7 @@ class Connection:
 
     def _response(self) -> tuple[int, bytes]:
         status, headers = _parse_head(self._read_until(b"\r\n\r\n"))
+        self.headers = headers
         if "content-length" in headers:
             body = self._read_n(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
