@@ -72,6 +72,8 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     ops_api.init_app(app)
     tes_api.register(api, app)
     ogc_api.register(api, app)
+    from . import ui
+    ui.register(app)                        # the web dashboard at /ui/
     guard.init_app(app)                     # Host, cross-site and CORS checks come before authentication
     app.before_request(auth.authenticate)
     app.teardown_request(files_api.discard_uploads)

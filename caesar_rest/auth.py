@@ -21,6 +21,7 @@ MODES = ("none", "token", "basic", "oidc")
 # Paths anyone may read: liveness, metrics, the API description and its UI.
 PUBLIC_PREFIXES = ("/health", "/metrics", "/openapi.json", "/swagger", "/static/", "/docs")
 PUBLIC_SUFFIXES = ("/service-info",)
+UI_PREFIX = "/ui"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ def authenticate() -> None:
         g.caesar_user = User(current_app.config["DEFAULT_USER"], admin=True)
         return
     path = request.path
+    if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+        return      # the dashboard signs its users in with its session cookie (caesar_rest.ui.session)
     header = request.headers.get("Authorization", "")
     if request.method == "OPTIONS" or path.startswith(PUBLIC_PREFIXES) or path.endswith(PUBLIC_SUFFIXES):
         if header:      # anyone may read these; an admin's credentials show more (/health's error texts)

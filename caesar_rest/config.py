@@ -275,6 +275,12 @@ class Settings(Mapping[str, Any]):
     OGC_REMOTE_INPUT_MAX_BYTES: int = setting(1024**3, "Largest file an OGC input may name by an external http(s) "
                                                        "href (fetched under the egress rules when the job is "
                                                        "submitted, kept as an upload of its owner).")
+    # ---- web dashboard (issue 17; caesar_rest/ui/)
+    UI_SECRET_KEY: str | None = setting(None, "Key signing the dashboard's session cookies (/ui/); null: a random "
+                                              "key kept in <ROOT>/ui-secret (0600), shared by every process of "
+                                              "this host.")
+    UI_SESSION_SECONDS: int = setting(8 * 3600, "How long a dashboard sign-in lasts (s).")
+    UI_TABLE_ROWS: int = setting(100, "Rows of a CSV output the job page shows as a table.")
     # ---- derived from ROOT, never set
     DATA_DIR: str = derived("Uploaded files, <ROOT>/data/<user>/ (derived from ROOT).")
     JOBS_DIR: str = derived("Job directories, <ROOT>/jobs/<user>/<job_id>/ (derived from ROOT).")
