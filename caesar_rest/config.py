@@ -39,9 +39,11 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 #: CAESAR_* environment variables that are not settings: the file to read, and knobs read by other programs
 #: (uwsgi.ini / gunicorn.conf.py, the systemd worker unit, scripts/podman.sh and scripts/container, the test
-#: suite's service URLs and HTCondor pool, the job id a worker puts in each job's environment).
+#: suite's service URLs and HTCondor pool, the job id a worker puts in each job's environment, the `caesar`
+#: client's service and token).
 NON_SETTING_ENV = frozenset({"CAESAR_CONFIG", "CAESAR_WORKER_CONCURRENCY", "CAESAR_JOB_ID", "CAESAR_PODMAN_DIR",
-                             "CAESAR_PODMAN_IMAGES", "CAESAR_IMAGE_CACHE", "CAESAR_DEBIAN_MIRROR"})
+                             "CAESAR_PODMAN_IMAGES", "CAESAR_IMAGE_CACHE", "CAESAR_DEBIAN_MIRROR", "CAESAR_URL",
+                             "CAESAR_TOKEN"})
 NON_SETTING_ENV_PREFIXES = ("CAESAR_WSGI_", "CAESAR_TEST_")
 ENV_PREFIX = "CAESAR_"
 
