@@ -1,0 +1,60 @@
+"""The real `caesar` program in a pseudo-terminal (pexpect): a 200 MB upload draws a progress bar that moves, and
+`submit --wait` shows the job's live state and ends with the job's exit code."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+
+from .conftest import TOKENS
+
+CAESAR = shutil.which("caesar", path=str(Path(sys.executable).parent)) or "caesar"
+# Rich's DownloadColumn: "12.3/209.7 MB"
+BYTES = re.compile(r"(\d+\.\d)/(\d+\.\d) MB")
+
+
+def _spawn(stack, tmp_path, *args: str) -> pexpect.spawn:
+    env = {**os.environ, "CAESAR_URL": stack["base"], "CAESAR_TOKEN": TOKENS["alice"], "TERM": "xterm-256color",
+           "COLUMNS": "120", "LINES": "40", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("NO_COLOR", None)
+    return pexpect.spawn(CAESAR, list(args), env=env, encoding="utf-8", timeout=120, dimensions=(40, 120))
+
+
+def _finish(child: pexpect.spawn) -> tuple[str, int]:
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.before or "", child.exitstatus if child.exitstatus is not None else -1
+
+
+def test_upload_of_200_mb_shows_a_moving_progress_bar(stack, tmp_path):
+    big = tmp_path / "big.fits"
+    with open(big, "wb") as fh:
+        for _ in range(200):
+            fh.write(os.urandom(1024 * 1024))
+    child = _spawn(stack, tmp_path, "upload", str(big), "--tag", "tty")
+    text, code = _finish(child)
+    assert code == 0, text
+    frames = [float(done) for done, total in BYTES.findall(text) if total == "209.7"]
+    assert len(set(frames)) >= 3, text[-2000:]              # several distinct positions: the bar moved
+    assert frames == sorted(frames) and frames[-1] == 209.7
+    assert "MB/s" in text and "━" in text and "big.fits" in text        # rate, the bar itself, the file's name
+    assert re.search(r"[0-9a-f]{32}  big.fits  209.7 MB", text)           # the record, printed at the end
+
+
+def test_submit_wait_shows_the_live_state_and_ends_with_the_exit_code(stack, tmp_path):
+    child = _spawn(stack, tmp_path, "submit", "sleeper", "--opt", "seconds=3", "--opt", "message=tick",
+                   "--opt", "exit-code=9", "--wait")
+    child.expect("RUNNING")
+    child.expect(r"\d+\.\d s")                   # the elapsed time, live
+    child.expect(r"\| tick")                     # the last log line
+    text, code = _finish(child)
+    assert code == 1                             # FAILURE
+    assert "FAILURE (exit status 9)" in text
+    ok = _spawn(stack, tmp_path, "submit", "sleeper", "--opt", "seconds=0.5", "--wait")
+    ok.expect("SUCCESS")
+    _text, code = _finish(ok)
+    assert code == 0
