@@ -18,6 +18,8 @@ from . import blp, outputs, page
 PER_PAGE = 25
 FILTERS = ("app", "tag", "backend", "kind")
 LOG_LINES = 200
+#: The parts of a job page its script replaces while the job runs (templates/ui/_<name>.html, #<name>).
+FRAGMENTS = ("timeline", "logs", "outputs", "metadata")
 
 
 def _filters() -> dict[str, str]:
@@ -106,7 +108,7 @@ def job(job_id: str):
 def live(job_id: str):
     """What changes while a job runs, as HTML fragments the page's script puts in place."""
     context = _context(_job(job_id))
-    parts = {name: render_template(f"ui/_{name}.html", **context) for name in ("timeline", "logs", "outputs")}
+    parts = {name: render_template(f"ui/_{name}.html", **context) for name in FRAGMENTS}
     job = context["job"]
     return jsonify({"state": job.state, "status": job.status, "finished": job.finished,
                     "duration": context["duration"], "html": parts})

@@ -2,6 +2,7 @@
 sign-in, the cookie's flags, CSRF, the CSP, the generated form and its errors, another user's job."""
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -99,3 +100,67 @@ def test_other_users_job_is_404(app):
     assert r.status_code == 404 and "not found" in r.text
     assert client.get(f"/ui/jobs/{job_id}/live").status_code == 404
     assert client.get(f"/ui/jobs/{job_id}/tarball").status_code == 404
+
+
+def test_file_in_use_cannot_be_deleted(app):
+    client = app.test_client()
+    sign_in(client, "alice")
+    csrf = _csrf(client.get("/ui/files").text)
+    r = client.post("/ui/files/upload", data={"file": (io.BytesIO(b"SIMPLE  =                    T"), "img.fits")},
+                    headers={"X-CSRF-Token": csrf}, content_type="multipart/form-data")
+    assert r.status_code == 200, r.text
+    uuid = r.get_json()["uuid"]
+    from caesar_rest.states import NewJob, insert_job
+    used = {"file_uuid": uuid, "option": "inputfile", "relpath": "inputs/img.fits", "sha256": r.get_json()["sha256"],
+            "size_bytes": 30, "crc64nvme": None}
+    with app.app_context():
+        from caesar_rest.api.common import session
+        with session() as s:     # a PENDING job reading the file (no worker here: it stays so)
+            job = insert_job(s, NewJob(owner="alice", kind="app", app="sfinder", app_version="1", backend="local",
+                                       tag=None, job_inputs={"inputfile": uuid}, argv=["x"],
+                                       workdir_root=str(app.config["JOBS_DIR"]), spec={}, inputs=[used]))
+            job_id = job.id
+    page = client.get("/ui/files").text
+    assert "in use by job" in page and job_id[:8] in page and f"/ui/files/{uuid}/delete" not in page
+    refused = client.post(f"/ui/files/{uuid}/delete", data={"csrf_token": csrf})
+    assert refused.status_code == 409 and f"is used by job {job_id}" in refused.text
+    assert uuid in client.get("/ui/files").text
+
+
+def test_sign_in_next_stays_on_the_dashboard(app):
+    client = app.test_client()
+    page = client.get("/ui/login?next=//evil.example/ui/")
+    r = client.post("/ui/login", data={"csrf_token": _csrf(page.text), "user": "alice", "secret": TOKENS["alice"],
+                                       "next": "https://evil.example/ui/"})
+    assert r.status_code == 303 and r.headers["Location"] == "/ui/jobs"
+
+
+def test_basic_mode_and_a_changed_password(tmp_path):
+    from werkzeug.security import generate_password_hash
+
+    users = {"carol": {"password_hash": generate_password_hash("first-secret")}}
+    app = create_app(embedded_settings(tmp_path / "var", AUTH_MODE="basic", AUTH_USERS=users))
+    try:
+        client = app.test_client()
+        page = client.get("/ui/login")
+        assert 'type="password"' in page.text and "Password" in page.text
+        r = client.post("/ui/login", data={"csrf_token": _csrf(page.text), "user": "carol", "secret": "first-secret"})
+        assert r.status_code == 303
+        assert client.get("/ui/files").status_code == 200
+        users["carol"]["password_hash"] = generate_password_hash("second-secret")     # the session ends with it
+        app.config["AUTH_USERS"] = users
+        assert client.get("/ui/files", headers={"Accept": "text/html"}).status_code == 302
+    finally:
+        dispose_all()
+
+
+def test_anonymous_mode_needs_no_sign_in(tmp_path):
+    app = create_app(embedded_settings(tmp_path / "var"))
+    try:
+        client = app.test_client()
+        r = client.get("/ui/jobs")
+        assert r.status_code == 200 and 'id="user">anonymous<' in r.text
+        assert client.get("/ui/login").status_code == 302
+        assert client.post("/ui/apps/sleeper", data={"seconds": "1"}).status_code == 403     # CSRF all the same
+    finally:
+        dispose_all()

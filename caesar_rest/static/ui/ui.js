@@ -125,7 +125,7 @@
         state.textContent = j.state; state.className = "state state-" + j.state;
         document.getElementById("status").textContent = j.status;
         document.getElementById("duration").textContent = j.duration;
-        ["timeline", "logs", "outputs"].forEach((k) => { document.getElementById(k).innerHTML = j.html[k]; });
+        Object.entries(j.html).forEach(([k, html]) => { document.getElementById(k === "metadata" ? "meta" : k).innerHTML = html; });
         if (j.finished) {
           live.dataset.finished = "1";
           const cancel = document.getElementById("cancel");
