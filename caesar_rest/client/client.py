@@ -213,6 +213,10 @@ class Client:
         """GET /accounting: bytes stored, files, jobs by state and job-seconds used (an admin sees every user)."""
         return cast(dict[str, Any], self._json("GET", "/accounting"))
 
+    def appstats(self) -> dict[str, Any]:
+        """GET /appstats: jobs by state, job-seconds and users per app (an admin sees every user's)."""
+        return cast(dict[str, Any], self._json("GET", "/appstats"))
+
     def health(self) -> dict[str, Any]:
         """GET /health (outside the API prefix): the service's parts and their latencies."""
         try:

@@ -183,3 +183,44 @@ def test_jobs_table_and_keyset_paging(caesar):
     assert caesar("jobs", "--state", "SUCCESS,BOGUS").code == 4
     for job_id in ids:
         assert caesar("wait", job_id).code == 0
+
+
+def test_login_in_basic_mode_and_shell_completion(caesar, tmp_path):
+    from werkzeug.security import generate_password_hash
+
+    from ..support import embedded_settings, start_api
+
+    users = {"carol": {"password_hash": generate_password_hash("c-pass")}}
+    api, base = start_api(embedded_settings(tmp_path / "var", AUTH_MODE="basic", AUTH_USERS=users),
+                          tmp_path / "basic-api.log")
+    try:
+        assert caesar("login", base, "--user", "carol", input="wrong\n", token=None, url=None).code == 5
+        ran = caesar("login", base, "--user", "carol", input="c-pass\n", token=None, url=None)
+        assert ran.code == 0, ran.stderr
+        assert json.loads(config_file().read_text())["auth"] == "basic"
+        assert caesar("apps", "--json", token=None, url=None).code == 0
+        assert caesar("whoami", "--json", token=None, url=None).json()["user"] == "carol"
+    finally:
+        api.stop()
+
+
+def test_shell_completion_of_commands_and_app_names(stack, tmp_path):
+    """The real program, as a shell's completion function calls it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = str(Path(sys.executable).parent / "caesar")
+    env = {**os.environ, "CAESAR_URL": stack["base"], "CAESAR_TOKEN": TOKENS["alice"],
+           "XDG_CONFIG_HOME": str(tmp_path)}
+
+    def complete(shell: str, words: str = "") -> str:
+        extra = {"COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)} if words else {}
+        done = subprocess.run([program], env={**env, "_CAESAR_COMPLETE": shell, **extra}, capture_output=True,
+                              text=True, timeout=30, check=True)
+        return done.stdout
+
+    assert "_caesar_completion" in complete("bash_source")
+    assert "plain,describe" in complete("bash_complete", "caesar desc").splitlines()
+    assert "plain,sleeper" in complete("bash_complete", "caesar describe sl").splitlines()
+    assert "compdef" in complete("zsh_source")

@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from ..models import AppOption
-from .ui import State, emit_json, json_option, out, pass_state, table
+from .ui import State, complete_app, emit_json, json_option, out, pass_state, table
 
 
 @click.command()
@@ -41,7 +41,7 @@ def _default(option: AppOption) -> str:
 
 
 @click.command()
-@click.argument("app")
+@click.argument("app", shell_complete=complete_app)
 @json_option
 @pass_state
 def describe(state: State, app: str) -> None:
@@ -64,4 +64,28 @@ def describe(state: State, app: str) -> None:
                for o in options], title=category)
 
 
-COMMANDS = [apps, describe]
+@click.command()
+@click.option("--apps", "per_app", is_flag=True, help="Per app (GET /appstats) instead of per user.")
+@json_option
+@pass_state
+def usage(state: State, per_app: bool) -> None:
+    """What you store and have run: files and bytes, jobs by state, job-seconds (an admin sees every user)."""
+    answer = state.client.appstats() if per_app else state.client.accounting()
+    if state.json:
+        emit_json(answer)
+        return
+    if per_app:
+        table(["app", "jobs", "job-seconds", "users", "by state"],
+              [[name, u.get("count"), u.get("job_seconds"), u.get("users"), _states(u.get("by_state"))]
+               for name, u in answer.get("apps", {}).items()])
+        return
+    table(["user", "files", "bytes", "jobs", "job-seconds", "by state"],
+          [[name, u["files"]["count"], u["files"]["bytes"], u["jobs"]["count"], u["jobs"]["job_seconds"],
+            _states(u["jobs"].get("by_state"))] for name, u in answer.get("users", {}).items()])
+
+
+def _states(by_state: dict[str, int] | None) -> str:
+    return ", ".join(f"{state} {n}" for state, n in (by_state or {}).items() if n)
+
+
+COMMANDS = [apps, describe, usage]

@@ -1,6 +1,7 @@
 """caesar submit, status, wait, logs, output, cancel, jobs."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -9,10 +10,11 @@ from typing import Any
 
 import click
 
+from ..models import TERMINAL_STATES
 from ..validation import app_of, option_value, validate
 from .files import upload_files
 from .follow import INTERVAL, fetch_output, follow
-from .ui import State, emit_json, json_option, note, pass_state, table
+from .ui import State, complete_app, complete_job, emit_json, json_option, note, pass_state, table
 
 UUID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -36,7 +38,7 @@ def _exit_for(ctx: click.Context, status: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("app")
+@click.argument("app", shell_complete=complete_app)
 @click.option("--opt", "opts", multiple=True, metavar="NAME=VALUE", help="An option of the app (repeatable).")
 @click.option("--file", "file_opts", multiple=True, metavar="NAME=PATH_OR_UUID",
               help="A file option: a local file (uploaded first), an uploaded file's uuid or its server path.")
@@ -107,7 +109,7 @@ def _report(status: dict[str, Any], output: str | None = None) -> None:
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_job)
 @click.option("--metadata", is_flag=True, help="The job's whole provenance record instead.")
 @json_option
 @pass_state
@@ -121,7 +123,7 @@ def status(state: State, job_id: str, metadata: bool) -> None:
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_job)
 @json_option
 @pass_state
 @click.pass_context
@@ -137,7 +139,7 @@ def wait(ctx: click.Context, state: State, job_id: str) -> None:
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_job)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines until the job ends.")
 @click.option("--tail", type=click.IntRange(0), help="Only the last N lines (of each stream).")
 @json_option
@@ -152,33 +154,42 @@ def logs(state: State, job_id: str, follow_: bool, tail: int | None) -> None:
         click.echo(answer["stdout"], nl=False)
         click.echo(answer["stderr"], nl=False, err=True)
         return
-    printed = {"stdout": 0, "stderr": 0}
+    seen: dict[str, str] = {"stdout": "", "stderr": ""}
     first = True
     while True:
-        answer = state.client.logs(job_id, tail if first else None)
+        answer = state.client.logs(job_id)
         for stream in ("stdout", "stderr"):
             text = answer[stream]
-            if first:
-                printed[stream] = len(answer[stream]) if tail is not None else 0
-                new = text
-            else:
-                new = text[printed[stream]:] if len(text) >= printed[stream] else text
+            new = _unseen(seen[stream], text)
+            seen[stream] = text
+            if first and tail is not None:
+                new = "".join(new.splitlines(keepends=True)[-tail:]) if tail else ""
             if new:
                 if state.json:
-                    import json
-
                     click.echo(json.dumps({"stream": stream, "text": new}))
                 else:
                     click.echo(new, nl=False, err=stream == "stderr")
-            printed[stream] = len(text) if not first or tail is None else printed[stream]
         first = False
-        if answer["state"] in ("SUCCESS", "FAILURE", "TIMED-OUT", "CANCELED", "ABORTED"):
+        if answer["state"] in TERMINAL_STATES:
             return
         time.sleep(INTERVAL)
 
 
+#: The service answers at most the last MiB of each log: once past it the window slides, and what is new is found
+#: after the end of what was seen before (its last MARK characters) instead of by length.
+MARK = 4096
+
+
+def _unseen(before: str, now: str) -> str:
+    if now.startswith(before):
+        return now[len(before):]
+    mark = before[-MARK:]
+    at = now.rfind(mark)
+    return now[at + len(mark):] if at >= 0 else now
+
+
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_job)
 @click.option("-o", "--output", "dest", type=click.Path(path_type=Path),
               help="Write the tar.gz here (a file or a directory); default: job_<id>.tar.gz here.")
 @click.option("--extract", type=click.Path(file_okay=False, path_type=Path), help="Extract it into this directory.")
@@ -196,7 +207,7 @@ def output(state: State, job_id: str, dest: Path | None, extract: Path | None) -
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", shell_complete=complete_job)
 @json_option
 @pass_state
 def cancel(state: State, job_id: str) -> None:

@@ -73,6 +73,24 @@ def json_option(func: Any) -> Any:
                         help="Machine output only: JSON on stdout, no tables, bars or live views.")(func)
 
 
+def complete_app(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of an app name, from the service (nothing when it cannot be reached)."""
+    try:
+        with load().client(timeout=3) as client:
+            return [a["name"] for a in client.apps() if a["name"].startswith(incomplete)]
+    except Exception:      # completion must never print an error into the user's command line
+        return []
+
+
+def complete_job(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a job id: the caller's 50 newest jobs."""
+    try:
+        with load().client(timeout=3) as client:
+            return [j["job_id"] for j in client.iter_jobs(limit=50) if j["job_id"].startswith(incomplete)]
+    except Exception:      # as above
+        return []
+
+
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
