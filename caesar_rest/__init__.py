@@ -23,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     is refused unless ALLOW_ANONYMOUS says so (auth.check_exposure)."""
     from . import auth, db, errors, guard, tes_access
     from .api import (
+        accounting as accounting_api,
         apps as apps_api,
         files as files_api,
         jobs as jobs_api,
@@ -66,7 +67,9 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     api = Api(app)
     from .api import docs
     docs.register(api)
-    for module in (files_api, apps_api, jobs_api):
+    for name, schema in accounting_api.SCHEMAS.items():
+        api.spec.components.schema(name, schema)
+    for module in (files_api, apps_api, jobs_api, accounting_api):
         api.register_blueprint(module.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops_api.blp)
     ops_api.init_app(app)

@@ -38,6 +38,8 @@ class Option:
     no_effect: str | None = None        # accepted for compatibility, not passed to the command
     pattern: str | None = None
     media_type: str | None = None       # a file option's format (OGC API - Processes advertises it)
+    subcategory: str | None = None      # a finer group within category (upstream clients show both)
+    advanced: bool = False              # an expert's option, which clients may fold away
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "required": self.required,
@@ -46,6 +48,9 @@ class Option:
         for key in ("min", "max", "allowed", "pattern", "media_type"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        # The keys the later upstream caesar-rest's clients read per option, always present (null when unset).
+        out.update({"mandatory": self.required, "enum": self.allowed, "min": self.min, "max": self.max,
+                    "subcategory": self.subcategory, "advanced": self.advanced})
         if self.no_effect:
             out["note"] = self.no_effect
         else:
@@ -115,6 +120,8 @@ def _option(app: str, name: str, raw: Mapping[str, Any]) -> Option:
         raise AppConfigError(f"{where}: type must be one of {OPTION_TYPES}")
     if opt.style not in STYLES:
         raise AppConfigError(f"{where}: style must be one of {STYLES}")
+    if not isinstance(opt.advanced, bool):
+        raise AppConfigError(f"{where}: advanced must be true or false")
     if opt.type == "enum" and not opt.allowed:
         raise AppConfigError(f"{where}: an enum needs 'allowed'")
     if opt.flag is None:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import notify, storage
+from . import notify, storage, upstream
 from .apps import App, Registry, ResolvedFile, render
 from .errors import BadRequest, Conflict, InvalidOption, NotFound
 from .models import File, Job, JobInput, utcnow
@@ -67,7 +67,7 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     """Validate a caesar-rest job request and insert the PENDING job (the caller commits and publishes)."""
     if not isinstance(body, dict):
         raise BadRequest("The job request must be a JSON object with 'app' and 'job_inputs'")
-    known = {"app", "job_inputs", "data_inputs", "tag", "backend", "backend_options", "notify"}
+    known = {"app", "job_inputs", "job_options", "data_inputs", "tag", "backend", "backend_options", "notify"}
     extra = sorted(set(body) - known)
     if extra:
         raise BadRequest(f"Unknown field {extra[0]!r} in the job request; expected {sorted(known)}", field=extra[0])
@@ -85,23 +85,21 @@ def create_job(session: Session, settings: Mapping[str, Any], registry: Registry
     _check_image(settings, backend, app)
     backend_options = {**app.backend_options.get(backend, {}),
                        **_check_backend_options(settings, backend, body.get("backend_options"))}
-    rendered = render(app, body.get("job_inputs"), _file_resolver(session, settings, owner))
-    data_inputs = body.get("data_inputs")
+    _key, options = upstream.job_inputs(body)
+    resolve = _file_resolver(session, settings, owner)
+    data = upstream.parse_data_inputs(body.get("data_inputs"))
+    left: list[ResolvedFile] = []
+    if data is not None:      # bound to the app's unset file options first; the rest staged beside them
+        options, left = upstream.bind(app, options, data, resolve,
+                                      lambda uuid: session.get(File, uuid).format)  # type: ignore[union-attr]
+    rendered = render(app, options, resolve)
     extra_files: list[tuple[str, ResolvedFile, str]] = []
-    if data_inputs is not None:
-        ids = [data_inputs] if isinstance(data_inputs, str) else data_inputs
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise BadRequest("'data_inputs' must be a file uuid or a list of file uuids", field="data_inputs")
-        resolve = _file_resolver(session, settings, owner)
-        taken = {rel for _o, _f, rel in rendered.files}
-        for i in ids:
-            if not UUID_HEX_RE.match(i):
-                raise BadRequest(f"'data_inputs': {i!r} is not a file uuid", field="data_inputs")
-            resolved = resolve(i, "data_inputs")
-            rel = f"inputs/{resolved.filename}"
-            if rel not in taken:
-                taken.add(rel)
-                extra_files.append(("data_inputs", resolved, rel))
+    taken = {rel for _o, _f, rel in rendered.files}
+    for resolved in left:
+        rel = f"inputs/{resolved.filename}"
+        if rel not in taken:
+            taken.add(rel)
+            extra_files.append(("data_inputs", resolved, rel))
     inputs: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for option, resolved, rel in rendered.files + extra_files:

@@ -79,7 +79,10 @@ class Job(Base):
     __tablename__ = "jobs"
     # Listings go newest first (submit_date DESC, id DESC), all jobs or one owner's (migration 0003).
     __table_args__ = (Index("ix_jobs_submit_date_id", "submit_date", "id"),
-                      Index("ix_jobs_owner_submit_date_id", "owner", "submit_date", "id"))
+                      Index("ix_jobs_owner_submit_date_id", "owner", "submit_date", "id"),
+                      # /accounting and /appstats: covering indexes for their GROUP BYs (migration 0007)
+                      Index("ix_jobs_owner_state_app_elapsed", "owner", "state", "app", "elapsed"),
+                      Index("ix_jobs_app_state_owner_elapsed", "app", "state", "owner", "elapsed"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))

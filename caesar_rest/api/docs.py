@@ -33,7 +33,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "command": {"type": "array", "items": {"type": "string"}}, "image": NULLABLE_STR,
         "resources": {"type": "object"}, "outputs": {"type": "array", "items": {"type": "string"}},
         "options": {"type": "array",
-                    "items": {"type": "object", "required": ["name", "type", "required", "effect"]}}}}]},
+                    "items": {"type": "object", "required": ["name", "type", "required", "effect", "mandatory",
+                                                             "default", "enum", "min", "max", "category",
+                                                             "subcategory", "advanced"], "properties": {
+                        "mandatory": {"type": "boolean", "description": "required (upstream's name)"},
+                        "enum": {"type": "array", "nullable": True, "items": {},
+                                 "description": "the allowed values, or null"},
+                        "min": {"type": "number", "nullable": True}, "max": {"type": "number", "nullable": True},
+                        "category": {"type": "string"}, "subcategory": NULLABLE_STR,
+                        "advanced": {"type": "boolean"}}}}}}]},
     "JobSummary": {"type": "object", "required": ["job_id", "app", "job_inputs", "submit_date", "state", "status"],
                    "properties": {
         "job_id": {"type": "string"}, "app": {"type": "string"}, "job_inputs": {"type": "object"},

@@ -225,8 +225,9 @@ def fileids():
         return jsonify([r.to_dict() for r in records])
 
 
+@blp.route("/download/<file_id>", methods=["GET", "POST"], endpoint="download_by_uuid")
 @blp.route("/download-id/<file_id>", methods=["GET", "POST"])
-@blp.doc(summary="Download a file by uuid",
+@blp.doc(summary="Download a file by uuid (/download/<uuid>, the later upstream's name, is the same)",
          parameters=docs.query(("presign", "string", ("with S3 storage: 1 redirects (307) to a presigned URL, "
                                                       "json answers {url, expires_in}"))),
          responses={"200": {"description": "The file, or {url, expires_in} with presign=json", "content": {
