@@ -66,6 +66,7 @@ class Ran:
 @pytest.fixture
 def caesar(stack, tmp_path, monkeypatch):
     """caesar(*args, token=alice's) -> Ran: the command as its console script runs it, config under tmp_path."""
+    (tmp_path / "config").mkdir()
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
 
     def run(*args: str, token: str | None = TOKENS["alice"], url: str | None = stack["base"],

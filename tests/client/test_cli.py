@@ -224,3 +224,19 @@ def test_shell_completion_of_commands_and_app_names(stack, tmp_path):
     assert "plain,describe" in complete("bash_complete", "caesar desc").splitlines()
     assert "plain,sleeper" in complete("bash_complete", "caesar describe sl").splitlines()
     assert "compdef" in complete("zsh_source")
+
+
+def test_the_readme_walkthrough_with_caesar(caesar, tmp_path, monkeypatch):
+    """README's Using it, the caesar way: a FITS image through sfinder, its catalogue extracted."""
+    from ..apps.fitsgen import default_sources, make_image
+
+    monkeypatch.chdir(tmp_path)
+    make_image(tmp_path / "VGPS_cont_MOS017.fits", sources=default_sources())
+    ran = caesar("submit", "sfinder", "--file", "inputfile=VGPS_cont_MOS017.fits", "--opt", "seedthr=5",
+                 "--opt", "deblend=true", "--output", "out", "--json")
+    assert ran.code == 0, ran.stderr
+    job_id = ran.json()["job_id"]
+    catalog = tmp_path / "out" / f"job_{job_id}" / "VGPS_cont_MOS017_catalog.csv"
+    assert len(catalog.read_text().splitlines()) >= 8           # a header and the eight sources, at least
+    assert caesar("download", ran.json()["job_inputs"]["inputfile"], "-o", "back.fits").code == 0
+    assert (tmp_path / "back.fits").read_bytes() == (tmp_path / "VGPS_cont_MOS017.fits").read_bytes()
