@@ -24,7 +24,8 @@ ARTIFACTS = REPO / "tests" / "artifacts" / "ui"
 @pytest.fixture(scope="module")
 def ui_stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui")
-    settings = embedded_settings(root / "var", AUTH_MODE="token", AUTH_USERS=USERS, STALE_AFTER=20)
+    settings = embedded_settings(root / "var", AUTH_MODE="token", AUTH_USERS=USERS, STALE_AFTER=20,
+                                TES_HOST_RUNTIME=True)
     api, base = start_api(settings, root / "api.log")
     worker = start_worker(settings, ["local"], root / "worker.log", concurrency=2)
     yield {"base": base, "root": root, "settings": settings}

@@ -146,10 +146,12 @@ def test_dashboard_end_to_end(new_page, ui_stack, tmp_path):
     # ---- a running sleeper canceled after a confirmation
     page.goto(f"{base}/ui/apps/sleeper")
     page.fill("#in-seconds", "120")
+    page.fill("#in-message", "tail-me-live")
     page.click("#submit")
     page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f-]{36}$"))
     sleeper = page.locator("#job-id").inner_text()
     expect(page.locator("#state")).to_have_text("RUNNING", timeout=60_000)
+    expect(page.locator("#stdout")).to_contain_text("tail-me-live", timeout=30_000)     # the log tail, live
     asked = []
     page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
     page.click("#cancel button")
@@ -157,6 +159,24 @@ def test_dashboard_end_to_end(new_page, ui_stack, tmp_path):
     assert asked and sleeper[:8] in asked[0]
     expect(page.locator("#state")).to_have_text("CANCELED", timeout=60_000)
     shot(page, "08-canceled")
+
+    # ---- an OGC job and a TES task show in the same table and open as jobs
+    alice = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    r = requests.post(f"{base}/ogcapi/processes/sleeper/execution", json={"inputs": {"seconds": 0}},
+                      headers={**alice, "Prefer": "respond-async"}, timeout=30)
+    assert r.status_code == 201, r.text
+    ogc_job = r.json()["jobID"]
+    r = requests.post(f"{base}/ga4gh/tes/v1/tasks", headers=alice, timeout=30, json={
+        "name": "ui-tes", "executors": [{"image": "debian:stable-slim", "command": ["echo", "from-tes"]}]})
+    assert r.status_code == 200, r.text
+    tes_task = r.json()["id"]
+    page.goto(f"{base}/ui/jobs")
+    for other_id in (ogc_job, tes_task):
+        expect(page.locator(f"#jobs tr[data-id='{other_id}'] td.state")).to_have_text("SUCCESS", timeout=60_000)
+    assert "tes" in page.locator(f"#jobs tr[data-id='{tes_task}']").inner_text()
+    page.goto(f"{base}/ui/jobs/{tes_task}")
+    expect(page.locator("#stdout")).to_contain_text("from-tes")
+    assert page.goto(f"{base}/ui/jobs?kind=tes").ok and page.locator("#jobs tr.job").count() == 1
 
     # ---- another user's job is a 404
     other = new_page()
