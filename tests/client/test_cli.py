@@ -240,3 +240,14 @@ def test_the_readme_walkthrough_with_caesar(caesar, tmp_path, monkeypatch):
     assert len(catalog.read_text().splitlines()) >= 8           # a header and the eight sources, at least
     assert caesar("download", ran.json()["job_inputs"]["inputfile"], "-o", "back.fits").code == 0
     assert (tmp_path / "back.fits").read_bytes() == (tmp_path / "VGPS_cont_MOS017.fits").read_bytes()
+
+
+def test_usage_per_user_and_per_app(caesar):
+    assert caesar("submit", "sleeper", "--opt", "seconds=0", "--wait").code == 0
+    mine = caesar("usage", "--json").json()
+    assert mine["user"] == "alice" and mine["jobs"]["by_state"]["SUCCESS"] >= 1
+    shown = caesar("usage")
+    assert shown.code == 0 and "alice" in shown.stdout and "SUCCESS" in shown.stdout
+    apps = caesar("usage", "--apps")
+    assert apps.code == 0 and "sleeper" in apps.stdout
+    assert caesar("usage", "--apps", "--json").json()["apps"]["sleeper"]["users"] == 1

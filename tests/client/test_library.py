@@ -93,3 +93,19 @@ def test_another_user_and_bad_credentials(stack, client):
     with Client(f"http://127.0.0.1:{free_port()}") as closed, pytest.raises(TransportError):
         closed.apps()
     client.wait(job["job_id"], timeout=60, interval=0.1)
+
+
+def test_accounting_and_appstats(client, tmp_path):
+    source = tmp_path / "counted.txt"
+    source.write_bytes(b"12345")
+    record = client.upload(source)
+    job = client.submit("sleeper", {"seconds": 0})
+    client.wait(job["job_id"], timeout=60, interval=0.1)
+    usage = client.accounting()
+    mine = client.files()
+    assert usage["user"] == "alice" and usage["admin"] is False and list(usage["users"]) == ["alice"]
+    assert usage["files"] == {"count": len(mine), "bytes": sum(f["size_bytes"] for f in mine)}
+    assert usage["jobs"]["by_state"]["SUCCESS"] >= 1
+    stats = client.appstats()["apps"]
+    assert stats["sleeper"]["by_state"]["SUCCESS"] >= 1 and stats["sleeper"]["users"] == 1
+    client.delete_file(record["uuid"])
