@@ -283,6 +283,14 @@ class Settings(Mapping[str, Any]):
                                               "this host.")
     UI_SESSION_SECONDS: int = setting(8 * 3600, "How long a dashboard sign-in lasts (s).")
     UI_TABLE_ROWS: int = setting(100, "Rows of a CSV output the job page shows as a table.")
+    OIDC_AUTHORIZATION_URL: str | None = setting(None, "The issuer's authorization endpoint: with OIDC_TOKEN_URL and "
+                                                       "OIDC_CLIENT_ID the dashboard signs users in (authorization "
+                                                       "code with PKCE); null: no dashboard sign-in in AUTH_MODE oidc.")
+    OIDC_TOKEN_URL: str | None = setting(None, "The issuer's token endpoint (the dashboard's sign-in).")
+    OIDC_CLIENT_ID: str | None = setting(None, "The dashboard's client id at the issuer.")
+    OIDC_CLIENT_SECRET: str | None = setting(None, "The dashboard's client secret (a confidential client, sent by HTTP "
+                                                   "Basic to the token endpoint); null: a public client, PKCE alone.")
+    OIDC_SCOPES: str = setting("openid profile", "Scopes the dashboard's sign-in asks for (openid among them).")
     # ---- derived from ROOT, never set
     DATA_DIR: str = derived("Uploaded files, <ROOT>/data/<user>/ (derived from ROOT).")
     JOBS_DIR: str = derived("Job directories, <ROOT>/jobs/<user>/<job_id>/ (derived from ROOT).")

@@ -14,7 +14,7 @@ blp = Blueprint("ui", __name__, url_prefix="/ui", static_folder="../static/ui", 
 
 PREFIX = "/ui"
 #: Pages anyone may open without signing in.
-OPEN_ENDPOINTS = ("ui.login", "ui.static")
+OPEN_ENDPOINTS = ("ui.login", "ui.static", "ui.oidc_start", "ui.oidc_callback")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -75,6 +75,8 @@ def _error(exc: CaesarError):
 
 
 def register(app: Flask) -> None:
-    from . import admin, apps, files, jobs, pages  # noqa: F401  (their routes join blp)
+    from . import admin, apps, files, jobs, oidc, pages  # noqa: F401  (their routes join blp)
+
+    oidc.check_settings(app.config)
 
     app.register_blueprint(blp)

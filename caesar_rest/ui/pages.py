@@ -31,12 +31,15 @@ def login():
         return redirect(target)
     error = None
     name = ""
-    if request.method == "POST":
+    if request.method == "POST" and mode != "oidc":
         name = request.form.get("user", "").strip()
         error = session.sign_in(name, request.form.get("secret", ""))
         if error is None:
             return redirect(target, code=303)
-    return page("login.html", 401 if error else 200, error=error, name=name, next=target)
+    from .oidc import configured
+
+    return page("login.html", 401 if error else 200, error=error, name=name, next=target,
+                oidc=configured(current_app.config))
 
 
 @blp.route("/logout", methods=["POST"])

@@ -19,6 +19,7 @@ from werkzeug.security import check_password_hash
 
 from ..auth import User, hash_token
 from ..errors import Forbidden
+from ..storage import USER_RE
 
 COOKIE = "caesar_ui"
 CSRF_FIELD = "csrf_token"
@@ -95,8 +96,12 @@ def user() -> User | None:
         return User(cfg["DEFAULT_USER"], admin=True)
     data = load()
     name, fingerprint = data.get("u"), data.get("f")
-    entry = (cfg.get("AUTH_USERS") or {}).get(name) if isinstance(name, str) else None
-    if not entry or not isinstance(name, str) or not isinstance(fingerprint, str):
+    if not isinstance(name, str) or not isinstance(fingerprint, str):
+        return None
+    if cfg["AUTH_MODE"] == "oidc":     # as the issuer said at sign-in, for UI_SESSION_SECONDS (the cookie's age)
+        return User(name=name, admin=data.get("a") is True) if fingerprint == "oidc" and USER_RE.match(name) else None
+    entry = (cfg.get("AUTH_USERS") or {}).get(name)
+    if not entry:
         return None
     if cfg["AUTH_MODE"] == "token":
         ok = any(hmac.compare_digest(fingerprint, known) for known in entry.get("tokens_sha256") or [])
@@ -129,9 +134,15 @@ def sign_in(name: str, secret: str) -> str | None:
         return f"Sign-in with a form is not available in AUTH_MODE {mode}"
     if fingerprint is None:
         return refused
-    g.caesar_ui_session = {"c": secrets.token_urlsafe(32), "u": name, "f": fingerprint}   # a new CSRF token too
-    g.caesar_ui_dirty = True
+    open_session(name, fingerprint)
     return None
+
+
+def open_session(name: str, fingerprint: str, admin: bool = False) -> None:
+    """The session of a user who just proved who they are, with a new CSRF token."""
+    g.caesar_ui_session = {"c": secrets.token_urlsafe(32), "u": name, "f": fingerprint,
+                           **({"a": True} if admin else {})}
+    g.caesar_ui_dirty = True
 
 
 def sign_out() -> None:
