@@ -72,7 +72,8 @@ class Server:
             time.sleep(POLL_PAUSE)
         total = time.perf_counter() - t0
         served = (_when(info["finished"]) - _when(info["created"])).total_seconds()
-        return {"total": total, "post": posted, "polls": polls, "created_to_finished": served}
+        return {"total": total, "post": posted, "polls": polls, "created_to_finished": served,
+                "id": path.rsplit("/", 1)[1]}
 
     def list_jobs(self) -> float:
         t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def _interleaved(servers: tuple[Server, Server], rounds: int, step) -> dict[str,
     return got
 
 
-def _at_size(servers: tuple[Server, Server], counts: dict, size: int, rounds: int) -> dict[str, Any]:
+def _at_size(servers: tuple[Server, Server], counts: dict, size: int, rounds: int, events) -> dict[str, Any]:
     filled = {s.name: _fill(s, counts[s.name], size) for s in servers}
     for server in servers:                      # warm: connections, caches, a pool process forked
         for _ in range(3):
@@ -132,6 +133,7 @@ def _at_size(servers: tuple[Server, Server], counts: dict, size: int, rounds: in
                        "server_cpu_ms_per_round_trip": cpu[s.name],
                        "jobs_list_ms": summary_ms(lists[s.name]),
                        "jobs_in_store_after": counts[s.name]()[0]}
+    out["ours"]["phases_ms_p50 (from job_events)"] = events([t["id"] for t in trips["ours"]])
     return out
 
 
@@ -144,6 +146,19 @@ def measure(stack, base: str, largest: int, rounds: int, concurrency: int, proce
             row = conn.execute(text("SELECT count(*), count(*) FILTER (WHERE state IN ('PENDING', 'STARTED', "
                                     "'RUNNING')) FROM jobs WHERE kind = 'app'")).one()
         return int(row[0]), int(row[1])
+
+    def ours_events(ids: list[str]) -> dict[str, float]:
+        """Where our round trips' time went: queued (PENDING -> STARTED: the publish, the broker, the claim),
+        staging (STARTED -> RUNNING: the sandbox started), running (RUNNING -> SUCCESS: `true`, the end recorded)."""
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT job_id, state, at FROM job_events WHERE job_id = ANY(:ids)"),
+                                {"ids": ids}).all()
+        at: dict[str, dict[str, datetime]] = {}
+        for job_id, state, when in rows:
+            at.setdefault(job_id, {})[state] = when
+        steps = {"queued": ("PENDING", "STARTED"), "staging": ("STARTED", "RUNNING"), "running": ("RUNNING", "SUCCESS")}
+        return {name: round(median((a[end] - a[start]).total_seconds() for a in at.values()) * 1000, 2)
+                for name, (start, end) in steps.items()}
 
     theirs = Pygeoapi(stack.root / "pygeoapi", processes, threads)
 
@@ -164,7 +179,7 @@ def measure(stack, base: str, largest: int, rounds: int, concurrency: int, proce
         ref.pids = tree(theirs.proc.pid)
         servers, counts = (ours, ref), {"ours": ours_count, "pygeoapi": theirs_count}
         sizes = (max(1, largest // 10), largest)
-        at = {size: _at_size(servers, counts, size, rounds) for size in sizes}
+        at = {size: _at_size(servers, counts, size, rounds, ours_events) for size in sizes}
         for s in servers:
             s.conn.close()
     finally:
@@ -184,7 +199,8 @@ def _figures(at: dict[int, dict], sizes: tuple[int, int], about: dict[str, Any])
             ours, ref = at[size]["ours"][key]["p50"], at[size]["pygeoapi"][key]["p50"]
             figures.append(Figure(f"{what}_p50{suffix}", f"{title} ({size:,} jobs in each store)", ours, "ms", ref,
                                   f"pygeoapi {VERSION} TinyDB", "≤ 1.0x pygeoapi", ours <= ref,
-                                  details={"at": at[size], **about} if (suffix, what) == ("", "ogc_async") else {}))
+                                  details={"at": {str(n): v for n, v in at.items()}, **about}
+                                  if (suffix, what) == ("", "ogc_async") else {}))
         grow = {n: at[large][n][key]["p50"] / at[small][n][key]["p50"] for n in ("ours", "pygeoapi")}
         figures.append(Figure(f"{what}_growth", f"{title}: {large:,} over {small:,} jobs", grow["ours"], "x",
                               grow["pygeoapi"], "pygeoapi's growth", f"≤ {FLAT:g}x (flat)", grow["ours"] <= FLAT,

@@ -20,8 +20,8 @@ from .stack import wait_port
 
 VERSION = "0.21.0"          # the issue's figures were taken with 0.21
 PROCESS = "hello-world"
-#: Where the virtualenv is kept between runs (CAESAR_BENCH_CACHE, else /var/cache/caesar-rest as the scripts' caches).
-CACHE = Path(os.environ.get("CAESAR_BENCH_CACHE", "/var/cache/caesar-rest"))
+#: Where the virtualenv is kept between runs (BENCH_CACHE, else /var/cache/caesar-rest as the scripts' caches).
+CACHE = Path(os.environ.get("BENCH_CACHE", "/var/cache/caesar-rest"))
 
 
 def venv() -> Path:

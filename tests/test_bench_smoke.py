@@ -14,7 +14,7 @@ from .support import REPO
 
 def test_quick_bench_produces_every_figure(tmp_path):
     """The ogc phase runs pygeoapi from its own virtualenv, installed from PyPI on the first run (about 30 s) and
-    kept under CAESAR_BENCH_CACHE (default /var/cache/caesar-rest) for the next ones."""
+    kept under BENCH_CACHE (default /var/cache/caesar-rest) for the next ones."""
     out = tmp_path / "quick.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--scratch", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
