@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -58,7 +59,7 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -100,11 +101,21 @@ def note(text: str) -> None:
     err.print(text, markup=False)
 
 
-def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    grid = Table(*columns, title=title, title_justify="left", header_style="bold")
-    for row in rows:
-        grid.add_row(*("" if cell is None else str(cell) for cell in row))
-    out.print(grid)
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None, whole: int = 1) -> None:
+    """A table on stdout; its first `whole` columns (ids, names) are never shortened, the others wrap."""
+    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    grid = Table(title=title, title_justify="left", header_style="bold")
+    for i, name in enumerate(columns):
+        widest = max([len(name), *(len(row[i]) for row in cells)])
+        grid.add_column(name, no_wrap=i < whole, min_width=widest if i < whole else None, overflow="fold")
+    for row in cells:
+        grid.add_row(*row)
+    # Into a pipe or a file, rows stay whole on one line each (for grep and awk), whatever the width.
+    if not out.is_terminal:
+        natural = Measurement.get(out, out.options.update(max_width=100_000), grid).maximum
+        Console(highlight=False, width=max(out.width, natural)).print(grid)
+    else:
+        out.print(grid)
 
 
 def human_bytes(n: int | float | None) -> str:
