@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import current_app, redirect, request, url_for
+from flask import current_app, g, redirect, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from ..auth import _by_oidc, _jwks
@@ -56,8 +56,10 @@ def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-@blp.route("/oidc/start", methods=["POST"])
+@blp.route("/oidc/start")
 def oidc_start():
+    """A link, not a form: the page's CSP lets forms go to this site only (form-action 'self', redirects too), and
+    starting a sign-in changes nothing here but the browser's flow cookie (its state stops a forged answer)."""
     cfg = current_app.config
     if cfg["AUTH_MODE"] != "oidc" or not configured(cfg):
         raise Unauthorized("OIDC sign-in is not configured on this service")
@@ -70,7 +72,7 @@ def oidc_start():
     sep = "&" if "?" in cfg["OIDC_AUTHORIZATION_URL"] else "?"
     response = redirect(f"{cfg['OIDC_AUTHORIZATION_URL']}{sep}{query}", code=303)
     response.set_cookie(FLOW_COOKIE, _flow().dumps({"s": state, "v": verifier, "n": nonce,
-                                                    "next": _safe_next(request.form.get("next"))}),
+                                                    "next": _safe_next(request.args.get("next"))}),
                         max_age=FLOW_SECONDS, httponly=True, samesite="Lax", path="/ui/oidc/",
                         secure=_redirect_uri().startswith("https:"))
     return response
@@ -101,7 +103,11 @@ def oidc_callback():
     except Unauthorized as exc:
         return _refused(exc.message)
     session.open_session(user.name, "oidc", admin=user.admin)
-    response = redirect(flow["next"], code=303)
+    g.caesar_user = user
+    # A page that moves on by itself rather than a redirect: this request came from the issuer's site, and a
+    # browser does not send the SameSite=Strict session cookie along a redirect chain another site started; the
+    # page's own navigation (a meta refresh, no script) is same-site and carries it.
+    response = current_app.make_response(page("signed_in.html", next=flow["next"]))
     response.delete_cookie(FLOW_COOKIE, path="/ui/oidc/")
     return response
 
