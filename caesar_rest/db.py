@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, bindparam, create_engine, event, exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.functions import FunctionElement
@@ -88,6 +88,14 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_connection(url: str) -> Iterator[Connection]:
+    """A connection for reads outside a transaction (autocommit): a statement is one round trip, with no COMMIT
+    after it. For one statement, or reads that need not see one snapshot."""
+    with engine_for(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
 
 
 def dispose_all() -> None:

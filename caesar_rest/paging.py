@@ -7,14 +7,16 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Row, Select, tuple_
 
 from .errors import BadRequest
 from .models import Job
 
 
-def encode_token(job: Job) -> str:
+def encode_token(job: Job | Row[Any]) -> str:
+    """The token of the page ending at job (an ORM instance, or a row with submit_date and id)."""
     raw = json.dumps([job.submit_date.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

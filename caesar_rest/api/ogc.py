@@ -122,9 +122,13 @@ def execution(process_id: str):
 
             return results_response(ended)
     # Asynchronous, asked or because the process cannot run synchronously, or a synchronous run that did not end
-    # within OGC_SYNC_WAIT (RFC 7240: a server may answer a preference otherwise): the job's status, 201.
-    with session() as s:
-        info = status_info(s.get_one(Job, job_id), base(), root())
+    # within OGC_SYNC_WAIT (RFC 7240: a server may answer a preference otherwise): the job's status, 201. An async
+    # answer is the job as it was accepted (no second read: it may have moved on since, as it may a moment later).
+    if run_async:
+        info = status_info(job, base(), root())
+    else:
+        with session() as s:
+            info = status_info(s.get_one(Job, job_id), base(), root())
     headers = {"Location": f"{base()}/jobs/{job_id}"}
     if wants_async:
         headers["Preference-Applied"] = "respond-async"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, false, or_
+from sqlalchemy import Row, Select, and_, false, or_
 
 from ..errors import BadRequest
 from ..models import Job, utcnow
@@ -23,6 +23,8 @@ STATES: dict[str, tuple[str, ...]] = {
     "accepted": (PENDING.value,), "running": (STARTED.value, RUNNING.value), "successful": (SUCCESS.value,),
     "failed": (FAILURE.value, TIMED_OUT.value, ABORTED.value), "dismissed": (CANCELED.value,)}
 _OF_STATE = {state: code for code, states in STATES.items() for state in states}
+#: A job as a statusInfo is made from: the ORM instance, or a row of the columns it shows (the job list, the status).
+Shown = Job | Row[Any]
 
 
 def iso(value: datetime | None) -> str | None:
@@ -34,13 +36,13 @@ def dismissed_expr():
     return Job.extra["ogc_dismissed"].as_string().is_not(None)
 
 
-def status_of(job: Job) -> str:
+def status_of(job: Shown) -> str:
     if (job.extra or {}).get("ogc_dismissed"):
         return "dismissed"
     return _OF_STATE[job.state]
 
 
-def status_info(job: Job, base: str, root: str) -> dict[str, Any]:
+def status_info(job: Shown, base: str, root: str) -> dict[str, Any]:
     """root: the service's root URL (for the caesar-rest logs and metadata links)."""
     status = status_of(job)
     href = f"{base}/jobs/{job.id}"
