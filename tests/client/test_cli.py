@@ -40,6 +40,7 @@ def test_upload_files_download_rm(caesar, tmp_path):
     two.write_text("hello\n")
     ran = caesar("upload", str(one), str(two), "--tag", "cli-files", "--json")
     assert ran.code == 0, ran.stderr
+    assert ran.stderr == ""                     # not a terminal: no bar
     records = ran.json()
     assert [r["filename_orig"] for r in records] == ["one.fits", "two.txt"]
     assert records[0]["sha256"] == hashlib.sha256(one.read_bytes()).hexdigest()

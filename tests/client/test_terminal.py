@@ -2,6 +2,7 @@
 `submit --wait` shows the job's live state and ends with the job's exit code."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,10 @@ def test_upload_of_200_mb_shows_a_moving_progress_bar(stack, tmp_path):
     assert frames == sorted(frames) and frames[-1] == 209.7
     assert "MB/s" in text and "━" in text and "big.fits" in text        # rate, the bar itself, the file's name
     assert re.search(r"[0-9a-f]{32}  big.fits  209.7 MB", text)           # the record, printed at the end
+    # --json, at the same terminal: the record alone, no bar
+    child = _spawn(stack, tmp_path, "upload", str(big), "--json")
+    text, code = _finish(child)
+    assert code == 0 and json.loads(text)["size_bytes"] == 200 * 1024 * 1024 and "━" not in text
 
 
 def test_submit_wait_shows_the_live_state_and_ends_with_the_exit_code(stack, tmp_path):
@@ -58,3 +63,15 @@ def test_submit_wait_shows_the_live_state_and_ends_with_the_exit_code(stack, tmp
     ok.expect("SUCCESS")
     _text, code = _finish(ok)
     assert code == 0
+
+
+def test_ctrl_c_while_following_exits_130_and_leaves_the_job(stack, tmp_path):
+    child = _spawn(stack, tmp_path, "submit", "sleeper", "--opt", "seconds=60", "--wait")
+    child.expect("RUNNING")
+    job_id = re.search(r"job ([0-9a-f-]{36})", child.before + child.after).group(1)
+    child.sendintr()
+    text, code = _finish(child)
+    assert code == 130 and "interrupted" in text
+    cancel = _spawn(stack, tmp_path, "cancel", job_id, "--json")     # the job ran on: a Ctrl-C stops the following
+    text, code = _finish(cancel)
+    assert code == 0 and json.loads(text)["job_id"] == job_id
