@@ -255,6 +255,17 @@ class Settings(Mapping[str, Any]):
                                           "v1 pids hierarchy) or a cgroupfs directory delegated to the worker.")
     TES_HOST_NETWORK: bool = setting(False, "TES host-runtime executors get the host's network; off: a network "
                                             "namespace with only its own loopback.")
+    TES_HOST_PATH: str = setting("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                 "PATH of TES host-runtime executors (absolute directories, ':'-separated); a "
+                                 "directory outside the system's (/usr, /bin...) must also be in "
+                                 "SANDBOX_READ_ONLY_PATHS to be seen. Never the service's own PATH.",
+                                 checked_by="caesar_rest.tes_access.check_settings")
+    TES_HOST_ENV: dict[str, str] = setting({}, "Further fixed variables of TES host-runtime executors, {NAME: value} "
+                                               "(not PATH: TES_HOST_PATH), under the task's own env. Their "
+                                               "environment is built from HOME (the executor's workdir, else /tmp), "
+                                               "TMPDIR=/tmp, LANG=C.UTF-8, these and the task's: nothing of the "
+                                               "service's environment.",
+                                           checked_by="caesar_rest.tes_access.check_settings")
     # ---- containers hardened (issue 19)
     ALLOWED_IMAGES: list[str] | str = setting([], "Container images app jobs and TES executors may run (400 "
                                                   "otherwise): shell-style patterns matched against the full "

@@ -233,6 +233,7 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 
     file_root_rules(settings)
     _entries(settings)
+    _host_environment(settings)
     for name, record in (settings.get("AUTH_USERS") or {}).items():
         mine = record.get("s3") if isinstance(record, dict) else None
         if mine is None:
@@ -248,3 +249,21 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     cap = settings.get("TES_MAX_INPUT_BYTES")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
         raise AccessConfigError(f"TES_MAX_INPUT_BYTES must be a positive whole number of bytes or null, not {cap!r}")
+
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _host_environment(settings: Mapping[str, Any]) -> None:
+    """TES_HOST_PATH: absolute directories; TES_HOST_ENV: {NAME: string}, PATH excluded (TES_HOST_PATH says it)."""
+    path = settings.get("TES_HOST_PATH", "/usr/bin:/bin")
+    if not isinstance(path, str) or not path or any(not d.startswith("/") or "\x00" in d for d in path.split(":")):
+        raise AccessConfigError(f"TES_HOST_PATH must be absolute directories separated by ':', not {path!r}")
+    env = settings.get("TES_HOST_ENV") or {}
+    if not isinstance(env, Mapping):
+        raise AccessConfigError("TES_HOST_ENV must be a mapping of variable names to strings")
+    for name, value in env.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name) or not isinstance(value, str) or "\x00" in value:
+            raise AccessConfigError(f"TES_HOST_ENV: {name!r} must be a variable name with a string value")
+        if name == "PATH":
+            raise AccessConfigError("TES_HOST_ENV cannot set PATH: TES_HOST_PATH is the executors' PATH")

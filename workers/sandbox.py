@@ -236,7 +236,11 @@ class Sandbox:
         for path in self.hidden:           # the service's settings and env files, where jobs would see them
             if any(path.startswith(d + "/") for d in (*SYSTEM_DIRS, *self.code)):
                 out += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
-        for bind in spec.binds:
+        for n, bind in enumerate(spec.binds):
+            # A bind inside an earlier one (tools under a TES task's /tmp): its missing parents made 0755 there,
+            # which bwrap would make 0700, closed to the job's user.
+            for parent in _inner_parents(bind.dest, [b.dest for b in spec.binds[:n]]):
+                out += ["--perms", "0755", "--dir", parent]
             out += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.dest]
         out += ["--chdir", spec.cwd, "--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
         if self.privileged:
@@ -369,6 +373,19 @@ def _parents(paths: list[str]) -> list[str]:
             found.add(parent)
             parent = os.path.dirname(parent)
     return sorted(found, key=lambda p: (p.count("/"), p))
+
+
+def _inner_parents(dest: str, earlier: list[str]) -> list[str]:
+    """The directories between dest and the innermost earlier bind holding it, outermost first."""
+    holders = [e.rstrip("/") for e in earlier if dest.startswith(e.rstrip("/") + "/")]
+    if not holders:
+        return []
+    top = max(holders, key=len)
+    out, parent = [], os.path.dirname(dest.rstrip("/"))
+    while parent not in (top, "/") and parent.startswith(top + "/"):
+        out.append(parent)
+        parent = os.path.dirname(parent)
+    return out[::-1]
 
 
 def _read_info(fd: int) -> dict[str, Any] | None:

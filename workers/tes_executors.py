@@ -57,12 +57,16 @@ def _host_job_spec(task: TaskRun, i: int, executor: dict[str, Any], env: dict[st
     python = os.path.realpath(sys.executable)
     if not python.startswith(base + "/"):
         raise BackendError(f"the worker's interpreter {python} is not under its prefix {base}")
+    # What the executors need that a task directory would cover (a Snakemake task's workdir /tmp over a tools'
+    # venv in /tmp, a task's /opt over /opt/tool): the read-only paths bound again, over the task's binds.
+    binds += [[path, path, False] for path in _covered(task.settings, task.mounts)]
     binds += [[base, SANDBOX_PYTHON, False], [str(LAUNCHER), SANDBOX_LAUNCHER, False],
               [str(status), STATUS_PATH, True]]
     launch = {"argv": executor["command"], "workdir": executor.get("workdir"), "stdin": executor.get("stdin"),
               "stdout": executor.get("stdout"), "stderr": executor.get("stderr"), "status": STATUS_PATH}
-    env = {"PATH": HOST_PATH, "HOME": executor.get("workdir") or "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-           **env}
+    # Built from settings and the task alone: nothing of the worker's own environment (TES_HOST_PATH, TES_HOST_ENV).
+    env = {"PATH": str(task.settings.get("TES_HOST_PATH") or HOST_PATH), "HOME": executor.get("workdir") or "/tmp",
+           "LANG": "C.UTF-8", "TMPDIR": "/tmp", **(task.settings.get("TES_HOST_ENV") or {}), **env}
     if any(base == m or base.startswith(m.rstrip("/") + "/") for m in task.mounts):
         # The interpreter finds its libpython by an absolute RUNPATH under a covered path: point the loader at
         # the copy under SANDBOX_PYTHON for the launcher alone, and give the command its own value back.
@@ -73,6 +77,15 @@ def _host_job_spec(task: TaskRun, i: int, executor: dict[str, Any], env: dict[st
                    options={"image_recorded": executor["image"],
                             "host_task": {"binds": binds, "cwd": "/",
                                           "network": bool(task.settings.get("TES_HOST_NETWORK"))}})
+
+
+def _covered(settings: Any, mounts: Any) -> list[str]:
+    """The sandbox's read-only code paths (the worker's venv, SANDBOX_READ_ONLY_PATHS) that a task mount hides."""
+    from .sandbox import code_paths
+
+    under = [m.rstrip("/") or "/" for m in mounts]
+    return [p for p in code_paths(list(settings.get("SANDBOX_READ_ONLY_PATHS") or []))
+            if any(p == m or p.startswith(m.rstrip("/") + "/") for m in under)]
 
 
 def _open_to_group(root: Path) -> None:

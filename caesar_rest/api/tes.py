@@ -73,13 +73,30 @@ def _view(default: str) -> str:
     return view
 
 
+def _storage(cfg) -> list[str]:
+    return [f"file://{root}" for root in task_doc.file_roots(cfg)] + ["http://", "https://", "ftp://", "s3://"]
+
+
+@blp.route("/tasks/service-info", methods=["GET"])
+@blp.doc(summary="GetServiceInfo as TES 1.0 had it, where its clients ask (py-tes 0.4: Toil 5, the Snakemake "
+                 "plugin): {name, doc, storage}",
+         responses=docs.responses(200, {"type": "object", "required": ["name", "doc", "storage"], "properties": {
+             "name": {"type": "string"}, "doc": {"type": "string"},
+             "storage": {"type": "array", "items": {"type": "string"}}}}, "The service, in TES 1.0's shape"))
+def service_info_v10():
+    cfg = settings()
+    return jsonify({"name": "caesar-rest TES",
+                    "doc": f"GA4GH TES v{service.TES_VERSION} (also answering TES 1.0 clients) on the caesar-rest job "
+                           f"engine, version {__version__}; GET .../service-info has the full description",
+                    "storage": _storage(cfg)})
+
+
 @blp.route("/service-info", methods=["GET"])
 @blp.doc(summary="GetServiceInfo: this service, the storage it reaches and the backend parameters it takes",
          responses=docs.responses(200, "tesServiceInfo", "The service"))
 def service_info():
     cfg = settings()
-    storage = [f"file://{root}" for root in task_doc.file_roots(cfg)]
-    storage += ["http://", "https://", "ftp://", "s3://"]
+    storage = _storage(cfg)
     org = cfg.get("TES_ORGANIZATION") or {}
     return jsonify({
         "id": cfg.get("TES_SERVICE_ID") or "org.caesar-rest.tes",
