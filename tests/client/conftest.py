@@ -29,13 +29,20 @@ resources: {time_limit: 1}
 options:
   seconds: {type: float, default: 30, min: 0}
 """
+#: A command that is not there: the job cannot start (exit code 1 all the same, with or without an output to fetch).
+BROKEN = """
+name: broken
+version: "1.0"
+command: [caesar-no-such-program]
+backends: [local]
+"""
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("client")
     settings = embedded_settings(root / "var", AUTH_MODE="token", AUTH_USERS=USERS,
-                                 APPS_DIR=str(write_apps(root / "apps", {"napper": NAPPER})))
+                                 APPS_DIR=str(write_apps(root / "apps", {"napper": NAPPER, "broken": BROKEN})))
     api, base = start_api(settings, root / "api.log")
     worker: Proc | None = None
     try:

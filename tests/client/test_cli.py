@@ -97,6 +97,8 @@ def test_submit_wait_status_logs_output_and_exit_codes(caesar, tmp_path):
     # the exit codes: FAILURE 1, CANCELED 2, TIMED-OUT 3
     failed = caesar("submit", "sleeper", "--opt", "seconds=0", "--opt", "exit-code=7", "--wait")
     assert failed.code == 1 and "FAILURE (exit status 7)" in failed.stdout
+    broken = caesar("submit", "broken", "--output", str(tmp_path / "broken"), "--json")
+    assert broken.code == 1 and broken.json()["state"] in ("FAILURE", "ABORTED"), broken.stderr
     timed = caesar("submit", "napper", "--wait", "--json")
     assert timed.code == 3 and timed.json()["state"] == "TIMED-OUT"
     long = caesar("submit", "sleeper", "--opt", "seconds=60").stdout.strip()

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..errors import APIError
 from ..models import TERMINAL_STATES
 from ..validation import app_of, option_value, validate
 from .files import upload_files
@@ -90,7 +91,13 @@ def submit(ctx: click.Context, state: State, app: str, opts: tuple[str, ...], fi
     final = dict(follow(state, job_id))
     result: dict[str, Any] = {**job, **final}
     if output_dir is not None:
-        result["output"] = str(fetch_output(state, job_id, None, output_dir))
+        try:
+            result["output"] = str(fetch_output(state, job_id, None, output_dir))
+        except APIError as exc:
+            if final.get("state") == "SUCCESS":
+                raise
+            # A job that could not start may have no directory to send: its end is still what the exit code says.
+            note(f"no output for job {job_id}: {exc.message}")
     if state.json:
         emit_json(result)
     else:
