@@ -327,3 +327,38 @@ def test_ogc_api_processes_through_nginx(stack):
     assert archive.status_code == 200 and archive.headers["Content-Type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
         assert f"job_{job}/sleeper.txt" in tar.getnames()
+
+
+def test_dashboard_through_nginx(stack, tmp_path):
+    """/ui/ behind nginx and uWSGI (two processes, anonymous here): the session cookie is read by either process
+    (one key in <ROOT>/ui-secret), an upload goes through the dashboard's unbuffered location, a job submitted by
+    its form runs, and its tarball streams; the file's download is handed to nginx (X-Accel-Redirect)."""
+    import io
+    import tarfile
+
+    base = stack["base"]
+    s = requests.Session()
+    first = s.get(f"{base}/ui/files", timeout=10)
+    assert first.status_code == 200 and "default-src 'none'" in first.headers["Content-Security-Policy"]
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', first.text).group(1)
+    for _ in range(8):      # each uWSGI process decodes the same cookie: the same token every time
+        again = s.get(f"{base}/ui/jobs", timeout=10)
+        assert re.search(r'name="csrf-token" content="([^"]+)"', again.text).group(1) == csrf
+    data = os.urandom(3 * MiB)
+    r = s.post(f"{base}/ui/files/upload", files={"file": ("blob.bin", data)}, headers={"X-CSRF-Token": csrf},
+               timeout=60)
+    assert r.status_code == 200, r.text
+    uuid = r.json()["uuid"]
+    assert s.post(f"{base}/ui/files/upload", files={"file": ("x.bin", b"x")}, timeout=10).status_code == 403
+    got = s.get(f"{base}/ui/files/{uuid}/download", timeout=60)
+    assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    r = s.post(f"{base}/ui/apps/sleeper", data={"csrf_token": csrf, "seconds": "0", "message": "dashboard"},
+               allow_redirects=False, timeout=30)
+    assert r.status_code == 303, r.text
+    job = r.headers["Location"].rsplit("/", 1)[1]
+    wait_state(lambda j: s.get(f"{base}/ui/jobs/{j}/live", timeout=10).json(), job, ["SUCCESS", "FAILURE"],
+               timeout=120)
+    archive = s.get(f"{base}/ui/jobs/{job}/tarball", timeout=60)
+    assert archive.status_code == 200 and archive.headers["Content-Type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        assert f"job_{job}/sleeper.txt" in tar.getnames()
