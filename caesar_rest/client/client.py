@@ -73,7 +73,8 @@ class Client:
                 body = None
             finally:
                 response.close()
-            raise api_error(response.status_code, body, response.text if body is None else "")
+            raise api_error(response.status_code, body, response.text if body is None else "",
+                            response.headers.get("www-authenticate"))
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

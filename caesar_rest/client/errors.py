@@ -37,7 +37,10 @@ class InvalidOption(BadRequest):
 
 
 class Unauthorized(APIError):
-    """401: no usable credentials (see `caesar login`)."""
+    """401: no usable credentials (see `caesar login`). `challenge` is the scheme the service asks for ("Basic",
+    "Bearer"), from its WWW-Authenticate header."""
+
+    challenge: str | None = None
 
 
 class Forbidden(APIError):
@@ -60,11 +63,14 @@ _BY_STATUS: dict[int, type[APIError]] = {400: BadRequest, 401: Unauthorized, 403
                                          409: Conflict}
 
 
-def api_error(status: int, body: Any, text: str = "") -> APIError:
+def api_error(status: int, body: Any, text: str = "", challenge: str | None = None) -> APIError:
     """The exception for an error answer: its class from the status (and the error code for invalid options)."""
     if not isinstance(body, dict):
         body = {"code": status, "error": "http_error", "message": (text or f"HTTP {status}").strip()[:500]}
     if status == 400 and body.get("error") == "invalid_option":
         return InvalidOption(status, body)
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
-    return cls(status, body)
+    error = cls(status, body)
+    if isinstance(error, Unauthorized) and challenge:
+        error.challenge = challenge.split()[0].capitalize()
+    return error

@@ -203,8 +203,23 @@ def test_login_in_basic_mode_and_shell_completion(caesar, tmp_path):
         assert json.loads(config_file().read_text())["auth"] == "basic"
         assert caesar("apps", "--json", token=None, url=None).code == 0
         assert caesar("whoami", "--json", token=None, url=None).json()["user"] == "carol"
+        asked = caesar("login", base, input="carol\nc-pass\n", token=None, url=None)      # it asks for both
+        assert asked.code == 0 and "User" in asked.stdout and "Password" in asked.stdout
     finally:
         api.stop()
+    api, base = start_api(embedded_settings(tmp_path / "var-none"), tmp_path / "none-api.log")
+    try:
+        plain = caesar("login", base, "--json", token=None, url=None)                     # nothing to ask
+        assert plain.code == 0 and plain.json()["auth"] == "none"
+        assert json.loads(config_file().read_text()) == {"url": base, "auth": "none"}
+    finally:
+        api.stop()
+
+
+def test_login_asks_a_token_service_for_its_token(caesar, stack):
+    asked = caesar("login", stack["base"], input=TOKENS["bob"] + "\n", token=None, url=None)
+    assert asked.code == 0 and "API token" in asked.stdout and TOKENS["bob"] not in asked.stdout   # hidden
+    assert json.loads(config_file().read_text())["token"] == TOKENS["bob"]
 
 
 def test_shell_completion_of_commands_and_app_names(stack, tmp_path):

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ... import __version__
-from ..errors import APIError, ClientError, TransportError
+from ..errors import APIError, ClientError, TransportError, Unauthorized
 from ..profile import DEFAULT_URL, Profile, config_file, save
 from .ui import State, emit_json, json_option, note, pass_state
 
@@ -52,9 +52,17 @@ def cli(ctx: click.Context, as_json: bool, timeout: float) -> None:
 @pass_state
 def login(state: State, url: str, token: str | None, user: str | None, password: str | None,
           anonymous: bool) -> None:
-    """Store URL and your credentials (in the config dir, mode 0600), after checking them against the service."""
+    """Store URL and your credentials (in the config dir, mode 0600), after checking them against the service.
+
+    With neither --token, --user nor --anonymous, it asks for what the service wants: nothing when it takes
+    anonymous requests, else a token or a user name and password."""
     if not url.startswith(("http://", "https://")):
         raise click.UsageError(f"URL must start with http:// or https://, not {url!r}")
+    if not (anonymous or user or token):
+        scheme = _asks_for(url, state.timeout)
+        anonymous = scheme is None
+        if scheme == "Basic":
+            user = click.prompt("User")
     if anonymous:
         profile = Profile(url=url, auth="none")
     elif user:
@@ -72,6 +80,16 @@ def login(state: State, url: str, token: str | None, user: str | None, password:
         emit_json({"url": url, "auth": profile.auth, "config": str(path)})
     else:
         note(f"logged in to {url} ({profile.auth}); saved in {path}")
+
+
+def _asks_for(url: str, timeout: float) -> str | None:
+    """The authentication scheme the service asks for ("Basic", "Bearer"), or None when it serves anyone."""
+    with Profile(url=url).client(timeout) as client:
+        try:
+            client.files()
+        except Unauthorized as exc:
+            return exc.challenge or "Bearer"
+    return None
 
 
 @cli.command()
