@@ -56,3 +56,20 @@ def test_error_classes_from_answers():
     proxy = api_error(502, None, "<html>Bad Gateway</html>")
     assert isinstance(proxy, ServerError) and proxy.message == "<html>Bad Gateway</html>"
     assert api_error(400, {"error": "bad_request", "field": "tag", "message": "m"}).option == "tag"
+
+
+def test_every_command_takes_json_and_the_readme_lists_every_exit_code():
+    import re
+    from pathlib import Path
+
+    from caesar_rest.client.cli import EXIT, cli
+
+    assert {"upload", "files", "download", "rm", "apps", "describe", "submit", "status", "wait", "logs", "output",
+            "cancel", "jobs", "login"} <= set(cli.commands)
+    for name, command in cli.commands.items():
+        assert "--json" in [o for p in command.params for o in p.opts], name
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The `caesar` command"):]
+    section = section[:section.index("\n## ")]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
+    assert documented == set(EXIT.values())
