@@ -126,7 +126,10 @@ def test_dashboard_end_to_end(new_page, ui_stack, tmp_path):
     # ---- an out-of-range value: the error beside its input, nothing created
     before = job_count(base, "alice")
     page.goto(f"{base}/ui/apps/sfinder")
-    pick_file(page, "#in-inputfile", "field.fits")
+    # a file uploaded in place, from the form itself, becomes the option's choice
+    page.set_input_files("#field-inputfile input.upload-in-place",
+                         files=[{"name": "inplace.fits", "mimeType": "application/fits", "buffer": image.read_bytes()}])
+    expect(page.locator("#in-inputfile option:checked")).to_contain_text("inplace.fits")
     page.fill("#in-seedthr", "5000")
     page.click("#submit")
     error = page.locator("#field-seedthr #error-seedthr")

@@ -164,3 +164,30 @@ def test_anonymous_mode_needs_no_sign_in(tmp_path):
         assert client.post("/ui/apps/sleeper", data={"seconds": "1"}).status_code == 403     # CSRF all the same
     finally:
         dispose_all()
+
+
+def test_jobs_table_keyset_pages_and_filters(app):
+    from caesar_rest.states import NewJob, insert_job
+    from caesar_rest.ui.jobs import PER_PAGE
+
+    client = app.test_client()
+    sign_in(client, "alice")
+    with app.app_context():
+        from caesar_rest.api.common import session
+        for i in range(PER_PAGE + 5):
+            with session() as s:
+                insert_job(s, NewJob(owner="alice", kind="app", app="sleeper", app_version="1", backend="local",
+                                     tag="odd" if i % 2 else "even", job_inputs={}, argv=["x"],
+                                     workdir_root=str(app.config["JOBS_DIR"]), spec={}, inputs=[]))
+    first = client.get("/ui/jobs").text
+    ids = re.findall(r'<tr class="job" data-id="([0-9a-f-]+)"', first)
+    assert len(ids) == PER_PAGE
+    older = re.search(r'href="([^"]+)" id="next-page"', first).group(1).replace("&amp;", "&")
+    second = client.get(older).text
+    more = re.findall(r'<tr class="job" data-id="([0-9a-f-]+)"', second)
+    assert len(more) == 5 and not set(more) & set(ids) and 'id="next-page"' not in second
+    odd = client.get("/ui/jobs?tag=odd&state=pending").text
+    assert len(re.findall(r'<tr class="job"', odd)) == (PER_PAGE + 5) // 2
+    assert client.get("/ui/jobs?state=BOGUS").status_code == 400
+    states = client.get("/ui/jobs/states?" + "&".join(f"id={i}" for i in ids[:3])).get_json()
+    assert set(states) == set(ids[:3]) and all(v["state"] == "PENDING" for v in states.values())
