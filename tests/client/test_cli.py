@@ -69,6 +69,8 @@ def test_apps_and_describe(caesar):
     assert "exit-code" in described.stdout and "0 .. 255" in described.stdout
     assert "How long to sleep" in described.stdout
     assert "sha256 | sha512" in caesar("describe", "checksum").stdout
+    sfinder = caesar("describe", "sfinder").stdout        # subcategories and advanced options, from the YAML
+    assert "/ boxes" in sfinder and "(advanced)" in sfinder
     assert caesar("describe", "sleeper", "--json").json()["name"] == "sleeper"
     assert caesar("describe", "nope").code == 4
 

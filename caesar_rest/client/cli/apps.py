@@ -1,7 +1,7 @@
 """caesar apps, describe."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -23,12 +23,23 @@ def apps(state: State) -> None:
 
 
 def _range(option: AppOption) -> str:
-    if "allowed" in option:
-        return " | ".join(str(v) for v in option["allowed"])
+    allowed = option.get("allowed")
+    if allowed:
+        return " | ".join(str(v) for v in allowed)
     low, high = option.get("min"), option.get("max")
     if low is not None or high is not None:
         return f"{'' if low is None else low} .. {'' if high is None else high}"
-    return f"~ {option['pattern']}" if "pattern" in option else ""
+    pattern = option.get("pattern")
+    return f"~ {pattern}" if pattern else ""
+
+
+def _help(option: dict[str, Any]) -> str:
+    text = str(option.get("help") or "")
+    if option.get("advanced"):
+        text = f"(advanced) {text}"
+    if option.get("effect") == "none":
+        text += f" (no effect: {option.get('note', '')})"
+    return text
 
 
 def _default(option: AppOption) -> str:
@@ -56,12 +67,15 @@ def describe(state: State, app: str) -> None:
               f"(default {description.get('default_backend', '')})", markup=False)
     groups: dict[str, list[AppOption]] = {}
     for option in description.get("options", []):
-        groups.setdefault(option.get("category") or "general", []).append(option)
+        extra = cast(dict[str, Any], option)       # the later upstream's keys, when the service gives them
+        where = option.get("category") or "general"
+        if extra.get("subcategory"):
+            where += f" / {extra['subcategory']}"
+        groups.setdefault(where, []).append(option)
     for category, options in groups.items():
         table(["option", "type", "default", "range", "help"],
-              [[o["name"], o.get("type"), _default(o), _range(o),
-                o.get("help", "") + (f" (no effect: {o['note']})" if o.get("effect") == "none" else "")]
-               for o in options], title=category)
+              [[o["name"], o.get("type"), _default(o), _range(o), _help(cast(dict[str, Any], o))] for o in options],
+              title=category)
 
 
 @click.command()
