@@ -93,10 +93,10 @@ def _logs(job: Job) -> dict[str, str]:
 
 def _context(job: Job) -> dict:
     archived = bool((job.extra or {}).get("output_store"))
-    listed = [] if archived or not job.finished else outputs.listing(Path(job.workdir),
-                                                                        int(settings()["UI_TABLE_ROWS"]))
+    listed, truncated = ([], False) if archived or not job.finished else outputs.listing(
+        Path(job.workdir), int(settings()["UI_TABLE_ROWS"]))
     return {"job": job, "meta": service.to_metadata(job), "logs": _logs(job), "outputs": listed,
-            "archived": archived, "duration": _duration(service.elapsed(job))}
+            "truncated": truncated, "archived": archived, "duration": _duration(service.elapsed(job))}
 
 
 @blp.route("/jobs/<job_id>")

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,7 @@ def sign_in(name: str, secret: str) -> str | None:
     else:
         return f"Sign-in with a form is not available in AUTH_MODE {mode}"
     if fingerprint is None:
+        time.sleep(0.05)       # the API's friction against guessing (caesar_rest.auth.authenticate)
         return refused
     open_session(name, fingerprint)
     return None

@@ -191,3 +191,20 @@ def test_jobs_table_keyset_pages_and_filters(app):
     assert client.get("/ui/jobs?state=BOGUS").status_code == 400
     states = client.get("/ui/jobs/states?" + "&".join(f"id={i}" for i in ids[:3])).get_json()
     assert set(states) == set(ids[:3]) and all(v["state"] == "PENDING" for v in states.values())
+
+
+def test_outputs_listing_caps(tmp_path):
+    from caesar_rest.ui import outputs
+
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "in.fits").write_bytes(b"x")
+    (tmp_path / "big_catalog.csv").write_text("id,x\n" + "".join(f"{i},{i * 2}\n" for i in range(1000)))
+    for i in range(outputs.MAX_SHOWN + 2):
+        (tmp_path / f"p{i:02d}.png").write_bytes(b"\x89PNG")
+    listed, truncated = outputs.listing(tmp_path, 20)
+    assert not truncated and "inputs/in.fits" not in [o.path for o in listed]
+    table = next(o for o in listed if o.path == "big_catalog.csv")
+    assert table.header == ["id", "x"] and len(table.rows) == 20 and table.more_rows
+    assert sum(o.kind in ("image", "table") for o in listed) == outputs.MAX_SHOWN
+    assert outputs.resolve(tmp_path, "inputs/in.fits") is None and outputs.resolve(tmp_path, "../x") is None
+    assert outputs.resolve(tmp_path, "big_catalog.csv") == (tmp_path / "big_catalog.csv").resolve()
