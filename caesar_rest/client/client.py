@@ -191,6 +191,10 @@ class Client:
         """POST /job/<id>/cancel (409 once the job has finished)."""
         return cast(JobStatus, self._json("POST", f"/job/{job_id}/cancel"))
 
+    def notifications(self, job_id: str) -> dict[str, Any]:
+        """GET /job/<id>/notifications: the job's notification targets, each delivery and its attempts."""
+        return cast(dict[str, Any], self._json("GET", f"/job/{job_id}/notifications"))
+
     def output(self, job_id: str, dest: str | Path | None = None, progress: Progress | None = None) -> Path:
         """GET /job/<id>/output: the job directory's tar.gz into dest (a file or a directory; 409 until it ends)."""
         return self._save(f"/job/{job_id}/output", dest, progress)

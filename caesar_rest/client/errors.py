@@ -26,6 +26,12 @@ class APIError(ClientError):
         self.option: str | None = str(named) if named is not None else None
         super().__init__(f"{self.message} ({status} {self.error})")
 
+    @property
+    def code(self) -> int:
+        """The error body's `code` (the HTTP status the service meant)."""
+        code = self.body.get("code")
+        return code if isinstance(code, int) else self.status
+
 
 class BadRequest(APIError):
     """400: the request breaks a rule; `option` names what to fix."""

@@ -49,6 +49,7 @@ def test_apps_describe_submit_wait_logs_metadata_output(client, tmp_path):
     meta = client.metadata(job["job_id"])
     assert meta["app"] == "sleeper" and meta["job_inputs"]["message"] == "from the library"
     assert client.job(job["job_id"])["tag"] == "lib-job"
+    assert client.notifications(job["job_id"])["subscriptions"] == []
     progress: list[int] = []
     archive = client.output(job["job_id"], tmp_path, progress=lambda done, _t: progress.append(done))
     assert archive.name == f"job_{job['job_id']}.tar.gz" and progress
@@ -66,7 +67,7 @@ def test_cancel_and_errors_carry_the_service_json(client):
     assert again.value.status == 409 and again.value.body["state"] == "CANCELED"
     with pytest.raises(InvalidOption) as bad:
         client.submit("sleeper", {"seconds": -3})
-    assert bad.value.option == "seconds" and bad.value.error == "invalid_option"
+    assert bad.value.option == "seconds" and bad.value.error == "invalid_option" and bad.value.code == 400
     assert bad.value.message == "Option 'seconds' of app 'sleeper' must be >= 0, not -3.0"
     with pytest.raises(NotFound):
         client.describe("nope")
