@@ -153,7 +153,7 @@ def count_request(settings: Mapping[str, Any], request_fields: Mapping[str, Any]
     if endpoint == "files.upload" and status == 200:
         body = response.get_json(silent=True) or {}
         items += [("caesar_uploads_total", {}, 1), ("caesar_upload_bytes_total", {}, body.get("size_bytes") or 0)]
-    elif endpoint == "files.download" and status in (200, 206):
+    elif endpoint in ("files.download", "files.download_by_uuid") and status in (200, 206):   # /download-id, /download
         accel = response.headers.get("X-Accel-Redirect")
         size = response.content_length or 0
         if accel:

@@ -42,11 +42,19 @@ def _counts(url: str) -> tuple[int, int]:
     return usage["jobs"]["count"], usage["files"]["count"]
 
 
+def _downloads_counted(url: str) -> float:
+    text = requests.get(url.rsplit(API, 1)[0] + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('caesar_download_bytes_total{via="app"}'))
+
+
 def test_download_by_the_upstream_name_and_the_original_one(stack):
     uuid = _upload(stack)
+    before = _downloads_counted(stack)
     for route in ("download", "download-id"):
         r = requests.get(f"{stack}/{route}/{uuid}", timeout=10)
         assert r.status_code == 200 and r.content == DATA, route
+    assert _downloads_counted(stack) - before == 2 * len(DATA)      # both routes count in the download metrics
     missing = requests.get(f"{stack}/download/{'0' * 32}", timeout=10)
     assert missing.status_code == 404 and "not found" in missing.json()["message"]
 
