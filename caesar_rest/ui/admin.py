@@ -13,6 +13,17 @@ from ..models import File, Job
 from . import blp, page
 
 
+def _rows(checks: dict) -> dict:
+    """/health's checks, one row each, each backend's its own ("backend local")."""
+    rows: dict = {}
+    for name, check in checks.items():
+        if name == "backends" and isinstance(check, dict) and "status" not in check:
+            rows.update({f"backend {b}": c for b, c in check.items()})
+        else:
+            rows[name] = check
+    return rows
+
+
 @blp.route("/admin")
 def admin():
     if not is_admin():
@@ -34,6 +45,6 @@ def admin():
     for o, st, n in by_state:
         table[o][st] = n
     totals = {st: sum(table[o][st] for o in owners) for st in states}
-    return page("admin.html", health=status, checks=checks, queues=queues, queue_error=queue_error,
+    return page("admin.html", health=status, checks=_rows(checks), queues=queues, queue_error=queue_error,
                 owners=owners, states=states, table=table, totals=totals,
                 files={o: (n, b) for o, n, b in files})
