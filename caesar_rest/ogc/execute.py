@@ -1,8 +1,8 @@
 """An OGC execute request made into a caesar-rest job request (POST /job's body, validated by the app kind exactly as
 POST /job is), plus what OGC adds: which outputs, how each is transmitted, raw or document.
 
-File inputs: {"href": ...} to a file uploaded here (its download-id URL, or its uuid; owner-checked by the app
-kind's resolver), {"href": "https://..."} to an external file (fetched now under the egress rules, up to
+File inputs: {"href": ...} to a file uploaded here (its /download-id or /download URL, or its uuid; owner-checked by the
+app kind's resolver), {"href": "https://..."} to an external file (fetched now under the egress rules, up to
 OGC_REMOTE_INPUT_MAX_BYTES, and kept as an upload of the caller), or inline {"value", "mediaType", "encoding":
 "base64"} up to OGC_INLINE_MAX_BYTES. Files made for a request that is then refused are removed again."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .processes import ARCHIVE, outputs
 
 MODES = ("value", "reference")
 RESPONSES = ("raw", "document")
-DOWNLOAD_RE = re.compile(r"/download-id/([0-9a-f]{32})/?$")
+DOWNLOAD_RE = re.compile(r"/download(?:-id)?/([0-9a-f]{32})/?$")   # /download-id/<uuid> or /download/<uuid>
 FIELDS = ("inputs", "outputs", "response", "subscriber")
 
 

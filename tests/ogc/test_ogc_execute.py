@@ -119,6 +119,7 @@ def test_file_inputs_uploaded_inline_and_external(ogc_stack, alice, file_server,
     served_url, served_dir = file_server
     (served_dir / "remote.txt").write_bytes(data)
     for given in ({"href": record["uuid"]}, {"href": f"{base}/caesar/api/v1.0/download-id/{record['uuid']}"},
+                  {"href": f"{base}/caesar/api/v1.0/download/{record['uuid']}"},
                   {"value": base64.b64encode(data).decode(), "mediaType": "text/plain", "encoding": "base64"},
                   {"href": f"{served_url}/remote.txt"}):
         r = alice.post(f"{ogc}/processes/checksum/execution", json={"inputs": {"inputfile": given}}, timeout=60,
