@@ -208,3 +208,10 @@ def test_outputs_listing_caps(tmp_path):
     assert sum(o.kind in ("image", "table") for o in listed) == outputs.MAX_SHOWN
     assert outputs.resolve(tmp_path, "inputs/in.fits") is None and outputs.resolve(tmp_path, "../x") is None
     assert outputs.resolve(tmp_path, "big_catalog.csv") == (tmp_path / "big_catalog.csv").resolve()
+
+
+def test_cookie_secure_behind_tls(app):
+    client = app.test_client()
+    page = client.get("/ui/login", base_url="https://localhost")
+    cookie = page.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
