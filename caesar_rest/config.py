@@ -291,7 +291,7 @@ class Settings(Mapping[str, Any]):
     # ---- web dashboard (issue 17; caesar_rest/ui/)
     UI_SECRET_KEY: str | None = setting(None, "Key signing the dashboard's session cookies (/ui/); null: a random "
                                               "key kept in <ROOT>/ui-secret (0600), shared by every process of "
-                                              "this host.")
+                                              "this host.", secret=True)
     UI_SESSION_SECONDS: int = setting(8 * 3600, "How long a dashboard sign-in lasts (s).")
     UI_TABLE_ROWS: int = setting(100, "Rows of a CSV output the job page shows as a table.")
     OIDC_AUTHORIZATION_URL: str | None = setting(None, "The issuer's authorization endpoint: with OIDC_TOKEN_URL and "
@@ -300,7 +300,8 @@ class Settings(Mapping[str, Any]):
     OIDC_TOKEN_URL: str | None = setting(None, "The issuer's token endpoint (the dashboard's sign-in).")
     OIDC_CLIENT_ID: str | None = setting(None, "The dashboard's client id at the issuer.")
     OIDC_CLIENT_SECRET: str | None = setting(None, "The dashboard's client secret (a confidential client, sent by HTTP "
-                                                   "Basic to the token endpoint); null: a public client, PKCE alone.")
+                                                   "Basic to the token endpoint); null: a public client, PKCE alone.",
+                                               secret=True)
     OIDC_SCOPES: str = setting("openid profile", "Scopes the dashboard's sign-in asks for (openid among them).")
     # ---- derived from ROOT, never set
     DATA_DIR: str = derived("Uploaded files, <ROOT>/data/<user>/ (derived from ROOT).")
