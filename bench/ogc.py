@@ -3,7 +3,8 @@ gunicorn with the API's processes x threads), both up at once in the same run.
 
 Both stores are filled the same way: async executions of the server's no-op process through its HTTP API, one after
 the other, until the store holds the size asked (counted in the stores themselves: the jobs table, the TinyDB file),
-and every job has ended. At each size (a tenth of the largest, then the largest) two figures, taken in rounds that
+and every job has ended (then our jobs table is vacuumed and analyzed, as autovacuum would within a minute). At
+each size (a tenth of the largest, then the largest) two figures, taken in rounds that
 alternate which server goes first (A B, B A, ...), so that both see the same load on the shared cores:
 - async round trip: POST /processes/<id>/execution with `Prefer: respond-async` (ours: the no-op app on the local
   backend, sandboxed, through the Celery pool; theirs: hello-world in a thread of the gunicorn process), then
@@ -33,6 +34,7 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/json"}
 POLL_PAUSE = 0.002        # between two status reads of a job (the same for both servers)
 FLAT = 1.25               # "flat": the largest store's p50 at most this many times the smallest's
 ROUND_TIMEOUT = 60.0
+WARMUP = 10               # round trips of each server before the measured ones, at each size
 
 
 class Server:
@@ -113,10 +115,12 @@ def _interleaved(servers: tuple[Server, Server], rounds: int, step) -> dict[str,
     return got
 
 
-def _at_size(servers: tuple[Server, Server], counts: dict, size: int, rounds: int, events) -> dict[str, Any]:
+def _at_size(servers: tuple[Server, Server], counts: dict, size: int, rounds: int, events,
+             settle) -> dict[str, Any]:
     filled = {s.name: _fill(s, counts[s.name], size) for s in servers}
-    for server in servers:                      # warm: connections, caches, a pool process forked
-        for _ in range(3):
+    settle()
+    for server in servers:                      # warm: connections, caches, both pool processes
+        for _ in range(WARMUP):
             server.round_trip()
     cpu0 = {s.name: cpu_seconds(s.pids) for s in servers}
     trips = _interleaved(servers, rounds, Server.round_trip)
@@ -160,6 +164,12 @@ def measure(stack, base: str, largest: int, rounds: int, concurrency: int, proce
         return {name: round(median((a[end] - a[start]).total_seconds() for a in at.values()) * 1000, 2)
                 for name, (start, end) in steps.items()}
 
+    def settle() -> None:
+        """The jobs table after the fill as autovacuum leaves it within a minute (each job's row was written four
+        times): VACUUM ANALYZE, as the listing phase does. TinyDB has nothing of the kind to wait for."""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE jobs"))
+
     theirs = Pygeoapi(stack.root / "pygeoapi", processes, threads)
 
     def theirs_count() -> tuple[int, int]:
@@ -179,7 +189,7 @@ def measure(stack, base: str, largest: int, rounds: int, concurrency: int, proce
         ref.pids = tree(theirs.proc.pid)
         servers, counts = (ours, ref), {"ours": ours_count, "pygeoapi": theirs_count}
         sizes = (max(1, largest // 10), largest)
-        at = {size: _at_size(servers, counts, size, rounds, ours_events) for size in sizes}
+        at = {size: _at_size(servers, counts, size, rounds, ours_events, settle) for size in sizes}
         for s in servers:
             s.conn.close()
     finally:
