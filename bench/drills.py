@@ -137,7 +137,8 @@ def kill_running(scratch: Path, app: str, name: str, jobs: int) -> Row:
 def frozen_pool(scratch: Path, jobs: int) -> Row:
     """Alive but silent (a frozen VM, a partitioned host): the pid check cannot tell, the heartbeat rule would take
     STALE_AFTER; the reaper's ping misses the pool twice and its jobs run again on a second pool."""
-    drill = Drill(scratch, "frozen-pool", STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5)
+    drill = Drill(scratch, "frozen-pool", STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5,
+                  DB_IDLE_IN_TRANSACTION_TIMEOUT=5)      # a pool frozen mid-transaction frees its rows in 5 s
     frozen = None
     try:
         started = time.monotonic()

@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     from .config import load_settings
 
     settings = load_settings(config)
+    db.configure(settings)
     auth.check_settings(settings)
     auth.check_exposure(settings, served_by)
     tes_access.check_settings(settings)       # TES file roots, S3 access and egress settings: fail at start

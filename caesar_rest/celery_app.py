@@ -35,6 +35,9 @@ def broker_options(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_celery(settings: Mapping[str, Any]) -> Celery:
+    from . import db
+
+    db.configure(settings)          # a worker's connections are made with the settings' limits
     celery = Celery("caesar_rest", include=["workers.tasks"])
     result_backend = settings["RESULT_BACKEND"]
     if result_backend.startswith("file://"):

@@ -110,6 +110,10 @@ class Settings(Mapping[str, Any]):
                                      "the backend's copy is kept when all fail.")
     DB_RETRY_FOR: float = setting(600.0, "Seconds a worker keeps retrying to record a finished job while the database "
                                          "is down.")
+    DB_IDLE_IN_TRANSACTION_TIMEOUT: float = setting(
+        60.0, "PostgreSQL: seconds one of this service's transactions may sit idle before the server ends it and "
+              "releases its locks, so a frozen or cut-off process never holds a job's row (and the reaper behind "
+              "it) for longer; the service's own transactions are milliseconds. 0: off.")
     CANCEL_GRACE: float = setting(1.0, "Seconds between SIGTERM and SIGKILL when stopping a job.")
     DEFAULT_TIME_LIMIT: float = setting(86400, "Time limit (s) for apps that declare none.")
     VERIFY_INPUTS: bool = setting(True, "Workers check each staged input file's checksums against the recorded ones "

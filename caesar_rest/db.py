@@ -17,6 +17,17 @@ from sqlalchemy.sql.functions import FunctionElement
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
+_connect_args: dict[str, dict[str, Any]] = {}       # per database URL, from the settings (configure)
+
+
+def configure(settings: Any) -> None:
+    """What the settings say of this process's connections to their database, before the first is made:
+    DB_IDLE_IN_TRANSACTION_TIMEOUT on PostgreSQL (a server-side limit: it holds even when the client is frozen)."""
+    url = str(settings["DATABASE_URL"])
+    idle = float(settings.get("DB_IDLE_IN_TRANSACTION_TIMEOUT") or 0)
+    if url.startswith("postgresql") and idle > 0:
+        with _lock:
+            _connect_args[url] = {"options": f"-c idle_in_transaction_session_timeout={int(idle * 1000)}"}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -66,8 +77,8 @@ def engine_for(url: str) -> Engine:
                 engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_size=10, max_overflow=20,
-                                       connect_args={"connect_timeout": 5} if url.startswith("postgresql") else {})
+                args = {"connect_timeout": 5, **_connect_args.get(url, {})} if url.startswith("postgresql") else {}
+                engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=args)
                 event.listen(engine, "checkin", _note_checkin)
                 event.listen(engine, "checkout", _ping_when_idle(engine))
             _engines[url] = engine

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -280,7 +281,8 @@ def test_a_frozen_worker_is_found_by_the_broker_view_long_before_stale_after(tmp
     STALE_AFTER 300 s the heartbeat rule alone would leave the job RUNNING for five minutes (the code before this
     rule did); the reaper's ping misses the frozen node twice in a row, the job ends FAILURE naming why, and its
     orphaned process is stopped. Real workers, real RabbitMQ or the embedded filesystem broker, real PostgreSQL."""
-    extra = dict(STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5, REMOTE_POLL_INTERVAL=0.5)
+    extra = dict(STALE_AFTER=300, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5, REMOTE_POLL_INTERVAL=0.5,
+                 DB_IDLE_IN_TRANSACTION_TIMEOUT=5)     # frozen mid-transaction, the pool frees the job's row in 5 s
     settings = production_settings(tmp_path / "var", pg_db, **extra) if broker == "rabbitmq" else \
         embedded_settings(tmp_path / "var", DATABASE_URL=pg_db, **extra)
     client = create_app(settings).test_client()
@@ -342,3 +344,56 @@ def test_database_outage_of_twice_stale_after_ends_no_healthy_local_or_remote_jo
         worker.stop()
         dispose_all()
         proxy.down()
+
+
+HOLDER = """
+import os, signal, sys
+from sqlalchemy import text
+from caesar_rest import db
+url, job_id, idle = sys.argv[1], sys.argv[2], float(sys.argv[3])
+db.configure({"DATABASE_URL": url, "DB_IDLE_IN_TRANSACTION_TIMEOUT": idle})
+with db.session_scope(url) as s:
+    s.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+    print("locked", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)      # frozen in the middle of its transaction, the row locked
+"""
+
+
+@pytest.mark.parametrize("idle", [2.0, 0.0])
+def test_a_frozen_process_holding_a_jobs_row_keeps_it_no_longer_than_the_idle_limit(tmp_path, pg_db, idle):
+    """A worker frozen (or cut off) inside a transaction holds its job's row lock: before, every later writer of
+    that row (the reaper ending the job, a cancel) waited for as long as the process stayed frozen, and the reaper
+    with it (seen in the frozen-pool drill). PostgreSQL now ends a transaction of ours idle for
+    DB_IDLE_IN_TRANSACTION_TIMEOUT (a server-side limit: it holds whatever the client does), and the row is free.
+    idle 0 is the old behaviour: the writer is still blocked when its own lock_timeout (8 s) runs out."""
+    settings = production_settings(tmp_path / "var", pg_db, DB_IDLE_IN_TRANSACTION_TIMEOUT=idle)
+    client = create_app(settings).test_client()
+    job_id = client.post(f"{API}/job", json={"app": "sleeper"}).get_json()["job_id"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, pg_db, job_id, str(idle)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        wait_until(lambda: Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", 10,
+                   "the holder frozen")
+        from sqlalchemy import text
+        from sqlalchemy.exc import OperationalError
+
+        from caesar_rest.db import session_scope
+        started = time.monotonic()
+        try:
+            with session_scope(pg_db) as s:
+                s.execute(text("SET LOCAL lock_timeout = '8s'"))
+                s.execute(text("UPDATE jobs SET status = 'written past a frozen holder' WHERE id = :id"),
+                          {"id": job_id})
+            waited, blocked = time.monotonic() - started, False
+        except OperationalError as exc:
+            waited, blocked = time.monotonic() - started, "lock timeout" in str(exc)
+        if idle:
+            assert not blocked and waited < 6, f"the row stayed locked for {waited:.1f} s"
+            assert client.get(f"{API}/job/{job_id}/status").get_json()["status"] == "written past a frozen holder"
+        else:
+            assert blocked and waited >= 7.5
+    finally:
+        holder.kill()
+        holder.wait()
+        dispose_all()
