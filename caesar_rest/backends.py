@@ -86,6 +86,8 @@ class Backend(Protocol):
     job_options: ClassVar[tuple[str, ...]]
     # Its jobs run their app's container image, so ALLOWED_IMAGES applies (caesar_rest.images).
     runs_images: ClassVar[bool]
+    # A remote backend that runs a whole TES task of several executors as one job (options["tes"]["executors"]).
+    tes_batch: ClassVar[bool]
 
     def __init__(self, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         """settings: the whole settings mapping; options: settings["BACKENDS"][name]."""
@@ -140,6 +142,7 @@ class BackendBase(ABC):
     blocking: ClassVar[bool]
     job_options: ClassVar[tuple[str, ...]] = ()
     runs_images: ClassVar[bool] = False
+    tes_batch: ClassVar[bool] = False
 
     @staticmethod
     def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:

@@ -107,8 +107,9 @@ def create_task(session: Session, settings: Mapping[str, Any], owner: str, body:
     backend = task_backend(settings, body)
     doc, options, warnings = validate(settings, body, backend, owner)
     enabled = settings.get("BACKENDS") or {}
-    if len(doc["executors"]) > 1 and not backend_class(backend, enabled.get(backend)).blocking:
-        # The runner follows one remote job per task: the executors after the first would never run.
+    chosen = backend_class(backend, enabled.get(backend))
+    if len(doc["executors"]) > 1 and not chosen.blocking and not chosen.tes_batch:
+        # The runner follows one remote job per task; a tes_batch backend (slurm) runs the whole task as that job.
         raise BadRequest(f"'executors': backend {backend!r} runs one executor per task, not "
                          f"{len(doc['executors'])}", field="executors")
     resources = doc.get("resources") or {}

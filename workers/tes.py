@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from caesar_rest import storage
-from caesar_rest.backends import JobSpec
+from caesar_rest.backends import JobSpec, backend_class
 from caesar_rest.db import json_merge, session_scope
 from caesar_rest.models import JOBS, Job, utcnow
 from caesar_rest.states import ABORTED, CANCELED, FAILURE, SUCCESS, TIMED_OUT, Claim, JobState
@@ -31,7 +31,8 @@ from caesar_rest.tes import EXECUTOR, SYSTEM, rfc3339
 from caesar_rest.tes_task import DIRECTORY, WILDCARD_RE, mount_points, norm
 
 from .kinds import Ending, StepResult
-from .tes_executors import executor_spec
+from .tes_batch import batch_ended
+from .tes_executors import batch_spec, executor_spec
 from .tes_launcher import SETUP_FAILED
 from .transfer import TransferError, Transfers, TransferStopped
 
@@ -64,6 +65,9 @@ class TaskRun:
         self.mounts = mount_points(self.doc)
         old = (job.extra or {}).get("tes_logs") or {}
         self.logs: dict[str, Any] = {"system_logs": list(old.get("system_logs") or []), "executors": [], "outputs": []}
+        # A remote backend that runs the whole task as one job (slurm): its script records each executor's end.
+        self.batch = len(self.doc.get("executors") or []) > 1 and self.backend_name != "local" and \
+            backend_class(self.backend_name, (self.settings.get("BACKENDS") or {}).get(self.backend_name)).tes_batch
         self.time_limit = float(self.spec.get("time_limit") or self.settings["DEFAULT_TIME_LIMIT"])
         self.canceled = threading.Event()
         self.finished = threading.Event()
@@ -127,6 +131,9 @@ class TaskRun:
             self.logs["executors"].append(entry)
             offsets = {name: _size(self.jobdir / name) for name in ("stdout.log", "stderr.log")}
             self._current = (i, executor, entry, offsets)
+            if self.batch:
+                yield batch_spec(self)
+                return
             yield self._job_spec(i, executor)
 
     def submit_failed(self, spec: JobSpec | None, exc: Exception) -> Ending:
@@ -154,7 +161,13 @@ class TaskRun:
             self._current = (0, self.doc["executors"][0], entry, {"stdout.log": 0, "stderr.log": 0})
 
     def step_ended(self, spec: JobSpec | None, result: StepResult) -> Ending | None:
+        if self.batch:
+            return batch_ended(self, result)
         self._resume()
+        return self._judge(result)
+
+    def _judge(self, result: StepResult) -> Ending | None:
+        """What the current executor's end means for the task: an Ending (canceled), a failure, or on."""
         assert self._current is not None
         _i, executor, _entry, _offsets = self._current
         outcome, detail, rc = self._executor_ended(result)
@@ -247,7 +260,7 @@ class TaskRun:
         status = result.after_stop or result.status
         problems = [f"{what} failed: {exc}" for what, exc in
                     (("collecting its output", result.fetch_error), ("cleanup", result.cleanup_error)) if exc]
-        if self.backend_name != "local":      # a container's streams land in the job's logs: copy them where asked
+        if self.backend_name != "local" and not self.batch:   # a container's streams land in the job's logs
             for key, logname in (("stdout", "stdout.log"), ("stderr", "stderr.log")):
                 if executor.get(key):
                     try:
@@ -286,6 +299,9 @@ class TaskRun:
                 self.inside(path)
             except OSError:
                 return ""
+        elif self.batch:                # the script's own file of the stream (workers/backends/slurm_tes.py)
+            assert self._current is not None
+            path, start = self.meta / f"executor-{self._current[0]}.{logname.split('.')[0]}", 0
         else:
             path, start = self.jobdir / logname, offsets[logname]
         try:

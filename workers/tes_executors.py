@@ -2,6 +2,7 @@
 mounted at their paths) or, with the host runtime, the local backend's sandbox running workers/tes_launcher.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -39,6 +40,20 @@ def executor_spec(task: TaskRun, i: int, executor: dict[str, Any]) -> JobSpec:
                             "tes": {"index": i, "mounts": mounts, "workdir": executor.get("workdir"),
                                     "stdin": str(task.inside(task.host_path(executor["stdin"])))
                                     if executor.get("stdin") else None}})
+
+
+def batch_spec(task: TaskRun) -> JobSpec:
+    """The whole task as one job of a remote backend that runs several executors in order (Backend.tes_batch: the
+    slurm backend's script, workers/backends/slurm_tes.py): each executor's image, argv, env, workdir and the host
+    paths of its streams (checked by the script when it opens them: an earlier executor may have written there)."""
+    first = executor_spec(task, 0, task.doc["executors"][0])        # the checks, and what the job itself needs
+    executors = [{"argv": list(ex["command"]), "image": ex["image"], "env": dict(ex.get("env") or {}),
+                  "workdir": ex.get("workdir"), "ignore_error": bool(ex.get("ignore_error")),
+                  **{key: str(task.host_path(ex[key])) if ex.get(key) else None
+                     for key in ("stdin", "stdout", "stderr")}} for ex in task.doc["executors"]]
+    tes = first.options["tes"]
+    return dataclasses.replace(first, options={**first.options, "tes": {
+        "index": "task", "mounts": tes["mounts"], "fs": str(task.fs), "executors": executors}})
 
 
 def _host_job_spec(task: TaskRun, i: int, executor: dict[str, Any], env: dict[str, str],

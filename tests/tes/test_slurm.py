@@ -2,19 +2,24 @@
 cluster, and the job user's rootless Podman on its node (scripts/slurm.sh images). A task chooses the slurm
 backend with resources.backend_parameters.backend; its executor runs as a Slurm job that runs the executor's image
 with the container backend's hardening, the task's directories mounted at their paths, its stdin opened by Slurm,
-its stdout and stderr in the task's logs and files; outputs are uploaded after it."""
+its stdout and stderr in the task's logs and files; outputs are uploaded after it. A task of several executors is
+one Slurm job whose script runs them in order (workers/backends/slurm_tes.py), an ExecutorLog each."""
 from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+from datetime import datetime
 
 import pytest
 
 from ..backends.slurm_fixtures import shared_root, slurm_options
-from ..support import embedded_settings, start_api, start_worker
+from ..support import embedded_settings, job_processes, start_api, start_worker, wait_until
 from .conftest import TOKENS, USERS, Tes
 
 BUSYBOX = "localhost/busybox:latest"
+APPS = "localhost/caesar-apps:latest"       # Debian's python3: a second image
+UPPER = "import os, sys; sys.stdout.write(sys.stdin.read().upper()); print(os.environ['GREETING'], file=sys.stderr)"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,6 @@ def test_a_failing_executor_on_slurm_is_an_executor_error_with_its_status(slurm_
     ({"backend_parameters": {"backend": "slurm_plain"}}, 1, "resources.backend_parameters.backend",
      "does not run TES executors here"),
     ({"backend_parameters": {"backend": "nosuch"}}, 1, "resources.backend_parameters.backend", "not a backend"),
-    ({"backend_parameters": {"backend": "slurm"}}, 2, "executors", "runs one executor per task"),
 ])
 def test_a_task_slurm_cannot_run_is_a_400_naming_why(slurm_tes, resources, executors, field, words):
     tes, _files, _worker, _cluster = slurm_tes
@@ -90,3 +94,85 @@ def test_a_task_slurm_cannot_run_is_a_400_naming_why(slurm_tes, resources, execu
     assert r.status_code == 400, r.text
     assert words in r.json()["message"] and field in r.json()["message"], r.json()
     assert tes.call("GET", "/tasks").json().get("tasks", []) == before      # nothing was made
+
+
+def containers_of(cluster, podman, task_id: str) -> list[str]:
+    """The Slurm user's containers (any state) labelled with the task's id, as Podman on the node lists them."""
+    home = podman["runroot"].rsplit("/", 1)[0] + "/home"
+    out = subprocess.run(
+        ["runuser", "-u", cluster["CAESAR_TEST_SLURM_USER"], "--", "env", f"HOME={home}",
+         f"XDG_RUNTIME_DIR={podman['runroot']}", f"CONTAINERS_CONF={podman['conf']}", podman["runtime"],
+         "--root", podman["storage"], "--runroot", podman["runroot"], "--storage-driver", "overlay", "ps", "-a",
+         "--filter", f"label=caesar.job_id={task_id}", "--format", "{{.Names}}"],
+        capture_output=True, text=True, timeout=60, check=True, cwd="/tmp")
+    return out.stdout.split()
+
+
+def _times(entry):
+    return [datetime.fromisoformat(entry[k].replace("Z", "+00:00")) for k in ("start_time", "end_time")]
+
+
+def test_three_executors_run_in_order_in_one_slurm_job_each_with_its_log(slurm_tes):
+    tes, files, worker, _cluster = slurm_tes
+    odd = "it's $(id) `x` ; | \"\\"       # an argument no shell may read
+    task = tes.run({
+        "name": "three on slurm",
+        "outputs": [{"path": "/work", "url": f"file://{files}/three", "type": "DIRECTORY"}],
+        "resources": {"backend_parameters": {"backend": "slurm"}},
+        "executors": [
+            {"image": BUSYBOX, "command": ["sh", "-c", 'printf "%s\\n" "$1" > a.txt; echo one', "sh", odd],
+             "workdir": "/work"},
+            {"image": APPS, "command": ["python3", "-c", UPPER],
+             "workdir": "/work", "stdin": "/work/a.txt", "stdout": "/work/b.txt", "env": {"GREETING": odd}},
+            {"image": BUSYBOX, "command": ["sh", "-c", "echo third >&2; exit 3"], "ignore_error": True},
+            {"image": BUSYBOX, "command": ["sh", "-c", "cat /work/b.txt > /work/after.txt"]}]}, timeout=240)
+    assert task["state"] == "COMPLETE", (task["logs"][-1].get("system_logs"), worker.log()[-3000:])
+    log = task["logs"][-1]
+    assert [e["exit_code"] for e in log["logs"]] == [0, 0, 3, 0], log["logs"]
+    first, second, third, _fourth = log["logs"]
+    assert first["stdout"] == "one\n" and second["stdout"] == odd.upper() + "\n", log["logs"]
+    assert second["stderr"].endswith(odd + "\n") and third["stderr"].endswith("third\n"), log["logs"]
+    spans = [_times(e) for e in log["logs"]]
+    assert all(start <= end for start, end in spans), spans
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(3)), spans     # one after another
+    assert (files / "three" / "a.txt").read_text() == odd + "\n"
+    assert (files / "three" / "after.txt").read_text() == odd.upper() + "\n"        # the one after ignore_error ran
+    assert any("Executor 2 exited with status 3" in line and "ignore_error" in line
+               for line in log["system_logs"]), log["system_logs"]
+
+
+def test_a_failing_executor_stops_the_later_ones_on_slurm(slurm_tes):
+    tes, files, _worker, _cluster = slurm_tes
+    task = tes.run({
+        "outputs": [{"path": "/work", "url": f"file://{files}/stopped", "type": "DIRECTORY"}],
+        "resources": {"backend_parameters": {"backend": "slurm"}},
+        "executors": [{"image": BUSYBOX, "command": ["sh", "-c", "echo ran > /work/first"]},
+                      {"image": BUSYBOX, "command": ["sh", "-c", "echo bad >&2; exit 3"]},
+                      {"image": BUSYBOX, "command": ["sh", "-c", "echo ran > /work/never"]}]}, timeout=240)
+    assert task["state"] == "EXECUTOR_ERROR", task
+    log = task["logs"][-1]
+    assert [e["exit_code"] for e in log["logs"]] == [0, 3], log["logs"]         # the third never started
+    assert log["logs"][1]["stderr"].endswith("bad\n"), log["logs"]
+    assert (files / "stopped" / "first").read_text() == "ran\n"
+    assert not (files / "stopped" / "never").exists()
+
+
+def test_cancel_during_the_second_executor_stops_the_whole_slurm_job(slurm_tes, slurm_podman):
+    tes, _files, _worker, cluster = slurm_tes
+    task_id = tes.create({
+        "resources": {"backend_parameters": {"backend": "slurm"}},
+        "volumes": ["/work"],
+        "executors": [{"image": BUSYBOX, "command": ["sh", "-c", "echo ran > /work/first"]},
+                      {"image": BUSYBOX, "command": ["sh", "-c", "echo second; sleep 300"]},
+                      {"image": BUSYBOX, "command": ["sh", "-c", "echo ran > /work/never"]}]})
+    name = f"caesar-{task_id}-1"
+    wait_until(lambda: name in containers_of(cluster, slurm_podman, task_id), 120, "the second executor's container")
+    r = tes.call("POST", f"/tasks/{task_id}:cancel")
+    assert r.status_code == 200, r.text
+    task = tes.wait(task_id, timeout=90)
+    assert task["state"] == "CANCELED", task
+    wait_until(lambda: not job_processes(task_id), 30, "the task's processes gone (the script, podman, sleep)")
+    wait_until(lambda: not containers_of(cluster, slurm_podman, task_id), 30, "the task's containers removed")
+    entries = task["logs"][-1]["logs"]
+    # The first's log, and the second's (stopped: no exit status of its own); the third never started.
+    assert len(entries) == 2 and entries[0]["exit_code"] == 0 and entries[1]["stdout"] == "second\n", entries

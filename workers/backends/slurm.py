@@ -62,6 +62,7 @@ from .slurm_rest import SlurmRest, Token
 from .slurm_script import check_env, job_script
 from .slurm_stage import copy_back, give_to
 from .slurm_states import ACTIVE, CANCEL_MARK, WAITING, job_status
+from .slurm_tes import TES_META, tes_batch_script
 
 __all__ = ["CANCEL_MARK", "SlurmBackend", "job_script", "job_status"]
 
@@ -77,6 +78,7 @@ class SlurmBackend(BackendBase):
     name: ClassVar[str] = "slurm"
     blocking: ClassVar[bool] = False
     job_options: ClassVar[tuple[str, ...]] = CHOOSABLE
+    tes_batch: ClassVar[bool] = True        # a TES task of several executors is one job (slurm_tes)
 
     @staticmethod
     def check_job_options(backend_settings: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
@@ -295,6 +297,10 @@ class SlurmBackend(BackendBase):
                   **({} if tes else {"MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(max(1, int(job.cpus)))}),
                   **self.environment, **job.env, "CAESAR_JOB_ID": job.job_id}
         check_env(inside)
+        if tes and tes.get("executors") is not None:      # the whole task: its executors in order (slurm_tes)
+            for executor in tes["executors"]:
+                check_env(executor.get("env") or {})
+            return tes_batch_script(self.podman, job, rundir, inside)
         return job_script(self.podman.argv(job, rundir, inside), manifest=self.mode == "stage",
                           prologue=self.podman.prologue(), on_term=self.podman.remove(job, rundir))
 
@@ -349,7 +355,8 @@ class SlurmBackend(BackendBase):
         if self.owner is not None:
             give_to(rundir, *self.owner)
             if job.options.get("tes") is not None:
-                give_tree(rundir / "fs", *self.owner)     # the task's directories, written by its executor
+                for tree in ("fs", TES_META):     # the task's directories, written by its executors; their records
+                    give_tree(rundir / tree, *self.owner)
         return rundir
 
     def _split(self, handle: str) -> tuple[int, Path | None]:
