@@ -49,6 +49,7 @@ def batch_spec(task: TaskRun) -> JobSpec:
     first = executor_spec(task, 0, task.doc["executors"][0])        # the checks, and what the job itself needs
     executors = [{"argv": list(ex["command"]), "image": ex["image"], "env": dict(ex.get("env") or {}),
                   "workdir": ex.get("workdir"), "ignore_error": bool(ex.get("ignore_error")),
+                  "paths": {key: ex[key] for key in ("stdin", "stdout", "stderr") if ex.get(key)},   # as named
                   **{key: str(task.host_path(ex[key])) if ex.get(key) else None
                      for key in ("stdin", "stdout", "stderr")}} for ex in task.doc["executors"]]
     tes = first.options["tes"]

@@ -7,6 +7,7 @@ one Slurm job whose script runs them in order (workers/backends/slurm_tes.py), a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from datetime import datetime
@@ -176,3 +177,32 @@ def test_cancel_during_the_second_executor_stops_the_whole_slurm_job(slurm_tes, 
     entries = task["logs"][-1]["logs"]
     # The first's log, and the second's (stopped: no exit status of its own); the third never started.
     assert len(entries) == 2 and entries[0]["exit_code"] == 0 and entries[1]["stdout"] == "second\n", entries
+
+
+def test_a_stream_file_an_earlier_executor_linked_outside_is_refused(slurm_tes):
+    tes, _files, _worker, cluster = slurm_tes
+    outside = f"/tmp/caesar-tes-outside-{cluster['CAESAR_TEST_SLURM_UID']}"
+    task = tes.run({
+        "resources": {"backend_parameters": {"backend": "slurm"}},
+        "volumes": ["/work"],
+        "executors": [{"image": APPS, "command": ["ln", "-s", outside, "/work/out"]},
+                      {"image": BUSYBOX, "command": ["echo", "escaped"], "stdout": "/work/out"}]}, timeout=240)
+    assert task["state"] == "SYSTEM_ERROR", (task["logs"][-1]["logs"], task["logs"][-1]["system_logs"])
+    log = task["logs"][-1]
+    assert any("stdout /work/out leads outside the task's directories" in line for line in log["system_logs"]), log
+    assert [e["exit_code"] for e in log["logs"]] == [0, 125], log["logs"]
+    assert not os.path.lexists(outside)          # the node is this machine: nothing was written there
+
+
+def test_the_time_limit_of_a_task_of_several_executors_counts_for_all_of_them(slurm_tes):
+    tes, _files, _worker, _cluster = slurm_tes
+    task = tes.run({
+        "resources": {"backend_parameters": {"backend": "slurm", "time_limit": "10"}},
+        "executors": [{"image": BUSYBOX, "command": ["sh", "-c", "sleep 4"]},
+                      {"image": BUSYBOX, "command": ["sh", "-c", "echo second; sleep 300"]},
+                      {"image": BUSYBOX, "command": ["true"]}]}, timeout=120)
+    log = task["logs"][-1]
+    assert task["state"] == "EXECUTOR_ERROR", (task["state"], log["system_logs"])
+    assert any("exceeded the task's time limit of 10 s" in line for line in log["system_logs"]), log["system_logs"]
+    assert len(log["logs"]) == 2 and log["logs"][0]["exit_code"] == 0, log["logs"]
+    wait_until(lambda: not job_processes(task["id"]), 30, "the stopped task's processes gone")

@@ -33,7 +33,8 @@ def meta_file(rundir: Path, i: int, what: str) -> Path:
 
 def tes_batch_script(podman: SlurmPodman, job: JobSpec, rundir: Path, env: dict[str, str]) -> str:
     """The script of job, whose options["tes"]["executors"] lists the task's executors ({argv, image, env,
-    workdir, stdin, stdout, stderr (host paths), ignore_error}); env: what every container gets before its own."""
+    workdir, stdin, stdout, stderr (host paths), paths (those streams as the task names them), ignore_error});
+    env: what every container gets before its own."""
     tes = job.options["tes"]
     q = shlex.quote
     fs = q(str(tes["fs"]))
@@ -54,7 +55,8 @@ def tes_batch_script(podman: SlurmPodman, job: JobSpec, rundir: Path, env: dict[
         lines.append(f"date -u +%s.%N > {files['start']}")
         for key in ("stdin", "stdout", "stderr"):
             if ex[key]:
-                why = q(f"executor {i}'s {key} {ex[key]} leads outside the task's directories")
+                shown = (ex.get("paths") or {}).get(key) or ex[key]
+                why = q(f"executor {i}'s {key} {shown} leads outside the task's directories")
                 lines.append(f"if ! inside {streams[key]}; then printf '%s\\n' {why} > {files['status']}; "
                              f"printf '{SETUP_FAILED}\\n' > {files['exit']}; date -u +%s.%N > {files['end']}; "
                              f"exit {SETUP_FAILED}; fi")
