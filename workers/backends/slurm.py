@@ -29,8 +29,9 @@ Settings (BACKENDS["slurm"]):
     connect_timeout, read_timeout  seconds (default 5, 60)
 
 The job script is generated: one `exec` of the app's argv, each argument quoted for sh (shlex.quote), so nothing a
-user gives is read by a shell (a TES task of several executors: their podman runs in order, slurm_tes.py). Executables run in place: a relative argv[0] resolves on this host, the venv's
-scripts first, and the nodes must see the same path (a shared software area). The handle is Slurm's job id.
+user gives is read by a shell (a TES task of several executors: their podman runs in order, slurm_tes.py).
+Executables run in place: a relative argv[0] resolves on this host, the venv's scripts first, and the nodes must see
+the same path (a shared software area). The handle is Slurm's job id.
 """
 from __future__ import annotations
 
