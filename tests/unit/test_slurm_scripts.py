@@ -1,8 +1,10 @@
 """The Slurm backend's generated pieces, without a cluster: the container hardening spelt for podman is the
-container backend's own (one definition), the podman command line of an image job, and the stage manifest a job
-script writes, read back and checked (the same shell lines run here under sh)."""
+container backend's own (one definition), the podman command line of an image job, the stage manifest a job
+script writes, read back and checked (the same shell lines run here under sh), and the script of a TES task of
+several executors read back with shlex (tests/tes/test_slurm.py runs it on the cluster)."""
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -66,3 +68,40 @@ def test_a_signal_that_killed_the_app_is_raised_again_by_the_script(tmp_path):
     script = job_script(["/bin/sh", "-c", "kill -9 $$"], manifest=True)
     done = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, check=False)
     assert done.returncode == -9 and read_manifest(Path(tmp_path)) is not None
+
+
+def test_a_tes_task_of_several_executors_is_one_script_every_value_quoted(tmp_path):
+    """The batch script of a TES task (workers/backends/slurm_tes.py), read back with shlex: each executor's podman
+    run is exactly SlurmPodman's argv of it, its streams quoted; the stops follow ignore_error; the trap removes
+    every executor's container and ends the script."""
+    from workers.backends.slurm_tes import tes_batch_script
+
+    podman = SlurmPodman({}, {"runtime": "/usr/bin/podman"}, 2100, 2100)
+    odd = "it's $(id) `x`; | \"\\ *"
+    fs = tmp_path / "fs"
+    executors = [
+        {"argv": ["sh", "-c", odd], "image": "localhost/busybox:latest", "env": {"A": odd}, "workdir": "/w",
+         "ignore_error": True, "stdin": str(fs / "w" / "in put"), "stdout": None, "stderr": str(fs / "w" / "e;rm"),
+         "paths": {"stdin": "/w/in put", "stderr": "/w/e;rm"}},
+        {"argv": ["true"], "image": "localhost/busybox:latest", "env": {}, "workdir": None, "ignore_error": False,
+         "stdin": None, "stdout": None, "stderr": None}]
+    job = JobSpec(argv=["sh"], image="localhost/busybox:latest", env={}, job_id="J", owner="o", app="tes",
+                  workdir=tmp_path, options={"tes": {"index": "task", "mounts": {"/w": str(fs / "w")}, "fs": str(fs),
+                                                     "executors": executors}})
+    lines = tes_batch_script(podman, job, tmp_path, {"HOME": "/tmp"}).splitlines()
+    at = [n for n, line in enumerate(lines) if line.startswith("/usr/bin/podman ") and " run " in line]
+    runs = [shlex.split(lines[n]) for n in at]
+    assert len(runs) == 2
+    first = runs[0]
+    assert first[-7:] == ["<", str(fs / "w" / "in put"), ">", str(tmp_path / ".tes" / "executor-0.stdout"), "2>",
+                          str(fs / "w" / "e;rm"), "&"], first[-7:]
+    assert first[first.index("-c") + 1] == odd and f"A={odd}" in first and "--interactive" in first
+    assert "--name=caesar-J-0" in first and "--name=caesar-J-1" in runs[1] and "--cap-drop=ALL" in runs[1]
+    assert runs[1][-7:-5] == ["<", "/dev/null"]
+    stops = [n for n, line in enumerate(lines) if line.startswith('if [ "$rc" -ne 0 ]')]
+    assert stops == [at[1] + 5], stops        # after the second only: the first has ignore_error
+    trap = next(shlex.split(line) for line in lines if line.startswith("trap "))
+    assert trap[1].endswith("caesar-J-0 caesar-J-1 >/dev/null 2>&1; exit 143") and trap[2] == "TERM"
+    checks = [line for line in lines if line.startswith("if ! inside ")]
+    why = "executor 0's stdin /w/in put leads outside the task's directories"      # as the task names it
+    assert len(checks) == 2 and why in shlex.split(checks[0])
