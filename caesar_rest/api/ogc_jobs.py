@@ -20,7 +20,7 @@ from ..db import json_merge, read_connection, session_scope
 from ..errors import NotFound
 from ..jobs import JOB_ID_RE
 from ..models import JOBS, TERMINAL_STATES, Job, utcnow
-from ..ogc import openapi, problems
+from ..ogc import PREFIX, openapi, problems
 from ..ogc.formats import alternates, base, respond, root
 from ..ogc.processes import Output, outputs_of
 from ..ogc.status import JobFile, file_of, iso, job_files, requested, result_value, status_info, status_of
@@ -30,11 +30,12 @@ blp = Blueprint("ogc_jobs", __name__, description="OGC API - Processes 1.0 jobs:
 log = logging.getLogger(__name__)
 LIST_QUERY = ["type", "processIDQueryParam", "status", "datetime", "minDuration", "maxDuration", "limit"]
 DISMISS_WAIT = 10.0        # seconds a dismiss waits for a running job to stop before answering
-#: The columns a statusInfo shows, read as rows (no ORM instances): argv, spec and job_inputs, the JSON columns it does
-#: not show, are neither sent nor decoded. Measured in-process, interleaved: a page of 10 from PostgreSQL with its
-#: statusInfos 1.06 ms as ORM instances in a transaction, 0.63 ms as rows in autocommit; one job 0.64 -> 0.42 ms.
+#: The columns a statusInfo shows, read as rows (no ORM instances): argv, spec, job_inputs and extra, the JSON columns
+#: it does not show, are neither sent nor decoded (of extra, only ogc_dismissed, as text). Measured in-process,
+#: interleaved: a page of 10 from PostgreSQL with its statusInfos 1.06 ms as ORM instances in a transaction, 0.63 ms
+#: as rows in autocommit; one job 0.64 -> 0.42 ms.
 SHOWN = (JOBS.c.id, JOBS.c.app, JOBS.c.state, JOBS.c.status, JOBS.c.submit_date, JOBS.c.start_date, JOBS.c.run_date,
-         JOBS.c.end_date, JOBS.c.extra)
+         JOBS.c.end_date, JOBS.c.extra["ogc_dismissed"].as_string().label("ogc_dismissed"))
 #: The list's filters (a request with none of them runs a statement built once, _page).
 FILTERS = ("type", "processID", "status", "datetime", "minDuration", "maxDuration")
 # Statements built once, their values bound at each execution: SQLAlchemy computes the key of its compiled cache for
@@ -88,7 +89,8 @@ def job_list():
             params["owner"] = owner
         if token is not None:
             params["when"], params["last"] = paging.decode_token(token)
-    b, top = base(), root()
+    top = root()
+    b = top + PREFIX
     with read_connection(settings()["DATABASE_URL"]) as conn:
         rows: list[Any] = list(conn.execute(query, params).all())
     jobs = [status_info(j, b, top) for j in rows[:limit]]
@@ -110,7 +112,8 @@ def job_status(job_id: str):
     if JOB_ID_RE.match(job_id):
         with read_connection(settings()["DATABASE_URL"]) as conn:
             row = conn.execute(STATUS, {"id": job_id}).first()
-    return respond(status_info(_yours(row, job_id), base(), root()), "job")
+    top = root()
+    return respond(status_info(_yours(row, job_id), top + PREFIX, top), "job")
 
 
 @blp.route("/jobs/<job_id>", methods=["DELETE"])

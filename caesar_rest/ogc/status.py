@@ -37,7 +37,8 @@ def dismissed_expr():
 
 
 def status_of(job: Shown) -> str:
-    if (job.extra or {}).get("ogc_dismissed"):
+    # A row of the job list or status has extra's ogc_dismissed alone (api/ogc_jobs.SHOWN), an instance all of extra.
+    if job.ogc_dismissed if isinstance(job, Row) else (job.extra or {}).get("ogc_dismissed"):
         return "dismissed"
     return _OF_STATE[job.state]
 
