@@ -53,7 +53,7 @@ def batch_spec(task: TaskRun) -> JobSpec:
                   **{key: str(task.host_path(ex[key])) if ex.get(key) else None
                      for key in ("stdin", "stdout", "stderr")}} for ex in task.doc["executors"]]
     tes = first.options["tes"]
-    return dataclasses.replace(first, options={**first.options, "tes": {
+    return dataclasses.replace(first, env={}, options={**first.options, "tes": {   # each executor has its own env
         "index": "task", "mounts": tes["mounts"], "fs": str(task.fs), "executors": executors}})
 
 

@@ -20,6 +20,7 @@ from .conftest import TOKENS, USERS, Tes
 
 BUSYBOX = "localhost/busybox:latest"
 APPS = "localhost/caesar-apps:latest"       # Debian's python3: a second image
+AFTER = 'cat /work/b.txt > /work/after.txt; echo "${ONLY_FIRST:-unset}"'
 UPPER = "import os, sys; sys.stdout.write(sys.stdin.read().upper()); print(os.environ['GREETING'], file=sys.stderr)"
 
 
@@ -122,15 +123,17 @@ def test_three_executors_run_in_order_in_one_slurm_job_each_with_its_log(slurm_t
         "resources": {"backend_parameters": {"backend": "slurm"}},
         "executors": [
             {"image": BUSYBOX, "command": ["sh", "-c", 'printf "%s\\n" "$1" > a.txt; echo one', "sh", odd],
-             "workdir": "/work"},
+             "workdir": "/work", "env": {"ONLY_FIRST": "1"}},
             {"image": APPS, "command": ["python3", "-c", UPPER],
              "workdir": "/work", "stdin": "/work/a.txt", "stdout": "/work/b.txt", "env": {"GREETING": odd}},
             {"image": BUSYBOX, "command": ["sh", "-c", "echo third >&2; exit 3"], "ignore_error": True},
-            {"image": BUSYBOX, "command": ["sh", "-c", "cat /work/b.txt > /work/after.txt"]}]}, timeout=240)
+            {"image": BUSYBOX, "command": ["sh", "-c", AFTER],
+             "env": {"GREETING": "later"}}]}, timeout=240)
     assert task["state"] == "COMPLETE", (task["logs"][-1].get("system_logs"), worker.log()[-3000:])
     log = task["logs"][-1]
     assert [e["exit_code"] for e in log["logs"]] == [0, 0, 3, 0], log["logs"]
-    first, second, third, _fourth = log["logs"]
+    first, second, third, fourth = log["logs"]
+    assert fourth["stdout"] == "unset\n", fourth        # each executor has its own env, no other's
     assert first["stdout"] == "one\n" and second["stdout"] == odd.upper() + "\n", log["logs"]
     assert second["stderr"].endswith(odd + "\n") and third["stderr"].endswith("third\n"), log["logs"]
     spans = [_times(e) for e in log["logs"]]

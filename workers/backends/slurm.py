@@ -299,8 +299,6 @@ class SlurmBackend(BackendBase):
                   **self.environment, **job.env, "CAESAR_JOB_ID": job.job_id}
         check_env(inside)
         if tes and tes.get("executors") is not None:      # the whole task: its executors in order (slurm_tes)
-            for executor in tes["executors"]:
-                check_env(executor.get("env") or {})
             return tes_batch_script(self.podman, job, rundir, inside)
         return job_script(self.podman.argv(job, rundir, inside), manifest=self.mode == "stage",
                           prologue=self.podman.prologue(), on_term=self.podman.remove(job, rundir))

@@ -22,6 +22,7 @@ from typing import Any
 
 from .base import JobSpec
 from .slurm_container import SlurmPodman
+from .slurm_script import check_env
 
 TES_META = ".tes"
 SETUP_FAILED = 125         # as workers/tes_launcher.SETUP_FAILED (the worker reads it so)
@@ -34,11 +35,13 @@ def meta_file(rundir: Path, i: int, what: str) -> Path:
 def tes_batch_script(podman: SlurmPodman, job: JobSpec, rundir: Path, env: dict[str, str]) -> str:
     """The script of job, whose options["tes"]["executors"] lists the task's executors ({argv, image, env,
     workdir, stdin, stdout, stderr (host paths), paths (those streams as the task names them), ignore_error});
-    env: what every container gets before its own."""
+    env: what every container gets before its own (job.env is no executor's: each has its own)."""
     tes = job.options["tes"]
     q = shlex.quote
     fs = q(str(tes["fs"]))
     specs = [_executor_job(job, i, ex) for i, ex in enumerate(tes["executors"])]
+    for spec in specs:
+        check_env(spec.env)
     names = [podman.name(spec, rundir) for spec in specs]
     remove = podman.remove(specs[0], rundir)[:-1] + names
     lines = ["#!/bin/sh", "# caesar-rest: a TES task's executors in order, each argument quoted",
