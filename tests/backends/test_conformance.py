@@ -19,7 +19,7 @@ from ..support import REPO
 PROTOCOL_METHODS = {name: member for name, member in vars(Backend).items()
                     if callable(member) or isinstance(member, (staticmethod, classmethod))
                     if not name.startswith("_") or name == "__init__"}
-CLASS_ATTRIBUTES = {"name": str, "blocking": bool, "job_options": tuple, "runs_images": bool}
+CLASS_ATTRIBUTES = {"name": str, "blocking": bool, "job_options": tuple, "runs_images": bool, "tes_batch": bool}
 
 
 def parameters(member: object) -> list[str]:
