@@ -6,9 +6,11 @@ directory at /job with its inputs read-only. A slurm backend without a runtime r
 a 400 naming the problem, and no job is made.
 
 Not checked here: podman's --memory and --pids-limit, which rootless Podman ignores on this machine's cgroup v1
-(it says so on the job's stderr); Slurm's own cgroup holds the job's memory (the OOM test of test_slurm.py)."""
+(it says so on the job's stderr); Slurm's own cgroup holds the job's memory (the OOM test of test_slurm.py), and
+the pids limit is also set as RLIMIT_NPROC in the container's user namespace, which holds a fork bomb (tested)."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +28,20 @@ PROBE = ("id -u; id -g; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
          "if touch /probe 2>/dev/null; then echo root-writable; else echo root-read-only; fi; "
          "if touch inputs/x 2>/dev/null; then echo inputs-writable; else echo inputs-read-only; fi; "
          "echo home=$HOME pwd=$(pwd); echo written > probe.txt")
+# A fork bomb, bounded so that it ends by itself: up to 200 children that sleep 3 s; how many it could make.
+FORKER = json.dumps("import os, resource, time\n"
+                    "print(resource.getrlimit(resource.RLIMIT_NPROC)[0])\n"
+                    "made = 0\n"
+                    "for _ in range(200):\n"
+                    "    try:\n"
+                    "        pid = os.fork()\n"
+                    "    except OSError:\n"
+                    "        break\n"
+                    "    if pid == 0:\n"
+                    "        time.sleep(3)\n"
+                    "        os._exit(0)\n"
+                    "    made += 1\n"
+                    "print('forked', made)\n")
 APPS = {
     "sleeper_image": f"""
 name: sleeper_image
@@ -39,6 +55,14 @@ outputs: [sleeper.txt]
 options:
   seconds: {{type: float, default: 0}}
   message: {{type: string, default: hello}}
+""",
+    "forker": f"""
+name: forker
+version: "1"
+command: [python3, -c, {FORKER}]
+backends: [slurm_podman_small]
+image: {IMAGE}
+resources: {{cpus: 1, memory_mb: 128, time_limit: 120}}
 """,
     "probe": f"""
 name: probe
@@ -59,6 +83,7 @@ def image_stack(slurm_cluster, slurm_podman) -> Iterator[SlurmStack]:
     root = shared_root(slurm_cluster)
     (root / "scratch-images").mkdir()
     extra = {"slurm_podman": slurm_options(slurm_cluster, container=slurm_podman),
+             "slurm_podman_small": slurm_options(slurm_cluster, container={**slurm_podman, "pids_limit": 32}),
              "slurm_podman_stage": slurm_options(slurm_cluster, container=slurm_podman, workdir="stage",
                                                  scratch=str(root / "scratch-images"))}
     stack = SlurmStack(slurm_cluster, root, extra, APPS)
@@ -98,6 +123,19 @@ def test_an_app_with_an_image_runs_in_it_with_the_container_backends_hardening(i
     assert members(stack, job_id)["probe.txt"] == b"written\n"
     assert slurm_record(stack, job_id, "slurm_podman")["user_name"] == stack.cluster["CAESAR_TEST_SLURM_USER"]
     wait_until(lambda: not containers_of(stack, job_id), 30, "the job's container removed (--rm)")
+
+
+def test_a_fork_bomb_in_an_image_job_stops_at_the_pids_limit(image_stack):
+    """The container backend's pids limit holds on Slurm too: of 200 processes asked for, the container gets no
+    more than its limit (32 here), although rootless Podman cannot set --pids-limit on this cgroup v1 node."""
+    stack = image_stack
+    job_id = submit(stack, "forker", backend="slurm_podman_small")
+    st = wait(stack, job_id)
+    assert st["state"] == "SUCCESS", explain(stack, job_id)
+    lines = members(stack, job_id)["stdout.log"].decode().split()
+    assert lines[0] == "32", lines                              # RLIMIT_NPROC inside: the pids limit
+    made = int(lines[lines.index("forked") + 1])
+    assert 0 < made < 32, f"{made} children: the limit did not hold"
 
 
 @pytest.mark.parametrize("backend", ["slurm_podman", "slurm_podman_stage"])

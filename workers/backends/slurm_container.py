@@ -98,7 +98,10 @@ class SlurmPodman:
         tes = job.options.get("tes")
         args = [*self._podman(), "run", "--rm", f"--pull={PULL[policy]}", f"--name={self.name(job, rundir)}",
                 f"--label=caesar.job_id={job.job_id}", "--userns=keep-id", f"--user={self.uid}:{self.gid}",
-                *self.hardening.podman_args(job.options, job.cpus, job.memory_mb)]
+                *self.hardening.podman_args(job.options, job.cpus, job.memory_mb),
+                # The pids limit again as RLIMIT_NPROC, counted in the container's own user namespace (Linux 5.14+):
+                # rootless Podman cannot set --pids-limit on a cgroup v1 node, and a fork bomb must stop all the same.
+                f"--ulimit=nproc={self.hardening.pids_limit}:{self.hardening.pids_limit}"]
         if self.init:
             args.append("--init")
         if tes is None:
