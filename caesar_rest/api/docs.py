@@ -2,7 +2,11 @@
 (the fuzz test holds the API to it)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from ..jobs import JOB_ID_RE, UUID_HEX_RE
+from .common import int_arg
 
 S = "#/components/schemas/"
 
@@ -136,3 +140,30 @@ def query(*params: tuple[str, str, str]) -> list[dict[str, Any]]:
     """Query parameters as (name, type, description)."""
     return [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
             for n, t, d in params]
+
+
+def path_param(name: str, pattern: str, description: str) -> dict[str, Any]:
+    """A path parameter with the pattern the code checks it against (the regex itself, so both agree)."""
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": pattern}}
+
+
+JOB_ID = path_param("job_id", JOB_ID_RE.pattern, "the job's id, a UUID")
+FILE_ID = path_param("file_id", UUID_HEX_RE.pattern, "the file's uuid, 32 lower-case hex digits")
+
+
+@dataclass(frozen=True)
+class IntQuery:
+    """An integer query parameter: its range is documented and enforced from this one definition."""
+    name: str
+    low: int
+    high: int
+    description: str
+
+    def doc(self) -> dict[str, Any]:
+        return {"name": self.name, "in": "query", "required": False, "description": self.description,
+                "schema": {"type": "integer", "minimum": self.low, "maximum": self.high}}
+
+    def read(self, default: int, key: str = "parameter") -> int:
+        """The value of the current request (caesar_rest.numbers' checks and messages), or default when absent."""
+        return int_arg(self.name, default, self.low, self.high, key)

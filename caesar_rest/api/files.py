@@ -50,9 +50,10 @@ class _Discard(WriteSink):
 
 @blp.route("/upload", methods=["POST"])
 @blp.doc(summary="Upload a file (multipart field 'file', optional 'tag')",
-         requestBody={"content": {"multipart/form-data": {"schema": {
+         requestBody={"required": True, "content": {"multipart/form-data": {"schema": {
              "type": "object", "required": ["file"],
-             "properties": {"file": {"type": "string", "format": "binary"}, "tag": {"type": "string"}}}}}})
+             "properties": {"file": {"type": "string", "format": "binary", "minLength": 1},
+                            "tag": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000]*$"}}}}}})
 @blp.doc(responses=docs.responses(200, "File", "The stored file's record"))
 def upload():
     if request.mimetype != "multipart/form-data":
@@ -225,8 +226,9 @@ def fileids():
         return jsonify([r.to_dict() for r in records])
 
 
-@blp.route("/download/<file_id>", methods=["GET", "POST"], endpoint="download_by_uuid")
-@blp.route("/download-id/<file_id>", methods=["GET", "POST"])
+@blp.route("/download/<file_id>", methods=["GET", "POST"], endpoint="download_by_uuid",
+           parameters=[docs.FILE_ID])
+@blp.route("/download-id/<file_id>", methods=["GET", "POST"], parameters=[docs.FILE_ID])
 @blp.doc(summary="Download a file by uuid (/download/<uuid>, the later upstream's name, is the same)",
          parameters=docs.query(("presign", "string", ("with S3 storage: 1 redirects (307) to a presigned URL, "
                                                       "json answers {url, expires_in}"))),
@@ -295,7 +297,7 @@ def _accel_redirect(path: str, name: str):
     return response
 
 
-@blp.route("/delete/<file_id>", methods=["POST", "DELETE"])
+@blp.route("/delete/<file_id>", methods=["POST", "DELETE"], parameters=[docs.FILE_ID])
 @blp.doc(summary="Delete a file (refused while an active job uses it)",
          responses=docs.responses(200, "Deleted", "The file is gone"))
 def delete(file_id: str):

@@ -11,26 +11,48 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
-from .. import jobs as service, notify, paging, s3store
+from .. import jobs as service, notify, paging, s3store, upstream
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..kinds import AppKind
 from ..models import ALL_STATES, Job
 from ..tarball import files_in_memory, stream_tar_gz, tar_gz
 from . import docs
-from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, registry, session, settings
+from .common import celery, check_active_limit, json_body, publish_or_withdraw, registry, session, settings
 
 blp = Blueprint("jobs", __name__, description="Submit jobs and follow them")
 log = logging.getLogger(__name__)
 
-JOB_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["app"], "properties": {
-    "app": {"type": "string"}, "job_inputs": {"type": "object"}, "tag": {"type": "string"},
-    "backend": {"type": "string"},
-    "notify": {"description": "where to POST the job's state changes: {url, events?, format?} or a list of them "
-                              "(README, Notifications)",
-               "oneOf": [{"$ref": "#/components/schemas/NotifyRequest"},
-                         {"type": "array", "items": {"$ref": "#/components/schemas/NotifyRequest"}}]},
-    "data_inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}}}}
+_FILE_UUID = {"type": "string", "pattern": service.UUID_HEX_RE.pattern}
+_FILE_UUIDS = {"type": "array", "items": _FILE_UUID, "minItems": 1, "maxItems": upstream.DATA_INPUTS_MAX,
+               "uniqueItems": True}
+JOB_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["app"], "additionalProperties": False,
+    "not": {"required": ["job_inputs", "job_options"], "description": "not both"},
+    "properties": {
+        "app": {"type": "string", "minLength": 1},
+        "job_inputs": {"type": "object", "nullable": True, "description": "the app's options (name: value)"},
+        "job_options": {"type": "object", "nullable": True, "description": "job_inputs under upstream's name"},
+        "tag": {"type": "string", "nullable": True, "maxLength": service.TAG_MAX, "pattern": "^[^\\u0000]*$"},
+        "backend": {"type": "string", "nullable": True, "description": "one of the app's backends"},
+        "backend_options": {"type": "object", "nullable": True,
+                            "description": "the names the backend takes (README, Backends)"},
+        "notify": {"description": "where to POST the job's state changes: {url, events?, format?} or a list of "
+                                  "them (README, Notifications)",
+                   "oneOf": [{"$ref": "#/components/schemas/NotifyRequest"},
+                             {"type": "array", "items": {"$ref": "#/components/schemas/NotifyRequest"}}]},
+        "data_inputs": {"nullable": True, "description": "files bound to the app's unset file options (upstream)",
+                        "oneOf": [_FILE_UUID, _FILE_UUIDS, {
+                            "type": "object", "required": ["data"], "additionalProperties": False, "properties": {
+                                "data": {"oneOf": [_FILE_UUID, _FILE_UUIDS]},
+                                "format": {"type": "string", "nullable": True, "minLength": 1,
+                                           "maxLength": upstream.FORMAT_MAX, "pattern": "^[^\\u0000]*$"}}}]}}}}}}
+
+PAGE = docs.IntQuery("page", 1, 10**9, "page number, from 1")
+PER_PAGE = docs.IntQuery("per_page", 1, 1000, "jobs a page")
+PAGE_TOKEN_DOC = "next_page_token of the page before (instead of page): only a token this server gave out"
+STATES = [str(x.value) for x in ALL_STATES]
+TAIL = docs.IntQuery("tail", 0, 10**7, "only the last N lines")
 
 
 def _owner_filter():
@@ -58,18 +80,20 @@ def submit():
 
 @blp.route("/jobs", methods=["GET"])
 @blp.doc(summary="List your jobs (paginated; filter by state, app, tag)",
-         parameters=docs.query(("page", "integer", "page number, from 1"),
-                               ("page_token", "string", "next_page_token of the page before (instead of page)"),
-                               ("per_page", "integer", "jobs a page, 1-1000"),
-                               ("state", "string", "comma-separated states"), ("app", "string", "app name"),
-                               ("tag", "string", "job tag"), ("backend", "string", "backend name")),
+         parameters=[PAGE.doc(), *docs.query(("page_token", "string", PAGE_TOKEN_DOC)),
+                     PER_PAGE.doc(),
+                     {"name": "state", "in": "query", "required": False, "style": "form", "explode": False,
+                      "description": "comma-separated states",
+                      "schema": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": STATES}}},
+                     *docs.query(("app", "string", "app name"), ("tag", "string", "job tag"),
+                                 ("backend", "string", "backend name"))],
          responses=docs.responses(200, "JobList", "A page of jobs, newest first"))
 def list_jobs():
     token = request.args.get("page_token") or None
     if token is not None and "page" in request.args:
         raise BadRequest("Give either 'page' or 'page_token', not both", parameter="page_token")
-    page = int_arg("page", 1, 1, 10**9)
-    per_page = int_arg("per_page", settings()["JOBS_PAGE_SIZE"], 1, 1000)
+    page = PAGE.read(1)
+    per_page = PER_PAGE.read(settings()["JOBS_PAGE_SIZE"])
     query = select(Job)
     owner = _owner_filter()
     if owner is not None:
@@ -114,14 +138,14 @@ def list_jobs():
         return jsonify(answer)
 
 
-@blp.route("/job/<job_id>", methods=["GET"])
+@blp.route("/job/<job_id>", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="A job's summary", responses=docs.responses(200, "JobSummary", "The job"))
 def get(job_id: str):
     with session() as s:
         return jsonify(service.to_summary(service.get_job(s, _owner_filter(), job_id)))
 
 
-@blp.route("/job/<job_id>/status", methods=["GET"])
+@blp.route("/job/<job_id>/status", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="A job's state, status message, exit status, elapsed time and pid",
          responses=docs.responses(200, "JobStatus", "The job's status"))
 def status(job_id: str):
@@ -129,7 +153,7 @@ def status(job_id: str):
         return jsonify(service.to_status(service.get_job(s, _owner_filter(), job_id)))
 
 
-@blp.route("/job/<job_id>/cancel", methods=["GET", "POST"])
+@blp.route("/job/<job_id>/cancel", methods=["GET", "POST"], parameters=[docs.JOB_ID])
 @blp.doc(summary="Cancel a job wherever it runs",
          responses=docs.responses(200, "JobStatus", "Canceled, or cancel under way"))
 def cancel(job_id: str):
@@ -145,7 +169,7 @@ def cancel(job_id: str):
         return jsonify({**service.to_status(job), "status": message if not job.finished else job.status})
 
 
-@blp.route("/job/<job_id>/notifications", methods=["GET"])
+@blp.route("/job/<job_id>/notifications", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job's notification targets, each delivery and every attempt at it (owner or admin only)",
          responses=docs.responses(200, "JobNotifications", "The job's notifications"))
 def notifications(job_id: str):
@@ -154,7 +178,7 @@ def notifications(job_id: str):
         return jsonify({"job_id": job.id, "state": job.state, "subscriptions": notify.report(s, job.id)})
 
 
-@blp.route("/job/<job_id>/output", methods=["GET"])
+@blp.route("/job/<job_id>/output", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job directory as a streamed tar.gz, once the job has finished",
          responses=docs.binary(200, "application/gzip", "job_<id>.tar.gz"))
 def output(job_id: str):
@@ -232,12 +256,12 @@ def _lines(data: bytes, lines: int | None) -> str:
     return text
 
 
-@blp.route("/job/<job_id>/logs", methods=["GET"])
+@blp.route("/job/<job_id>/logs", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job's stdout and stderr (?tail=N lines)",
-         parameters=docs.query(("tail", "integer", "only the last N lines")),
+         parameters=[TAIL.doc()],
          responses=docs.responses(200, "JobLogs", "stdout and stderr"))
 def logs(job_id: str):
-    tail = int_arg("tail", -1, 0, 10**7)
+    tail = TAIL.read(-1)
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)
         workdir = Path(job.workdir)
@@ -253,7 +277,7 @@ def logs(job_id: str):
     return jsonify({"job_id": job_id, "state": state, **texts})
 
 
-@blp.route("/job/<job_id>/metadata", methods=["GET"])
+@blp.route("/job/<job_id>/metadata", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="Provenance: app and version, options, argv, backend, host, timings, exit code, input checksums",
          responses=docs.responses(200, "JobMetadata", "The job's provenance"))
 def metadata(job_id: str):

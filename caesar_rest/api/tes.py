@@ -8,13 +8,14 @@ from typing import Any
 import yaml
 from flask import jsonify, request
 from flask_smorest import Blueprint
+from werkzeug.routing import BaseConverter
 
 from .. import __version__, jobs as jobs_service, tes as service, tes_task as task_doc
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..kinds import TesKind
 from . import docs
-from .common import celery, check_active_limit, int_arg, json_body, publish_or_withdraw, session, settings
+from .common import celery, check_active_limit, json_body, publish_or_withdraw, session, settings
 
 blp = Blueprint("tes", __name__, description="GA4GH Task Execution Service v1.1")
 log = logging.getLogger(__name__)
@@ -27,10 +28,12 @@ SERVICE_INFO_REF = ("https://raw.githubusercontent.com/ga4gh-discovery/ga4gh-ser
 S = "#/components/schemas/"
 VIEW_PARAM = {"name": "view", "in": "query", "required": False, "description": "MINIMAL, BASIC or FULL",
               "schema": {"type": "string", "enum": list(service.VIEWS), "default": "MINIMAL"}}
-LIST_PARAMS = [VIEW_PARAM] + docs.query(("page_size", "integer", "Tasks per page (1-2047, default 256)"),
-                                        ("page_token", "string", "next_page_token of the previous page"),
-                                        ("name_prefix", "string", "Only tasks whose name starts with this"),
-                                        ("state", "string", "Only tasks in this TES state")) + [
+PAGE_SIZE = docs.IntQuery("page_size", 1, 2047, "Tasks per page (default TES_PAGE_SIZE, 256)")
+LIST_PARAMS = [VIEW_PARAM, PAGE_SIZE.doc()] + docs.query(
+    ("page_token", "string", "next_page_token of the previous page"),
+    ("name_prefix", "string", "Only tasks whose name starts with this")) + [
+    {"name": "state", "in": "query", "required": False, "description": "Only tasks in this TES state ('' = any)",
+     "schema": {"type": "string", "enum": ["", *service.TES_STATES]}}] + [
     {"name": n, "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
      "style": "form", "explode": True, "description": d}
     for n, d in (("tag_key", "Tag names the task must have"), ("tag_value", "Values of those tags ('' = any)"))]
@@ -133,7 +136,7 @@ def create_task():
          responses=docs.responses(200, "tesTaskPage", "A page of tasks in the view asked for"))
 def list_tasks():
     view = _view("MINIMAL")
-    page_size = int_arg("page_size", int(settings().get("TES_PAGE_SIZE") or 256), 1, 2047)
+    page_size = PAGE_SIZE.read(int(settings().get("TES_PAGE_SIZE") or 256))
     state = request.args.get("state") or None
     if state is not None and state not in service.TES_STATES:
         raise BadRequest(f"'state' must be one of {', '.join(service.TES_STATES)}, not {state!r}", field="state")
@@ -150,7 +153,7 @@ def list_tasks():
     return jsonify(answer)
 
 
-@blp.route("/tasks/<task_id>", methods=["GET"])
+@blp.route("/tasks/<task_id:task_id>", methods=["GET"])
 @blp.doc(summary="GetTask (view MINIMAL by default, BASIC or FULL)", parameters=[VIEW_PARAM],
          responses=docs.responses(200, "tesTaskView", "The task in the view asked for"))
 def get_task(task_id: str):
@@ -178,8 +181,15 @@ def cancel_task(task_id: str):
     return jsonify({})
 
 
+class TaskIdConverter(BaseConverter):
+    """A task id in GET /tasks/<id>: no ':', so /tasks/<id>:cancel is that rule's alone (its Allow: POST only)."""
+    regex = "[^/:]+"
+
+
 def register(api, app) -> None:
     """Documented under /ga4gh/tes/v1; the same views answer under /v1."""
     register_schemas(api)
+    app.url_map.converters["task_id"] = TaskIdConverter
+    api.register_converter(TaskIdConverter, lambda _: {"type": "string", "pattern": "^[^/:]+$"})
     api.register_blueprint(blp, url_prefix=PREFIX)
     app.register_blueprint(blp, url_prefix=ALIAS_PREFIX, name="tes_v1")
