@@ -44,3 +44,15 @@ def pg_url():
     url = create_pg_database()
     yield url
     drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, /usr/bin/chromium: Playwright's own download cannot run here), driven by
+    Playwright, for the tests of HTML pages (tests/ogc, tests/ui)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

@@ -10,18 +10,6 @@ import pytest
 from .conftest import TOKENS
 from .ogc_support import wait_status
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
 
 @pytest.fixture
 def page(browser, ogc_stack):

@@ -13,7 +13,6 @@ from caesar_rest.auth import hash_token
 
 from ..support import REPO, embedded_settings, start_api, start_worker
 
-CHROMIUM = "/usr/bin/chromium"
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789", "root": "root-token-0123456789"}
 USERS = {name: {"tokens_sha256": [hash_token(token)], **({"admin": True} if name == "root" else {})}
          for name, token in TOKENS.items()}
@@ -31,16 +30,6 @@ def ui_stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     yield {"base": base, "root": root, "settings": settings}
     worker.stop()
     api.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
