@@ -37,8 +37,30 @@ LIST_PARAMS = [VIEW_PARAM, PAGE_SIZE.doc()] + docs.query(
     {"name": n, "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
      "style": "form", "explode": True, "description": d}
     for n, d in (("tag_key", "Tag names the task must have"), ("tag_value", "Values of those tags ('' = any)"))]
-TASK_BODY = {"required": True, "description": "A tesTask (see the TES v1.1 specification)",
-             "content": {"application/json": {"schema": {"$ref": S + "tesTask"}}}}
+TASK_BODY = {"required": True, "description": "A tesTask (see the TES v1.1 specification), as this server takes it",
+             "content": {"application/json": {"schema": {"$ref": S + "tesTaskRequest"}}}}
+# What this server requires of a tesTask beyond the specification's schema (which stays as given): the checks of
+# caesar_rest.tes_task, as far as a schema can say them. A path is absolute, its segments neither empty nor
+# starting with '.' (no '..'); a URL here is http(s) or ftp to a named host (file:// under TES_FILE_ROOTS and
+# s3:// with access to the bucket are taken too, by configuration: README, TES).
+_NO_NUL = "^[^\\u0000]*$"
+_PATH = {"type": "string", "pattern": "^(/[^/\\u0000.][^/\\u0000]*)*/?$", "minLength": 1}
+_URL = {"type": "string", "pattern": "^(https?|ftp)://[a-z][a-z0-9-]*\\.[a-z][a-z0-9.-]*(:[1-9][0-9]{0,3})?(/[^\\s]*)?$"}
+TASK_REQUEST = {"allOf": [{"$ref": S + "tesTask"}, {"type": "object", "properties": {
+    "name": {"type": "string", "pattern": _NO_NUL}, "description": {"type": "string", "pattern": _NO_NUL},
+    "executors": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["image", "command"],
+                                                             "properties": {
+        "image": {"type": "string", "minLength": 1, "pattern": _NO_NUL},
+        "command": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": _NO_NUL}},
+        "workdir": _PATH, "stdin": _PATH, "stdout": _PATH, "stderr": _PATH,
+        "env": {"type": "object", "additionalProperties": {"type": "string", "pattern": _NO_NUL}},
+        "ignore_error": {"type": "boolean"}}}},
+    "inputs": {"type": "array", "items": {"type": "object", "required": ["path"], "properties": {
+        "path": _PATH, "url": _URL, "name": {"type": "string", "pattern": _NO_NUL},
+        "description": {"type": "string", "pattern": _NO_NUL}}}},
+    "outputs": {"type": "array", "items": {"type": "object", "required": ["path", "url"], "properties": {
+        "path": _PATH, "url": _URL}}},
+    "volumes": {"type": "array", "items": _PATH}}}]}
 
 
 def _rewrite_refs(node: Any) -> Any:
@@ -64,6 +86,7 @@ def register_schemas(api) -> None:
         api.spec.components.schema(name, _rewrite_refs(schema))
     view = {k: v for k, v in tes["tesTask"].items() if k != "required"}
     api.spec.components.schema("tesTaskView", {**view, "required": ["id", "state"]})
+    api.spec.components.schema("tesTaskRequest", TASK_REQUEST)
     api.spec.components.schema("tesTaskPage", {"type": "object", "required": ["tasks"], "properties": {
         "tasks": {"type": "array", "items": {"$ref": S + "tesTaskView"}},
         "next_page_token": {"type": "string"}}})
