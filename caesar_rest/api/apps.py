@@ -19,7 +19,7 @@ def list_apps():
 
 @blp.route("/app/<name>/describe", methods=["GET"])
 @blp.doc(summary="An app's options: type, default, range, help, and whether they have an effect",
-         responses=docs.responses(200, "AppDescription", "The app and its options"))
+         responses=docs.responses(200, "AppDescription", "The app and its options", (404,)))
 def describe(name: str):
     app = registry().get(name)
     if app is None:

@@ -123,17 +123,34 @@ def json_response(schema: str | dict, description: str) -> dict[str, Any]:
 
 
 ERRORS = {"default": json_response("ApiError", "An error, with a message naming the problem")}
+# The errors an operation gives by its own checks, each the ApiError body (any operation may also answer 401/403
+# when authentication is on, and 503 when the database is down: the default response).
+ERROR_TEXT = {
+    400: "Bad request: the message (and field, option or parameter) names what is wrong",
+    404: "No such resource of yours",
+    409: "The resource's state does not allow it (yet)",
+    411: "No length given for a body this server must size",
+    413: "The body is larger than this server accepts",
+    415: "A content type or file format this operation does not take",
+    429: "You have as many active jobs as allowed",
+    503: "A service it needs (broker, backend) is unavailable",
+    507: "Your storage quota would be exceeded",
+}
 
 
-def responses(code: int, schema: str | dict, description: str) -> dict[str, Any]:
-    """A success response plus the one error shape every operation may answer with."""
-    return {str(code): json_response(schema, description), **ERRORS}
+def errors(*codes: int) -> dict[str, Any]:
+    return {str(c): json_response("ApiError", ERROR_TEXT[c]) for c in codes}
 
 
-def binary(code: int, mimetype: str, description: str) -> dict[str, Any]:
+def responses(code: int, schema: str | dict, description: str, fails: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A success response, the errors the operation's checks give (fails), and the default error shape."""
+    return {str(code): json_response(schema, description), **errors(*fails), **ERRORS}
+
+
+def binary(code: int, mimetype: str, description: str, fails: tuple[int, ...] = ()) -> dict[str, Any]:
     return {str(code): {"description": description, "content": {mimetype: {"schema": {"type": "string",
                                                                                       "format": "binary"}}}},
-            **ERRORS}
+            **errors(*fails), **ERRORS}
 
 
 def query(*params: tuple[str, str, str]) -> list[dict[str, Any]]:

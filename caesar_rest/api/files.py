@@ -54,7 +54,7 @@ class _Discard(WriteSink):
              "type": "object", "required": ["file"],
              "properties": {"file": {"type": "string", "format": "binary", "minLength": 1},
                             "tag": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000]*$"}}}}}})
-@blp.doc(responses=docs.responses(200, "File", "The stored file's record"))
+@blp.doc(responses=docs.responses(200, "File", "The stored file's record", (400, 411, 413, 415, 507)))
 def upload():
     if request.mimetype != "multipart/form-data":
         raise UnsupportedFormat(f"Upload with Content-Type multipart/form-data (curl -F 'file=@name'), "
@@ -236,7 +236,8 @@ def fileids():
                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                         "application/json": {"schema": {"type": "object", "properties": {
                             "url": {"type": "string"}, "expires_in": {"type": "integer"}}}}}},
-                    "307": {"description": "Redirect to a presigned S3 URL (presign=1, S3 storage)"}, **docs.ERRORS})
+                    "307": {"description": "Redirect to a presigned S3 URL (presign=1, S3 storage)"},
+                    **docs.errors(400, 404), **docs.ERRORS})
 def download(file_id: str):
     with session() as s:
         record = get_file(s, owner_filter(), file_id)
@@ -299,7 +300,7 @@ def _accel_redirect(path: str, name: str):
 
 @blp.route("/delete/<file_id>", methods=["POST", "DELETE"], parameters=[docs.FILE_ID])
 @blp.doc(summary="Delete a file (refused while an active job uses it)",
-         responses=docs.responses(200, "Deleted", "The file is gone"))
+         responses=docs.responses(200, "Deleted", "The file is gone", (400, 404, 409)))
 def delete(file_id: str):
     with session() as s:
         record = get_file(s, owner_filter(), file_id)

@@ -61,7 +61,8 @@ def _owner_filter():
 
 @blp.route("/job", methods=["POST"])
 @blp.doc(summary="Submit a job: an app name plus its options", requestBody=JOB_BODY,
-         responses=docs.responses(202, "JobSummary", "The accepted job, state PENDING"))
+         responses=docs.responses(202, "JobSummary", "The accepted job, state PENDING",
+                                  (400, 404, 413, 415, 429, 503)))
 def submit():
     body = json_body()
     cfg = settings()
@@ -87,7 +88,7 @@ def submit():
                       "schema": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": STATES}}},
                      *docs.query(("app", "string", "app name"), ("tag", "string", "job tag"),
                                  ("backend", "string", "backend name"))],
-         responses=docs.responses(200, "JobList", "A page of jobs, newest first"))
+         responses=docs.responses(200, "JobList", "A page of jobs, newest first", (400,)))
 def list_jobs():
     token = request.args.get("page_token") or None
     if token is not None and "page" in request.args:
@@ -139,7 +140,7 @@ def list_jobs():
 
 
 @blp.route("/job/<job_id>", methods=["GET"], parameters=[docs.JOB_ID])
-@blp.doc(summary="A job's summary", responses=docs.responses(200, "JobSummary", "The job"))
+@blp.doc(summary="A job's summary", responses=docs.responses(200, "JobSummary", "The job", (400, 404)))
 def get(job_id: str):
     with session() as s:
         return jsonify(service.to_summary(service.get_job(s, _owner_filter(), job_id)))
@@ -147,7 +148,7 @@ def get(job_id: str):
 
 @blp.route("/job/<job_id>/status", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="A job's state, status message, exit status, elapsed time and pid",
-         responses=docs.responses(200, "JobStatus", "The job's status"))
+         responses=docs.responses(200, "JobStatus", "The job's status", (400, 404)))
 def status(job_id: str):
     with session() as s:
         return jsonify(service.to_status(service.get_job(s, _owner_filter(), job_id)))
@@ -155,7 +156,7 @@ def status(job_id: str):
 
 @blp.route("/job/<job_id>/cancel", methods=["GET", "POST"], parameters=[docs.JOB_ID])
 @blp.doc(summary="Cancel a job wherever it runs",
-         responses=docs.responses(200, "JobStatus", "Canceled, or cancel under way"))
+         responses=docs.responses(200, "JobStatus", "Canceled, or cancel under way", (400, 404)))
 def cancel(job_id: str):
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)
@@ -171,7 +172,7 @@ def cancel(job_id: str):
 
 @blp.route("/job/<job_id>/notifications", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job's notification targets, each delivery and every attempt at it (owner or admin only)",
-         responses=docs.responses(200, "JobNotifications", "The job's notifications"))
+         responses=docs.responses(200, "JobNotifications", "The job's notifications", (400, 404)))
 def notifications(job_id: str):
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)
@@ -180,7 +181,7 @@ def notifications(job_id: str):
 
 @blp.route("/job/<job_id>/output", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job directory as a streamed tar.gz, once the job has finished",
-         responses=docs.binary(200, "application/gzip", "job_<id>.tar.gz"))
+         responses=docs.binary(200, "application/gzip", "job_<id>.tar.gz", (400, 404, 409)))
 def output(job_id: str):
     cfg = settings()
     with session() as s:
@@ -259,7 +260,7 @@ def _lines(data: bytes, lines: int | None) -> str:
 @blp.route("/job/<job_id>/logs", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job's stdout and stderr (?tail=N lines)",
          parameters=[TAIL.doc()],
-         responses=docs.responses(200, "JobLogs", "stdout and stderr"))
+         responses=docs.responses(200, "JobLogs", "stdout and stderr", (400, 404)))
 def logs(job_id: str):
     tail = TAIL.read(-1)
     with session() as s:
@@ -279,7 +280,7 @@ def logs(job_id: str):
 
 @blp.route("/job/<job_id>/metadata", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="Provenance: app and version, options, argv, backend, host, timings, exit code, input checksums",
-         responses=docs.responses(200, "JobMetadata", "The job's provenance"))
+         responses=docs.responses(200, "JobMetadata", "The job's provenance", (400, 404)))
 def metadata(job_id: str):
     with session() as s:
         return jsonify(service.to_metadata(service.get_job(s, _owner_filter(), job_id)))

@@ -139,7 +139,7 @@ def service_info():
 
 @blp.route("/tasks", methods=["POST"])
 @blp.doc(summary="CreateTask: validate the task and queue it; answers its id", requestBody=TASK_BODY,
-         responses=docs.responses(200, "tesCreateTaskResponse", "The new task's id"))
+         responses=docs.responses(200, "tesCreateTaskResponse", "The new task's id", (400, 413, 415, 429, 503)))
 def create_task():
     cfg = settings()
     # Content inputs make big documents: TES has its own size limit.
@@ -156,7 +156,7 @@ def create_task():
 @blp.route("/tasks", methods=["GET"])
 @blp.doc(summary="ListTasks: your tasks, newest first (view, page_size, page_token, name_prefix, state, "
                  "tag_key/tag_value)", parameters=LIST_PARAMS,
-         responses=docs.responses(200, "tesTaskPage", "A page of tasks in the view asked for"))
+         responses=docs.responses(200, "tesTaskPage", "A page of tasks in the view asked for", (400,)))
 def list_tasks():
     view = _view("MINIMAL")
     page_size = PAGE_SIZE.read(int(settings().get("TES_PAGE_SIZE") or 256))
@@ -178,7 +178,7 @@ def list_tasks():
 
 @blp.route("/tasks/<task_id:task_id>", methods=["GET"])
 @blp.doc(summary="GetTask (view MINIMAL by default, BASIC or FULL)", parameters=[VIEW_PARAM],
-         responses=docs.responses(200, "tesTaskView", "The task in the view asked for"))
+         responses=docs.responses(200, "tesTaskView", "The task in the view asked for", (400, 404)))
 def get_task(task_id: str):
     view = _view("MINIMAL")
     with session() as s:
@@ -187,7 +187,8 @@ def get_task(task_id: str):
 
 @blp.route("/tasks/<task_id>:cancel", methods=["POST"])
 @blp.doc(summary="CancelTask: stop the task wherever it runs; a finished task is left as it is",
-         responses=docs.responses(200, "tesCancelTaskResponse", "Cancel requested (or the task had finished)"))
+         responses=docs.responses(200, "tesCancelTaskResponse", "Cancel requested (or the task had finished)",
+                                  (404,)))
 def cancel_task(task_id: str):
     with session() as s:
         job = service.get_task(s, owner_filter(), task_id)
