@@ -224,7 +224,7 @@ def _validate_input(settings: Mapping[str, Any], owner: str, raw: Any, field: st
 def _validate_output(settings: Mapping[str, Any], owner: str, raw: Any, field: str,
                      warnings: list[str]) -> dict[str, Any]:
     item = _object(raw, field, OUTPUT_FIELDS, warnings)
-    for key in ("name", "description"):
+    for key in ("name", "description", "path_prefix"):      # path_prefix: read only beside a wildcard, typed always
         _string(item.get(key), f"{field}.{key}")
     path = _abs_path(item.get("path"), f"{field}.path")
     item["type"] = _file_type(item.get("type"), f"{field}.type")

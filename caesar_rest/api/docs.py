@@ -2,6 +2,7 @@
 (the fuzz test holds the API to it)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,3 +185,25 @@ class IntQuery:
     def read(self, default: int, key: str = "parameter") -> int:
         """The value of the current request (caesar_rest.numbers' checks and messages), or default when absent."""
         return int_arg(self.name, default, self.low, self.high, key)
+
+
+def none_of(words: tuple[str, ...], chars: str = "[^/\\u0000") -> str:
+    """A regex, without lookahead (which schema-driven generators lack), for a non-empty run of characters of the
+    class `chars + "]"` that is none of words and does not start with '.': a schema's "not a reserved name"."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for c in word:
+            node = node.setdefault(c, {})
+        node[""] = {}
+
+    def neg(node: dict[str, Any], depth: int) -> str:
+        kids = sorted(k for k in node if k)
+        other = chars + "".join(re.escape(k) for k in kids) + ("." if depth == 0 else "") + "]"
+        alts = [f"{other}{chars}]*"]                       # leaves every word at this character
+        if depth > 0 and "" not in node:
+            alts.append("")                                # a proper prefix of a word, ended here
+        alts += [re.escape(k) + neg(node[k], depth + 1) for k in kids]
+        return "(?:" + "|".join(alts) + ")"
+
+    return neg(trie, 0)

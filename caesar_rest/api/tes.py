@@ -41,26 +41,58 @@ TASK_BODY = {"required": True, "description": "A tesTask (see the TES v1.1 speci
              "content": {"application/json": {"schema": {"$ref": S + "tesTaskRequest"}}}}
 # What this server requires of a tesTask beyond the specification's schema (which stays as given): the checks of
 # caesar_rest.tes_task, as far as a schema can say them. A path is absolute, its segments neither empty nor
-# starting with '.' (no '..'); a URL here is http(s) or ftp to a named host (file:// under TES_FILE_ROOTS and
-# s3:// with access to the bucket are taken too, by configuration: README, TES).
+# starting with '.' (no '..') nor holding a wildcard, its first one not a directory executors need for themselves
+# (tes_task.RESERVED_DIRS); a file's path has a directory of its own above it (a mount point). A URL is http(s) or
+# ftp to a named host for an input, ftp for an output (file:// under TES_FILE_ROOTS and s3:// with access to the
+# bucket are taken too, by configuration: README, TES).
 _NO_NUL = "^[^\\u0000]*$"
-_PATH = {"type": "string", "pattern": "^(/[^/\\u0000.][^/\\u0000]*)*/?$", "minLength": 1}
-_URL = {"type": "string", "pattern": "^(https?|ftp)://[a-z][a-z0-9-]*\\.[a-z][a-z0-9.-]*(:[1-9][0-9]{0,3})?(/[^\\s]*)?$"}
-TASK_REQUEST = {"allOf": [{"$ref": S + "tesTask"}, {"type": "object", "properties": {
-    "name": {"type": "string", "pattern": _NO_NUL}, "description": {"type": "string", "pattern": _NO_NUL},
-    "executors": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["image", "command"],
-                                                             "properties": {
-        "image": {"type": "string", "minLength": 1, "pattern": _NO_NUL},
-        "command": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": _NO_NUL}},
-        "workdir": _PATH, "stdin": _PATH, "stdout": _PATH, "stderr": _PATH,
-        "env": {"type": "object", "additionalProperties": {"type": "string", "pattern": _NO_NUL}},
-        "ignore_error": {"type": "boolean"}}}},
-    "inputs": {"type": "array", "items": {"type": "object", "required": ["path"], "properties": {
-        "path": _PATH, "url": _URL, "name": {"type": "string", "pattern": _NO_NUL},
-        "description": {"type": "string", "pattern": _NO_NUL}}}},
-    "outputs": {"type": "array", "items": {"type": "object", "required": ["path", "url"], "properties": {
-        "path": _PATH, "url": _URL}}},
-    "volumes": {"type": "array", "items": _PATH}}}]}
+_TOP = docs.none_of(tuple(d.strip("/") for d in task_doc.RESERVED_DIRS if d != "/"), "[^/\\u0000*?\\[")
+_SEG = "[^/\\u0000.*?\\[][^/\\u0000*?\\[]*"
+_DIR = {"type": "string", "pattern": f"^/{_TOP}(/{_SEG})*/?$"}
+_PATH = {"type": "string", "pattern": f"^/{_TOP}(/{_SEG})+$"}
+_HOST = "[a-z][a-z0-9-]*\\.[a-z][a-z0-9.-]*(:[1-9][0-9]{0,3})?(/[^\\s]*)?$"
+_URL = {"type": "string", "pattern": "^(https?|ftp)://" + _HOST}
+_OUT_URL = {"type": "string", "pattern": "^ftp://" + _HOST}
+_TEXT = {"type": "string", "pattern": _NO_NUL}
+EXECUTOR_OVERLAY: dict[str, Any] = {
+    "image": {"minLength": 1, "pattern": _NO_NUL},
+    "command": {"minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": _NO_NUL}},
+    "workdir": _DIR, "stdin": _PATH, "stdout": _PATH, "stderr": _PATH,
+    "env": {"additionalProperties": _TEXT}}
+INPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "url": _URL, "name": _TEXT, "description": _TEXT}
+OUTPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "url": _OUT_URL, "name": _TEXT, "description": _TEXT}
+
+
+def _relaxed(tes: dict[str, Any], name: str, overlay: dict[str, Any], required: tuple[str, ...] = (),
+             items: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Component `name` as this server takes it: each property also null (a null field is left out, as unset),
+    except the required ones, and narrowed by overlay; items: the schema of an array property's items."""
+    component = tes[name]
+    need = [*component.get("required", []), *[r for r in required if r not in component.get("required", [])]]
+    props: dict[str, Any] = {}
+    for key, prop in component["properties"].items():
+        merged = {"allOf": [prop]} if "$ref" in prop else dict(prop)
+        merged.update(overlay.get(key, {}))
+        if items and key in items:
+            merged["items"] = items[key]
+        merged["nullable"] = key not in need
+        props[key] = merged
+    return {"type": "object", "properties": props, **({"required": need} if need else {})}
+
+
+def task_request(tes: dict[str, Any], max_cpu_cores: int) -> dict[str, Any]:
+    """tesTaskRequest: tesTask as this server takes it (the specification's schemas stay as given)."""
+    executor = _relaxed(tes, "tesExecutor", EXECUTOR_OVERLAY, ("image", "command"))
+    task = _relaxed(tes, "tesTask", {"name": _TEXT, "description": _TEXT, "executors": {"minItems": 1},
+                                     "volumes": {"items": _DIR}}, ("executors",), items={
+        "executors": executor, "inputs": _relaxed(tes, "tesInput", INPUT_OVERLAY, ("path",)),
+        "outputs": _relaxed(tes, "tesOutput", OUTPUT_OVERLAY, ("path", "url")),
+    })
+    resources = {"cpu_cores": {"minimum": 1, "maximum": max_cpu_cores},
+                 "ram_gb": {"minimum": 0, "maximum": 1024**3}, "disk_gb": {"minimum": 0, "maximum": 1024**3},
+                 "zones": {"items": {"type": "string"}}}
+    task["properties"]["resources"] = {**_relaxed(tes, "tesResources", resources), "nullable": True}
+    return task
 
 
 def _rewrite_refs(node: Any) -> Any:
@@ -73,7 +105,7 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
-def register_schemas(api) -> None:
+def register_schemas(api, max_cpu_cores: int = 64) -> None:
     """The TES v1.1 schemas (and service-info's two) as components of /openapi.json, plus tesTaskView: a task
     in any view (MINIMAL holds only id and state, so nothing else is required)."""
     tes = yaml.safe_load((SPECS / "tes-v1.1.openapi.yaml").read_text(encoding="utf-8"))["components"]["schemas"]
@@ -86,7 +118,7 @@ def register_schemas(api) -> None:
         api.spec.components.schema(name, _rewrite_refs(schema))
     view = {k: v for k, v in tes["tesTask"].items() if k != "required"}
     api.spec.components.schema("tesTaskView", {**view, "required": ["id", "state"]})
-    api.spec.components.schema("tesTaskRequest", TASK_REQUEST)
+    api.spec.components.schema("tesTaskRequest", _rewrite_refs(task_request(tes, max_cpu_cores)))
     api.spec.components.schema("tesTaskPage", {"type": "object", "required": ["tasks"], "properties": {
         "tasks": {"type": "array", "items": {"$ref": S + "tesTaskView"}},
         "next_page_token": {"type": "string"}}})
@@ -212,7 +244,7 @@ class TaskIdConverter(BaseConverter):
 
 def register(api, app) -> None:
     """Documented under /ga4gh/tes/v1; the same views answer under /v1."""
-    register_schemas(api)
+    register_schemas(api, int(app.config.get("TES_MAX_CPU_CORES") or 64))
     app.url_map.converters["task_id"] = TaskIdConverter
     api.register_converter(TaskIdConverter, lambda _: {"type": "string", "pattern": "^[^/:]+$"})
     api.register_blueprint(blp, url_prefix=PREFIX)

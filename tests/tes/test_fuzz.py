@@ -42,9 +42,10 @@ schema = schema.include(path_regex="^/ga4gh/tes/")
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_tes_routes_conform_to_the_document(case):
-    # A task the schema allows may still be refused for what only the whole task and this server's configuration
-    # decide (a mount point in a reserved directory such as / or /usr, which storage this user may reach): a 400
-    # naming the field. So every check but that one runs on CreateTask (README, API document).
+    # A task the schema allows may still be refused for what only several fields together decide (a DIRECTORY
+    # input from an http URL, a url or else content, backend_parameters_strict with an unknown parameter) or this
+    # server's configuration (which storage this user may reach): a 400 naming the field. So every check but
+    # that one runs on CreateTask (README, API document).
     if case.operation.method.upper() == "POST" and case.operation.path == "/ga4gh/tes/v1/tasks":
         case.call_and_validate(checks=ALL_CHECKS, excluded_checks=[positive_data_acceptance])
         return

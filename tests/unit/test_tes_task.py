@@ -70,6 +70,8 @@ def test_backend_parameters_keep_what_is_supported_and_warn_about_the_rest(setti
     (task(inputs=[{"path": "/data/../etc/x", "content": "x"}]), "inputs[0].path", "must not contain '..'"),
     (task(inputs=[{"path": "/etc/in.txt", "content": "x"}]), "inputs[0].path", "executors need for themselves"),
     (task(inputs=[{"path": "/data/x"}]), "inputs[0].url", "is required unless 'content'"),
+    (task(outputs=[{"path": "/data/out", "url": "ftp://h.example/out", "path_prefix": {}}]), "outputs[0].path_prefix",
+     "must be a string"),
     (task(inputs=[{"path": "/data/x", "url": "http://127.0.0.1/x"}]), "inputs[0].url", "loopback"),
     (task(inputs=[{"path": "/data/x", "url": "http://169.254.169.254/latest/meta-data"}]), "inputs[0].url",
      "link-local"),
