@@ -52,14 +52,14 @@ _DIR = {"type": "string", "pattern": f"^/{_TOP}(/{_SEG})*/?$"}
 _PATH = {"type": "string", "pattern": f"^/{_TOP}(/{_SEG})+$"}
 _HOST = "[a-z][a-z0-9-]*\\.[a-z][a-z0-9.-]*(:[1-9][0-9]{0,3})?(/[^\\s]*)?$"
 _URL = {"type": "string", "pattern": "^(https?|ftp)://" + _HOST}
-_OUT_URL = {"type": "string", "pattern": "^ftp://" + _HOST}
+_FTP_URL = _OUT_URL = {"type": "string", "pattern": "^ftp://" + _HOST}
 _TEXT = {"type": "string", "pattern": _NO_NUL}
 EXECUTOR_OVERLAY: dict[str, Any] = {
     "image": {"minLength": 1, "pattern": _NO_NUL},
     "command": {"minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": _NO_NUL}},
     "workdir": _DIR, "stdin": _PATH, "stdout": _PATH, "stderr": _PATH,
     "env": {"additionalProperties": _TEXT}}
-INPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "url": _URL, "name": _TEXT, "description": _TEXT}
+INPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "name": _TEXT, "description": _TEXT}    # url: task_request
 OUTPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "url": _OUT_URL, "name": _TEXT, "description": _TEXT}
 
 
@@ -80,18 +80,35 @@ def _relaxed(tes: dict[str, Any], name: str, overlay: dict[str, Any], required: 
     return {"type": "object", "properties": props, **({"required": need} if need else {})}
 
 
-def task_request(tes: dict[str, Any], max_cpu_cores: int) -> dict[str, Any]:
+def task_request(tes: dict[str, Any], max_cpu_cores: int, max_content: int) -> dict[str, Any]:
     """tesTaskRequest: tesTask as this server takes it (the specification's schemas stay as given)."""
     executor = _relaxed(tes, "tesExecutor", EXECUTOR_OVERLAY, ("image", "command"))
+    file_only = {"type": "string", "enum": ["FILE"], "nullable": True}
+    no_content = {"type": "string", "maxLength": 0, "nullable": True}
+    an_input = {**_relaxed(tes, "tesInput", INPUT_OVERLAY, ("path",)), "anyOf": [
+        # content (a FILE's bytes; its url is then ignored), or a url: http(s) for a FILE, ftp for either type
+        {"required": ["content"], "properties": {"content": {"type": "string", "maxLength": max_content},
+                                                 "type": file_only, "url": {"nullable": True}}},
+        {"required": ["url"], "properties": {"url": _URL, "content": no_content, "type": file_only}},
+        {"required": ["url"], "properties": {"url": _FTP_URL, "content": no_content}},
+    ]}
+    an_input["properties"]["url"] = {k: v for k, v in an_input["properties"]["url"].items() if k != "pattern"}
     task = _relaxed(tes, "tesTask", {"name": _TEXT, "description": _TEXT, "executors": {"minItems": 1},
                                      "volumes": {"items": _DIR}}, ("executors",), items={
-        "executors": executor, "inputs": _relaxed(tes, "tesInput", INPUT_OVERLAY, ("path",)),
+        "executors": executor, "inputs": an_input,
         "outputs": _relaxed(tes, "tesOutput", OUTPUT_OVERLAY, ("path", "url")),
     })
     resources = {"cpu_cores": {"minimum": 1, "maximum": max_cpu_cores},
                  "ram_gb": {"minimum": 0, "maximum": 1024**3}, "disk_gb": {"minimum": 0, "maximum": 1024**3},
                  "zones": {"items": {"type": "string"}}}
-    task["properties"]["resources"] = {**_relaxed(tes, "tesResources", resources), "nullable": True}
+    task["properties"]["resources"] = {**_relaxed(tes, "tesResources", resources), "nullable": True, "anyOf": [
+        # strict: only the parameters this server understands (the local backend takes no job options of its own)
+        {"properties": {"backend_parameters_strict": {"type": "boolean", "enum": [False], "nullable": True}}},
+        {"properties": {"backend_parameters": {"nullable": True, "additionalProperties": False, "properties": {
+            "time_limit": {"type": "string"}, "retries": {"type": "string"}}}}}]}
+    task["properties"]["resources"]["properties"]["backend_parameters"]["properties"] = {
+        "time_limit": {"type": "string", "pattern": "^0*[1-9][0-9]{0,8}$", "description": "whole seconds"},
+        "retries": {"type": "string", "pattern": "^0*([0-9]|10)$", "description": "retries (0-10)"}}
     return task
 
 
@@ -105,7 +122,7 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
-def register_schemas(api, max_cpu_cores: int = 64) -> None:
+def register_schemas(api, max_cpu_cores: int = 64, max_content: int = 1024 * 1024) -> None:
     """The TES v1.1 schemas (and service-info's two) as components of /openapi.json, plus tesTaskView: a task
     in any view (MINIMAL holds only id and state, so nothing else is required)."""
     tes = yaml.safe_load((SPECS / "tes-v1.1.openapi.yaml").read_text(encoding="utf-8"))["components"]["schemas"]
@@ -118,7 +135,7 @@ def register_schemas(api, max_cpu_cores: int = 64) -> None:
         api.spec.components.schema(name, _rewrite_refs(schema))
     view = {k: v for k, v in tes["tesTask"].items() if k != "required"}
     api.spec.components.schema("tesTaskView", {**view, "required": ["id", "state"]})
-    api.spec.components.schema("tesTaskRequest", _rewrite_refs(task_request(tes, max_cpu_cores)))
+    api.spec.components.schema("tesTaskRequest", _rewrite_refs(task_request(tes, max_cpu_cores, max_content)))
     api.spec.components.schema("tesTaskPage", {"type": "object", "required": ["tasks"], "properties": {
         "tasks": {"type": "array", "items": {"$ref": S + "tesTaskView"}},
         "next_page_token": {"type": "string"}}})
@@ -244,7 +261,8 @@ class TaskIdConverter(BaseConverter):
 
 def register(api, app) -> None:
     """Documented under /ga4gh/tes/v1; the same views answer under /v1."""
-    register_schemas(api, int(app.config.get("TES_MAX_CPU_CORES") or 64))
+    register_schemas(api, int(app.config.get("TES_MAX_CPU_CORES") or 64),
+                     int(app.config.get("TES_MAX_CONTENT_BYTES") or 1024 * 1024))
     app.url_map.converters["task_id"] = TaskIdConverter
     api.register_converter(TaskIdConverter, lambda _: {"type": "string", "pattern": "^[^/:]+$"})
     api.register_blueprint(blp, url_prefix=PREFIX)

@@ -42,10 +42,9 @@ schema = schema.include(path_regex="^/ga4gh/tes/")
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_tes_routes_conform_to_the_document(case):
-    # A task the schema allows may still be refused for what only several fields together decide (a DIRECTORY
-    # input from an http URL, a url or else content, backend_parameters_strict with an unknown parameter) or this
-    # server's configuration (which storage this user may reach): a 400 naming the field. So every check but
-    # that one runs on CreateTask (README, API document).
+    # A task the schema allows may still be refused for what OpenAPI 3.0 cannot say (an env variable's name with
+    # '=' or empty: 3.0 has no propertyNames) or this server's configuration decides (which storage this user may
+    # reach, the backend a task names): a 400 naming the field. So every check but that one runs on CreateTask.
     if case.operation.method.upper() == "POST" and case.operation.path == "/ga4gh/tes/v1/tasks":
         case.call_and_validate(checks=ALL_CHECKS, excluded_checks=[positive_data_acceptance])
         return
