@@ -48,11 +48,12 @@ def test_quick_drills_lose_and_double_nothing_they_must_not(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
     rows = {row["drill"]: row for row in json.loads(out.read_text())}
-    assert set(rows) == {"kill-running", "kill-retrying", "db-outage", "pending-backlog"}
+    assert set(rows) == {"kill-running", "kill-retrying", "frozen-pool", "db-outage", "pending-backlog"}
     for row in rows.values():
         assert row["doubled"] == 0 and row["success_without_outputs"] == 0, row
     assert rows["kill-running"]["lost"] > 0                  # the kills did hit running jobs (no retry asked)
     assert rows["kill-retrying"]["success"] == rows["kill-retrying"]["jobs"] > 0
     assert rows["db-outage"]["success"] == rows["db-outage"]["jobs"] > 0
+    assert rows["frozen-pool"]["success"] == rows["frozen-pool"]["jobs"] > 0     # found gone by the broker's view
     assert "once each" in rows["pending-backlog"]["note"]
     assert "| kill-retrying |" in done.stdout

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +23,15 @@ def _spawn(stack, tmp_path, *args: str) -> pexpect.spawn:
     env = {**os.environ, "CAESAR_URL": stack["base"], "CAESAR_TOKEN": TOKENS["alice"], "TERM": "xterm-256color",
            "COLUMNS": "120", "LINES": "40", "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("NO_COLOR", None)
-    return pexpect.spawn(CAESAR, list(args), env=env, encoding="utf-8", timeout=120, dimensions=(40, 120))
+    return pexpect.spawn(CAESAR, list(args), env=env, encoding="utf-8", timeout=120, dimensions=(40, 120),
+                         preexec_fn=_as_a_shell_starts_it)
+
+
+def _as_a_shell_starts_it() -> None:
+    """The program gets Ctrl-C as it would from a terminal's shell: a test run started in the background by a
+    non-interactive shell (`... &`, as CI may) inherits SIGINT ignored, and so would the program, whose Ctrl-C
+    then does nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(child: pexpect.spawn) -> tuple[str, int]:
