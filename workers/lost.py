@@ -219,7 +219,9 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         quiet = s.execute(select(Job.id, Job.host, Job.extra).where(
             Job.state.in_((STARTED, RUNNING)), or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beating))).all()
         nodes = {extra["worker_node"] for _j, _h, extra in quiet if (extra or {}).get("worker_node")}
-        absent = absent_nodes(settings, s, now, nodes, view() if nodes and judging_view else None)
+    seen = view() if nodes and judging_view else None     # the ping (a second) holds no transaction open
+    with session_scope(url) as s:
+        absent = absent_nodes(settings, s, now, nodes, seen)
         if absent:      # the gone worker may hold messages of jobs it never started: they are published again
             held = s.execute(select(Job.id, Job.backend).where(
                 Job.state == PENDING, Job.submit_date < now - timedelta(seconds=float(settings["REAPER_INTERVAL"])),
