@@ -44,10 +44,13 @@ VENV_PY=${SLURM_VENV_PYTHON:-$REPO/.venv/bin/python}
 log() { echo "slurm: $*" >&2; }
 die() { log "$*"; exit 1; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-alive() {       # $1: pid file, $2: the command name its process must have
-  local pid; pid=$(cat "$1" 2>/dev/null || true)
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+alive() {       # $1: pid file, $2: the command name its process must have (a zombie, not yet reaped, is dead)
+  local pid stat; pid=$(cat "$1" 2>/dev/null || true)
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }; [ "${stat%% *}" != Z ]
 }
+log_tail() { tail -n 15 "$1" 2>/dev/null | sed 's/^/  | /' >&2 || true; }
 
 install_packages() {
   local missing=()
@@ -56,6 +59,7 @@ install_packages() {
   [ -e /usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so ] || [ -n "$(find /usr/lib -name auth_jwt.so 2>/dev/null)" ] \
     || missing+=(slurm-wlm-jwt-plugin)
   command -v munged >/dev/null || missing+=(munge)
+  command -v setfacl >/dev/null || missing+=(acl)   # make_users grants the job user traversal with an ACL entry
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   # grep reads to the end (no -q): under pipefail, apt-cache killed by SIGPIPE would fail the check.
@@ -179,13 +183,22 @@ start_daemons() {
 wait_ready() {
   local i state=""
   for i in $(seq 240); do
-    state=$(sinfo -h -p debug -o %T 2>/dev/null || true)
+    state=$(timeout 5 sinfo -h -p debug -o %T 2>/dev/null || true)
     if [ "$state" = idle ] || [ "$state" = mixed ] || [ "$state" = allocated ]; then break; fi
     sleep 0.25
   done
-  case "$state" in idle|mixed|allocated) ;; *) die "node not idle after 60 s (state '$state'); logs in $D/logs" ;; esac
-  for i in $(seq 120); do listening "$PORT" && return 0; sleep 0.25; done
-  die "slurmrestd does not listen on 127.0.0.1:$PORT; see $D/logs/slurmrestd.$PORT.log"
+  case "$state" in idle|mixed|allocated) ;; *)
+    log_tail "$D/logs/slurmctld.log"; log_tail "$D/logs/slurmd.log"
+    die "node not idle after 60 s (state '$state'); logs in $D/logs" ;;
+  esac
+  for i in $(seq 120); do
+    listening "$PORT" && return 0
+    alive "$REST_PID" slurmrestd || break
+    sleep 0.25
+  done
+  log_tail "$D/logs/slurmrestd.$PORT.log"
+  alive "$REST_PID" slurmrestd || die "slurmrestd exited without listening on 127.0.0.1:$PORT (its log above)"
+  die "slurmrestd does not listen on 127.0.0.1:$PORT after 30 s; see $D/logs/slurmrestd.$PORT.log"
 }
 
 print_env() {
