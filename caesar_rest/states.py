@@ -89,7 +89,7 @@ def check(from_states: tuple[JobState | str, ...], state: JobState | str) -> Non
 
 def _move(session: Session, job_id: str, state: JobState | str, message: str,
           from_states: tuple[JobState | str, ...] | None, columns: tuple[Any, ...],
-          fields: dict[str, Any]) -> Row[Any] | bool:
+          fields: dict[str, Any], at_attempt: int | None = None) -> Row[Any] | bool:
     state = JobState(state)
     sources_ = sources(state) if from_states is None else tuple(map(JobState, from_states))
     check(sources_, state)
@@ -101,6 +101,9 @@ def _move(session: Session, job_id: str, state: JobState | str, message: str,
     params = {k: v for k, v in values.items() if k not in expressions}
     statement = models.JOBS.update().where(models.JOBS.c.id == bindparam("_job_id"),
                                            models.JOBS.c.state.in_(bindparam("_from_states", expanding=True)))
+    if at_attempt is not None:
+        statement = statement.where(models.JOBS.c.attempts == bindparam("_attempt"))
+        params["_attempt"] = at_attempt
     if expressions:
         statement = statement.values(**expressions)
     params.update(_job_id=job_id, _from_states=[s.value for s in sources_])
@@ -120,20 +123,22 @@ def _move(session: Session, job_id: str, state: JobState | str, message: str,
 
 
 def transition(session: Session, job_id: str, state: JobState | str, message: str = "", *,
-               from_states: tuple[JobState | str, ...] | None = None, **fields: Any) -> bool:
+               from_states: tuple[JobState | str, ...] | None = None, at_attempt: int | None = None,
+               **fields: Any) -> bool:
     """Move a job to `state` if it is in one of from_states (default: every state the table allows it from),
     atomically, and record the event (and, for a job with notification subscriptions, its deliveries: notify.py).
     False when the job is elsewhere (another actor got there first: a cancel raced a finish). An edge outside the
-    table raises IllegalTransition. Core statements, no ORM flush (this runs 3 times a job); values go as
+    table raises IllegalTransition. at_attempt: only while the job is at that attempt (an end judged for one
+    attempt never ends the next). Core statements, no ORM flush (this runs 3 times a job); values go as
     parameters, not in .values(), so the statement's cache key does not walk them."""
-    return bool(_move(session, job_id, state, message, from_states, (), fields))
+    return bool(_move(session, job_id, state, message, from_states, (), fields, at_attempt))
 
 
 def transition_returning(session: Session, job_id: str, state: JobState | str, columns: tuple[Any, ...],
                          message: str = "", *, from_states: tuple[JobState | str, ...] | None = None,
-                         **fields: Any) -> Row[Any] | None:
+                         at_attempt: int | None = None, **fields: Any) -> Row[Any] | None:
     """transition(), returning the updated row's `columns` (None when the job was elsewhere)."""
-    moved = _move(session, job_id, state, message, from_states, columns, fields)
+    moved = _move(session, job_id, state, message, from_states, columns, fields, at_attempt)
     return moved if isinstance(moved, Row) else None
 
 

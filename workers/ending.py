@@ -61,7 +61,8 @@ def _end_once(runner: Runner, job_id: str, claim: Claim | None, how: Ending, sto
             s.scalar(select(JOBS.c.run_date).where(JOBS.c.id == job_id))
         if run_date is not None:
             fields["elapsed"] = round((now - run_date).total_seconds(), 3)
-        row = transition_returning(s, job_id, how.state, tuple(JOBS.c), how.message, end_date=now, **merge, **fields)
+        row = transition_returning(s, job_id, how.state, tuple(JOBS.c), how.message, at_attempt=how.attempt,
+                                   end_date=now, **merge, **fields)
         if row is None:
             # Ended already (a cancel won): downloads read the local directory, which stays; the copy goes.
             if kept:

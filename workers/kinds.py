@@ -46,6 +46,7 @@ class Ending:
     outputs: list[dict[str, Any]] | None = None     # the output manifest (workers.job_dir.output_manifest)
     extra: dict[str, Any] = field(default_factory=dict)   # merged into job.extra, even when another end won
     retry_reason: str | None = None     # lost, node_failure, oom, timed_out: the job may run again (workers/retry.py)
+    attempt: int | None = None          # the end of this attempt only: a job already at a later one is left alone
 
 
 @dataclass

@@ -30,6 +30,8 @@ log = logging.getLogger("caesar.runner")
 HOST = socket.gethostname()
 #: How long the reaper waits for the workers' answers to its ping (the broker's view of who is alive).
 PING_TIMEOUT = 1.0
+#: declare_lost's answer for a job already at a later attempt than the one judged lost.
+MOVED_ON = "moved on"
 
 
 def on_redelivery(runner: Runner, job_id: str) -> str:
@@ -44,19 +46,24 @@ def on_redelivery(runner: Runner, job_id: str) -> str:
         same_host_dead = job.host == HOST and worker_pid and not process_alive(int(worker_pid))
         stale = job.heartbeat_at is None or \
             (utcnow() - job.heartbeat_at).total_seconds() > float(runner.settings["STALE_AFTER"])
+        attempt = job.attempts
     if same_host_dead or stale:
-        return declare_lost(runner, job_id, "the worker running it died")
+        return declare_lost(runner, job_id, "the worker running it died", attempt)
     return "duplicate"                  # another live worker runs it
 
 
-def declare_lost(runner: Runner, job_id: str, why: str) -> str:
+def declare_lost(runner: Runner, job_id: str, why: str, attempt: int | None = None) -> str:
     """The job's worker is gone: a remote job is followed again ('poll'), one whose submission the backend took
-    without its reply being recorded too (adopted); anything else ends FAILURE, its leftovers stopped. Never
-    re-run."""
+    without its reply being recorded too (adopted); anything else ends FAILURE, its leftovers stopped (or PENDING
+    when its app retries lost attempts). Never re-run otherwise. attempt: the attempt judged lost; a job already
+    at a later one (the other judge, the reaper or a redelivery, declared it lost first and it runs again) is left
+    alone: "moved on"."""
     with session_scope(runner.url) as s:
         job = s.get(Job, job_id)
         if job is None or job.state in TERMINAL_STATES:
             return job.state if job else "missing"
+        if attempt is not None and job.attempts != attempt:
+            return MOVED_ON
         if job.backend == "local" and job.pid and job.host == HOST and process_alive(job.pid, job_id):
             kill_group(job.pid, float(runner.settings["CANCEL_GRACE"]))   # an orphan of the dead worker
         backend_name, handle, state, host = job.backend, job.handle, job.state, job.host
@@ -95,7 +102,7 @@ def declare_lost(runner: Runner, job_id: str, why: str) -> str:
             log.exception("stopping the lost job %s on %s failed", job_id, backend_name)
             leftovers = f"; stopping it on the {backend_name} backend failed: {exc}"
     how = Ending(FAILURE, f"Job lost: {why} while it was {state} (worker {host}); it was not re-run{leftovers}",
-                 retry_reason="lost")
+                 retry_reason="lost", attempt=attempt)
     return runner.end(job_id, how)         # FAILURE, or PENDING when its app retries lost attempts
 
 
@@ -204,8 +211,8 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         # The broker's view needs less: after a gap the heartbeat threads beat again within one interval, and a
         # node that answers the ping is never gone, whatever its heartbeats say.
         judging_view = watched >= min(grace, 3 * float(settings["HEARTBEAT_INTERVAL"]))
-        stale = s.execute(select(Job.id).where(Job.state.in_((STARTED, RUNNING)),
-                                               Job.heartbeat_at < stale_cut)).scalars().all() if judging else []
+        stale: dict[str, int] = dict(s.execute(select(Job.id, Job.attempts).where(
+            Job.state.in_((STARTED, RUNNING)), Job.heartbeat_at < stale_cut)).tuples().all()) if judging else {}
         pending = s.execute(select(Job.id, Job.backend).where(
             Job.state == PENDING, Job.submit_date < pending_cut,
             or_(Job.republished_at.is_(None), Job.republished_at < pending_cut))).all()
@@ -216,9 +223,9 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         # remote job's poll chain, on another worker process): then there is nothing to re-follow.
         beating = now - timedelta(seconds=2 * max(float(settings["HEARTBEAT_INTERVAL"]),
                                                   float(settings["REMOTE_POLL_INTERVAL"])))
-        quiet = s.execute(select(Job.id, Job.host, Job.extra).where(
+        quiet = s.execute(select(Job.id, Job.host, Job.extra, Job.attempts).where(
             Job.state.in_((STARTED, RUNNING)), or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beating))).all()
-        nodes = {extra["worker_node"] for _j, _h, extra in quiet if (extra or {}).get("worker_node")}
+        nodes = {extra["worker_node"] for _j, _h, extra, _a in quiet if (extra or {}).get("worker_node")}
     seen = view() if nodes and judging_view else None     # the ping (a second) holds no transaction open
     with session_scope(url) as s:
         absent = absent_nodes(settings, s, now, nodes, seen)
@@ -234,13 +241,18 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
     runner = Runner(settings)
     lost = 0
     retried: list[str] = []
-    dead = {jid for jid, host, extra in quiet if host == HOST
+    dead = {jid for jid, host, extra, _a in quiet if host == HOST
             if (extra or {}).get("worker_pid") and not process_alive(int(extra["worker_pid"]))}
-    unseen = {jid for jid, _h, extra in quiet if (extra or {}).get("worker_node") in absent} - dead
+    unseen = {jid for jid, _h, extra, _a in quiet if (extra or {}).get("worker_node") in absent} - dead
+    # The attempt each was judged at: by the time it is declared lost, another judge may have done so and a new
+    # attempt run, which is not lost (its processes were killed as the old one's orphans, seen in CI).
+    attempts = {**stale, **{jid: attempt for jid, _h, _e, attempt in quiet}}
     for job_id in set(stale) | dead | unseen:
         why = "the worker running it died" if job_id in dead else \
             "its worker is gone from the broker" if job_id in unseen else "no heartbeat from its worker"
-        outcome = declare_lost(runner, job_id, why)
+        outcome = declare_lost(runner, job_id, why, attempts[job_id])
+        if outcome == MOVED_ON:
+            continue
         if outcome == "poll":
             follow(job_id)
         elif outcome == PENDING:

@@ -53,7 +53,8 @@ def again(runner: Runner, held: Claim | str, how: Ending) -> str | None:
     now = utcnow()
     with session_scope(runner.url) as s:
         job = s.get(Job, job_id)
-        if job is None or job.state not in (STARTED, RUNNING) or job.cancel_requested:
+        if job is None or job.state not in (STARTED, RUNNING) or job.cancel_requested \
+                or (how.attempt is not None and job.attempts != how.attempt):
             return None
         policy = policy_of(job)
         attempt = int(job.attempts or 1)
@@ -68,7 +69,7 @@ def again(runner: Runner, held: Claim | str, how: Ending) -> str | None:
         message = (f"Attempt {attempt} ended ({how.retry_reason}): {how.message}; queued again for attempt "
                    f"{attempt + 1} of {int(policy['max']) + 1}")
         # republished_at now: the reaper leaves the new message alone for a period (the caller publishes at once).
-        moved = transition(s, job_id, PENDING, message, from_states=(STARTED, RUNNING),
+        moved = transition(s, job_id, PENDING, message, from_states=(STARTED, RUNNING), at_attempt=job.attempts,
                            extra=json_merge(JOBS.c.extra, {"retried": retried}), handle=None, pid=None, host=None,
                            follower=None, heartbeat_at=None, run_date=None, start_date=None, exit_status=None,
                            unreachable_since=None, republished_at=now)

@@ -318,8 +318,8 @@ class Runner:
         except DB_ERRORS as exc:
             log.warning("job %s: heartbeat not stored, database unavailable (%s)", job_id, exc.__class__.__name__)
 
-    def declare_lost(self, job_id: str, why: str) -> str:
-        return lost.declare_lost(self, job_id, why)
+    def declare_lost(self, job_id: str, why: str, attempt: int | None = None) -> str:
+        return lost.declare_lost(self, job_id, why, attempt)
 
     def retry_db(self, job_id: str, what: str, fn: Callable[[], Any]) -> Any:
         """Run fn, waiting out a database outage (up to DB_RETRY_FOR s) so a finished job's result is not lost."""

@@ -88,7 +88,7 @@ def test_a_task_that_asks_for_retries_runs_again_after_its_worker_dies(tmp_path)
     finally:
         second.stop()
         dispose_all()
-    assert done["state"] == "COMPLETE", done
+    assert done["state"] == "COMPLETE", json.dumps(done["logs"])
     lost, final = done["logs"]
     assert lost["metadata"]["reason"] == "lost" and lost["metadata"]["attempt"] == "1"
     assert "Job lost" in lost["system_logs"][0] and lost["start_time"] <= lost["end_time"] <= final["start_time"]

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from caesar_rest.db import session_scope
 from caesar_rest.jobs import transition
 from caesar_rest.models import Job, JobEvent, utcnow
+from caesar_rest.states import JobState
 from workers.runner import Runner
 
 from ..support import API
@@ -220,6 +221,25 @@ def test_declare_lost_ends_an_in_slot_job_with_the_reason(standin_app, standin_c
     assert "Job lost: no heartbeat from its worker" in job_row(standin_app, job_id)[0]["status"]
     assert runner.declare_lost(job_id, "again") == "FAILURE"          # a finished job stays as it ended
     assert states(job_row(standin_app, job_id)[1]) == ["PENDING", "STARTED", "FAILURE"]
+
+
+def test_a_loss_judged_for_one_attempt_leaves_the_next_attempt_alone(standin_app, standin_client):
+    """Two judges (the reaper, a redelivered message) may find the same attempt lost; the first one's retry starts
+    attempt 2 while the other's judgment of attempt 1 is still on its way. That late one must neither end nor
+    re-queue attempt 2 (in CI the reaper's late call killed the retry's processes as orphans: exit 143)."""
+    job_id = submit(standin_client, "exit0")
+    claimed_by_a_dead_worker(standin_app, job_id)
+    with session_scope(standin_app.config["DATABASE_URL"]) as s:     # the claim of attempt 2 by a live worker
+        s.execute(Job.__table__.update().where(Job.id == job_id).values(attempts=2, heartbeat_at=utcnow()))
+    runner = Runner(standin_app.config)
+    assert runner.declare_lost(job_id, "no heartbeat from its worker", attempt=1) == "moved on"
+    row, events = job_row(standin_app, job_id)
+    assert row["state"] == "STARTED" and row["attempts"] == 2 and states(events) == ["PENDING", "STARTED"]
+    # The same guard in the end itself: an end for attempt 1 that got past the first look changes nothing.
+    from workers.kinds import Ending
+    assert runner.end(job_id, Ending(JobState.FAILURE, "Job lost: late", retry_reason="lost", attempt=1)) == "STARTED"
+    assert job_row(standin_app, job_id)[0]["state"] == "STARTED"
+    assert runner.declare_lost(job_id, "no heartbeat from its worker", attempt=2) == "FAILURE"
 
 
 # ---- a remote (non-blocking) stand-in, followed by poll_once ---------------------------------------------------------
