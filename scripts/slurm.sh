@@ -60,6 +60,7 @@ install_packages() {
     || missing+=(slurm-wlm-jwt-plugin)
   command -v munged >/dev/null || missing+=(munge)
   command -v setfacl >/dev/null || missing+=(acl)   # make_users grants the job user traversal with an ACL entry
+  command -v ss >/dev/null || missing+=(iproute2)   # port_free
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   # grep reads to the end (no -q): under pipefail, apt-cache killed by SIGPIPE would fail the check.
@@ -154,6 +155,45 @@ EOF
   if ! cmp -s "$CONF.tmp" "$CONF"; then mv "$CONF.tmp" "$CONF"; CHANGED=1; else rm -f "$CONF.tmp"; fi
 }
 
+reserve_ports() {
+  # The daemons' fixed ports are taken out of the kernel's range for outgoing connections: with that range wide
+  # (1024-65535 was found on this machine, set by something outside the project), a client socket of the tests
+  # took 6820 as its own port, slurmrestd's bind failed ("Address already in use") and start gave up (seen in CI).
+  local file=/proc/sys/net/ipv4/ip_local_reserved_ports have port want=()
+  have=",$(cat "$file" 2>/dev/null || true),"
+  for port in 6817 6818 6820 "$PORT"; do
+    case "$have" in *",$port,"*) ;; *) want+=("$port") ;; esac
+  done
+  [ ${#want[@]} -eq 0 ] && return 0
+  local list; list=$(IFS=,; echo "${want[*]}")
+  have=${have#,}; have=${have%,}
+  echo "${have:+$have,}$list" >"$file" 2>/dev/null || log "could not reserve ports $list (not writable: $file)"
+}
+
+unreserve_port() {    # the reservation of another slurmrestd's port ends with it (6817, 6818, 6820 stay)
+  local file=/proc/sys/net/ipv4/ip_local_reserved_ports kept
+  case "$1" in 6817|6818|6820) return 0 ;; esac
+  kept=$(tr ',' '\n' <"$file" | awk -v drop="$1" -F- 'NF {
+      lo = $1; hi = (NF > 1) ? $2 : $1
+      if (drop < lo || drop > hi) { print $0; next }
+      if (lo < drop) print (lo == drop - 1) ? lo : lo "-" (drop - 1)
+      if (drop < hi) print (drop + 1 == hi) ? hi : (drop + 1) "-" hi
+    }' | paste -sd,)
+  echo "$kept" >"$file" 2>/dev/null || true
+}
+
+# A connection closing (TIME-WAIT, 60 s) holds the port too: slurmrestd binds without SO_REUSEADDR.
+held() { ss -Htanp "sport = :$1" 2>/dev/null | head -3; }
+port_free() {   # no socket (a connection's own end included) holds port $1; waits up to 90 s for one to go
+  local i
+  for i in $(seq 360); do
+    [ -z "$(held "$1")" ] && return 0
+    [ "$i" = 1 ] && log "port $1 is held by another socket; waiting for it to close: $(held "$1")"
+    sleep 0.25
+  done
+  return 1
+}
+
 start_daemons() {
   # Debian's package makes the key when it is installed; a machine that lost it (or an image built without
   # running postinst) gets one here, before munged starts.
@@ -169,15 +209,33 @@ start_daemons() {
   if [ -n "${CHANGED:-}" ] && alive "$D/run/slurmctld.pid" slurmctld; then stop_daemons; fi
   alive "$D/run/slurmctld.pid" slurmctld || slurmctld -f "$CONF" 9>&-
   alive "$D/run/slurmd.pid" slurmd || slurmd -f "$CONF" 9>&-
-  if ! alive "$REST_PID" slurmrestd; then
-    listening "$PORT" && die "port $PORT is taken by another process than our slurmrestd"
-    # SLURM_JWT=daemon: slurmrestd takes each request's own token (without it every request is 401).
-    # Without slurmdbd, only the plugin of the one API version may be loaded.
-    SLURM_JWT=daemon setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
-      slurmrestd -f "$CONF" -a rest_auth/jwt -s "openapi/$API_VERSION" "127.0.0.1:$PORT" \
-      </dev/null >>"$D/logs/slurmrestd.$PORT.log" 2>&1 9>&- &
-    echo $! >"$REST_PID"
-  fi
+  alive "$REST_PID" slurmrestd || start_rest
+}
+
+REST_ARGS=(-f "$CONF" -a rest_auth/jwt -s "openapi/$API_VERSION" "127.0.0.1:$PORT")
+start_rest() {
+  local pid
+  # Ours without its pid file (a start killed between the two): taken back, not refused as a stranger.
+  pid=$(pgrep -u "$REST_USER" -x -f "slurmrestd ${REST_ARGS[*]}" | head -1 || true)
+  if [ -n "$pid" ]; then echo "$pid" >"$REST_PID"; return 0; fi
+  listening "$PORT" && die "port $PORT is taken by another process than our slurmrestd"
+  port_free "$PORT" || die "port $PORT stays held by another socket: $(held "$PORT")"
+  # SLURM_JWT=daemon: slurmrestd takes each request's own token (without it every request is 401).
+  # Without slurmdbd, only the plugin of the one API version may be loaded.
+  echo "--- $(date -Is) starting slurmrestd" >>"$D/logs/slurmrestd.$PORT.log"
+  SLURM_JWT=daemon setsid setpriv --reuid="$REST_USER" --regid="$REST_USER" --init-groups \
+    slurmrestd "${REST_ARGS[@]}" </dev/null >>"$D/logs/slurmrestd.$PORT.log" 2>&1 9>&- &
+  echo $! >"$REST_PID"
+}
+
+rest_listens() {   # waits up to 30 s for slurmrestd to listen; fails at once when it exits
+  local i
+  for i in $(seq 120); do
+    listening "$PORT" && return 0
+    alive "$REST_PID" slurmrestd || return 1
+    sleep 0.25
+  done
+  return 1
 }
 
 wait_ready() {
@@ -191,14 +249,17 @@ wait_ready() {
     log_tail "$D/logs/slurmctld.log"; log_tail "$D/logs/slurmd.log"
     die "node not idle after 60 s (state '$state'); logs in $D/logs" ;;
   esac
-  for i in $(seq 120); do
-    listening "$PORT" && return 0
-    alive "$REST_PID" slurmrestd || break
-    sleep 0.25
-  done
+  rest_listens && return 0
+  # Not listening: whatever the pid file said (a process left over from a killed run, or one stuck), it is
+  # stopped and started once more before giving up.
+  log "slurmrestd does not listen on 127.0.0.1:$PORT; starting it again. The end of its log:"
+  log_tail "$D/logs/slurmrestd.$PORT.log"
+  stop_one "$REST_PID" slurmrestd
+  start_rest
+  rest_listens && return 0
   log_tail "$D/logs/slurmrestd.$PORT.log"
   alive "$REST_PID" slurmrestd || die "slurmrestd exited without listening on 127.0.0.1:$PORT (its log above)"
-  die "slurmrestd does not listen on 127.0.0.1:$PORT after 30 s; see $D/logs/slurmrestd.$PORT.log"
+  die "slurmrestd does not listen on 127.0.0.1:$PORT after 30 s, twice; see $D/logs/slurmrestd.$PORT.log"
 }
 
 print_env() {
@@ -285,13 +346,14 @@ case "$cmd" in
     install_packages
     make_users
     write_config
+    reserve_ports
     start_daemons
     wait_ready
     log "cluster ready in $(( $(date +%s) - t0 )) s"
     print_env
     ;;
   stop) stop_daemons ;;
-  stop-rest) stop_one "$REST_PID" slurmrestd ;;
+  stop-rest) stop_one "$REST_PID" slurmrestd; unreserve_port "$PORT" ;;
   stop-controller) stop_one "$D/run/slurmctld.pid" slurmctld ;;
   env) running || die "the cluster is not running"; print_env ;;
   status) running ;;
