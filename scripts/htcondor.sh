@@ -36,6 +36,8 @@ if [ "$INSTANCE" = main ]; then PORT=${CONDOR_PORT:-9618}; else PORT=${CONDOR_PO
 LOCAL=/var/lib/caesar-condor-$INSTANCE          # inside the chroot
 VENV_PY=${CONDOR_VENV_PYTHON:-$REPO/.venv/bin/python}
 
+# shellcheck source=scripts/ports.sh
+. "$REPO/scripts/ports.sh"
 log() { echo "htcondor: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -141,7 +143,10 @@ master_running() {
 }
 
 start_master() {
+  # The collector's port kept from the outgoing range, and free of a socket that was given it (scripts/ports.sh).
+  reserve_ports "$PORT"
   master_running && return 0
+  port_free "$PORT" htcondor reuse || die "port $PORT stays held by another socket: $(port_holders "$PORT")"
   if [ "$INSTANCE" != main ]; then rm -rf --one-file-system "${R:?}$LOCAL"; fi  # scratch instances start empty
   local d
   for d in run/condor log/condor lock/condor spool/condor lib/condor/execute lib/condor/cred_dir; do
@@ -243,7 +248,10 @@ case "$cmd" in
     log "instance $INSTANCE ready in $(( $(date +%s) - t0 )) s"
     print_env
     ;;
-  stop) stop_pool ;;
+  stop)
+    stop_pool
+    [ "$INSTANCE" = main ] || unreserve_port "$PORT"     # a scratch instance's port goes back to the range
+    ;;
   env) master_running || die "instance $INSTANCE is not running"; print_env ;;
   status) master_running ;;
   *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;

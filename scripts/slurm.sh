@@ -41,6 +41,8 @@ REST_PID=$D/run/slurmrestd.$PORT.pid
 export SLURM_CONF=$CONF
 VENV_PY=${SLURM_VENV_PYTHON:-$REPO/.venv/bin/python}
 
+# shellcheck source=scripts/ports.sh
+. "$REPO/scripts/ports.sh"
 log() { echo "slurm: $*" >&2; }
 die() { log "$*"; exit 1; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -60,7 +62,7 @@ install_packages() {
     || missing+=(slurm-wlm-jwt-plugin)
   command -v munged >/dev/null || missing+=(munge)
   command -v setfacl >/dev/null || missing+=(acl)   # make_users grants the job user traversal with an ACL entry
-  command -v ss >/dev/null || missing+=(iproute2)   # port_free
+  command -v ss >/dev/null || missing+=(iproute2)   # port_free (scripts/ports.sh)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   # grep reads to the end (no -q): under pipefail, apt-cache killed by SIGPIPE would fail the check.
@@ -155,44 +157,7 @@ EOF
   if ! cmp -s "$CONF.tmp" "$CONF"; then mv "$CONF.tmp" "$CONF"; CHANGED=1; else rm -f "$CONF.tmp"; fi
 }
 
-reserve_ports() {
-  # The daemons' fixed ports are taken out of the kernel's range for outgoing connections: with that range wide
-  # (1024-65535 was found on this machine, set by something outside the project), a client socket of the tests
-  # took 6820 as its own port, slurmrestd's bind failed ("Address already in use") and start gave up (seen in CI).
-  local file=/proc/sys/net/ipv4/ip_local_reserved_ports have port want=()
-  have=",$(cat "$file" 2>/dev/null || true),"
-  for port in 6817 6818 6820 "$PORT"; do
-    case "$have" in *",$port,"*) ;; *) want+=("$port") ;; esac
-  done
-  [ ${#want[@]} -eq 0 ] && return 0
-  local list; list=$(IFS=,; echo "${want[*]}")
-  have=${have#,}; have=${have%,}
-  echo "${have:+$have,}$list" >"$file" 2>/dev/null || log "could not reserve ports $list (not writable: $file)"
-}
-
-unreserve_port() {    # the reservation of another slurmrestd's port ends with it (6817, 6818, 6820 stay)
-  local file=/proc/sys/net/ipv4/ip_local_reserved_ports kept
-  case "$1" in 6817|6818|6820) return 0 ;; esac
-  kept=$(tr ',' '\n' <"$file" | awk -v drop="$1" -F- 'NF {
-      lo = $1; hi = (NF > 1) ? $2 : $1
-      if (drop < lo || drop > hi) { print $0; next }
-      if (lo < drop) print (lo == drop - 1) ? lo : lo "-" (drop - 1)
-      if (drop < hi) print (drop + 1 == hi) ? hi : (drop + 1) "-" hi
-    }' | paste -sd,)
-  echo "$kept" >"$file" 2>/dev/null || true
-}
-
-# A connection closing (TIME-WAIT, 60 s) holds the port too: slurmrestd binds without SO_REUSEADDR.
-held() { ss -Htanp "sport = :$1" 2>/dev/null | head -3; }
-port_free() {   # no socket (a connection's own end included) holds port $1; waits up to 90 s for one to go
-  local i
-  for i in $(seq 360); do
-    [ -z "$(held "$1")" ] && return 0
-    [ "$i" = 1 ] && log "port $1 is held by another socket; waiting for it to close: $(held "$1")"
-    sleep 0.25
-  done
-  return 1
-}
+reserve_ports_of_cluster() { reserve_ports 6817 6818 6820 "$PORT"; }
 
 start_daemons() {
   # Debian's package makes the key when it is installed; a machine that lost it (or an image built without
@@ -219,7 +184,7 @@ start_rest() {
   pid=$(pgrep -u "$REST_USER" -x -f "slurmrestd ${REST_ARGS[*]}" | head -1 || true)
   if [ -n "$pid" ]; then echo "$pid" >"$REST_PID"; return 0; fi
   listening "$PORT" && die "port $PORT is taken by another process than our slurmrestd"
-  port_free "$PORT" || die "port $PORT stays held by another socket: $(held "$PORT")"
+  port_free "$PORT" slurm || die "port $PORT stays held by another socket: $(port_holders "$PORT")"
   # SLURM_JWT=daemon: slurmrestd takes each request's own token (without it every request is 401).
   # Without slurmdbd, only the plugin of the one API version may be loaded.
   echo "--- $(date -Is) starting slurmrestd" >>"$D/logs/slurmrestd.$PORT.log"
@@ -346,14 +311,17 @@ case "$cmd" in
     install_packages
     make_users
     write_config
-    reserve_ports
+    reserve_ports_of_cluster
     start_daemons
     wait_ready
     log "cluster ready in $(( $(date +%s) - t0 )) s"
     print_env
     ;;
   stop) stop_daemons ;;
-  stop-rest) stop_one "$REST_PID" slurmrestd; unreserve_port "$PORT" ;;
+  stop-rest)
+    stop_one "$REST_PID" slurmrestd
+    case "$PORT" in 6817|6818|6820) ;; *) unreserve_port "$PORT" ;; esac   # another slurmrestd's port only
+    ;;
   stop-controller) stop_one "$D/run/slurmctld.pid" slurmctld ;;
   env) running || die "the cluster is not running"; print_env ;;
   status) running ;;
