@@ -118,7 +118,8 @@ class Settings(Mapping[str, Any]):
     DEFAULT_TIME_LIMIT: float = setting(86400, "Time limit (s) for apps that declare none.")
     VERIFY_INPUTS: bool = setting(True, "Workers check each staged input file's checksums against the recorded ones "
                                         "before the job runs (a mismatch fails the job).")
-    OUTPUT_GZIP_LEVEL: int = setting(6, "gzip level of the streamed job tarball (1 fastest, 9 smallest).")
+    OUTPUT_GZIP_LEVEL: int = setting(3, "Compression level of the streamed job tarball (standard gzip made with "
+                                        "ISA-L): 0 fastest to 3 smallest; 4-9, zlib's scale, count as 3.")
     OUTPUT_INCLUDE_INPUTS: bool = setting(False, "Include the staged inputs/ directory in the job tarball.")
     JOBS_PAGE_SIZE: int = setting(50, "Default page size of GET /jobs.")
     JOBS_COUNT_LIMIT: int = setting(10000, "GET /jobs counts matching jobs up to this many; beyond it 'total' and "
