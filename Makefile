@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EXTRAS ?= test,postgres,container,pulsar,condor,batch,prod
 STAMP := $(VENV)/.installed
+# `make run` needs the package alone (SQLite, kombu's filesystem broker, the local backend): no extra.
+RUN_STAMP := $(VENV)/.installed-run
+RUN_PORT ?= 8080
 
 .PHONY: install run lint test test-fast bench drills services clean
 
@@ -18,8 +21,18 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 
 install: $(STAMP)
 
-run: install
-	$(VENV)/bin/caesar-rest run --host 127.0.0.1 --port 8080
+# The package without extras, unless the full install is there already (then nothing more is needed).
+$(RUN_STAMP): setup.cfg pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	@if [ -e $(STAMP) ] && [ $(STAMP) -nt setup.cfg ]; then touch $@; exit 0; fi; \
+	echo "installing caesar-rest into $(VENV) (log: $(VENV)/install.log)"; \
+	$(PIP) install -q --upgrade pip > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; \
+	$(PIP) install -q -e . >> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; \
+	touch $@
+
+run: $(RUN_STAMP)
+	bash scripts/sandbox-tools.sh
+	$(VENV)/bin/caesar-rest run --host 127.0.0.1 --port $(RUN_PORT)
 
 # The gates: ruff (rules in pyproject.toml) over the whole tree, mypy over caesar_rest and workers.
 lint: $(STAMP)

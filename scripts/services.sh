@@ -12,11 +12,8 @@ need_pkg() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
 }
 
-# The job sandbox (workers/sandbox.py): bubblewrap, and util-linux's setpriv and prlimit.
-need_pkg bwrap bubblewrap
-need_pkg setpriv util-linux
-need_pkg prlimit util-linux
-need_pkg setfacl acl        # staged uploads opened to the sandbox's group by an ACL entry, never a chgrp
+# The job sandbox (workers/sandbox.py): bubblewrap, util-linux's setpriv and prlimit, acl.
+bash "$(dirname "$0")/sandbox-tools.sh"
 need_pkg chromium chromium    # the OGC HTML pages are checked in headless Chromium (Playwright, no browser download)
 
 if ! listening 6379; then
