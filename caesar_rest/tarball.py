@@ -15,7 +15,7 @@ from isal import isal_zlib
 
 BLOCK = tarfile.BLOCKSIZE
 #: ISA-L's levels: 0 (fastest; on data that barely compresses it may come out bigger) to 3 (smallest).
-ISAL_LEVELS = range(0, 4)
+ISAL_LEVELS = range(4)
 
 
 def isal_level(level: int) -> int:
