@@ -30,6 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
         ogc as ogc_api,
         ops as ops_api,
         tes as tes_api,
+        tus as tus_api,
     )
     from .apps import Registry
     from .celery_app import make_celery
@@ -70,7 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None, served_by: str | None = 
     docs.register(api)
     for name, schema in accounting_api.SCHEMAS.items():
         api.spec.components.schema(name, schema)
-    for module in (files_api, apps_api, jobs_api, accounting_api):
+    for module in (files_api, tus_api, apps_api, jobs_api, accounting_api):
         api.register_blueprint(module.blp, url_prefix=API_PREFIX)
     api.register_blueprint(ops_api.blp)
     ops_api.init_app(app)

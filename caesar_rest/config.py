@@ -87,6 +87,8 @@ class Settings(Mapping[str, Any]):
                                                       "accepts any.")
     STALE_UPLOAD_AFTER: float = setting(3600.0, "Part files of unfinished uploads older than this (s) are removed at "
                                                 "start and by the reaper.")
+    TUS_EXPIRE_AFTER: float = setting(86400.0, "A resumable (tus) upload that gets no chunk for this long (s) "
+                                               "expires: its part is removed by the reaper and its quota freed.")
     MAX_JSON_BYTES: int = setting(1024 * 1024, "Largest accepted JSON request body (413 above).")
     UPLOAD_CHUNK_BYTES: int = setting(1024 * 1024, "Read size while streaming uploads and downloads.")
     DEFAULT_BACKEND: str = setting("local", "Backend used when an app names none.")

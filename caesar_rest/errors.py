@@ -51,6 +51,18 @@ class Conflict(CaesarError):
     """The record is in a state that does not allow this (a finished job canceled, a file in use...)."""
 
 
+class Gone(NotFound):
+    """The record existed and is no more (a resumable upload past its expiry)."""
+
+
+class PreconditionFailed(ValidationError):
+    """A request without what the protocol requires first (tus: the Tus-Resumable version this server speaks)."""
+
+
+class ChecksumMismatch(ValidationError):
+    """A body whose checksum is not the one its sender declared (tus's Upload-Checksum); nothing of it is kept."""
+
+
 class LengthRequired(CaesarError):
     """A body whose length must be known ahead was sent without one."""
 
@@ -115,6 +127,9 @@ STATUS: dict[type[CaesarError], tuple[int, str]] = {
     Forbidden: (403, "forbidden"),
     NotFound: (404, "not_found"),
     Conflict: (409, "conflict"),
+    Gone: (410, "gone"),
+    PreconditionFailed: (412, "precondition_failed"),
+    ChecksumMismatch: (460, "checksum_mismatch"),     # tus 1.0's checksum extension
     LengthRequired: (411, "length_required"),
     PayloadTooLarge: (413, "payload_too_large"),
     UnsupportedFormat: (415, "unsupported_format"),

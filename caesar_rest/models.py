@@ -75,6 +75,24 @@ class File(Base):
         }
 
 
+
+class Upload(Base):
+    """A resumable (tus 1.0) upload in progress: its bytes so far are in the owner's data directory as
+    .tus-<id>.part; once whole it becomes the File of the same uuid (caesar_rest/resumable.py)."""
+    __tablename__ = "tus_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(32))
+    tag: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    length: Mapped[int] = mapped_column(BigInteger)              # Upload-Length: counted against the quota
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)   # bytes received and kept
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     # Listings go newest first (submit_date DESC, id DESC), all jobs or one owner's (migration 0003).

@@ -212,9 +212,10 @@ class S3UploadSink(WriteSink):
     out as they fill (multipart upload), so memory holds one part at most, and the checksums are computed on
     their own thread meanwhile. Small files become a single PUT at commit."""
 
-    def __init__(self, store: S3Store, owner: str, fmt: str, limit: int | None = None) -> None:
+    def __init__(self, store: S3Store, owner: str, fmt: str, limit: int | None = None,
+                 uuid: str | None = None) -> None:
         self.store = store
-        self.uuid = uuidlib.uuid4().hex
+        self.uuid = uuid or uuidlib.uuid4().hex
         self.url = store.url_for(owner, self.uuid, fmt)
         self.bucket, self.key = split_url(self.url)
         self.limit = limit

@@ -14,7 +14,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from caesar_rest import storage
+from caesar_rest import resumable, storage
 from caesar_rest.backends import BackendError, get_backend
 from caesar_rest.db import session_scope
 from caesar_rest.models import Job, Mark, utcnow
@@ -267,5 +267,7 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         for job_id in retried:
             publish(job_id, backends[job_id])
     stale_parts = storage.remove_stale_uploads(settings["DATA_DIR"], float(settings["STALE_UPLOAD_AFTER"]))
+    with session_scope(url) as s:       # resumable uploads past their expiry, with their part files
+        expired = resumable.remove_expired(settings, s)
     return {"lost": lost, "republished": len(pending), "retried": len(retried), "stale_uploads_removed": stale_parts,
-            "judged_staleness": int(judging)}
+            "judged_staleness": int(judging), "expired_uploads_removed": expired}

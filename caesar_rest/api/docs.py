@@ -24,6 +24,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "size": {"type": "number", "description": "MB"}, "size_bytes": {"type": "integer"},
         "sha256": {"type": "string"}, "date": {"type": "string"}, "path": {"type": "string"}, "tag": NULLABLE_STR,
         "owner": {"type": "string"}, "status": {"type": "string"}}, "additionalProperties": True},
+    "Upload": {"type": "object", "required": ["id", "filename", "format", "length", "offset", "created", "complete",
+                                              "url", "file"], "properties": {
+        "id": {"type": "string"}, "filename": {"type": "string"}, "format": {"type": "string"}, "tag": NULLABLE_STR,
+        "length": {"type": "integer"}, "offset": {"type": "integer"}, "created": {"type": "string"},
+        "expires": NULLABLE_STR, "complete": {"type": "boolean"}, "url": {"type": "string"},
+        "file": {"allOf": [{"$ref": "#/components/schemas/File"}], "nullable": True}}},
     "Deleted": {"type": "object", "required": ["uuid", "status"], "properties": {
         "uuid": {"type": "string"}, "status": {"type": "string"}}},
     "AppSummary": {"type": "object", "required": ["name", "version", "description", "backends", "default_backend"],
@@ -131,6 +137,7 @@ ERROR_TEXT = {
     404: "No such resource of yours",
     409: "The resource's state does not allow it (yet)",
     411: "No length given for a body this server must size",
+    412: "A header the protocol requires first is missing or wrong (tus: Tus-Resumable)",
     413: "The body is larger than this server accepts",
     415: "A content type or file format this operation does not take",
     429: "You have as many active jobs as allowed",

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import jsonify, request, send_file
 from flask_smorest import Blueprint
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from .. import multipart, s3store, storage
+from .. import multipart, resumable, s3store, storage
 from ..auth import current_owner, owner_filter, user_setting
 from ..errors import (
     BadRequest,
@@ -22,7 +22,7 @@ from ..errors import (
     UnsupportedFormat,
 )
 from ..jobs import file_in_use, get_file
-from ..models import File, utcnow
+from ..models import File, Upload, utcnow
 from ..sinks import WriteSink
 from . import docs
 from .common import session, settings
@@ -151,11 +151,18 @@ def _quota_room(cfg, owner: str) -> int | None:
     if quota is None:
         return None
     with session() as s:
-        used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner))
-    room = quota - int(used or 0)
+        used = stored_bytes(s, owner)
+    room = quota - used
     if room <= 0:
         raise _over_quota(cfg, owner, room)
     return room
+
+
+def stored_bytes(s, owner: str, upload_id: str | None = None) -> int:
+    """What counts against the owner's quota: their files, and what their unfinished resumable uploads declared
+    (but upload_id's, which is being completed)."""
+    files = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner == owner)) or 0
+    return int(files) + resumable.reserved_bytes(s, owner, exclude=upload_id)
 
 
 def _over_quota(cfg, owner: str, room: int) -> InsufficientStorage:
@@ -165,9 +172,10 @@ def _over_quota(cfg, owner: str, room: int) -> InsufficientStorage:
                                "free); delete files first", used_bytes=used, quota_bytes=quota)
 
 
-def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None) -> File:
+def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None, upload_id: str | None = None) -> File:
     """Move the received file to its final place and insert its record, within the owner's quota; on any error
-    the stored file is removed again (nothing half-registered)."""
+    the stored file is removed again (nothing half-registered). upload_id: the resumable upload this file
+    completes, marked complete in the same transaction."""
     quota = _quota(cfg, owner)
     if isinstance(sink, s3store.S3UploadSink):
         sink.commit()
@@ -186,10 +194,12 @@ def _register(cfg, owner: str, name: str, fmt: str, sink, tag: str | None) -> Fi
             if quota is not None:
                 _lock_quota(s, owner)
             s.add(record)
+            if upload_id is not None:
+                s.execute(update(Upload).where(Upload.id == upload_id).values(completed_at=utcnow(),
+                                                                               offset=sink.size))
             s.flush()
             if quota is not None:
-                used = s.scalar(select(func.coalesce(func.sum(File.size_bytes), 0))
-                                .where(File.owner == owner)) or 0
+                used = stored_bytes(s, owner, upload_id)
                 if used > int(quota):
                     before = used - sink.size
                     raise InsufficientStorage(f"Storing {sink.size} more bytes would exceed your quota of {quota} "
