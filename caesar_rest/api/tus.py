@@ -44,6 +44,10 @@ def _tus_headers(response: Response) -> Response:
     if request.method == "OPTIONS" or response.status_code == 412:
         response.headers["Tus-Version"] = resumable.TUS_VERSION
     if request.method == "OPTIONS":
+        # Flask's own answer to OPTIONS (the first rule of the path gives it) becomes tus's: 204, no body.
+        if response.status_code == 200 and not response.get_data():
+            response.status_code = 204
+            response.headers.pop("Content-Type", None)
         response.headers["Tus-Extension"] = ",".join(resumable.EXTENSIONS)
         response.headers["Tus-Max-Size"] = str(int(settings()["MAX_UPLOAD_BYTES"]))
         response.headers["Tus-Checksum-Algorithm"] = ",".join(resumable.CHECKSUMS)
@@ -66,7 +70,14 @@ def _state_headers(upload: Upload, response: Response) -> Response:
     return response
 
 
-@blp.route("/uploads", methods=["POST", "OPTIONS"])
+@blp.route("/uploads", methods=["OPTIONS"], endpoint="discover_all")
+@blp.doc(summary="tus discovery: the version, extensions, largest size and checksum algorithms",
+         responses={"204": {"description": "In the Tus-* headers"}})
+def discover_all() -> Response:
+    return Response(status=204)
+
+
+@blp.route("/uploads", methods=["POST"])
 @blp.doc(summary="Start a resumable upload (tus 1.0 creation; a first chunk may come in the body)",
          parameters=[TUS_HEADER,
                      {"name": "Upload-Length", "in": "header", "required": True, "description": "the file's size",
@@ -75,11 +86,8 @@ def _state_headers(upload: Upload, response: Response) -> Response:
                       "description": "'filename <base64>' and optionally ',tag <base64>'",
                       "schema": {"type": "string"}}],
          responses={"201": {"description": "Created: Location is the upload's URL"},
-                    "204": {"description": "OPTIONS: the tus version, extensions, largest size, checksums"},
                     **docs.errors(400, 412, 413, 415, 507), **docs.ERRORS})
 def create() -> Response:
-    if request.method == "OPTIONS":
-        return Response(status=204)
     cfg = settings()
     owner = current_owner()
     if request.headers.get("Upload-Defer-Length") is not None:

@@ -25,6 +25,10 @@ EXPECTED = {
     errors.Forbidden: (403, "forbidden"),
     errors.NotFound: (404, "not_found"),
     errors.Conflict: (409, "conflict"),
+    # tus 1.0 (resumable uploads): an expired upload, a missing Tus-Resumable, a chunk's checksum mismatch
+    errors.Gone: (410, "gone"),
+    errors.PreconditionFailed: (412, "precondition_failed"),
+    errors.ChecksumMismatch: (460, "checksum_mismatch"),
     errors.LengthRequired: (411, "length_required"),
     errors.PayloadTooLarge: (413, "payload_too_large"),
     errors.UnsupportedFormat: (415, "unsupported_format"),

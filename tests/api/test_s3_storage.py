@@ -377,3 +377,29 @@ def _output_store(app, job_id: str) -> str:
 
     with session_scope(app.config["DATABASE_URL"]) as s:
         return s.get(Job, job_id).extra["output_store"]
+
+
+def test_a_resumable_upload_ends_in_s3_like_a_post_upload(batch_stack):
+    """tus chunks land on the API host's disk; the whole file then goes to S3 as POST /upload's would (multipart
+    upload, sha256 and CRC64NVME in its metadata), under the upload's uuid, and the local part is removed."""
+    import base64
+    from pathlib import Path
+
+    client, s3 = batch_stack.client, aws("s3", batch_stack.setup.endpoint)
+    content = os.urandom(9 * MB + 3)
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = client.post(f"{API}/uploads", headers={**tus, "Upload-Length": str(len(content)),
+                                                     "Upload-Metadata": "filename " + base64.b64encode(
+                                                         b"cube.fits").decode()})
+    url = created.headers["Location"]
+    for offset in range(0, len(content), 4 * MB):
+        answer = client.patch(url, data=content[offset:offset + 4 * MB], headers={
+            **tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+        assert answer.status_code == 204, answer.get_json()
+    record = client.get(url).get_json()["file"]
+    assert record["uuid"] == url.rsplit("/", 1)[1] and record["sha256"] == hashlib.sha256(content).hexdigest()
+    bucket, key = object_of(record)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ContentLength"] == len(content) and head["Metadata"]["sha256"] == record["sha256"]
+    assert client.get(f"{API}/download-id/{record['uuid']}").data == content
+    assert list(Path(client.application.config["DATA_DIR"]).glob("*/.tus-*.part")) == []
