@@ -20,7 +20,20 @@ from .models import (
     JobStatus,
     JobSummary,
 )
-from .transfer import MultipartUpload, Progress, filename_of, resumable_endpoint, save_stream
+from .transfer import (
+    TUS,
+    TUS_CHUNK,
+    TUS_PATH,
+    MultipartUpload,
+    Progress,
+    ResumeBook,
+    chunk_body,
+    filename_of,
+    resumable_endpoint,
+    save_stream,
+    sha1_checksum,
+    tus_metadata,
+)
 
 
 def api_base(url: str) -> str:
@@ -44,6 +57,7 @@ class Client:
         auth = httpx.BasicAuth(*basic) if basic else None
         self.http = httpx.Client(headers=headers, auth=auth, timeout=httpx.Timeout(timeout, connect=10.0),
                                  transport=transport, follow_redirects=True)
+        self._tus: str | None = None        # the tus endpoint once asked ("" for none)
 
     def close(self) -> None:
         self.http.close()
@@ -85,8 +99,21 @@ class Client:
             raise TransportError(f"{method} {path}: the answer is not JSON ({response.status_code})") from exc
 
     # ---- files ---------------------------------------------------------------------------------------------------
-    def upload(self, path: str | Path, tag: str | None = None, progress: Progress | None = None) -> FileRecord:
-        """POST /upload, the file streamed from disk (never read whole into memory)."""
+    def upload(self, path: str | Path, tag: str | None = None, progress: Progress | None = None,
+               resumable: bool | None = None, chunk_size: int = TUS_CHUNK,
+               resume_book: ResumeBook | None = None) -> FileRecord:
+        """Upload a file, streamed from disk (never read whole into memory). resumable None (the default): in
+        chunks over tus when the service offers it, a run that broke off resuming where it stopped (the upload's
+        URL is kept in resume_book, the config directory's uploads.json by default); else POST /upload in one
+        request. True insists on tus, False takes one request."""
+        path = Path(path)
+        if resumable is not False and self.resumable_uploads() is not None:
+            return self._tus_upload(path, tag, progress, chunk_size, resume_book or ResumeBook())
+        if resumable:
+            raise TransportError(f"{self.url} offers no resumable uploads")
+        return self._post_upload(path, tag, progress)
+
+    def _post_upload(self, path: Path, tag: str | None, progress: Progress | None) -> FileRecord:
         body = MultipartUpload(Path(path), tag, progress)
         headers = {"Content-Type": body.content_type, "Content-Length": str(body.length)}
         # No read timeout while the body goes out: the server answers once it has the whole file.
@@ -94,8 +121,77 @@ class Client:
         return cast(FileRecord, self._json("POST", "/upload", content=iter(body), headers=headers, timeout=timeout))
 
     def resumable_uploads(self) -> str | None:
-        """The service's resumable-upload (tus) endpoint, or None: today's service offers none (transfer.py)."""
-        return resumable_endpoint(self.http, self.api)
+        """The service's resumable-upload (tus) endpoint, or None when it offers none (transfer.py)."""
+        if self._tus is None:
+            self._tus = resumable_endpoint(self.http, self.api) or ""
+        return self._tus or None
+
+    def _tus_upload(self, path: Path, tag: str | None, progress: Progress | None, chunk_size: int,
+                    book: ResumeBook) -> FileRecord:
+        size = path.stat().st_size
+        key = book.key(self.api, path)
+        url = book.get(key)
+        offset = 0
+        if url is not None:
+            found = self._tus_offset(url, size)
+            if found is None:               # gone (expired, deleted) or not this file's: a new upload
+                book.forget(key)
+                url = None
+            else:
+                offset = found
+        if url is None:
+            created = self._send("POST", TUS_PATH, headers={**TUS, "Upload-Length": str(size),
+                                                             "Upload-Metadata": tus_metadata(path.name, tag)})
+            url = str(httpx.URL(self.api + "/").join(created.headers["location"]))
+            book.put(key, url)
+        if progress:
+            progress(offset, size)
+        cuts = 0
+        with open(path, "rb") as fh:
+            while offset < size:
+                fh.seek(offset)
+                data = fh.read(min(chunk_size, size - offset))
+                headers = {**TUS, "Upload-Offset": str(offset), "Content-Length": str(len(data)),
+                           "Content-Type": "application/offset+octet-stream", "Upload-Checksum": sha1_checksum(data)}
+                try:
+                    answer = self.http.patch(url, content=chunk_body(data, offset, size, progress), headers=headers,
+                                             timeout=httpx.Timeout(None, connect=10.0))
+                except httpx.HTTPError as exc:
+                    cuts += 1
+                    found = self._tus_offset(url, size, quiet=True)
+                    if cuts > 3 or found is None:
+                        raise TransportError(f"the upload of {path.name} broke off at {offset} of {size} bytes "
+                                             f"({exc}); run it again to resume") from exc
+                    offset = found
+                    time.sleep(min(2.0 ** cuts, 10.0))
+                    continue
+                if answer.status_code in (409, 460):      # another writer moved it, or the chunk came damaged
+                    found = self._tus_offset(url, size)
+                    if found is None or (answer.status_code == 460 and cuts >= 3):
+                        raise api_error(answer.status_code, _json_or_none(answer), answer.text)
+                    cuts += answer.status_code == 460
+                    offset = found
+                    continue
+                if answer.status_code >= 400:
+                    raise api_error(answer.status_code, _json_or_none(answer), answer.text)
+                offset = int(answer.headers["upload-offset"])
+        view = self._json("GET", url[len(self.api):])
+        book.forget(key)
+        if not view.get("file"):
+            raise TransportError(f"the upload of {path.name} is whole but the service made no file of it")
+        return cast(FileRecord, view["file"])
+
+    def _tus_offset(self, url: str, size: int, quiet: bool = False) -> int | None:
+        """Where the upload stands (HEAD), or None when it is gone or not of this size."""
+        try:
+            head = self.http.head(url, headers=TUS)
+        except httpx.HTTPError:
+            if quiet:
+                return None
+            raise
+        if head.status_code != 200 or head.headers.get("upload-length") != str(size):
+            return None
+        return int(head.headers["upload-offset"])
 
     def files(self, tag: str | None = None) -> list[FileRecord]:
         """GET /fileids: your files, oldest first."""
@@ -229,3 +325,10 @@ class Client:
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {self.url}: {exc}") from exc
         return cast(dict[str, Any], response.json())
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,7 +1,10 @@
 """Streamed transfers: a multipart upload body read from disk block by block, a download written as it arrives,
-both reporting progress; and the seam for resumable uploads (none offered by the service yet)."""
+both reporting progress; and resumable (tus 1.0) uploads, their URLs kept per file so that a later run resumes."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 import uuid
@@ -96,20 +99,83 @@ def save_stream(response: httpx.Response, dest: Path, progress: Progress | None 
     return done
 
 
-# ---- resumable uploads: the seam ----------------------------------------------------------------------------------
-# The service offers only the one-request POST /upload today. Resumable uploads are planned as tus 1.0 under the
-# API prefix (issue 18). A server offering them answers OPTIONS <api>/uploads with a Tus-Version header:
-# resumable_endpoint() finds that, and Client.upload() asks it first; a tus uploader (creation + PATCH at
-# Upload-Offset, its upload URL kept in the user's config directory per file so a later run resumes) plugs in there.
+# ---- resumable uploads (tus 1.0) ---------------------------------------------------------------------------------
+# A service that offers them answers OPTIONS <api>/uploads with a Tus-Version header (caesar_rest/api/tus.py). The
+# uploader creates the upload, sends the file in chunks at Upload-Offset (each with its sha1 in Upload-Checksum), and
+# keeps the upload's URL in the user's config directory per file (its path, size and mtime): a later run with the
+# same file asks the server where it stopped and goes on from there. Written on httpx here, not with tuspy: the
+# client already speaks to the service through one httpx.Client (auth, timeouts, errors), and tus is a few headers.
 TUS_PATH = "/uploads"
+TUS = {"Tus-Resumable": "1.0.0"}
+TUS_CHUNK = 16 * 1024 * 1024
 
 
 def resumable_endpoint(http: httpx.Client, api: str) -> str | None:
-    """The tus endpoint of the service, or None when it offers no resumable uploads (today's service)."""
+    """The tus endpoint of the service, or None when it offers no resumable uploads (an older service)."""
     try:
-        answer = http.options(api + TUS_PATH, headers={"Tus-Resumable": "1.0.0"})
+        answer = http.options(api + TUS_PATH, headers=TUS)
     except httpx.HTTPError:
         return None
     if answer.status_code in (200, 204) and "tus-version" in answer.headers:
         return api + TUS_PATH
     return None
+
+
+class ResumeBook:
+    """Where the URLs of unfinished uploads are kept, one per (service, file path, size, mtime): a JSON file,
+    rewritten whole through a temporary file (uploads.json in the config directory by default)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        if path is None:
+            from .profile import config_dir
+
+            path = config_dir() / "uploads.json"
+        self.path = path
+
+    @staticmethod
+    def key(api: str, file: Path) -> str:
+        st = file.stat()
+        return f"{api}|{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def _read(self) -> dict[str, str]:
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def _write(self, entries: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def get(self, key: str) -> str | None:
+        return self._read().get(key)
+
+    def put(self, key: str, url: str) -> None:
+        self._write({**self._read(), key: url})
+
+    def forget(self, key: str) -> None:
+        entries = self._read()
+        if entries.pop(key, None) is not None:
+            self._write(entries)
+
+
+def tus_metadata(name: str, tag: str | None) -> str:
+    pairs = {"filename": name, **({"tag": tag} if tag is not None else {})}
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode('ascii')}" for k, v in pairs.items())
+
+
+def chunk_body(data: bytes, start: int, total: int, progress: Progress | None) -> Iterator[bytes]:
+    """A chunk in blocks, reporting the whole file's progress as each block goes out."""
+    view = memoryview(data)
+    for at in range(0, len(data), BLOCK):
+        yield bytes(view[at:at + BLOCK])
+        if progress:
+            progress(start + min(at + BLOCK, len(data)), total)
+
+
+def sha1_checksum(data: bytes) -> str:
+    return "sha1 " + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")

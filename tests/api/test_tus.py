@@ -214,7 +214,7 @@ def test_another_users_upload_is_404_to_every_method(users):
 def test_unfinished_uploads_count_against_the_quota_until_they_end(users):
     """alice may keep 10,000 bytes: an upload that declared 8,000 leaves 2,000 for anything else, POST /upload
     included; terminated, its room comes back."""
-    app, client = users
+    _app, client = users
     url = create(client, 8_000, headers=ALICE)
     r = client.post(f"{API}/uploads", headers={**ALICE, "Upload-Length": "3000", "Upload-Metadata": metadata()})
     assert r.status_code == 507 and "reserved by unfinished uploads" in r.get_json()["message"]
@@ -251,6 +251,6 @@ def test_an_expired_upload_is_410_and_gone_and_the_reaper_removes_the_others(tmp
     r = patch(client, first, 5, b"67890")
     assert r.status_code in (404, 410)
     assert len(rows(app)) == 1 and len(parts(app)) == 1           # the second waits for the reaper
-    done = reap(app.config, publish=lambda *_a: None, follow=lambda *_a: None, view=lambda: set())
+    done = reap(app.config, publish=lambda *_a: None, follow=lambda *_a: None, view=set)
     assert done["expired_uploads_removed"] == 1 and rows(app) == [] and parts(app) == []
     assert client.head(second, headers=TUS).status_code == 404

@@ -24,7 +24,7 @@ CLIENT = textwrap.dedent("""
 
     base, path, store, pause = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     tus = client.TusClient(base + "/uploads")
-    uploader = tus.uploader(path, chunk_size=%d, metadata={"filename": "survey.fits", "tag": "resumed"},
+    uploader = tus.uploader(path, chunk_size=int(sys.argv[5]), metadata={"filename": "survey.fits", "tag": "resumed"},
                             store_url=True, url_storage=FileStorage(store), upload_checksum=True)
     if uploader.url is None:
         uploader.set_url(uploader.create_url())
@@ -33,7 +33,7 @@ CLIENT = textwrap.dedent("""
         uploader.upload_chunk()
         time.sleep(pause)
     print("DONE", uploader.offset, flush=True)
-""" % CHUNK)
+""")
 
 
 def test_a_tuspy_upload_killed_half_way_resumes_where_it_stopped(api_process, tmp_path):
@@ -44,7 +44,7 @@ def test_a_tuspy_upload_killed_half_way_resumes_where_it_stopped(api_process, tm
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     store = tmp_path / "tus-urls.json"
-    first = subprocess.Popen([sys.executable, str(script), base + API, str(source), str(store), "0.02"],
+    first = subprocess.Popen([sys.executable, str(script), base + API, str(source), str(store), "0.02", str(CHUNK)],
                              stdout=subprocess.PIPE, text=True)
     try:
         line = first.stdout.readline().split()
@@ -60,7 +60,7 @@ def test_a_tuspy_upload_killed_half_way_resumes_where_it_stopped(api_process, tm
         first.wait(timeout=30)
     stopped_at = offset()
     assert SIZE // 2 <= stopped_at < SIZE
-    second = subprocess.run([sys.executable, str(script), base + API, str(source), str(store), "0"],
+    second = subprocess.run([sys.executable, str(script), base + API, str(source), str(store), "0", str(CHUNK)],
                             capture_output=True, text=True, timeout=300, check=False)
     assert second.returncode == 0, second.stderr
     started = second.stdout.split()

@@ -54,6 +54,12 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         api.stop()
 
 
+@pytest.fixture(autouse=True)
+def _own_config_dir(tmp_path, monkeypatch) -> None:
+    """The client keeps resumable uploads' URLs in the config directory: each test has its own."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 @pytest.fixture
 def client(stack) -> Iterator[Client]:
     with Client(stack["base"], token=TOKENS["alice"]) as c:

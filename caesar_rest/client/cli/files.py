@@ -9,29 +9,35 @@ import click
 from .ui import State, bars, emit_json, human_bytes, json_option, note, pass_state, table
 
 
-def upload_files(state: State, paths: list[Path], tag: str | None) -> list[dict[str, Any]]:
-    """Upload each file with its own progress bar; the records the service answered, in order."""
-    if state.interactive and state.client.resumable_uploads() is not None:
-        note("this service offers resumable uploads, which this client does not speak yet: one request per file")
+def upload_files(state: State, paths: list[Path], tag: str | None,
+                 resumable: bool | None = None) -> list[dict[str, Any]]:
+    """Upload each file with its own progress bar; the records the service answered, in order. Resumable (tus)
+    where the service offers it, unless resumable is False."""
+    if state.interactive and resumable is not False and state.client.resumable_uploads() is None:
+        note("this service offers no resumable uploads: one request per file (a cut starts it again)")
     records: list[dict[str, Any]] = []
     with bars(state) as shown:
         for path in paths:
             size = path.stat().st_size
-            records.append(dict(state.client.upload(path, tag=tag, progress=shown.callback(path.name, size))))
+            records.append(dict(state.client.upload(path, tag=tag, progress=shown.callback(path.name, size),
+                                                    resumable=resumable)))
     return records
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tag", help="Tag the files (caesar files --tag lists them).")
+@click.option("--one-request", is_flag=True,
+              help="Send each file in one POST /upload, even where the service offers resumable uploads.")
 @json_option
 @pass_state
-def upload(state: State, paths: tuple[Path, ...], tag: str | None) -> None:
+def upload(state: State, paths: tuple[Path, ...], tag: str | None, one_request: bool) -> None:
     """Upload FILE... (a progress bar per file); prints each file's uuid.
 
-    Each file goes in one streamed request: the service offers no resumable uploads yet, so an interrupted upload
-    starts again from the beginning."""
-    records = upload_files(state, list(paths), tag)
+    Where the service offers resumable uploads (tus 1.0), each file goes in 16 MiB chunks, each checked by its
+    sha1; an upload cut off (Ctrl-C, a lost connection, a killed terminal) resumes where it stopped when the same
+    file is uploaded again (its upload URL is kept in the config directory's uploads.json)."""
+    records = upload_files(state, list(paths), tag, False if one_request else None)
     if state.json:
         emit_json(records if len(records) > 1 else records[0])
         return
