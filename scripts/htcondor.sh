@@ -146,7 +146,7 @@ start_master() {
   # The collector's port kept from the outgoing range, and free of a socket that was given it (scripts/ports.sh).
   reserve_ports "$PORT"
   master_running && return 0
-  port_free "$PORT" htcondor reuse || die "port $PORT stays held by another socket: $(port_holders "$PORT")"
+  port_free "$PORT" htcondor || die "port $PORT stays held by another socket: $(port_holders "$PORT")"
   if [ "$INSTANCE" != main ]; then rm -rf --one-file-system "${R:?}$LOCAL"; fi  # scratch instances start empty
   local d
   for d in run/condor log/condor lock/condor spool/condor lib/condor/execute lib/condor/cred_dir; do

@@ -29,19 +29,20 @@ unreserve_port() {    # PORT: removed from the reserved list, splitting the rang
   echo "$kept" >"$RESERVED_PORTS_FILE" 2>/dev/null || true
 }
 
-# PORT [reuse]: the sockets holding it. A connection closing (TIME-WAIT, 60 s) holds it too, for a daemon that
-# binds without SO_REUSEADDR (slurmrestd); `reuse` leaves those out, for one that sets it (HTCondor's).
+# PORT: the open connections whose own end is that port (a client given it by the kernel). Closing ones
+# (TIME-WAIT, FIN-WAIT) are left out: those of the daemon's own earlier run do not stop it binding again (it and
+# its connections set SO_REUSEADDR, slurmrestd and HTCondor alike), and waiting for them made a restart of
+# slurmrestd take a minute, longer than a job's poll may be unanswered (seen in a fresh-clone run).
 port_holders() {
-  if [ "${2:-}" = reuse ]; then ss -Htanp exclude time-wait "sport = :$1"; else ss -Htanp "sport = :$1"; fi \
-    2>/dev/null | head -3
+  ss -Htanp state established state syn-sent state syn-recv state close-wait "sport = :$1" 2>/dev/null | head -3
 }
 
-port_free() {         # PORT [WHO] [reuse]: no socket (a connection's own end included) holds it; waits up to 90 s
+port_free() {         # PORT [WHO]: no open connection holds it as its own end; waits up to 90 s for one to go
   local i
   for i in $(seq 360); do
-    [ -z "$(port_holders "$1" "${3:-}")" ] && return 0
+    [ -z "$(port_holders "$1")" ] && return 0
     [ "$i" = 1 ] && echo "${2:-}${2:+: }port $1 is held by another socket; waiting for it to close:" \
-      "$(port_holders "$1" "${3:-}")" >&2
+      "$(port_holders "$1")" >&2
     sleep 0.25
   done
   return 1
