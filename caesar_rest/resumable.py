@@ -173,12 +173,26 @@ def remove(s: Session, settings: Mapping[str, Any], upload: Upload) -> None:
 
 
 def remove_expired(settings: Mapping[str, Any], s: Session) -> int:
-    """Unfinished uploads past their expiry, removed with their part files (the reaper); returns how many."""
+    """Unfinished uploads past their expiry, removed with their part files (the reaper), and part files without
+    a row older than STALE_UPLOAD_AFTER (an API killed between making one and recording its upload); returns how
+    many of either."""
+    import time
+
     gone = s.scalars(select(Upload).where(Upload.completed_at.is_(None), Upload.expires_at <= utcnow())
                      .limit(1000)).all()
     for upload in gone:
         remove(s, settings, upload)
-    return len(gone)
+    cutoff = time.time() - float(settings["STALE_UPLOAD_AFTER"])
+    orphans = 0
+    for part in Path(settings["DATA_DIR"]).glob("*/.tus-*.part"):
+        upload_id = part.name[len(".tus-"):-len(".part")]
+        try:
+            if part.stat().st_mtime <= cutoff and s.get(Upload, upload_id) is None:
+                part.unlink()
+                orphans += 1
+        except FileNotFoundError:
+            pass
+    return len(gone) + orphans
 
 
 @contextmanager

@@ -254,3 +254,25 @@ def test_an_expired_upload_is_410_and_gone_and_the_reaper_removes_the_others(tmp
     done = reap(app.config, publish=lambda *_a: None, follow=lambda *_a: None, view=set)
     assert done["expired_uploads_removed"] == 1 and rows(app) == [] and parts(app) == []
     assert client.head(second, headers=TUS).status_code == 404
+
+
+def test_the_reaper_removes_a_part_file_no_upload_records(tmp_path):
+    """An API killed between making a part file and recording its upload leaves the file alone: once older than
+    STALE_UPLOAD_AFTER, with no row, the reaper removes it; a recorded upload's part stays."""
+    from workers.lost import reap
+
+    app = create_app(embedded_settings(tmp_path / "var", STALE_UPLOAD_AFTER=60))
+    client = app.test_client()
+    kept = create(client, 10)
+    [kept_part] = parts(app)
+    orphan = Path(app.config["DATA_DIR"]) / "anonymous" / f".tus-{'a' * 32}.part"
+    orphan.write_bytes(b"left behind")
+    young = orphan.with_name(f".tus-{'b' * 32}.part")
+    young.write_bytes(b"just made")
+    old = time.time() - 120
+    for path in (orphan, kept_part):
+        os.utime(path, (old, old))
+    done = reap(app.config, publish=lambda *_a: None, follow=lambda *_a: None, view=set)
+    assert done["expired_uploads_removed"] == 1 and not orphan.exists() and young.exists()
+    assert kept_part.exists() and client.head(kept, headers=TUS).status_code == 200
+
