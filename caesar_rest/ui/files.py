@@ -2,10 +2,10 @@
 a file an active job reads is kept and the page says which job."""
 from __future__ import annotations
 
-from flask import jsonify, redirect, request, url_for
+from flask import Response, jsonify, redirect, request, url_for
 from sqlalchemy import select
 
-from ..api import files as files_api
+from ..api import files as files_api, tus as tus_api
 from ..api.common import session
 from ..auth import owner_filter
 from ..errors import CaesarError, status_of
@@ -26,9 +26,40 @@ def _rows() -> list[dict]:
         return rows
 
 
+#: The size of each tus chunk the page sends: what a cut can cost, and one request's worth of progress.
+CHUNK_BYTES = 16 * 1024 * 1024
+
+
 @blp.route("/files")
 def files():
-    return page("files.html", files=_rows(), notice=request.args.get("notice"), error=request.args.get("error"))
+    return page("files.html", files=_rows(), notice=request.args.get("notice"), error=request.args.get("error"),
+                chunk_bytes=CHUNK_BYTES)
+
+
+# ---- resumable uploads: the API's tus views, signed in by the session (and its CSRF token) ------------------------
+def _tus(view, *args) -> Response:
+    tus_api._tus_version()
+    response = view(*args)
+    location = response.headers.get("Location")
+    if location:
+        response.headers["Location"] = url_for("ui.tus_one", upload_id=location.rsplit("/", 1)[1])
+    return tus_api._tus_headers(response)
+
+
+@blp.route("/files/uploads", methods=["POST"])
+def tus_create() -> Response:
+    """tus creation for the page's script (tus-js-client), as POST /caesar/api/v1.0/uploads."""
+    return _tus(tus_api.create)
+
+
+@blp.route("/files/uploads/<upload_id>", methods=["GET", "PATCH", "DELETE"])
+def tus_one(upload_id: str) -> Response:
+    """HEAD (the offset), PATCH (a chunk) and DELETE of one of the user's uploads, as under the API."""
+    if request.method == "PATCH":
+        return _tus(tus_api.patch, upload_id)
+    if request.method == "DELETE":
+        return _tus(tus_api.terminate, upload_id)
+    return _tus(tus_api.show, upload_id)
 
 
 @blp.route("/files/upload", methods=["POST"])

@@ -33,19 +33,56 @@
     rows.forEach((r) => body.appendChild(r));
   });
 
-  // ---- uploads: several files dropped or chosen, one request each, a progress bar each
+  // ---- uploads: several files dropped or chosen, a progress bar each. Resumable (tus 1.0, with tus-js-client)
+  // where the server offers it: chunks, and an upload cut off (a reload, a lost connection) goes on from where it
+  // stopped when the same file is chosen again (its upload URL kept in the browser's localStorage). Otherwise one
+  // request per file.
   const form = document.getElementById("upload-form");
   if (form) {
     const zone = document.getElementById("dropzone");
     const input = document.getElementById("file-input");
     const list = document.getElementById("progress");
     let pending = 0, failed = false;
+    const finished = (li, label, ok, message) => {
+      pending -= 1;
+      if (ok) { li.classList.add("done"); label.textContent += " ✓"; }
+      else { failed = true; li.classList.add("failed"); label.textContent += ": " + message; }
+      if (pending === 0 && !failed) window.location.reload();
+    };
+    const resumable = (file, li, bar, label) => {
+      const tag = document.getElementById("tag-input").value;
+      const upload = new window.tus.Upload(file, {
+        endpoint: form.dataset.tusUrl,
+        chunkSize: Number(form.dataset.chunkBytes),
+        metadata: Object.assign({filename: file.name}, tag ? {tag: tag} : {}),
+        headers: {"X-CSRF-Token": csrf()},
+        removeFingerprintOnSuccess: true,
+        retryDelays: [0, 1000, 3000, 5000],
+        onProgress: (sent, total) => { bar.value = 100 * sent / total; },
+        onSuccess: () => { bar.value = 100; finished(li, label, true); },
+        onError: (err) => {
+          let message = "upload failed";
+          const response = err && err.originalResponse;
+          if (response) {
+            try { message = JSON.parse(response.getBody()).message || message; }
+            catch (e) { message = "upload failed (" + response.getStatus() + ")"; }
+          }
+          finished(li, label, false, message);
+        },
+      });
+      upload.findPreviousUploads().then((previous) => {
+        if (previous.length) { upload.resumeFromPreviousUpload(previous[0]); li.classList.add("resumed"); label.textContent += " (resumed)"; }
+        upload.start();
+      });
+    };
     const send = (file) => {
       const li = document.createElement("li");
       const bar = document.createElement("progress");
       const label = document.createElement("span");
       bar.max = 100; bar.value = 0; label.textContent = " " + file.name;
       li.className = "upload"; li.append(bar, label); list.appendChild(li);
+      pending += 1;
+      if (window.tus && window.tus.isSupported && form.dataset.tusUrl) { resumable(file, li, bar, label); return; }
       const data = new FormData();
       const tag = document.getElementById("tag-input").value;
       if (tag) data.append("tag", tag);
@@ -55,14 +92,11 @@
       xhr.setRequestHeader("X-CSRF-Token", csrf());
       xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) bar.value = 100 * e.loaded / e.total; });
       xhr.addEventListener("loadend", () => {
-        pending -= 1;
         let answer = {};
         try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = {}; }
-        if (xhr.status === 200) { bar.value = 100; li.classList.add("done"); label.textContent += " ✓"; }
-        else { failed = true; li.classList.add("failed"); label.textContent += ": " + (answer.message || "upload failed (" + xhr.status + ")"); }
-        if (pending === 0 && !failed) window.location.reload();
+        if (xhr.status === 200) bar.value = 100;
+        finished(li, label, xhr.status === 200, answer.message || "upload failed (" + xhr.status + ")");
       });
-      pending += 1;
       xhr.send(data);
     };
     const sendAll = (files) => { failed = false; Array.from(files).forEach(send); };
