@@ -4,6 +4,7 @@ GET /uploads/<id> (not tus) shows it as JSON, with the file's record once done."
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Any
 
@@ -12,14 +13,15 @@ from flask_smorest import Blueprint
 
 from .. import API_PREFIX, multipart, resumable, s3store, storage
 from ..auth import current_owner
-from ..errors import BadRequest, Conflict, InsufficientStorage, PreconditionFailed, UnsupportedFormat
+from ..errors import BadRequest, Conflict, InsufficientStorage, NotFound, PreconditionFailed, UnsupportedFormat
 from ..models import File, Upload, utcnow
 from . import docs, files as files_api
 from .common import session, settings
 
 blp = Blueprint("tus", __name__, description="Resumable uploads (the tus 1.0 protocol)")
 
-UPLOAD_ID = docs.path_param("upload_id", "^[0-9a-f]{32}$", "the upload's id (and its file's uuid once whole)")
+UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+UPLOAD_ID = docs.path_param("upload_id", UPLOAD_ID_RE.pattern, "the upload's id (and its file's uuid once whole)")
 TUS_HEADER = {"name": "Tus-Resumable", "in": "header", "required": True, "description": "the tus version: 1.0.0",
               "schema": {"type": "string", "enum": [resumable.TUS_VERSION]}}
 OFFSET_HEADER = {"name": "Upload-Offset", "in": "header", "required": True, "description": "where this chunk goes",
@@ -32,22 +34,22 @@ def _tus_version() -> None:
     if request.method in ("OPTIONS", "GET"):
         return
     given = request.headers.get("Tus-Resumable")
-    if given != resumable.TUS_VERSION:
+    if given is None:       # the protocol says nothing of a request without it: a plain bad request
+        raise BadRequest(f"The Tus-Resumable header is required: send 'Tus-Resumable: {resumable.TUS_VERSION}'",
+                         field="Tus-Resumable")
+    if given != resumable.TUS_VERSION:      # a version this server does not speak: tus's 412, with Tus-Version
         raise PreconditionFailed(f"This server speaks tus {resumable.TUS_VERSION}: send 'Tus-Resumable: "
-                                 f"{resumable.TUS_VERSION}'" + (f", not {given!r}" if given else ""),
-                                 field="Tus-Resumable")
+                                 f"{resumable.TUS_VERSION}', not {given!r}", field="Tus-Resumable")
 
 
 @blp.after_request
 def _tus_headers(response: Response) -> Response:
     response.headers["Tus-Resumable"] = resumable.TUS_VERSION
-    if request.method == "OPTIONS" or response.status_code == 412:
+    if request.method == "OPTIONS" or response.status_code in (400, 412):
         response.headers["Tus-Version"] = resumable.TUS_VERSION
+    if response.status_code == 204:
+        response.headers.pop("Content-Type", None)      # no body, no type
     if request.method == "OPTIONS":
-        # Flask's own answer to OPTIONS (the first rule of the path gives it) becomes tus's: 204, no body.
-        if response.status_code == 200 and not response.get_data():
-            response.status_code = 204
-            response.headers.pop("Content-Type", None)
         response.headers["Tus-Extension"] = ",".join(resumable.EXTENSIONS)
         response.headers["Tus-Max-Size"] = str(int(settings()["MAX_UPLOAD_BYTES"]))
         response.headers["Tus-Checksum-Algorithm"] = ",".join(resumable.CHECKSUMS)
@@ -141,7 +143,7 @@ GONE = {"410": docs.json_response("ApiError", "The upload expired and was remove
 @blp.doc(summary="A resumable upload: HEAD gives its offset in tus headers, GET the same as JSON, with the file's "
                  "record once whole (its uuid is the upload's)",
          responses={"200": docs.json_response("Upload", "The upload (HEAD: the same in tus headers, no body)"),
-                    **docs.errors(404), **GONE, **docs.ERRORS})
+                    **docs.errors(400, 404, 412), **GONE, **docs.ERRORS})
 def show(upload_id: str) -> Response:
     cfg = settings()
     owner = current_owner()
@@ -169,7 +171,7 @@ def patch(upload_id: str) -> Response:
 
 @blp.route("/uploads/<upload_id>", methods=["DELETE"], parameters=[UPLOAD_ID, TUS_HEADER], endpoint="terminate")
 @blp.doc(summary="End an upload (tus termination): its bytes are removed, a finished upload's file stays",
-         responses={"204": {"description": "Removed"}, **docs.errors(404, 412), **GONE, **docs.ERRORS})
+         responses={"204": {"description": "Removed"}, **docs.errors(400, 404, 412), **GONE, **docs.ERRORS})
 def terminate(upload_id: str) -> Response:
     cfg = settings()
     with session() as s:
@@ -181,8 +183,10 @@ def terminate(upload_id: str) -> Response:
 
 @blp.route("/uploads/<upload_id>", methods=["OPTIONS"], parameters=[UPLOAD_ID], endpoint="discover")
 @blp.doc(summary="tus discovery: the version, extensions, largest size and checksum algorithms",
-         responses={"204": {"description": "In the Tus-* headers"}})
+         responses={"204": {"description": "In the Tus-* headers"}, **docs.errors(404), **docs.ERRORS})
 def discover(upload_id: str) -> Response:
+    if not UPLOAD_ID_RE.fullmatch(upload_id):
+        raise NotFound(f"No upload {upload_id!r}: an upload's id is 32 lower-case hex digits")
     return Response(status=204)
 
 
@@ -259,3 +263,9 @@ def _complete(cfg, owner: str, upload_id: str, path) -> None:
     if isinstance(sink, resumable.PartSink):
         os.chmod(record.path, 0o440)
     path.unlink(missing_ok=True)
+
+
+# OPTIONS is tus's discovery, answered by discover() and discover_all(): the other views of the same paths take none
+# of Flask's automatic OPTIONS answers (Flask reads this attribute when the rule is added).
+for _tus_view in (create, show, patch, terminate):
+    _tus_view.provide_automatic_options = False  # type: ignore[attr-defined]

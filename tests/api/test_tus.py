@@ -143,7 +143,9 @@ def test_wrong_offsets_types_versions_and_sizes_are_refused_naming_the_problem(t
     r = client.patch(url, data=b"x", headers={**TUS, "Upload-Offset": "0", "Content-Type": "text/plain"})
     assert r.status_code == 415 and CHUNK in r.get_json()["message"]
     r = client.patch(url, data=b"x", headers={"Upload-Offset": "0", "Content-Type": CHUNK})
-    assert r.status_code == 412 and r.headers["Tus-Version"] == "1.0.0" and "Tus-Resumable" in r.get_json()["message"]
+    assert r.status_code == 400 and r.get_json()["field"] == "Tus-Resumable"
+    r = client.patch(url, data=b"x", headers={"Tus-Resumable": "0.2.2", "Upload-Offset": "0", "Content-Type": CHUNK})
+    assert r.status_code == 412 and r.headers["Tus-Version"] == "1.0.0" and "'0.2.2'" in r.get_json()["message"]
     r = patch(client, url, 0, b"x" * 101)
     assert r.status_code == 413 and r.get_json()["left_bytes"] == 100
     r = client.patch(url, data=b"x", headers={**TUS, "Upload-Offset": "-1", "Content-Type": CHUNK})
