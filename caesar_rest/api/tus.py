@@ -268,4 +268,4 @@ def _complete(cfg, owner: str, upload_id: str, path) -> None:
 # OPTIONS is tus's discovery, answered by discover() and discover_all(): the other views of the same paths take none
 # of Flask's automatic OPTIONS answers (Flask reads this attribute when the rule is added).
 for _tus_view in (create, show, patch, terminate):
-    _tus_view.provide_automatic_options = False  # type: ignore[attr-defined]
+    _tus_view.provide_automatic_options = False
