@@ -212,7 +212,7 @@ def reap(settings: Mapping[str, Any], publish: Callable[[str, str], Any],
         # node that answers the ping is never gone, whatever its heartbeats say.
         judging_view = watched >= min(grace, 3 * float(settings["HEARTBEAT_INTERVAL"]))
         stale: dict[str, int] = dict(s.execute(select(Job.id, Job.attempts).where(
-            Job.state.in_((STARTED, RUNNING)), Job.heartbeat_at < stale_cut)).tuples().all()) if judging else {}
+            Job.state.in_((STARTED, RUNNING)), Job.heartbeat_at < stale_cut)).all()) if judging else {}
         pending = s.execute(select(Job.id, Job.backend).where(
             Job.state == PENDING, Job.submit_date < pending_cut,
             or_(Job.republished_at.is_(None), Job.republished_at < pending_cut))).all()
