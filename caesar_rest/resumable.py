@@ -238,11 +238,15 @@ def append(fh: BinaryIO, offset: int, room: int, read: Callable[[int], bytes], e
                 hasher.update(block)
             written += len(block)
     except OSError as exc:
-        os.ftruncate(fh.fileno(), offset + (0 if checksum else written))
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             os.ftruncate(fh.fileno(), offset)
             raise InsufficientStorage("The data disk is full; the chunk was not stored") from exc
-        raise
+        # Any other OSError is the connection's (a reset under gunicorn or uWSGI): as below.
+        if checksum:
+            os.ftruncate(fh.fileno(), offset)
+            raise
+        os.ftruncate(fh.fileno(), offset + written)
+        return written, False
     except Exception:
         # The client went away mid-body (the server's read failed): what came is kept, as tus asks, unless
         # a checksum was declared for the whole chunk.
