@@ -58,7 +58,9 @@ EXECUTOR_OVERLAY: dict[str, Any] = {
     "image": {"minLength": 1, "pattern": _NO_NUL},
     "command": {"minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": _NO_NUL}},
     "workdir": _DIR, "stdin": _PATH, "stdout": _PATH, "stderr": _PATH,
-    "env": {"additionalProperties": _TEXT}}
+    "env": {"additionalProperties": _TEXT,
+            "description": "Variable name -> value. A name is not empty and holds no '=' or NUL (refused: 400 "
+                           "naming the executor's env; OpenAPI 3.0 has no propertyNames to say it)"}}
 INPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "name": _TEXT, "description": _TEXT}    # url: task_request
 OUTPUT_OVERLAY: dict[str, Any] = {"path": _PATH, "url": _OUT_URL, "name": _TEXT, "description": _TEXT}
 
