@@ -8,6 +8,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -254,6 +255,19 @@ def table_of(model: type[Base]) -> Table:
     paths (a job's transitions, its creation), where the ORM's unit of work costs as much as the rest."""
     return cast(Table, model.__table__)
 
+
+#: The duration histogram's bucket bounds (seconds): job_counts has a column le_<bound> for each (migration 0009).
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+#: Jobs counted by (app, backend, state), with the histogram of finished jobs' elapsed times, kept by triggers on
+#: jobs (migration 0009, where the why is): the rows of a key add up to its counts. No primary key: on PostgreSQL
+#: the triggers append deltas (caesar_rest/metrics.py folds them); SQLite's keep one row per key.
+JOB_COUNTS = Table(
+    "job_counts", Base.metadata,
+    Column("app", String(128), nullable=False), Column("backend", String(64), nullable=False),
+    Column("state", String(16), nullable=False), Column("n", BigInteger, nullable=False),
+    Column("timed", BigInteger, nullable=False), Column("elapsed_sum", Float, nullable=False),
+    *(Column(f"le_{bound}", BigInteger, nullable=False) for bound in DURATION_BUCKETS))
 
 JOBS, EVENTS, INPUTS, TES_TAGS = table_of(Job), table_of(JobEvent), table_of(JobInput), table_of(TesTag)
 SUBSCRIPTIONS, DELIVERIES = table_of(NotifySubscription), table_of(NotifyDelivery)
