@@ -53,6 +53,7 @@ test-fast: install
 bench: install services
 	$(PY) -m bench $(BENCH_ARGS)
 	@if [ "$${SLURM_BENCH:-1}" != 0 ]; then $(PY) -m bench.slurm $(SLURM_BENCH_ARGS); fi
+	@if [ "$${MULTIHOST_BENCH:-1}" != 0 ]; then $(PY) -m bench.multihost $(MULTIHOST_BENCH_ARGS); fi
 
 # The fault drills (issue 15): workers killed, the database cut, a PENDING backlog; one table of lost / doubled.
 drills: install services
