@@ -2,7 +2,8 @@
 
 Phases, in order: OGC API - Processes against pygeoapi (first: its stores must hold only the sizes it asks for), job
 overhead, submission throughput, drain, upload, tar.gz download, reads with a full
-jobs table (the last adds the most rows, so it runs last). A phase that fails is reported (value missing,
+jobs table (100,000 rows), then at a million (scale: /jobs, status, TES, OGC, /metrics, the reaper; the last two add
+the most rows, so they run last). A phase that fails is reported (value missing,
 error in the JSON) and the exit status is 1; targets missed do not change the exit status."""
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from .report import Figure, machine, table, write_json
 
-PHASES = ("ogc", "overhead", "throughput", "drain", "upload", "download", "listing")
+PHASES = ("ogc", "overhead", "throughput", "drain", "upload", "download", "listing", "scale")
 #: What each phase must produce: the smoke test checks every key is present with a number.
 FIGURE_KEYS = {
     "ogc": ("ogc_async_p50", "ogc_async_p50_small", "ogc_async_growth", "ogc_jobs_p50", "ogc_jobs_p50_small",
@@ -28,15 +29,17 @@ FIGURE_KEYS = {
                "upload_transport_ceiling"),
     "download": ("download_tgz_time",),
     "listing": ("jobs_page_p95", "job_status_p95"),
+    "scale": ("scale_jobs_first_p95", "scale_jobs_token_p95", "scale_status_p95", "scale_tes_first_p95",
+              "scale_tes_token_p95", "scale_ogc_jobs_p95", "scale_metrics_p95", "scale_reaper_run", "scale_fill_time"),
 }
 MiB = 1024 * 1024
 
 FULL = {"ogc_jobs": 1000, "ogc_rounds": 40, "overhead_jobs": 100, "submit_requests": 3000, "submit_concurrency": 16,
         "drain_jobs": 10000, "upload_mib": 1024, "upload_repeats": 3, "download_mib": 1024, "download_repeats": 1,
-        "listing_jobs": 100000, "listing_requests": 300}
+        "listing_jobs": 100000, "listing_requests": 300, "scale_jobs": 1000000, "scale_requests": 300}
 QUICK = {"ogc_jobs": 40, "ogc_rounds": 6, "overhead_jobs": 10, "submit_requests": 200, "submit_concurrency": 8,
          "drain_jobs": 100, "upload_mib": 16, "upload_repeats": 1, "download_mib": 16, "download_repeats": 1,
-         "listing_jobs": 2000, "listing_requests": 40}
+         "listing_jobs": 2000, "listing_requests": 40, "scale_jobs": 5000, "scale_requests": 40}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +72,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
-    from . import drain, listing, ogc, throughput, transfer
+    from . import drain, listing, ogc, scale, throughput, transfer
     from .stack import Stack
 
     started = time.time()
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], dict]:
             "upload": lambda: transfer.measure_upload(stack, base, args.upload_mib * MiB, args.upload_repeats),
             "download": lambda: transfer.measure_download(stack, base, args.download_mib * MiB, args.download_repeats),
             "listing": lambda: listing.measure(stack, base, args.listing_jobs, args.listing_requests),
+            "scale": lambda: scale.measure(stack, base, args.scale_jobs, args.scale_requests),
         }
         for phase in PHASES:
             if phase not in args.phases:

@@ -225,3 +225,21 @@ def test_jobs_there_before_the_migration_are_counted_once(database, tmp_path):
         s.execute(text("DELETE FROM jobs"))
     db.upgrade(database)
     assert counted(database) == truth(database) == {}
+
+
+def test_the_reaper_folds_the_deltas(app, database, dialect):
+    from workers.runner import reap
+
+    ids = submit(database, 4)
+    for job_id in ids[:2]:
+        move(database, job_id, (STARTED, {}), (RUNNING, {}), (SUCCESS, {"elapsed": 1.0}))
+    with db.session_scope(database) as s:
+        rows_before = s.scalar(select(func.count()).select_from(JOB_COUNTS))
+    result = reap(app.config, publish=lambda *a: None, follow=lambda *a: None, view=lambda: None)
+    assert counted(database) == truth(database)
+    with db.session_scope(database) as s:
+        rows_after = s.scalar(select(func.count()).select_from(JOB_COUNTS))
+    if dialect == "postgresql":     # a row per delta (per INSERT statement, 2 per transition), then one per key
+        assert rows_before == 4 + 2 * 6 and rows_after == result["job_counts_rows"] == 2
+    else:                           # one per key seen (PENDING, STARTED, RUNNING, SUCCESS) all along
+        assert rows_before == rows_after == 4 and result["job_counts_rows"] == 0
