@@ -22,7 +22,7 @@ from sqlalchemy.engine import CursorResult
 
 from .config import queue_name
 from .db import read_connection, session_scope
-from .models import ALL_STATES, DURATION_BUCKETS, JOB_COUNTS, TERMINAL_STATES
+from .models import ALL_STATES, DURATION_BUCKETS, JOB_COUNTS, NOTIFY_COUNTS, TERMINAL_STATES
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -178,20 +178,25 @@ COMPACT_ABOVE = 2000
 
 
 def compact_job_counts(url: str) -> int:
-    """Fold job_counts' delta rows into one per key (PostgreSQL; SQLite's triggers keep one already): in one
-    statement, so a delta committed meanwhile is neither seen nor deleted, and none is lost or counted twice, even
-    with two of these at once (the second skips the rows the first deleted). Keys whose jobs are all gone are
-    dropped. Returns the rows there are now."""
+    """Fold the delta rows of job_counts and notify_counts into one per key (PostgreSQL; SQLite's triggers keep one
+    already): each table in one statement, so a delta committed meanwhile is neither seen nor deleted, and none is
+    lost or counted twice, even with two of these at once (the second skips the rows the first deleted). Keys
+    whose rows are all gone are dropped. Returns the rows of job_counts there are now."""
     if not url.startswith("postgresql"):
         return 0
-    columns = ", ".join(c.name for c in JOB_COUNTS.c)
-    sums = ", ".join(f"sum({c.name})" for c in JOB_COUNTS.c if c.name not in ("app", "backend", "state"))
+    folded = 0
     with session_scope(url) as s:
-        done = cast(CursorResult[Any], s.execute(text(
-            f"WITH gone AS (DELETE FROM job_counts RETURNING *) "
-            f"INSERT INTO job_counts ({columns}) SELECT app, backend, state, {sums} FROM gone "
-            f"GROUP BY app, backend, state HAVING sum(n) <> 0")))
-        return int(done.rowcount or 0)
+        for table, key in ((JOB_COUNTS, ("app", "backend", "state")), (NOTIFY_COUNTS, ("state",))):
+            columns = ", ".join(c.name for c in table.c)
+            keys = ", ".join(key)
+            sums = ", ".join(f"sum({c.name})" for c in table.c if c.name not in key)
+            done = cast(CursorResult[Any], s.execute(text(
+                f"WITH gone AS (DELETE FROM {table.name} RETURNING *) "
+                f"INSERT INTO {table.name} ({columns}) SELECT {keys}, {sums} FROM gone "
+                f"GROUP BY {keys} HAVING sum(n) <> 0")))
+            if table is JOB_COUNTS:
+                folded = int(done.rowcount or 0)
+    return folded
 
 
 def _jobs(exp: Exposition, settings: Mapping[str, Any]) -> None:
@@ -236,7 +241,7 @@ def _jobs(exp: Exposition, settings: Mapping[str, Any]) -> None:
 
 def _notifications(exp: Exposition, settings: Mapping[str, Any]) -> None:
     """The notification outbox (caesar_rest/notify.py) by state, and the pending ones overdue by more than two sweep
-    intervals: a number that grows means no control worker sends them."""
+    intervals: a number that grows means no control worker sends them (an index range over pending ones only)."""
     from datetime import timedelta
 
     from .models import DELIVERIES, utcnow
@@ -246,8 +251,9 @@ def _notifications(exp: Exposition, settings: Mapping[str, Any]) -> None:
                "Pending notifications due for more than two NOTIFY_SWEEP_INTERVALs (is a control worker up?).")
     late = utcnow() - timedelta(seconds=2 * float(settings["NOTIFY_SWEEP_INTERVAL"]))
     with session_scope(settings["DATABASE_URL"]) as s:
+        # from the counts kept by the database (migration 0011), not a GROUP BY over every delivery ever made
         counts = {str(state): int(n) for state, n in s.execute(
-            select(DELIVERIES.c.state, func.count()).group_by(DELIVERIES.c.state)).all()}
+            select(NOTIFY_COUNTS.c.state, func.sum(NOTIFY_COUNTS.c.n)).group_by(NOTIFY_COUNTS.c.state)).all()}
         overdue = s.scalar(select(func.count()).select_from(DELIVERIES).where(
             DELIVERIES.c.state == "pending", DELIVERIES.c.next_try < late)) or 0
     for state in ("pending", "delivered", "failed"):

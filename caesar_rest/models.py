@@ -276,6 +276,10 @@ JOB_COUNTS = Table(
     Column("timed", BigInteger, nullable=False), Column("elapsed_sum", Float, nullable=False),
     *(Column(f"le_{bound}", BigInteger, nullable=False) for bound in DURATION_BUCKETS))
 
+#: Notification deliveries counted by state, kept by triggers on notify_deliveries (migration 0011), as job_counts.
+NOTIFY_COUNTS = Table("notify_counts", Base.metadata, Column("state", String(16), nullable=False),
+                      Column("n", BigInteger, nullable=False))
+
 JOBS, EVENTS, INPUTS, TES_TAGS = table_of(Job), table_of(JobEvent), table_of(JobInput), table_of(TesTag)
 SUBSCRIPTIONS, DELIVERIES = table_of(NotifySubscription), table_of(NotifyDelivery)
 ATTEMPTS = table_of(NotifyAttempt)

@@ -243,3 +243,41 @@ def test_the_reaper_folds_the_deltas(app, database, dialect):
         assert rows_before == 4 + 2 * 6 and rows_after == result["job_counts_rows"] == 2
     else:                           # one per key seen (PENDING, STARTED, RUNNING, SUCCESS) all along
         assert rows_before == rows_after == 4 and result["job_counts_rows"] == 0
+
+
+def test_notification_counts_follow_the_outbox(app, database):
+    from caesar_rest.models import DELIVERIES, NOTIFY_COUNTS, SUBSCRIPTIONS
+
+    def truth_by_state() -> dict[str, int]:
+        with db.session_scope(database) as s:
+            rows = s.execute(select(DELIVERIES.c.state, func.count()).group_by(DELIVERIES.c.state)).all()
+        return {str(st): int(n) for st, n in rows}
+
+    def counted_by_state() -> dict[str, int]:
+        with db.session_scope(database) as s:
+            rows = s.execute(select(NOTIFY_COUNTS.c.state, func.sum(NOTIFY_COUNTS.c.n))
+                             .group_by(NOTIFY_COUNTS.c.state)).all()
+        return {st: int(n) for st, n in rows if n}
+
+    job_id, = submit(database)
+    with db.session_scope(database) as s:
+        s.execute(insert(SUBSCRIPTIONS), {"id": "sub1", "job_id": job_id, "url": "http://127.0.0.1:9/", "events": [],
+                                          "format": "caesar", "created_at": utcnow()})
+        s.execute(insert(DELIVERIES), [{"subscription_id": "sub1", "job_id": job_id, "event": "x",
+                                        "job_state": "PENDING", "payload": {}, "state": "pending", "attempts": 0,
+                                        "created_at": utcnow()} for _ in range(5)])
+    assert counted_by_state() == truth_by_state() == {"pending": 5}
+    with db.session_scope(database) as s:
+        first, second, third, *_rest = s.scalars(select(DELIVERIES.c.id).order_by(DELIVERIES.c.id)).all()
+        s.execute(update(DELIVERIES).where(DELIVERIES.c.id == first).values(state="delivered"))
+        s.execute(update(DELIVERIES).where(DELIVERIES.c.id == second).values(state="failed"))
+        s.execute(update(DELIVERIES).where(DELIVERIES.c.id == second).values(attempts=3))      # counts nothing
+        s.execute(delete(DELIVERIES).where(DELIVERIES.c.id == third))
+    assert counted_by_state() == truth_by_state() == {"pending": 2, "delivered": 1, "failed": 1}
+    metrics.compact_job_counts(database)
+    assert counted_by_state() == truth_by_state()
+    lines = scrape(app.test_client())
+    assert 'caesar_notifications{state="pending"} 2' in lines and 'caesar_notifications{state="failed"} 1' in lines
+    with db.session_scope(database) as s:       # a job deleted takes its deliveries with it (ON DELETE CASCADE)
+        s.execute(delete(Job).where(Job.id == job_id))
+    assert counted_by_state() == truth_by_state() == {}
