@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from tests.support import (
     wait_until,
 )
 
-from .report import Figure, table, write_json
+from .report import Figure, machine, table, write_json
 from .stack import APPS_DIR, GUNICORN, cpu_seconds, tree
 
 API_PORT = 8000
@@ -142,6 +143,7 @@ class Cluster:
             S3_ACCESS_KEY_ID="testing", S3_SECRET_ACCESS_KEY="testing",
             # the reliability drills' clock (bench/drills.py): a gone host is found within seconds
             STALE_AFTER=10, REAPER_INTERVAL=1, HEARTBEAT_INTERVAL=0.5, **extra)
+        del self.settings["JOB_POLL_INTERVAL"]      # production_settings tunes the tests'; the default here
         # What the orchestrator (the root namespace) uses: the same service, reached on loopback.
         self.local_settings = {**self.settings, "DATABASE_URL": self.db_url,
                                "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
@@ -193,9 +195,15 @@ class Cluster:
                     pass
             proc.stop(signal.SIGKILL, timeout=10)
 
-    def host_pids(self, name: str) -> list[int]:
-        procs = [self.api] if name == "host1" else self.workers.get(name, [])
-        return [pid for proc in procs for pid in tree(proc.pid)]
+    def pids(self, name: str) -> list[int]:
+        """A host's processes (hostN), moto's and the forwarders' (s3+forwarders), or the bench's own (bench)."""
+        if name == "bench":
+            return [os.getpid()]
+        if name == "s3+forwarders":
+            roots = [p.pid for p in self.fabric.forwarders] + ([self.moto.pid] if self.moto else [])
+        else:
+            roots = [self.api.pid] if name == "host1" else [p.pid for p in self.workers.get(name, [])]
+        return [pid for root in roots for pid in tree(root)]
 
     # ---- jobs ----------------------------------------------------------------------------------------------
     def upload(self, content: bytes, name: str) -> dict[str, Any]:
@@ -272,21 +280,28 @@ class Burst:
     hosts: int
     jobs: int
     seconds: float
-    cpu_busy: float                 # of the whole machine, in cores
-    cpu: dict[str, float] = field(default_factory=dict)     # CPU seconds by host (the service's processes)
+    cpu_busy: float                 # of the whole machine, in cores (other work on the machine included)
+    #: CPU seconds: each host's processes (jobs included), moto + the forwarders, the bench itself, and the rest of
+    #: the machine (PostgreSQL, RabbitMQ, Redis, and whatever else runs there)
+    cpu: dict[str, float] = field(default_factory=dict)
     ran_on: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
 
+    @property
+    def service_ms(self) -> float:
+        """CPU milliseconds per job of the three hosts' processes (the API, the workers, the jobs)."""
+        return sum(self.cpu.get(h, 0.0) for h in ("host1", "host2", "host3")) / self.jobs * 1000
+
 
 def burst(cluster: Cluster, app: str, inputs: dict[str, Any], n: int, hosts: int) -> Burst:
     """n jobs POSTed back to back on 4 connections, timed from the first POST to the last end."""
     from concurrent.futures import ThreadPoolExecutor
 
-    names = [f"host{i}" for i in (1, 2, 3)]
-    cpu0 = {name: cpu_seconds(cluster.host_pids(name)) for name in names}
+    names = ["host1", "host2", "host3", "s3+forwarders", "bench"]
+    cpu0 = {name: cpu_seconds(cluster.pids(name)) for name in names}
     busy0, total0 = _busy()
     started = time.perf_counter()
     sessions = [requests.Session() for _ in range(4)]
@@ -295,7 +310,10 @@ def burst(cluster: Cluster, app: str, inputs: dict[str, Any], n: int, hosts: int
     cluster.wait_ended(ids, 60 + n * 2)
     seconds = time.perf_counter() - started
     busy1, total1 = _busy()
-    cpu = {name: round(cpu_seconds(cluster.host_pids(name)) - cpu0[name], 2) for name in names}
+    cpu = {name: round(cpu_seconds(cluster.pids(name)) - cpu0[name], 2) for name in names}
+    cores = os.cpu_count() or 1
+    busy = (busy1 - busy0) / (total1 - total0) * cores           # cores busy on average
+    cpu["rest"] = round(busy * seconds - sum(cpu.values()), 2)
     from sqlalchemy import select
 
     from caesar_rest.db import session_scope
@@ -306,8 +324,7 @@ def burst(cluster: Cluster, app: str, inputs: dict[str, Any], n: int, hosts: int
     bad = [state for state, _h in rows if state != "SUCCESS"]
     if bad:
         raise RuntimeError(f"{len(bad)} of the {app} burst's jobs did not succeed: {Counter(bad)}")
-    cores = os.cpu_count() or 1
-    return Burst(app, hosts, n, seconds, round((busy1 - busy0) / (total1 - total0) * cores, 2), cpu,
+    return Burst(app, hosts, n, seconds, round(busy, 2), cpu,
                  dict(Counter(h for _s, h in rows)))
 
 
@@ -325,6 +342,7 @@ class DrillResult:
     doubled: int                           # a RUNNING more often than its attempts
     killed_at: int                         # jobs ended when host 3 was killed
     running_on_host3_at_kill: int
+    settled_after_kill: float | None = None   # seconds from the kill to the last of host 3's attempts declared lost
     problems: list[str] = field(default_factory=list)
 
 
@@ -364,7 +382,7 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
     def third_ended_host3_busy() -> bool:
         states = cluster.states(ids)
         seen[:] = [Counter(states.values())]
-        return sum(s in TERMINAL for s in states.values()) >= n // 3 and host3_running() > 0
+        return sum(s in TERMINAL for s in states.values()) >= n // 3 and host3_running() >= cluster.concurrency
 
     try:
         wait_until(third_ended_host3_busy, 60 + n * seconds, "a third of the jobs ended while host 3 runs some",
@@ -373,6 +391,7 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
         raise AssertionError(f"{exc}; jobs {seen}") from None
     running3 = host3_running()
     killed_at = sum(s in TERMINAL for s in cluster.states(ids).values())
+    killed = datetime.now(UTC).replace(tzinfo=None)      # the database's clock: naive UTC
     cluster.kill_workers("host3")
     cluster.wait_ended(ids, 120 + n * seconds * 2)
     elapsed = time.monotonic() - started
@@ -380,12 +399,14 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
     states: Counter[str] = Counter()
     ran: Counter[str] = Counter()
     lost_on: Counter[str] = Counter()
+    settled: list[float] = []
     for job_id, job in jobs.items():
         meta = cluster.metadata(job_id)
         states[meta["state"]] += 1
         previous = meta["retries"]["previous_attempts"] or []
         for attempt in previous:
             lost_on[str(attempt.get("host"))] += 1
+            settled.append((datetime.fromisoformat(attempt["ended"]) - killed).total_seconds())
         running = sum(e["state"] == "RUNNING" for e in meta["events"])
         if running > 1 + len(previous):
             result.doubled += 1
@@ -406,15 +427,18 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
                 and "host3" in meta["status"]:
             result.failed_lost += 1
             lost_on["host3"] += 1
+            settled.append((datetime.fromisoformat(meta["timings"]["finished"]) - killed).total_seconds())
         else:
             result.problems.append(f"{job_id} ({job['app']}): {meta['state']} {meta['status']!r}")
     result.states, result.ran_on, result.lost_on = dict(states), dict(ran), dict(lost_on)
+    result.settled_after_kill = round(max(settled), 2) if settled else None
     return result
 
 
 # ---- main --------------------------------------------------------------------------------------------------
 def measure(jobs: int, bursts: int, sleep: float, concurrency: int, scratch: Path | None) -> tuple[list[Figure],
                                                                                                      dict[str, Any]]:
+    at_start = machine()
     cluster = Cluster(scratch, concurrency=concurrency)
     try:
         cluster.start_workers("host2")
@@ -429,17 +453,21 @@ def measure(jobs: int, bursts: int, sleep: float, concurrency: int, scratch: Pat
     figures = []
     for a, b in zip(one, two, strict=True):
         what = "no-op jobs" if a.app == "noop" else f"{sleep:g} s jobs"
+        ceiling = "" if a.app == "noop" else \
+            f"; the slots' ceiling {concurrency / sleep:g} / {2 * concurrency / sleep:g} jobs/s"
         figures.append(Figure(
             f"multihost_{a.app}_rate", f"{what}, 2 worker hosts", round(b.rate, 2), "jobs/s", round(a.rate, 2),
-            "1 worker host", notes=f"{a.jobs} / {b.jobs} jobs; machine busy {a.cpu_busy:g} / {b.cpu_busy:g} of "
-                                   f"{cores} cores; CPU s by host {a.cpu} / {b.cpu}; ran on {a.ran_on} / {b.ran_on}",
-            details={"one": a.__dict__, "two": b.__dict__}))
+            "1 worker host", notes=f"{a.jobs} / {b.jobs} jobs (1 / 2 worker hosts){ceiling}; machine busy "
+                                   f"{a.cpu_busy:g} / {b.cpu_busy:g} of {cores} cores; the service's CPU per job "
+                                   f"{a.service_ms:.0f} / {b.service_ms:.0f} ms; CPU s {a.cpu} / {b.cpu}; ran on "
+                                   f"{a.ran_on} / {b.ran_on}",
+            details={"one": {**a.__dict__, "rate": a.rate}, "two": {**b.__dict__, "rate": b.rate}}))
     ok = not result.problems and set(result.ran_on) >= {"host2", "host3"} and result.lost_on.get("host3", 0) > 0
     figures.append(Figure("multihost_drill_seconds", f"drill: {jobs} jobs, host 3 killed", result.seconds, "s",
                           target="every job ends with a reason, both hosts ran some, every output from host 1",
                           met=ok, notes=json.dumps({k: v for k, v in result.__dict__.items() if k != "problems"}),
                           details=result.__dict__))
-    return figures, {"concurrency_per_host": concurrency, "problems": result.problems[:20]}
+    return figures, {"concurrency_per_host": concurrency, "problems": result.problems[:20], **at_start}
 
 
 def main(argv: list[str] | None = None) -> int:
