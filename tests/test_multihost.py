@@ -11,7 +11,7 @@ import requests
 
 from bench.multihost import Cluster, drill
 from tests import netns
-from tests.support import TERMINAL, wait_until
+from tests.support import API, TERMINAL, job_processes, wait_until
 
 
 def _links() -> str:
@@ -68,6 +68,17 @@ def test_jobs_across_hosts_survive_the_loss_of_a_worker_host(cluster):
     # The API answers on host 1's address from the other hosts too (what a load balancer would reach).
     probe = hosts["host3"].run(["curl", "-sS", "--max-time", "5", f"{cluster.base}/health"])
     assert probe.returncode == 0 and probe.stdout, probe.stderr
+
+    # A cancel sent to the API host reaches the job's process on the worker host that runs it (the database flag
+    # its runner watches), and the job's processes there are gone.
+    blob = cluster.upload(b"cancel me\n", "cancel.txt")
+    job_id = cluster.submit("digest", {"inputfile": blob["uuid"], "seconds": 60, "tag": "canceled"})
+    wait_until(lambda: cluster.states([job_id])[job_id] == "RUNNING", 60, "the long job running")
+    ran_on = cluster.metadata(job_id)["host"]
+    assert ran_on in ("host2", "host3") and job_processes(job_id)
+    assert requests.post(f"{cluster.base}{API}/job/{job_id}/cancel", timeout=30).status_code == 200
+    wait_until(lambda: cluster.states([job_id])[job_id] == "CANCELED", 30, "the job canceled")
+    wait_until(lambda: not job_processes(job_id), 15, f"the canceled job's processes gone from {ran_on}")
 
     result = drill(cluster, 40, seconds=1.0, once_every=4)
 
