@@ -25,8 +25,9 @@ from .stack import cpu_seconds, tree
 
 
 def publish_rate(stack, n: int) -> tuple[float, float]:
-    """Messages a second, one producer, sequential: `publish_run` (send_task with the API's retry policy and
-    the transport's publisher confirms) of job ids nobody consumes."""
+    """Messages a second, one producer, sequential: `publish_run` (the job message through this thread's cached
+    kombu producer, with the API's retry policy and the transport's publisher confirms: a bare publish, the
+    same one POST /job makes) of job ids nobody consumes."""
     for _ in range(20):      # connection and channel set up
         publish_run(stack.celery, stack.settings, str(uuid.uuid4()), "local")
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def measure(stack, base: str, n: int, concurrency: int) -> list[Figure]:
                    "baseline_messages_each": max(n // 2, 500),
                    "baseline_rates (before, between, after)": [round(r, 1) for r in rates]}
         ok = res.statuses.get(202, 0) == n
-        figures.append(Figure(key, title, rate, "jobs/s", baseline, "publish_run loop",
-                              "≥ 0.5x baseline and ≥ 300 jobs/s", bool(ok and rate >= 0.5 * baseline and rate >= 300),
+        figures.append(Figure(key, title, rate, "jobs/s", baseline, "bare publish loop (publish_run)",
+                              "≥ 0.6x baseline", bool(ok and rate >= 0.6 * baseline),
                               details=details))
     return figures

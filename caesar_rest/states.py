@@ -7,6 +7,7 @@ through the same states; a kind only chooses the messages and the fields it reco
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,33 @@ def check(from_states: tuple[JobState | str, ...], state: JobState | str) -> Non
         raise IllegalTransition(f"no transition {', '.join(bad)} -> {state} in caesar_rest.states.TRANSITIONS")
 
 
+_EVENT_PARAMS = ("state", "message", "at")
+
+
+def _one_statement(session: Session) -> bool:
+    """PostgreSQL runs a data-modifying CTE: a job row and its event go in one statement. SQLite has no INSERT or
+    UPDATE in WITH: two statements there (the embedded default; its round trips are function calls)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+@functools.cache
+def _insert_with_event(names: tuple[str, ...]) -> Any:
+    """WITH inserted AS (INSERT INTO jobs ... RETURNING id) INSERT INTO job_events ...: parameters _j_<column> and
+    _ev_<field> (a column's own name is reserved in VALUES), built once for insert_job's columns."""
+    jobs = models.JOBS
+    inserted = jobs.insert().values({name: bindparam(f"_j_{name}", type_=jobs.c[name].type) for name in names}) \
+        .returning(jobs.c.id).cte("inserted")
+    return _event_from(inserted.c.id, _EVENT_PARAMS).add_cte(inserted)
+
+
+def _event_from(job_id: Any, names: tuple[str, ...]) -> Any:
+    """INSERT INTO job_events SELECT <job_id>, :_ev_state, :_ev_message, :_ev_at: one event per row job_id comes
+    from (a CTE's), none when that CTE wrote no row."""
+    events = models.EVENTS
+    values = [bindparam(f"_ev_{name}", type_=events.c[name].type) for name in names]
+    return events.insert().from_select(["job_id", *names], select(job_id, *values))
+
+
 def _move(session: Session, job_id: str, state: JobState | str, message: str,
           from_states: tuple[JobState | str, ...] | None, columns: tuple[Any, ...],
           fields: dict[str, Any], at_attempt: int | None = None) -> Row[Any] | bool:
@@ -111,11 +139,26 @@ def _move(session: Session, job_id: str, state: JobState | str, message: str,
     # this transaction (caesar_rest/notify.py), and every other job learns it has none without a query.
     notify_column = models.JOBS.c.notify
     returned = columns if any(c is notify_column for c in columns) else (*columns, notify_column)
-    row = session.execute(statement.returning(*returned), params).first()
-    if row is None:
-        return False
-    session.execute(models.EVENTS.insert(), {"job_id": job_id, "state": state.value, "message": message, "at": now})
-    if row._mapping[notify_column]:
+    event = {"job_id": job_id, "state": state.value, "message": message, "at": now}
+    if _one_statement(session):
+        # The UPDATE and its event in one statement (one round trip): the event is written only when the row moved.
+        # In a CTE the SET values must be named bind parameters (a column's own name is reserved there).
+        plain = [k for k in params if not k.startswith("_")]
+        named = statement.values(**{k: bindparam(f"_s_{k}", type_=models.JOBS.c[k].type) for k in plain})
+        with_id = returned if any(c is models.JOBS.c.id for c in returned) else (*returned, models.JOBS.c.id)
+        moved = named.returning(*with_id).cte("moved")
+        args = {(f"_s_{k}" if k in plain else k): v for k, v in params.items()}
+        args.update({f"_ev_{k}": v for k, v in event.items() if k != "job_id"})
+        statement_ = select(moved).add_cte(_event_from(moved.c.id, _EVENT_PARAMS).cte("moved_event"))
+        row = session.execute(statement_, args).first()
+        if row is None:
+            return False
+    else:
+        row = session.execute(statement.returning(*returned), params).first()
+        if row is None:
+            return False
+        session.execute(models.EVENTS.insert(), event)
+    if row._mapping["notify"]:
         from . import notify
 
         notify.produce(session, job_id, state, message, now)
@@ -175,14 +218,20 @@ def insert_job(session: Session, new: NewJob) -> models.Job:
            "workdir": str(Path(new.workdir_root) / new.id), "state": PENDING.value, "status": new.status,
            "submit_date": now, "spec": new.spec, "extra": new.extra, "tes_name": new.name}
     inputs = [{"job_id": new.id, **item} for item in new.inputs]
-    session.execute(models.JOBS.insert(), row)
+    event = {"job_id": new.id, "state": PENDING.value, "message": new.event, "at": now}
+    if _one_statement(session):
+        # The row and its first event in one statement: one round trip fewer for every POST.
+        session.execute(_insert_with_event(tuple(row)),
+                        {**{f"_j_{k}": v for k, v in row.items()},
+                         **{f"_ev_{k}": v for k, v in event.items() if k != "job_id"}})
+    else:
+        session.execute(models.JOBS.insert(), row)
+        session.execute(models.EVENTS.insert(), event)
     if inputs:
         session.execute(models.INPUTS.insert(), inputs)
     if new.tags:
         session.execute(models.TES_TAGS.insert(),
                         [{"job_id": new.id, "key": k, "value": v} for k, v in new.tags.items()])
-    session.execute(models.EVENTS.insert(),
-                    {"job_id": new.id, "state": PENDING.value, "message": new.event, "at": now})
     return models.Job(**row, inputs=[models.JobInput(**i) for i in inputs])
 
 
