@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from flask import current_app, jsonify, redirect, request
+from flask import Blueprint as FlaskBlueprint, current_app, jsonify, redirect, request
 from flask_smorest import Blueprint
+from werkzeug.routing import BaseConverter, Map, Rule
 
 from .. import __version__, errors
 from ..auth import current_owner
@@ -58,7 +59,7 @@ def conformance():
 
 
 @blp.route("/api", methods=["GET"])
-@blp.doc(**openapi.op("The OpenAPI 3.0 document of this surface (also part of /openapi.json)", None))
+@blp.doc(**openapi.api_op())
 def api_document():
     if wants_html():
         return redirect(root() + "/swagger")
@@ -78,16 +79,21 @@ def process_list():
     return respond(doc, "processes")
 
 
-@blp.route("/processes/<process_id>", methods=["GET"])
+class ProcessIdConverter(BaseConverter):
+    """A process id in a path: any segment (an unknown one is a 404 no-such-process); documented as the registered
+    apps' names."""
+
+
+@blp.route("/processes/<process:process_id>", methods=["GET"])
 @blp.doc(**openapi.op("A process: its inputs (JSON Schema from the app's options) and outputs", "ProcessDescription",
                       path=["processID"]))
 def process_description(process_id: str):
     return respond(processes.description(_app(process_id), settings(), base()), "process")
 
 
-@blp.route("/processes/<process_id>/execution", methods=["POST"])
-@blp.doc(**openapi.execute_op())
 def execution(process_id: str):
+    """POST /processes/<id>/execution. Not documented under its template: each process's path is, with the inputs
+    and outputs of its own (register)."""
     app = _app(process_id)
     cfg = settings()
     owner = current_owner()
@@ -156,13 +162,27 @@ def _wait(job_id: str, limit: float) -> Job | None:
             pause = min(pause * 1.25, 0.25)
 
 
+# Flask's own add_url_rule: flask-smorest would document the template, whose one body cannot say which inputs each
+# process takes.
+FlaskBlueprint.add_url_rule(blp, "/processes/<process:process_id>/execution", "execution", execution,
+                            methods=["POST"])
+
+
 def register(api, app) -> None:
     """The blueprint under /ogcapi (documented in /openapi.json and its own /ogcapi/api), its exceptions, its
-    schemas."""
+    schemas, and one execution path per registered process, each with its own execute request."""
     from . import ogc_jobs
 
+    apps = app.extensions["caesar_registry"].apps
+    app.url_map.converters["process"] = ProcessIdConverter
+    api.register_converter(ProcessIdConverter,
+                           lambda _c: {"type": "string", "enum": sorted(apps)} if apps else {"type": "string"})
     openapi.register_schemas(api)
     api.register_blueprint(blp, url_prefix=PREFIX)
     api.register_blueprint(ogc_jobs.blp, url_prefix=PREFIX)
+    for name in sorted(apps):
+        rule = Rule(f"{PREFIX}/processes/{name}/execution", endpoint="ogc.execution")
+        Map([rule])                 # binds the rule (its path, no argument): what flask-smorest's plugin reads
+        api.spec.path(rule=rule, operations={"post": openapi.execute_op(apps[name])})
     app.extensions["caesar_ogc_api"] = api
     errors.SURFACE_RENDERERS[PREFIX] = problems.render

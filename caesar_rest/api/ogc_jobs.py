@@ -28,7 +28,7 @@ from .common import celery, int_arg, session, settings
 
 blp = Blueprint("ogc_jobs", __name__, description="OGC API - Processes 1.0 jobs: the engine's app jobs")
 log = logging.getLogger(__name__)
-LIST_QUERY = ["type", "processIDQueryParam", "status", "datetime", "minDuration", "maxDuration", "limit"]
+LIST_QUERY = ["type", "processIDQueryParam", "status", "datetime", "minDuration", "maxDuration", "limit", "page_token"]
 DISMISS_WAIT = 10.0        # seconds a dismiss waits for a running job to stop before answering
 #: The columns a statusInfo shows, read as rows (no ORM instances): argv, spec, job_inputs and extra, the JSON columns
 #: it does not show, are neither sent nor decoded (of extra, only ogc_dismissed, as text). Measured in-process,

@@ -18,15 +18,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import egress, s3store, storage
-from ..apps import App
+from ..apps import MAX_STRING, App
 from ..errors import BadRequest, CaesarError, InvalidOption, PayloadTooLarge, UnsupportedFormat
 from ..jobs import UUID_HEX_RE
+from .openapi import BASE64_RE, HREF_RE as _HREF, SUBSCRIBER_RE as _SUBSCRIBER
 from .processes import ARCHIVE, outputs
 
 MODES = ("value", "reference")
 RESPONSES = ("raw", "document")
 DOWNLOAD_RE = re.compile(r"/download(?:-id)?/([0-9a-f]{32})/?$")   # /download-id/<uuid> or /download/<uuid>
 FIELDS = ("inputs", "outputs", "response", "subscriber")
+# The patterns the execution paths' document gives (openapi.py), matched whole.
+HREF_RE, SUBSCRIBER_RE, B64_RE = re.compile(_HREF), re.compile(_SUBSCRIBER), re.compile(BASE64_RE)
+LINK_KEYS = {"href", "type", "rel", "title", "hreflang"}
+INLINE_KEYS = {"value", "encoding", "mediaType", "schema"}
 
 
 @dataclass
@@ -52,12 +57,15 @@ def parse(settings: Mapping[str, Any], app: App, doc: Any, host: str, owner: str
     if extra:
         raise BadRequest(f"Unknown field {extra[0]!r} in the execute request; expected {list(FIELDS)}",
                          field=extra[0])
-    mode = doc.get("response", response or "document")
+    if response is not None and response not in RESPONSES:
+        raise BadRequest(f"Query parameter 'response' must be raw or document, not {response!r}",
+                         parameter="response")
+    mode = doc.get("response", "document" if response is None else response)
     if mode not in RESPONSES:
         raise BadRequest(f"'response' must be raw or document, not {mode!r}", field="response")
     selected = _outputs(app, doc.get("outputs"))
     subscriber = _subscriber(doc.get("subscriber"))
-    raw_inputs = doc.get("inputs") or {}
+    raw_inputs = doc.get("inputs", {})
     if not isinstance(raw_inputs, dict):
         raise BadRequest("'inputs' must be a JSON object of input id -> value", field="inputs")
     execution = Execution(body={"app": app.name, "job_inputs": {}}, outputs=selected, response=mode,
@@ -103,7 +111,7 @@ def _outputs(app: App, asked: Any) -> dict[str, str]:
         if ident not in known:
             raise BadRequest(f"Unknown output {ident!r} of process {app.name!r}; outputs are {list(known)}",
                              field="outputs", output=ident)
-        how = given or {}
+        how = given
         if not isinstance(how, dict) or set(how) - {"transmissionMode", "format"}:
             raise BadRequest(f"Output {ident!r}: give {{\"transmissionMode\": \"value\"|\"reference\"}}",
                              field="outputs", output=ident)
@@ -113,8 +121,12 @@ def _outputs(app: App, asked: Any) -> dict[str, str]:
                              field="outputs", output=ident)
         fmt = how.get("format")
         if fmt is not None:
-            wanted = fmt.get("mediaType") if isinstance(fmt, dict) else None
-            if wanted is not None and wanted != known[ident].media_type:
+            if not isinstance(fmt, dict) or set(fmt) - {"mediaType", "encoding", "schema"} or not isinstance(
+                    fmt.get("encoding", ""), str):
+                raise BadRequest(f"Output {ident!r}: 'format' is an object of mediaType, encoding (strings) and "
+                                 "schema", field="outputs", output=ident)
+            wanted = fmt.get("mediaType", known[ident].media_type)
+            if wanted != known[ident].media_type:
                 raise BadRequest(f"Output {ident!r} is {known[ident].media_type}, not {wanted}",
                                  field="outputs", output=ident)
         chosen[ident] = mode
@@ -127,8 +139,9 @@ def _subscriber(value: Any) -> dict[str, str] | None:
     if not isinstance(value, dict) or set(value) - {"successUri", "inProgressUri", "failedUri"}:
         raise BadRequest("'subscriber' takes successUri, inProgressUri and failedUri", field="subscriber")
     for key, uri in value.items():
-        if not isinstance(uri, str) or urlsplit(uri).scheme not in ("http", "https"):
-            raise BadRequest(f"subscriber.{key} must be an http(s) URL", field="subscriber")
+        if not isinstance(uri, str) or not SUBSCRIBER_RE.fullmatch(uri):
+            raise BadRequest(f"subscriber.{key} must be an http(s) URL naming a host (a name or an IPv4 address), "
+                             "without credentials, spaces or control characters", field="subscriber")
     return dict(value)
 
 
@@ -140,8 +153,10 @@ def _file(settings: Mapping[str, Any], owner: str, host: str, name: str, value: 
         raise _bad_input(name, "give {\"href\": ...} or {\"value\": <base64>, \"encoding\": \"base64\"}")
     if "href" in value:
         href = value["href"]
-        if not isinstance(href, str) or not href:
-            raise _bad_input(name, "'href' must be a URL or an uploaded file's uuid")
+        if set(value) - LINK_KEYS or not all(isinstance(v, str) for v in value.values()):
+            raise _bad_input(name, f"a link takes href, {', '.join(sorted(LINK_KEYS - {'href'}))} (strings)")
+        if not HREF_RE.fullmatch(href) or len(href) > MAX_STRING:
+            raise _bad_input(name, "'href' must be an uploaded file's uuid or an http(s) URL naming a host")
         if UUID_HEX_RE.match(href):
             return href
         parts = urlsplit(href)
@@ -152,6 +167,8 @@ def _file(settings: Mapping[str, Any], owner: str, host: str, name: str, value: 
             raise _bad_input(name, f"{href!r} is neither an uploaded file's uuid nor an http(s) URL")
         uuid = _fetch(settings, owner, name, href)
     elif "value" in value:
+        if set(value) - INLINE_KEYS or not isinstance(value.get("mediaType", ""), str):
+            raise _bad_input(name, "an inline file takes value, encoding, mediaType (a string) and schema")
         uuid = _inline(settings, owner, name, value)
     else:
         raise _bad_input(name, "give {\"href\": ...} or {\"value\": ..., \"encoding\": \"base64\"}")
@@ -160,18 +177,21 @@ def _file(settings: Mapping[str, Any], owner: str, host: str, name: str, value: 
 
 
 def _inline(settings: Mapping[str, Any], owner: str, name: str, value: dict[str, Any]) -> str:
-    data, encoding = value["value"], value.get("encoding")
-    if not isinstance(data, str):
-        raise _bad_input(name, "an inline file's 'value' must be a string (base64 with \"encoding\": \"base64\")")
+    data, encoding = value["value"], value.get("encoding", "utf-8")
+    if not isinstance(data, str) or not data:
+        raise _bad_input(name, "an inline file's 'value' must be a string, not empty (base64 with \"encoding\": "
+                               "\"base64\")")
     if encoding == "base64":
+        if not B64_RE.fullmatch(data):
+            raise _bad_input(name, "'value' is not valid base64 (whole groups of four, '=' padding at the end)")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise _bad_input(name, "'value' is not valid base64") from None
-    elif encoding in (None, "utf-8", "utf8"):
+    elif encoding in ("utf-8", "utf8"):
         raw = data.encode("utf-8")
     else:
-        raise _bad_input(name, f"encoding must be base64, not {encoding!r}")
+        raise _bad_input(name, f"encoding must be base64 or utf-8 (the default), not {encoding!r}")
     cap = int(settings["OGC_INLINE_MAX_BYTES"])
     if len(raw) > cap:
         raise PayloadTooLarge(f"Input {name!r}: {len(raw)} bytes inline, more than OGC_INLINE_MAX_BYTES ({cap}); "

@@ -4,9 +4,10 @@ no other type), and served by their own API."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -171,23 +172,48 @@ def _many(args: Any, name: str) -> list[str]:
     return values
 
 
+_YEAR = "(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_MONTH_DAY = ("(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+              "|02-(?:0[1-9]|1[0-9]|2[0-8]))")
+_LEAP_DAY = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)-02-29"
+#: An RFC 3339 date-time (a real day of the Gregorian calendar, years 1-9999, a zone or Z), as a regex without
+#: lookahead: the document's pattern and the check here are this one.
+DATE_TIME = (f"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_DAY})[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:[.][0-9]+)?"
+             "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
+#: datetime: one instant, or an interval whose open ends are '..' or empty.
+DATETIME_PARAM = f"^(?:{DATE_TIME}|(?:{DATE_TIME}|[.][.])?/(?:{DATE_TIME}|[.][.])?)$"
+_DATETIME_RE = re.compile(DATETIME_PARAM)
+#: minDuration/maxDuration: whole seconds, up to 68 years.
+DURATION_MAX = 2**31 - 1
+
+
 def _parse_time(text: str) -> datetime:
+    """An RFC 3339 date-time (matched by DATE_TIME) in UTC without a zone, as the database keeps it; one beyond
+    the calendar's ends once in UTC (0001-01-01T00:00:00+01:00) is its end."""
+    date, _, rest = text.upper().partition("T")
+    zone_at = len(rest) - 1 if rest.endswith("Z") else len(rest) - 6
+    clock, zone = rest[:zone_at], rest[zone_at:]
+    whole, _, fraction = clock.partition(".")
+    value = datetime.fromisoformat(f"{date}T{whole}.{(fraction + '000000')[:6]}")
+    offset = timedelta(0) if zone == "Z" else (1 if zone[0] == "+" else -1) * timedelta(
+        hours=int(zone[1:3]), minutes=int(zone[4:6]))
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"'datetime': {text!r} is not an RFC 3339 date-time", parameter="datetime") from None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)      # the database keeps UTC without a zone
-    return value
+        return value - offset
+    except OverflowError:
+        # naive: the database keeps UTC without a zone
+        return datetime.min if offset > timedelta(0) else datetime.max  # noqa: DTZ901
 
 
-def _seconds(args: Any, name: str) -> int | None:
+def _seconds(args: Any, name: str, pick: Any) -> int | None:
+    """The values of minDuration or maxDuration (each whole seconds, 0..DURATION_MAX): all of them must hold, so
+    the largest minimum or the smallest maximum (pick)."""
     values = _many(args, name)
     if not values:
         return None
-    if len(values) > 1 or not values[0].isdigit() or not values[0].isascii():
-        raise BadRequest(f"'{name}' is one whole number of seconds", parameter=name)
-    return int(values[0])
+    for value in values:
+        if not (value.isdigit() and value.isascii()) or int(value) > DURATION_MAX:
+            raise BadRequest(f"'{name}' is whole seconds, 0 to {DURATION_MAX}, not {value!r}", parameter=name)
+    return int(pick(int(v) for v in values))
 
 
 def filtered(query: Select, args: Any) -> Select:
@@ -209,7 +235,10 @@ def filtered(query: Select, args: Any) -> Select:
                    else or_(Job.state.in_(STATES[c]), dismissed) for c in codes]
         query = query.where(or_(*clauses))
     when = args.get("datetime")
-    if when:
+    if when is not None:
+        if not _DATETIME_RE.fullmatch(when):
+            raise BadRequest(f"'datetime': {when!r} is not an RFC 3339 date-time or an interval of them (open ends "
+                             "'..')", parameter="datetime")
         if "/" in when:
             start, _, end = when.partition("/")
             if start not in ("", ".."):
@@ -219,7 +248,7 @@ def filtered(query: Select, args: Any) -> Select:
         else:
             query = query.where(Job.submit_date == _parse_time(when))
     now = utcnow()
-    low, high = _seconds(args, "minDuration"), _seconds(args, "maxDuration")
+    low, high = _seconds(args, "minDuration", max), _seconds(args, "maxDuration", min)
     if low is not None and low > 0:
         query = query.where(or_(and_(Job.end_date.is_not(None), Job.elapsed >= low),
                                 and_(Job.end_date.is_(None), Job.run_date.is_not(None),

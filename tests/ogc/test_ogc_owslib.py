@@ -46,8 +46,18 @@ def test_landing_conformance_and_api(owslib, ogc_stack, alice, schemas):
                                "dismiss")} <= set(conformance["conformsTo"])
     document = owslib.api()
     validate_openapi(document)
-    assert {"/processes", "/processes/{process_id}/execution", "/jobs", "/jobs/{job_id}/results"} <= set(
-        document["paths"])
+    assert {"/processes", "/processes/{process_id}", "/jobs", "/jobs/{job_id}/results"} <= set(document["paths"])
+    # Each process has an execution path of its own, its body its inputs exactly (the template has none).
+    names = {p["id"] for p in alice.get(ogc_stack["ogc"] + "/processes", timeout=10).json()["processes"]}
+    assert {f"/processes/{n}/execution" for n in names} <= set(document["paths"])
+    assert "/processes/{process_id}/execution" not in document["paths"]
+    body = document["paths"]["/processes/sleeper/execution"]["post"]["requestBody"]["content"]["application/json"]
+    inputs = body["schema"]["properties"]["inputs"]
+    assert set(inputs["properties"]) == {"seconds", "message", "exit-code", "allocate-mb"}
+    assert inputs["additionalProperties"] is False
+    item = document["paths"]["/processes/{process_id}"]
+    param = next(p for p in item.get("parameters", []) + item["get"]["parameters"] if p["name"] == "process_id")
+    assert param["schema"]["enum"] == sorted(names)
     whole = alice.get(ogc_stack["base"] + "/openapi.json", timeout=10).json()
     assert "/ogcapi/jobs/{job_id}" in whole["paths"] and "ogc_statusInfo" in whole["components"]["schemas"]
 
