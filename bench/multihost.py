@@ -1,11 +1,12 @@
-"""`python -m bench.multihost` (`MULTIHOST_BENCH=1 make bench`): three hosts without a shared filesystem (issue 18).
+"""`python -m bench.multihost` (a phase of `make bench`; MULTIHOST_BENCH=0 leaves it out): three hosts without a
+shared filesystem (issue 18).
 
 Host 1 runs the API (gunicorn with the repository's gunicorn.conf.py), hosts 2 and 3 a Celery pool of the local
-backend each, plus a control worker (beat: the reaper). Each host is a network namespace on a bridge with its own
-mount namespace, hostname and a private tmpfs over the one ROOT path (tests/netns.py). RabbitMQ, Redis and
-PostgreSQL are reached at the bridge's address (forwarded to their loopback listeners), moto's S3 server listens
-on it; S3 is the only storage the hosts share (STORAGE s3): uploads, and the finished job directories the API
-host streams back as tar.gz.
+backend each, plus a control worker each; host 2's runs the one beat (which schedules the reaper). Each host is a
+network namespace on a bridge with its own mount namespace, hostname and a private tmpfs over the one ROOT path
+(tests/netns.py). RabbitMQ, Redis and PostgreSQL are reached at the bridge's address (forwarded to their loopback
+listeners), moto's S3 server listens on it; S3 is the only storage the hosts share (STORAGE s3): uploads, and the
+finished job directories the API host streams back as tar.gz.
 
 Phases:
   throughput  the same burst of jobs with one worker host, then with two: jobs/s from the first POST /job to
@@ -166,7 +167,7 @@ class Cluster:
     # ---- worker hosts --------------------------------------------------------------------------------------
     def _worker(self, host: Host, queue: str, concurrency: int, beat: bool) -> Proc:
         prefix = self.settings["QUEUE_PREFIX"]
-        name = f"{'control' if beat else 'local'}-{host.name}"
+        name = f"{queue}-{host.name}"
         cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO",
                "-Q", prefix + queue, "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
                "--hostname", f"{name}@%h"]
@@ -174,10 +175,11 @@ class Cluster:
             cmd += ["--beat", "--schedule", str(self.root / "beat-schedule")]
         return host.spawn(cmd, settings_env(self.settings), self.logs / f"worker-{name}.log")
 
-    def start_workers(self, name: str) -> None:
-        """The host's pool on the local queue and its control worker (the reaper), ready."""
+    def start_workers(self, name: str, beat: bool) -> None:
+        """The host's pool on the local queue and its control worker (reaper runs, notifications), ready; with
+        beat, the control worker also schedules the reaper (one beat in all, as the README's Production says)."""
         host = self.hosts[name]
-        procs = [self._worker(host, "local", self.concurrency, False), self._worker(host, "control", 1, True)]
+        procs = [self._worker(host, "local", self.concurrency, False), self._worker(host, "control", 1, beat)]
         self.workers[name] = procs
         for proc in procs:
             wait_until(lambda p=proc: "ready." in p.log() or p.popen.poll() is not None, 90,
@@ -343,6 +345,7 @@ class DrillResult:
     killed_at: int                         # jobs ended when host 3 was killed
     running_on_host3_at_kill: int
     settled_after_kill: float | None = None   # seconds from the kill to the last of host 3's attempts declared lost
+    lost_reasons: dict[str, int] = field(default_factory=dict)     # the lost attempts' statuses
     problems: list[str] = field(default_factory=list)
 
 
@@ -400,12 +403,14 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
     ran: Counter[str] = Counter()
     lost_on: Counter[str] = Counter()
     settled: list[float] = []
+    reasons: Counter[str] = Counter()
     for job_id, job in jobs.items():
         meta = cluster.metadata(job_id)
         states[meta["state"]] += 1
         previous = meta["retries"]["previous_attempts"] or []
         for attempt in previous:
             lost_on[str(attempt.get("host"))] += 1
+            reasons[str(attempt.get("status"))] += 1
             settled.append((datetime.fromisoformat(attempt["ended"]) - killed).total_seconds())
         running = sum(e["state"] == "RUNNING" for e in meta["events"])
         if running > 1 + len(previous):
@@ -427,11 +432,13 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
                 and "host3" in meta["status"]:
             result.failed_lost += 1
             lost_on["host3"] += 1
+            reasons[meta["status"]] += 1
             settled.append((datetime.fromisoformat(meta["timings"]["finished"]) - killed).total_seconds())
         else:
             result.problems.append(f"{job_id} ({job['app']}): {meta['state']} {meta['status']!r}")
     result.states, result.ran_on, result.lost_on = dict(states), dict(ran), dict(lost_on)
     result.settled_after_kill = round(max(settled), 2) if settled else None
+    result.lost_reasons = dict(reasons)
     return result
 
 
@@ -441,10 +448,10 @@ def measure(jobs: int, bursts: int, sleep: float, concurrency: int, scratch: Pat
     at_start = machine()
     cluster = Cluster(scratch, concurrency=concurrency)
     try:
-        cluster.start_workers("host2")
+        cluster.start_workers("host2", beat=True)
         cluster.submit("noop", {})          # warm: the API's processes, the pool's connections
         one = [burst(cluster, "noop", {}, bursts, 1), burst(cluster, "nap", {"seconds": sleep}, bursts // 2, 1)]
-        cluster.start_workers("host3")
+        cluster.start_workers("host3", beat=False)
         two = [burst(cluster, "noop", {}, bursts, 2), burst(cluster, "nap", {"seconds": sleep}, bursts // 2, 2)]
         result = drill(cluster, jobs)
     finally:
