@@ -131,8 +131,8 @@ def measure(stack, base: str, n: int, worker) -> list[Figure]:
     success = jobs["states"].get("SUCCESS", 0) == len(jobs["total"])
     return [
         Figure("job_overhead_p50", "job overhead p50 (POST → SUCCESS)", p50 * 1000, "ms", baseline_p50 * 1000,
-               "celery empty task + spawn true", "≤ 3x baseline and ≤ 30 ms",
-               bool(success and p50 <= 3 * baseline_p50 and p50 * 1000 <= 30), details=details),
+               "celery empty task + spawn true", "≤ 2.5x baseline (sandboxed)",
+               bool(success and p50 <= 2.5 * baseline_p50), details=details),
         Figure("job_overhead_p95", "job overhead p95", p95 * 1000, "ms", baseline_p95 * 1000,
                "celery + spawn, p95", "(reported)", None),
     ]

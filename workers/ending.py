@@ -72,11 +72,13 @@ def _end_once(runner: Runner, job_id: str, claim: Claim | None, how: Ending, sto
             if stored and stored.get("output_store"):
                 job_dir.drop_archive(runner.settings, job_id, stored["output_store"])
             return final or "missing"
-        s.commit()              # the end is recorded now; caesar_job.json is built after, in this session
+        # What caesar_job.json needs is read in the ending's own transaction (its event included): read after the
+        # commit, it took a transaction of its own, two round trips more for every job.
         inputs = claim.inputs if claim is not None else \
             [JobInput(**r._asdict()) for r in s.execute(INPUTS.select().where(INPUTS.c.job_id == job_id))]
         events = [JobEvent(**r._asdict()) for r in
                   s.execute(EVENTS.select().where(EVENTS.c.job_id == job_id).order_by(EVENTS.c.id))]
+        s.commit()              # the end is recorded now; caesar_job.json is written after
     job = Job(**row._asdict(), inputs=inputs, events=events)
     job_dir.write_metadata(runner.settings, job, (stored or {}).get("output_store"))
     return how.state
