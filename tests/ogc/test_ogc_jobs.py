@@ -88,10 +88,14 @@ def test_job_list_filters_and_paging(ogc_stack, bob, schemas):
     assert set(_all_pages(bob, f"{ogc}/jobs", {"status": "successful,failed", "type": "process"})[0]) == set(mine)
     assert _all_pages(bob, f"{ogc}/jobs", {"minDuration": 2})[0] == [slow]
     assert slow not in _all_pages(bob, f"{ogc}/jobs", {"maxDuration": 1})[0]
+    # minDuration and maxDuration are arrays (the standard's): every value given must hold.
+    assert _all_pages(bob, f"{ogc}/jobs", {"minDuration": [0, 2]})[0] == [slow]
+    assert _all_pages(bob, f"{ogc}/jobs", {"minDuration": 2, "maxDuration": [3600, 1]})[0] == []
     assert set(_all_pages(bob, f"{ogc}/jobs", {"datetime": f"{since}/.."})[0]) == set(mine)
     assert _all_pages(bob, f"{ogc}/jobs", {"datetime": f"../{since}"})[0] == []
     for bad in ({"status": "sleeping"}, {"type": "tes"}, {"limit": 0}, {"minDuration": "x"},
-                {"datetime": "yesterday"}):
+                {"minDuration": 2**31}, {"datetime": "yesterday"}, {"datetime": ""},
+                {"datetime": "2026-02-29T00:00:00Z"}, {"datetime": since.rstrip("Z")}):   # RFC 3339: a zone
         r = bob.get(f"{ogc}/jobs", params=bad, timeout=10)
         assert r.status_code == 400, (bad, r.text)
         schemas.validate(r.json(), "exception")
