@@ -48,7 +48,7 @@ def insert_pending(settings: dict[str, Any], n: int, tag: str | None = None) -> 
 
 
 APPS = ("noop", "sfinder", "checksum", "sleeper")
-TES_EVERY = 10      # one row in ten is a TES task (kind "tes"), as ListTasks finds them among the app jobs
+TES_EVERY = 100     # one row in a hundred is a TES task (kind "tes"): ListTasks finds a few among many app jobs
 SERVER_CHUNK = 100_000
 
 

@@ -108,7 +108,10 @@ class Job(Base):
                       Index("ix_jobs_app_state_owner_elapsed", "app", "state", "owner", "elapsed"),
                       # the reaper's reads, oldest first: active jobs only (a partial index, migration 0010)
                       Index("ix_jobs_active_state_submit_date_id", "state", "submit_date", "id",
-                            postgresql_where=text(_ACTIVE), sqlite_where=text(_ACTIVE)))
+                            postgresql_where=text(_ACTIVE), sqlite_where=text(_ACTIVE)),
+                      # TES ListTasks (kind tes) and OGC GET /jobs (kind app), all or one owner's (migration 0012)
+                      Index("ix_jobs_kind_submit_date_id", "kind", "submit_date", "id"),
+                      Index("ix_jobs_owner_kind_submit_date_id", "owner", "kind", "submit_date", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
