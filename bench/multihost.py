@@ -58,8 +58,8 @@ S3_CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 DIGEST = """
 name: {name}
 version: "1.0"
-description: sha256 of an uploaded file to digest.txt, a tag to tag.txt, then a sleep (the multi-host drill)
-command: [sh, -c, 'sha256sum "$0" > digest.txt && echo "$2" > tag.txt && sleep "$1"']
+description: sha256 of an uploaded file to digest.txt, a tag to tag.txt and stdout, then a sleep (the drill)
+command: [sh, -c, 'sha256sum "$0" > digest.txt && echo "$2" > tag.txt && echo "$2" && sleep "$1"']
 backends: [local]
 default_backend: local
 resources: {{cpus: 1, time_limit: 300}}
@@ -425,8 +425,8 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
             if digest != [digests[job["file"]].encode()] or tag != job["tag"].encode():
                 result.problems.append(f"{job_id}: tar.gz holds digest {digest} tag {tag!r}, "
                                        f"expected {digests[job['file']]} {job['tag']}")
-            if f"job_{job_id}/stdout.log" not in files_in:
-                result.problems.append(f"{job_id}: no stdout.log in its tar.gz: {sorted(files_in)}")
+            if files_in.get(f"job_{job_id}/stdout.log", b"").strip() != job["tag"].encode():
+                result.problems.append(f"{job_id}: its tar.gz's stdout.log is not its tag: {sorted(files_in)}")
             result.downloaded += 1
         elif job["app"] == "digest-once" and meta["state"] == "FAILURE" and "Job lost" in meta["status"] \
                 and "host3" in meta["status"]:
