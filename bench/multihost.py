@@ -110,7 +110,7 @@ class Cluster:
         self.logs.mkdir()
         self.root = self.base_dir / "root"     # the same path on every host, a tmpfs of its own on each
         self.concurrency = concurrency
-        self.db_url: str | None = None
+        self.db_url = ""           # set once the database exists
         self.moto: Proc | None = None
         self.workers: dict[str, list[Proc]] = {}
         self.fabric = Fabric(self.base_dir / "net", forward={5672: 5672, 5432: 5432, 6379: 6379})
@@ -182,8 +182,10 @@ class Cluster:
         procs = [self._worker(host, "local", self.concurrency, False), self._worker(host, "control", 1, beat)]
         self.workers[name] = procs
         for proc in procs:
-            wait_until(lambda p=proc: "ready." in p.log() or p.popen.poll() is not None, 90,
-                       f"{proc.log_path.name} ready")
+            def up(p: Proc = proc) -> bool:
+                return "ready." in p.log() or p.popen.poll() is not None
+
+            wait_until(up, 90, f"{proc.log_path.name} ready")
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"worker on {name} exited at start:\n{proc.log()[-3000:]}")
 
@@ -254,7 +256,7 @@ class Cluster:
         finally:
             if self.moto is not None:
                 self.moto.stop()
-            if self.db_url is not None:
+            if self.db_url:
                 try:
                     celery = make_celery(load_settings(self.local_settings, environ={}))
                     celery.control.purge()
@@ -327,7 +329,7 @@ def burst(cluster: Cluster, app: str, inputs: dict[str, Any], n: int, hosts: int
     if bad:
         raise RuntimeError(f"{len(bad)} of the {app} burst's jobs did not succeed: {Counter(bad)}")
     return Burst(app, hosts, n, seconds, round(busy, 2), cpu,
-                 dict(Counter(h for _s, h in rows)))
+                 dict(Counter(str(h) for _s, h in rows)))
 
 
 # ---- the drill ---------------------------------------------------------------------------------------------
@@ -421,9 +423,9 @@ def drill(cluster: Cluster, n: int, seconds: float = 1.0, once_every: int = 4, f
             result.retried += bool(previous)
             files_in = cluster.output(job_id)
             digest = files_in.get(f"job_{job_id}/digest.txt", b"").split()[:1]
-            tag = files_in.get(f"job_{job_id}/tag.txt", b"").strip()
-            if digest != [digests[job["file"]].encode()] or tag != job["tag"].encode():
-                result.problems.append(f"{job_id}: tar.gz holds digest {digest} tag {tag!r}, "
+            tagged = files_in.get(f"job_{job_id}/tag.txt", b"").strip()
+            if digest != [digests[job["file"]].encode()] or tagged != job["tag"].encode():
+                result.problems.append(f"{job_id}: tar.gz holds digest {digest} tag {tagged!r}, "
                                        f"expected {digests[job['file']]} {job['tag']}")
             if files_in.get(f"job_{job_id}/stdout.log", b"").strip() != job["tag"].encode():
                 result.problems.append(f"{job_id}: its tar.gz's stdout.log is not its tag: {sorted(files_in)}")

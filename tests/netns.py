@@ -87,7 +87,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
     taken = [ipaddress.ip_interface(word).network for line in _ip("-4", "-o", "addr").stdout.splitlines()
              for word in line.split()[3:4]]
     for third in [int.from_bytes(os.urandom(1), "big") for _ in range(64)]:
-        net = ipaddress.ip_network(f"10.213.{third}.0/24")
+        net = ipaddress.IPv4Network(f"10.213.{third}.0/24")
         if not any(net.overlaps(t) for t in taken):
             return net
     raise RuntimeError("no free 10.213.x.0/24 subnet for the bridge")
@@ -103,8 +103,16 @@ class Host:
         self.address = str(fabric.subnet.network_address + 10 + index)
         self.root = root
         self.procs: list[Proc] = []
-        veth, peer = f"cmv{fabric.tag}{index}", f"cmp{fabric.tag}{index}"
-        self.veth = veth
+        self.veth = f"cmv{fabric.tag}{index}"
+        self.holder: subprocess.Popen[bytes] | None = None
+        try:
+            self._make(index)
+        except BaseException:       # half made: removed before the error goes on
+            self.close()
+            raise
+
+    def _make(self, index: int) -> None:
+        fabric, name, root, veth, peer = self.fabric, self.name, self.root, self.veth, f"cmp{self.fabric.tag}{index}"
         _ip("netns", "add", self.ns)
         fabric.namespaces.append(self.ns)
         _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
@@ -124,23 +132,32 @@ class Host:
                   f"&& touch {root}/.host-{name} && exec sleep infinity")
         # Not `ip netns exec`: it mounts a sysfs of its own over /sys, which hides the cgroup hierarchies the
         # job sandbox needs.
-        self.holder = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
-                                        "nsenter", f"--net=/run/netns/{self.ns}", "sh", "-c", script],
-                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        holder = self.holder = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
+                                                 "nsenter", f"--net=/run/netns/{self.ns}", "sh", "-c", script],
+                                                start_new_session=True, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not self._holder_ready():
-            if self.holder.poll() is not None:
-                raise RuntimeError(f"host {name}: its namespace holder exited: {self.holder.stderr.read().decode()}")
+            if holder.poll() is not None:
+                error = holder.stderr.read().decode() if holder.stderr else ""
+                raise RuntimeError(f"host {name}: its namespace holder exited: {error}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"host {name}: its private ROOT was not mounted in 10 s")
             time.sleep(0.02)
 
+    @property
+    def pid(self) -> int:
+        """The holder's pid: its namespaces are the host's."""
+        if self.holder is None:
+            raise RuntimeError(f"host {self.name} has no holder")
+        return self.holder.pid
+
     def _holder_ready(self) -> bool:
-        return Path(f"/proc/{self.holder.pid}/root{self.root}/.host-{self.name}").exists()
+        return self.path(self.root / f".host-{self.name}").exists()
 
     def command(self, argv: list[str]) -> list[str]:
         """argv run inside this host (its network, mount and UTS namespaces), in the repository."""
-        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-u", f"--wd={REPO}", "--", *argv]
+        return ["nsenter", "-t", str(self.pid), "-n", "-m", "-u", f"--wd={REPO}", "--", *argv]
 
     def spawn(self, argv: list[str], env: Mapping[str, str], log: Path) -> Proc:
         """A process of this host (its own process group), stopped by close()."""
@@ -153,7 +170,7 @@ class Host:
 
     def path(self, inside: str | Path) -> Path:
         """Where a path of this host's mount namespace is seen from here (through its holder's root)."""
-        return Path(f"/proc/{self.holder.pid}/root{inside}")
+        return Path(f"/proc/{self.pid}/root{inside}")
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -162,7 +179,7 @@ class Host:
             except Exception:       # a cleanup error must not keep the rest from being removed
                 pass
         self.procs.clear()
-        if self.holder.poll() is None:
+        if self.holder is not None and self.holder.poll() is None:
             os.killpg(self.holder.pid, signal.SIGKILL)
             self.holder.wait()
         _kill_namespace(self.ns)

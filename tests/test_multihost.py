@@ -5,6 +5,7 @@ back from the API host (bench/multihost.py runs the same drill at 200 jobs)."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -97,10 +98,10 @@ def test_jobs_across_hosts_survive_the_loss_of_a_worker_host(cluster):
     for name in ("host1", "host2"):
         jobs_dir = hosts[name].path(cluster.root) / "jobs"
 
-        def left(jobs_dir=jobs_dir):
-            return [p for p in jobs_dir.rglob("*") if p.is_dir() and len(p.name) == 36] if jobs_dir.exists() else []
+        def none_left(jobs_dir: Path = jobs_dir) -> bool:
+            return not jobs_dir.exists() or not any(p.is_dir() and len(p.name) == 36 for p in jobs_dir.rglob("*"))
 
-        wait_until(lambda left=left: not left(), 30, f"the job directories on {name} gone (moved to S3)")
+        wait_until(none_left, 30, f"the job directories on {name} gone (moved to S3)")
     assert requests.get(f"{cluster.base}/health", timeout=10).status_code == 200
 
 
