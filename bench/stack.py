@@ -95,7 +95,9 @@ class _Server:
 class Gunicorn(_Server):
     """The API under gunicorn with the repository's gunicorn.conf.py, bound to a TCP port on loopback."""
 
-    def __init__(self, settings: dict[str, Any], log: Path, processes: int, threads: int) -> None:
+    def __init__(self, settings: dict[str, Any], log: Path, processes: int, threads: int,
+                 app: str = "caesar_rest.wsgi:app") -> None:
+        self.app = app
         self.port = free_port()
         self.processes, self.threads = processes, threads
         self.env = {**settings_env(settings), "CAESAR_WSGI_SOCKET": f"127.0.0.1:{self.port}",
@@ -104,7 +106,7 @@ class Gunicorn(_Server):
         self.proc: Proc | None = None
 
     def start(self) -> None:
-        self.proc = Proc([str(GUNICORN), "-c", str(REPO / "gunicorn.conf.py"), "caesar_rest.wsgi:app"],
+        self.proc = Proc([str(GUNICORN), "-c", str(REPO / "gunicorn.conf.py"), self.app],
                          self.env, self.log)
         wait_port(self.port, self.proc)
         # Every worker has loaded the app (each answers /health once it is up).
@@ -119,7 +121,9 @@ class UWSGI(_Server):
     """The API under uWSGI with the repository's uwsgi.ini (nginx's production peer), plus an HTTP socket on
     loopback so curl can talk to it directly."""
 
-    def __init__(self, settings: dict[str, Any], workdir: Path, processes: int, threads: int) -> None:
+    def __init__(self, settings: dict[str, Any], workdir: Path, processes: int, threads: int,
+                 app: str | None = None) -> None:
+        self.app = app          # another WSGI app than uwsgi.ini's (the discard app), same server settings
         # Unix socket paths (the uwsgi socket, stats) must stay under ~100 bytes: a short directory of its own.
         self.rundir = Path(tempfile.mkdtemp(prefix="cbu-", dir="/tmp"))
         self.port = free_port()
@@ -127,13 +131,14 @@ class UWSGI(_Server):
         self.env = {**settings_env(settings), "CAESAR_WSGI_SOCKET": str(self.rundir / "uwsgi.sock"),
                     "CAESAR_WSGI_RUNDIR": str(self.rundir), "CAESAR_WSGI_PROCESSES": str(processes),
                     "CAESAR_WSGI_THREADS": str(threads)}
-        self.log = workdir / "logs" / "uwsgi.log"
+        self.log = workdir / "logs" / ("uwsgi.log" if app is None else "uwsgi-other-app.log")
         self.proc: Proc | None = None
 
     def start(self) -> str:
         (self.rundir / "reload").touch()
-        self.proc = Proc([str(UWSGI_BIN), "--ini", str(REPO / "uwsgi.ini"), "--http-socket", f"127.0.0.1:{self.port}"],
-                         self.env, self.log)
+        other = ["--module", self.app] if self.app else []
+        self.proc = Proc([str(UWSGI_BIN), "--ini", str(REPO / "uwsgi.ini"), *other,
+                          "--http-socket", f"127.0.0.1:{self.port}"], self.env, self.log)
         wait_port(self.port, self.proc)
         deadline = time.time() + 60
         while time.time() < deadline and self.proc.log().count("WSGI app 0 (mountpoint='') ready") < self.processes:
