@@ -132,6 +132,7 @@ class Cluster:
         self.moto = Proc([str(Path(sys.executable).parent / "moto_server"), "-H", gw, "-p", str(s3_port)],
                          {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
                          self.logs / "moto.log")
+        self.fabric.own(self.moto.pid)
         endpoint = f"http://{gw}:{s3_port}"
         wait_until(lambda: self._up(endpoint + "/moto-api/"), 60, "moto's server")
         bucket = f"caesar-mh-{self.fabric.tag}"

@@ -23,7 +23,9 @@ from pathlib import Path
 from .support import REPO, Proc
 
 PREFIX = "cmh"      # namespaces cmh-<owner pid>-<tag>-<host>; bridge cmb<tag>; host side of a veth cmv<tag><n>
-OWNERS = Path("/run/caesar-netns")      # <tag>: the pid of the run that owns the bridge and veths of that tag
+#: <tag>: the pid of the run that owns the bridge and veths of that tag, then one line "<pid> <start time>" for each
+#: process of the root namespace it started (the forwarders, moto), killed by sweep() when the owner died
+OWNERS = Path("/run/caesar-netns")
 
 
 def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -55,16 +57,39 @@ def _kill_namespace(ns: str) -> None:
     _ip("netns", "del", ns, check=False)
 
 
-def _owner(tag: str) -> int | None:
+def _start_time(pid: int) -> str | None:
     try:
-        return int((OWNERS / tag).read_text())
-    except (OSError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         return None
 
 
+def _owner(tag: str) -> tuple[int | None, list[tuple[int, str]]]:
+    """The owner's pid of a tag (None: no file, or unreadable) and the root-namespace processes it recorded."""
+    try:
+        lines = (OWNERS / tag).read_text().split("\n")
+        owner = int(lines[0])
+    except (OSError, ValueError):
+        return None, []
+    procs = []
+    for line in lines[1:]:
+        pid, _sep, started = line.partition(" ")
+        if pid.isdigit():
+            procs.append((int(pid), started))
+    return owner, procs
+
+
+def _young(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < 60
+    except OSError:
+        return False
+
+
 def sweep() -> list[str]:
-    """Remove the namespaces, bridges and veths of earlier runs whose process is gone (a run killed before its
-    cleanup): each run's tag names its owner's pid in OWNERS, and its namespaces carry it in their names."""
+    """Remove the namespaces, bridges, veths and root-namespace processes of earlier runs whose process is gone (a
+    run killed before its cleanup): each run's tag names its owner's pid in OWNERS, and its namespaces carry it in
+    their names. A recorded process is killed only if it is the same process (its start time matches)."""
     removed = []
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
@@ -72,14 +97,28 @@ def sweep() -> list[str]:
         if found and not _alive(int(found.group(1))):
             _kill_namespace(name)
             removed.append(name)
+    tags = {path.name for path in OWNERS.iterdir()} if OWNERS.is_dir() else set()
+    for tag in tags:
+        owner, procs = _owner(tag)
+        if owner is not None and _alive(owner):
+            continue
+        if owner is None and _young(OWNERS / tag):       # being written by a run starting now
+            continue
+        for pid, started in procs:
+            if started and _start_time(pid) == started:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                removed.append(f"pid {pid}")
+        (OWNERS / tag).unlink(missing_ok=True)
     for line in _ip("-o", "link", check=False).stdout.splitlines():
         found = re.match(r"\d+: (cm[bv])([0-9a-f]{4})(\d*)[@:]", line)
         if found:
-            owner = _owner(found.group(2))
+            owner, _procs = _owner(found.group(2))
             if owner is None or not _alive(owner):
                 _ip("link", "del", "".join(found.groups()), check=False)
                 removed.append("".join(found.groups()))
-                (OWNERS / found.group(2)).unlink(missing_ok=True)
     return removed
 
 
@@ -230,6 +269,7 @@ class Fabric:
                                  f"TCP:{target_host}:{target}"], stdout=log, stderr=log, start_new_session=True)
         log.close()
         self.forwarders.append(proc)
+        self.own(proc.pid)
         deadline = time.monotonic() + 10
         while True:
             with socket.socket() as s:
@@ -239,6 +279,14 @@ class Fabric:
                 raise RuntimeError(f"socat forwarder for port {port} did not start "
                                    f"({(self.scratch / f'socat-{port}.log').read_text()[-500:]})")
             time.sleep(0.02)
+
+    def own(self, pid: int) -> None:
+        """A process of the root namespace (the leader of its own process group) that sweep() kills if this run
+        dies before close(); close() leaves it to its starter."""
+        started = _start_time(pid)
+        if started:
+            with open(OWNERS / self.tag, "a") as fh:
+                fh.write(f"\n{pid} {started}")
 
     def add_host(self, name: str, root: Path) -> Host:
         """A host whose ROOT (the same path on every host) is a tmpfs of its own."""

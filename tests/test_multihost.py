@@ -46,6 +46,52 @@ def test_fabric_cleans_up_after_a_failure(tmp_path):
     assert not (netns.OWNERS / tag).exists()
 
 
+ORPHAN = """
+import subprocess, sys, time
+from pathlib import Path
+from tests import netns
+fabric = netns.Fabric(Path(sys.argv[1]) / "net", forward={{{port}: 5672}})
+host = fabric.add_host("orphan", Path(sys.argv[1]) / "root")
+host.spawn(["sleep", "600"], {{"PATH": "/usr/bin:/bin"}}, Path(sys.argv[1]) / "sleep.log")
+outside = subprocess.Popen(["sleep", "600"], start_new_session=True)
+fabric.own(outside.pid)
+print(fabric.tag, host.ns, host.pid, outside.pid, fabric.forwarders[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_killed_before_its_cleanup_is_swept(tmp_path):
+    """SIGKILL leaves no atexit: the next fabric's sweep removes the dead run's namespace, veth, bridge, its host's
+    processes, its forwarder and the root-namespace process it recorded."""
+    import os
+    import signal
+    import sys
+
+    from tests.support import REPO, free_port
+
+    run = subprocess.Popen([sys.executable, "-c", ORPHAN.format(port=free_port()), str(tmp_path)], cwd=REPO,
+                           stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    tag, ns, holder, outside, forwarder = run.stdout.readline().split()
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert ns in _namespaces() and f"cmb{tag}" in _links()
+    removed = netns.sweep()
+    assert ns in removed and f"cmb{tag}" in removed, removed
+    assert ns not in _namespaces() and f"cmb{tag}" not in _links() and f"cmv{tag}" not in _links()
+    for pid in (holder, outside, forwarder):
+        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or "Z" in _state(int(pid)), 10,
+                   f"process {pid} gone")
+    assert not (netns.OWNERS / tag).exists()
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
 @pytest.fixture
 def cluster(tmp_path):
     cluster = Cluster(tmp_path)
