@@ -21,7 +21,7 @@ from ..errors import NotFound
 from ..jobs import JOB_ID_RE
 from ..models import JOBS, TERMINAL_STATES, Job, utcnow
 from ..ogc import PREFIX, openapi, problems
-from ..ogc.formats import alternates, base, respond, root
+from ..ogc.formats import alternates, base, respond, root, wants_html
 from ..ogc.processes import Output, outputs_of
 from ..ogc.status import JobFile, file_of, iso, job_files, requested, result_value, status_info, status_of
 from .common import celery, int_arg, session, settings
@@ -149,8 +149,7 @@ def _wait_end(job_id: str, limit: float) -> None:
 
 
 @blp.route("/jobs/<job_id>/results", methods=["GET"])
-@blp.doc(**openapi.op("A job's results: a document, or raw as the execute request asked", "Results",
-                      path=["jobId"], errors=(500,)))
+@blp.doc(**openapi.results_op())
 def results(job_id: str):
     with session() as s:
         job = _job(s, job_id)
@@ -174,6 +173,7 @@ def _ready(job: Job) -> None:
 def results_response(job: Job) -> Response:
     """A finished job's results as its execute request asked (document or raw, each output by value or
     reference); a failed job's exception."""
+    wants_html()                # a bad ?f= is a 400 whatever the results' form
     _ready(job)
     if status_of(job) == "failed":
         return problems.render({"code": 500, "error": "job_failed", "type": problems.NOT_CAESAR + "job_failed",
@@ -254,6 +254,7 @@ def output_response(job: Job, out: Output, files: list[JobFile], store: Any) -> 
 @blp.doc(**openapi.op("One output of a successful job, its bytes (archive: the job's tar.gz)", openapi.BINARY,
                       path=["jobId", "outputID"]))
 def one_output(job_id: str, output_id: str):
+    wants_html()                # a bad ?f= is a 400 (the bytes are the same either way)
     with session() as s:
         job = _job(s, job_id)
         s.expunge(job)

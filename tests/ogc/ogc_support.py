@@ -37,3 +37,13 @@ def counts(session: requests.Session, base: str) -> tuple[int, int]:
     jobs = session.get(f"{base}{API}/jobs", params={"per_page": 1}, timeout=10).json()["total"]
     files = len(session.get(f"{base}{API}/fileids", timeout=10).json())
     return jobs, files
+
+
+def refused_subscriber(body: Any, rules: Any) -> bool:
+    """Whether a subscriber URL of an execute request names a literal address the egress rules refuse (a 400
+    that depends on EGRESS_ALLOWED_NETWORKS, which no document can say)."""
+    from caesar_rest.egress import literal_refusal
+
+    subscriber = body.get("subscriber") if isinstance(body, dict) else None
+    urls = subscriber.values() if isinstance(subscriber, dict) else ()
+    return any(isinstance(url, str) and literal_refusal(rules, url) for url in urls)

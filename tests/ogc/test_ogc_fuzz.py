@@ -20,6 +20,7 @@ from schemathesis.openapi.checks import RejectedPositiveData
 from caesar_rest import create_app, egress
 
 from ..support import embedded_settings, write_apps
+from .ogc_support import refused_subscriber
 
 #: A process that may run synchronously (its time limit, DEFAULT_TIME_LIMIT, fits OGC_SYNC_WAIT): with no worker its
 #: sync executions wait OGC_SYNC_WAIT (0.2 s) and are answered as asynchronous ones (201), as a job that did not end
@@ -74,13 +75,6 @@ def _hrefs_stay_here(ctx, body: Any) -> Any:
     return body
 
 
-def _refused_subscriber(case: Any) -> bool:
-    """Whether a subscriber URL of the execution names a literal address this server's egress rules refuse."""
-    subscriber = case.body.get("subscriber") if isinstance(case.body, dict) else None
-    urls = subscriber.values() if isinstance(subscriber, dict) else ()
-    return any(isinstance(url, str) and egress.literal_refusal(RULES, url) for url in urls)
-
-
 @schema.hook("filter_failure")
 def _not_here(_ctx, failure, case, response) -> bool:
     """Drop (False) one failure alone: positive_data_acceptance on an execution refused with a 400 that names a
@@ -90,7 +84,7 @@ def _not_here(_ctx, failure, case, response) -> bool:
     no document can say them. An inline file, and every other failure of every check, stays."""
     if not (isinstance(failure, RejectedPositiveData) and response.status_code == 400):
         return True
-    if _refused_subscriber(case) and "is refused" in response.text:
+    if refused_subscriber(case.body, RULES) and "is refused" in response.text:
         return False
     files = _file_inputs(case)
     if (response.headers.get("content-type") or [""])[0].startswith("application/json"):
