@@ -26,7 +26,7 @@ FIGURE_KEYS = {
     "throughput": ("submit_throughput",),
     "drain": ("drain_rate", "drain_lost", "drain_run_twice"),
     "upload": ("upload_throughput", "upload_rss_growth", "upload_throughput_uwsgi", "upload_ceiling_gunicorn",
-               "upload_ceiling_uwsgi", "upload_sha256_floor", "upload_transport_ceiling"),
+               "upload_ceiling_uwsgi", "upload_throughput_nginx", "upload_sha256_floor", "upload_transport_ceiling"),
     "download": ("download_tgz_time",),
     "listing": ("jobs_page_p95", "job_status_p95"),
     "scale": ("scale_jobs_first_p95", "scale_jobs_token_p95", "scale_status_p95", "scale_tes_first_p95",

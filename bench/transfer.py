@@ -18,6 +18,7 @@ from sqlalchemy import insert
 from caesar_rest import API_PREFIX, storage
 from caesar_rest.db import engine_for
 from caesar_rest.models import Job, JobEvent, utcnow
+from tests.support import free_port
 
 from .report import Figure
 from .rows import job_row
@@ -94,10 +95,10 @@ def _curl(args: list[str]) -> dict:
     return json.loads(done.stdout[done.stdout.rindex('{"code"'):])
 
 
-def _discarded(base: str, src: Path) -> float:
+def _discarded(url: str, src: Path) -> float:
     """The same curl upload to bench/discard_wsgi.py on one WSGI server: that server's own ceiling."""
     os.sync()
-    out = _curl(["-o", os.devnull, "-H", "Expect:", "-F", f"file=@{src}", f"{base}/discard"])
+    out = _curl(["-o", os.devnull, "-H", "Expect:", "-F", f"file=@{src}", url])
     return out["time_total"]
 
 
@@ -130,6 +131,8 @@ def _warm_up(server, base: str, warm: Path, work: Path) -> None:
 def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
     """cp, the upload through gunicorn, through uWSGI, sha256 of the file and the discard server, interleaved
     round by round (the disk's writeback and the machine's load move all of them alike), medians reported."""
+    from tests.deploy.stack import Nginx, ensure_nginx
+
     from .stack import UWSGI, Gunicorn
 
     work = stack.root / "upload"
@@ -145,14 +148,24 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
                          stack.api.threads, app="bench.discard_wsgi:app")
     u_discard = UWSGI(stack.overrides, stack.root, stack.api.processes, stack.api.threads,
                       app="bench.discard_wsgi:app")
-    cp_times, runs, uwsgi_runs, sha_times, discard_times = [], [], [], [], []
-    g_ceiling, u_ceiling = [], []
+    # Production's pair: nginx (nginx/caesar-rest.conf, request buffering off) in front of each uWSGI's socket.
+    nginx_bin = ensure_nginx()
+    nginx = Nginx(nginx_bin, work / "nginx-api", free_port(), str(uwsgi.rundir / "uwsgi.sock"),
+                  stack.settings["DATA_DIR"])
+    n_discard = Nginx(nginx_bin, work / "nginx-discard", free_port(), str(u_discard.rundir / "uwsgi.sock"),
+                      stack.settings["DATA_DIR"])
+    cp_times, runs, uwsgi_runs, nginx_runs, sha_times, discard_times = [], [], [], [], [], []
+    g_ceiling, u_ceiling, n_ceiling = [], [], []
     try:
         uwsgi_base = uwsgi.start()
         _warm_up(uwsgi, uwsgi_base, warm, work)
         g_discard.start()
-        g_base, u_base = f"http://127.0.0.1:{g_discard.port}", u_discard.start()
-        for base_ in (g_base, u_base):
+        g_base, u_base = f"http://127.0.0.1:{g_discard.port}/discard", u_discard.start() + "/discard"
+        nginx.start()
+        n_discard.start()
+        n_discard_base = f"{n_discard.base}{API_PREFIX}/upload"        # a location with buffering off
+        _warm_up(uwsgi, nginx.base, warm, work)
+        for base_ in (g_base, u_base, n_discard_base):
             _discarded(base_, warm)
         for _ in range(repeats):
             dst = work / "copy.bin"
@@ -164,7 +177,11 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
             discard_times.append(discard_seconds(src))
             g_ceiling.append(_discarded(g_base, src))
             u_ceiling.append(_discarded(u_base, src))
+            nginx_runs.append(_upload(uwsgi, nginx.base, src, work))
+            n_ceiling.append(_discarded(n_discard_base, src))
     finally:
+        nginx.stop()
+        n_discard.stop()
         uwsgi.stop()
         g_discard.stop()
         u_discard.stop()
@@ -172,11 +189,13 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
     warm.unlink()
     cp_time, up_time, uwsgi_time = median(cp_times), median(r[0] for r in runs), median(r[0] for r in uwsgi_runs)
     growth = max(r[1] for r in runs)
-    correct = all(r[2].get("size_bytes") == size and r[2].get("sha256") == sha for r in runs + uwsgi_runs)
+    correct = all(r[2].get("size_bytes") == size and r[2].get("sha256") == sha
+                  for r in runs + uwsgi_runs + nginx_runs)
     rate = lambda seconds: size / seconds / MiB
     throughput, baseline, uwsgi_throughput = rate(up_time), rate(cp_time), rate(uwsgi_time)
     sha_rate, discard_rate = rate(median(sha_times)), rate(median(discard_times))
     g_ceiling_rate, u_ceiling_rate = rate(median(g_ceiling)), rate(median(u_ceiling))
+    nginx_throughput, n_ceiling_rate = rate(median(r[0] for r in nginx_runs)), rate(median(n_ceiling))
     details = {"size_bytes": size, "repeats": repeats, "upload_s": [r[0] for r in runs], "cp_s": cp_times,
                "rss_growth_bytes": [r[1] for r in runs], "sha256_and_size_match": correct,
                "client": "curl -H 'Expect:' -F file=@... (multipart, Content-Length)", "server": "gunicorn",
@@ -199,6 +218,11 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
                bool(correct and uwsgi_throughput >= 0.9 * u_ceiling_rate),
                details={"rss_growth_mib": round(max(r[1] for r in uwsgi_runs) / MiB, 2),
                         "ratio_to_sha256_floor": round(uwsgi_throughput / sha_rate, 3)}),
+        Figure("upload_throughput_nginx", "upload, same file, nginx + uWSGI (production)", nginx_throughput,
+               "MiB/s", n_ceiling_rate, "the discard app behind nginx + uWSGI", "≥ 0.9x baseline",
+               bool(correct and nginx_throughput >= 0.9 * n_ceiling_rate),
+               details={"upload_s": [r[0] for r in nginx_runs], "discard_s": n_ceiling,
+                        "ratio_to_sha256_floor": round(nginx_throughput / sha_rate, 3)}),
         Figure("upload_ceiling_gunicorn", "gunicorn's ceiling: curl -F to the discard app", g_ceiling_rate, "MiB/s",
                baseline, "cp, same disk", "(reported)", None),
         Figure("upload_ceiling_uwsgi", "uWSGI's ceiling: curl -F to the discard app", u_ceiling_rate, "MiB/s",
