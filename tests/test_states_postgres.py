@@ -1,6 +1,6 @@
-"""The state table's walk (tests/unit/test_states.py) again on PostgreSQL, where a job row and its event are written
-by one statement (a data-modifying CTE, caesar_rest/states.py): the event comes exactly when the row moves, none
-when another actor got there first, and the row comes back whole. Plus a claim of a job with inputs and TES tags,
+"""The state table's walk (tests/unit/test_states.py) again on PostgreSQL, where a new job's row and its first event
+are written by one statement (a data-modifying CTE, caesar_rest/states.py): every transition's event comes exactly
+when the row moves, none when another actor got there first. Plus a claim of a job with inputs and TES tags,
 whose row, inputs and tags are three statements there."""
 from __future__ import annotations
 
