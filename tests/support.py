@@ -23,10 +23,20 @@ REDIS = os.environ.get("CAESAR_TEST_REDIS", "redis://127.0.0.1:6379/14")
 PG_ADMIN = os.environ.get("CAESAR_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
+#: Ports Chromium refuses to load (ERR_UNSAFE_PORT) above 1023: this machine hands out ephemeral ports from 1024,
+#: and a test server on one of these made a browser test fail.
+BROWSER_BLOCKED_PORTS = frozenset({1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666,
+                                   6667, 6668, 6669, 6679, 6697, 10080})
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one a browser refuses."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in BROWSER_BLOCKED_PORTS:
+            return port
 
 
 def embedded_settings(root: Path, **extra: Any) -> dict[str, Any]:
