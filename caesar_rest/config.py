@@ -191,6 +191,9 @@ class Settings(Mapping[str, Any]):
                                     "multipart).")
     S3_JOB_OUTPUTS: bool = setting(True, "With STORAGE s3, finished job directories move to S3 "
                                          "(<S3_PREFIX>jobs/<user>/<job_id>/).")
+    LIVE_LOG_INTERVAL: float = setting(2.0, "With STORAGE s3, seconds between a worker's copies of a running job's "
+                                            "stdout and stderr tails to S3 (<S3_PREFIX>live/<user>/<job_id>/), "
+                                            "where the API reads them when the job runs on another host; 0: off.")
     S3_BUCKET: str | None = setting(None, "Bucket of uploaded files when STORAGE is s3.")
     S3_PREFIX: str = setting("caesar/data/", "Key prefix of uploaded files in S3_BUCKET (then "
                                              "<owner>/<uuid>.<format>).")

@@ -7,10 +7,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
 
-from bench.multihost import Cluster, drill
+from bench.multihost import S3_CREDS, Cluster, drill
 from tests import netns
 from tests.support import API, TERMINAL, job_processes, wait_until
 
@@ -123,9 +124,19 @@ def test_jobs_across_hosts_survive_the_loss_of_a_worker_host(cluster):
     wait_until(lambda: cluster.states([job_id])[job_id] == "RUNNING", 60, "the long job running")
     ran_on = cluster.metadata(job_id)["host"]
     assert ran_on in ("host2", "host3") and job_processes(job_id)
+    # Its stdout is on the worker host's disk only; the API host shows it while the job runs (the worker's relay to
+    # S3: before it, the answer was empty until the job had ended).
+    logs = f"{cluster.base}{API}/job/{job_id}/logs"
+    wait_until(lambda: requests.get(logs, timeout=10).json()["stdout"] == "canceled\n", 30,
+               f"the running job's stdout, from {ran_on}, on the API host")
     assert requests.post(f"{cluster.base}{API}/job/{job_id}/cancel", timeout=30).status_code == 200
     wait_until(lambda: cluster.states([job_id])[job_id] == "CANCELED", 30, "the job canceled")
     wait_until(lambda: not job_processes(job_id), 15, f"the canceled job's processes gone from {ran_on}")
+    # Ended, its logs come from the archived directory, and the relayed copy is gone.
+    s3 = boto3.client("s3", endpoint_url=cluster.settings["S3_ENDPOINT_URL"], region_name="us-east-1", **S3_CREDS)
+    wait_until(lambda: s3.list_objects_v2(Bucket=cluster.settings["S3_BUCKET"], Prefix="caesar/live/")["KeyCount"] == 0,
+               15, "the relayed logs removed")
+    assert requests.get(logs, timeout=10).json()["stdout"] == "canceled\n"
 
     result = drill(cluster, 40, seconds=1.0, once_every=4)
 

@@ -24,13 +24,17 @@ def record(runner: Runner, held: Claim | str, how: Ending) -> str:
     claim = held if isinstance(held, Claim) else None
     job_id = claim.id if claim else str(held)
     where = _workdir_and_owner(runner, job_id, claim)
+    relay = runner.stop_relay(job_id)      # its last copy is sent before the directory is archived
     stored = None
     if where is not None:
         workdir, owner = where
         shutil.rmtree(workdir / "tmp", ignore_errors=True)
         if runner.settings.get("STORAGE") == "s3" and runner.settings.get("S3_JOB_OUTPUTS", True):
             stored = job_dir.archive(runner.settings, job_id, owner, workdir, how.outputs)
-    return runner.retry_db(job_id, f"recording {how.state}", lambda: _end_once(runner, job_id, claim, how, stored))
+    final = runner.retry_db(job_id, f"recording {how.state}", lambda: _end_once(runner, job_id, claim, how, stored))
+    if relay is not None and stored and stored.get("output_store") and final == how.state:
+        relay.remove()          # the end names the archive, which logs are read from now
+    return final
 
 
 def _workdir_and_owner(runner: Runner, job_id: str, claim: Claim | None) -> tuple[Path, str] | None:

@@ -18,6 +18,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from caesar_rest import joblogs
 from caesar_rest.backends import (
     CANCELLED,
     FAILED,
@@ -37,6 +38,7 @@ from caesar_rest.states import ABORTED, RUNNING, STARTED, TERMINAL_STATES, TIMED
 
 from . import ending, kept, lost, retry
 from .kinds import Ending, KindRun, StepResult, kind_run
+from .live_logs import LogRelay
 
 log = logging.getLogger("caesar.runner")
 DB_ERRORS = (OperationalError, InterfaceError)
@@ -50,6 +52,7 @@ class Runner:
         self.settings = settings
         self.url: str = settings["DATABASE_URL"]
         self.follower: str | None = None    # the token of the poll chain following a remote job (poll_once)
+        self._relays: dict[str, LogRelay] = {}   # job id -> its running log relay (relaying)
 
     # ---- entry points ------------------------------------------------------------------------------------------------
     def run(self, job_id: str) -> str:
@@ -65,7 +68,7 @@ class Runner:
             backend = get_backend(self.settings, held.backend)
         except BackendError as exc:
             return self.end(held, Ending(ABORTED, f"Backend {held.backend!r} unavailable on worker {HOST}: {exc}"))
-        with run, self.holding(held.id):
+        with run, self.holding(held.id), self.relaying(held):
             try:
                 return self._drive(held, run, backend)
             except Exception as exc:        # a bug or an unexpected error must still end the job, with the reason
@@ -299,6 +302,26 @@ class Runner:
         finally:
             stop.set()
             thread.join(every + 10)
+
+    @contextmanager
+    def relaying(self, held: Claim) -> Iterator[None]:
+        """With STORAGE s3, the job's logs relayed to S3 while this worker holds it (workers/live_logs.py): an API
+        on another host reads them there. ending.record stops the relay before it archives the directory."""
+        if not joblogs.relays(self.settings):
+            yield
+            return
+        self._relays[held.id] = LogRelay(self.settings, held.id, held.owner, held.workdir).start()
+        try:
+            yield
+        finally:
+            self.stop_relay(held.id)
+
+    def stop_relay(self, job_id: str) -> LogRelay | None:
+        """Stop the job's log relay (after its last copy); returns it, or None when there was none."""
+        relay = self._relays.pop(job_id, None)
+        if relay is not None:
+            relay.stop()
+        return relay
 
     def cancel_requested(self, job_id: str, default: bool | None = None) -> bool:
         """The cancel flag; while the database is away a running job goes on (default) instead of dying."""

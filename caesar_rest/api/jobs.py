@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 from sqlalchemy.orm import load_only
 
-from .. import jobs as service, notify, paging, s3store, upstream
+from .. import joblogs, jobs as service, notify, paging, s3store, upstream
 from ..auth import current_owner, owner_filter
 from ..errors import BadRequest, Conflict
 from ..kinds import AppKind
@@ -239,24 +239,6 @@ def _archived_tar_gz(cfg, url: str, prefix: str, extra: dict[str, bytes]):
     return tar_gz(members(), level=int(cfg["OUTPUT_GZIP_LEVEL"]))
 
 
-def _tail(path: Path, lines: int | None, max_bytes: int = 1024 * 1024) -> str:
-    if not path.exists():
-        return ""
-    with open(path, "rb") as fh:
-        fh.seek(0, 2)
-        size = fh.tell()
-        fh.seek(max(0, size - max_bytes))
-        data = fh.read()
-    return _lines(data, lines)
-
-
-def _lines(data: bytes, lines: int | None) -> str:
-    text = data.decode("utf-8", "replace")
-    if lines is not None:
-        text = "\n".join(text.splitlines()[-lines:]) if lines else ""
-    return text
-
-
 @blp.route("/job/<job_id>/logs", methods=["GET"], parameters=[docs.JOB_ID])
 @blp.doc(summary="The job's stdout and stderr (?tail=N lines)",
          parameters=[TAIL.doc()],
@@ -265,17 +247,9 @@ def logs(job_id: str):
     tail = TAIL.read(-1)
     with session() as s:
         job = service.get_job(s, _owner_filter(), job_id)
-        workdir = Path(job.workdir)
-        state = job.state
-        archived = (job.extra or {}).get("output_store")
-    lines = None if tail < 0 else tail
-    if archived:
-        store = s3store.store_for(settings())
-        texts = {name: _lines(s3store.read_tail(store, archived, f"{name}.log", 1024 * 1024), lines)
-                 for name in ("stdout", "stderr")}
-    else:
-        texts = {name: _tail(workdir / f"{name}.log", lines) for name in ("stdout", "stderr")}
-    return jsonify({"job_id": job_id, "state": state, **texts})
+        s.expunge(job)
+    texts = joblogs.read(settings(), job, None if tail < 0 else tail)
+    return jsonify({"job_id": job_id, "state": job.state, **texts})
 
 
 @blp.route("/job/<job_id>/metadata", methods=["GET"], parameters=[docs.JOB_ID])

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import current_app, jsonify, redirect, render_template, request, send_file, url_for
 from sqlalchemy import select
 
-from .. import jobs as service, paging
+from .. import joblogs, jobs as service, paging
 from ..api import jobs as jobs_api
 from ..api.common import session, settings
 from ..auth import owner_filter
@@ -82,13 +82,7 @@ def _job(job_id: str) -> Job:
 
 
 def _logs(job: Job) -> dict[str, str]:
-    archived = (job.extra or {}).get("output_store")
-    if archived:
-        from .. import s3store
-        store = s3store.store_for(settings())
-        return {n: jobs_api._lines(s3store.read_tail(store, archived, f"{n}.log", 256 * 1024), LOG_LINES)
-                for n in ("stdout", "stderr")}
-    return {n: jobs_api._tail(Path(job.workdir) / f"{n}.log", LOG_LINES, 256 * 1024) for n in ("stdout", "stderr")}
+    return joblogs.read(settings(), job, LOG_LINES, 256 * 1024)
 
 
 def _context(job: Job) -> dict:
