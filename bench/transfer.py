@@ -115,6 +115,40 @@ def _upload(server, base: str, src: Path, work: Path) -> tuple[float, int, dict]
     return res["time_total"], sampler.growth()[0], answer
 
 
+def _tus_upload(base: str, src: Path, chunk: int = 64 * MiB) -> tuple[float, float, float, dict]:
+    """One resumable upload (tus 1.0, one keep-alive connection, `chunk` bytes a PATCH, as a tus client sends it):
+    (seconds in all, seconds of the last PATCH, median seconds of the others, the file's record)."""
+    import base64
+    import statistics
+
+    import requests
+
+    tus = {"Tus-Resumable": "1.0.0"}
+    size = src.stat().st_size
+    name = base64.b64encode(src.name.encode()).decode()
+    os.sync()
+    with requests.Session() as http, open(src, "rb") as fh:
+        t0 = time.perf_counter()
+        made = http.post(f"{base}{API_PREFIX}/uploads", headers={**tus, "Upload-Length": str(size),
+                                                                 "Upload-Metadata": f"filename {name}"}, timeout=60)
+        made.raise_for_status()
+        url = made.headers["Location"]
+        url = url if url.startswith("http") else base + url
+        times, offset = [], 0
+        while offset < size:
+            data = fh.read(chunk)
+            t = time.perf_counter()
+            r = http.patch(url, data=data, timeout=600, headers={
+                **tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+            times.append(time.perf_counter() - t)
+            r.raise_for_status()
+            offset += len(data)
+        total = time.perf_counter() - t0
+        record = http.get(url, headers=tus, timeout=60).json()["file"]
+    Path(record["path"]).unlink(missing_ok=True)
+    return total, times[-1], statistics.median(times[:-1] or times), record
+
+
 def _warm_up(server, base: str, warm: Path, work: Path) -> None:
     """Concurrent small uploads, a few per server process, so every process has served one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -155,7 +189,7 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
     n_discard = Nginx(nginx_bin, work / "nginx-discard", free_port(), str(u_discard.rundir / "uwsgi.sock"),
                       stack.settings["DATA_DIR"])
     cp_times, runs, uwsgi_runs, nginx_runs, sha_times, discard_times = [], [], [], [], [], []
-    g_ceiling, u_ceiling, n_ceiling = [], [], []
+    g_ceiling, u_ceiling, n_ceiling, tus_runs = [], [], [], []
     try:
         uwsgi_base = uwsgi.start()
         _warm_up(uwsgi, uwsgi_base, warm, work)
@@ -172,6 +206,7 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
             cp_times.append(_timed(["cp", str(src), str(dst)]))
             dst.unlink()
             runs.append(_upload(stack.api, base, src, work))
+            tus_runs.append(_tus_upload(base, src))
             uwsgi_runs.append(_upload(uwsgi, uwsgi_base, src, work))
             sha_times.append(sha256_seconds(src))
             discard_times.append(discard_seconds(src))
@@ -196,6 +231,9 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
     sha_rate, discard_rate = rate(median(sha_times)), rate(median(discard_times))
     g_ceiling_rate, u_ceiling_rate = rate(median(g_ceiling)), rate(median(u_ceiling))
     nginx_throughput, n_ceiling_rate = rate(median(r[0] for r in nginx_runs)), rate(median(n_ceiling))
+    tus_correct = all(r[3].get("size_bytes") == size and r[3].get("sha256") == sha for r in tus_runs)
+    tus_rate = rate(median(r[0] for r in tus_runs))
+    tus_last, tus_chunk = median(r[1] for r in tus_runs) * 1000, median(r[2] for r in tus_runs) * 1000
     details = {"size_bytes": size, "repeats": repeats, "upload_s": [r[0] for r in runs], "cp_s": cp_times,
                "rss_growth_bytes": [r[1] for r in runs], "sha256_and_size_match": correct,
                "client": "curl -H 'Expect:' -F file=@... (multipart, Content-Length)", "server": "gunicorn",
@@ -223,6 +261,15 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
                bool(correct and nginx_throughput >= 0.9 * n_ceiling_rate),
                details={"upload_s": [r[0] for r in nginx_runs], "discard_s": n_ceiling,
                         "ratio_to_sha256_floor": round(nginx_throughput / sha_rate, 3)}),
+        Figure("upload_tus_throughput", "resumable upload (tus, 64 MiB PATCHes, gunicorn)", tus_rate, "MiB/s",
+               throughput, "POST /upload of the same file", "(reported)", None,
+               details={"total_s": [r[0] for r in tus_runs], "sha256_and_size_match": tus_correct}),
+        Figure("upload_tus_last_chunk", "resumable upload: its last PATCH (makes the file)", tus_last, "ms",
+               tus_chunk, "the median of its other PATCHes", "≤ 1.5x baseline (no re-read of the file)",
+               bool(tus_correct and tus_last <= 1.5 * tus_chunk),
+               details={"last_patch_ms": [round(r[1] * 1000, 1) for r in tus_runs],
+                        "other_patches_median_ms": [round(r[2] * 1000, 1) for r in tus_runs],
+                        "sha256_of_file_ms": [round(t * 1000, 1) for t in sha_times]}),
         Figure("upload_ceiling_gunicorn", "gunicorn's ceiling: curl -F to the discard app", g_ceiling_rate, "MiB/s",
                baseline, "cp, same disk", "(reported)", None),
         Figure("upload_ceiling_uwsgi", "uWSGI's ceiling: curl -F to the discard app", u_ceiling_rate, "MiB/s",

@@ -60,10 +60,12 @@ class BackgroundChecksums(Checksums):
 
     _DONE = object()
 
-    def __init__(self, depth: int = 8) -> None:
+    def __init__(self, depth: int = 8, start: Checksums | None = None) -> None:
         import queue
 
         super().__init__()
+        if start is not None:          # going on from the checksums of the bytes before (a resumable upload's)
+            self._sha, self._crc, self.size = start._sha.copy(), start._crc, start.size
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="checksums", daemon=True)

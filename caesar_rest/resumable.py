@@ -21,6 +21,8 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -31,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import storage
-from .checksums import CHUNK, BackgroundChecksums
+from .checksums import CHUNK, BackgroundChecksums, Checksums
 from .errors import (
     BadRequest,
     ChecksumMismatch,
@@ -212,11 +214,45 @@ def writing(path: Path) -> Iterator[BinaryIO]:
         fh.close()
 
 
+# The sha256 and CRC64NVME of each upload's recorded bytes, as far as this process hashed them while its PATCHes
+# came in: the last PATCH then makes the file without reading the whole part file again (64 GiB took it tens of
+# seconds). hashlib's state cannot leave the process, so a PATCH served by another process (uWSGI's threads, several
+# hosts) breaks the chain and the last one hashes the file as before; a tus client on one keep-alive connection
+# (gunicorn keeps it in one process) keeps it whole. The state of the bytes [0, offset) never goes stale: recorded
+# bytes are never rewritten, and an entry counts only for the offset it reached.
+_RUNNING: OrderedDict[str, Checksums] = OrderedDict()
+_RUNNING_LOCK = threading.Lock()
+RUNNING_KEPT = 256
+
+
+def take_running(upload_id: str, offset: int) -> Checksums | None:
+    """The checksums of the upload's first `offset` bytes, if this process made them (taken: one PATCH at a time)."""
+    if offset == 0:
+        return Checksums()
+    with _RUNNING_LOCK:
+        sums = _RUNNING.pop(upload_id, None)
+    return sums if sums is not None and sums.size == offset else None
+
+
+def keep_running(upload_id: str, sums: Checksums) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING[upload_id] = sums
+        _RUNNING.move_to_end(upload_id)
+        while len(_RUNNING) > RUNNING_KEPT:
+            _RUNNING.popitem(last=False)
+
+
+def drop_running(upload_id: str) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.pop(upload_id, None)
+
+
 def append(fh: BinaryIO, offset: int, room: int, read: Callable[[int], bytes], expected: int | None,
-           checksum: tuple[str, Any, bytes] | None) -> tuple[int, bool]:
+           checksum: tuple[str, Any, bytes] | None, sums: Checksums | None = None) -> tuple[int, bool]:
     """Write a PATCH body at `offset` (bytes past it, left by an unrecorded write, are cut first). Returns (bytes
     kept, whether the body came whole). A body past `room` is refused (413) and nothing of it kept; a checksum
-    that does not match keeps nothing (460); a body cut short keeps what came unless a checksum was declared."""
+    that does not match keeps nothing (460); a body cut short keeps what came unless a checksum was declared.
+    `sums` is fed every block written: it covers offset + bytes kept exactly when nothing was cut back."""
     os.ftruncate(fh.fileno(), offset)
     fh.seek(offset)
     written = 0
@@ -236,6 +272,8 @@ def append(fh: BinaryIO, offset: int, room: int, read: Callable[[int], bytes], e
                 view = view[fh.write(view):]
             if hasher is not None:
                 hasher.update(block)
+            if sums is not None:
+                sums.update(block)
             written += len(block)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -271,10 +309,13 @@ class PartSink(WriteSink):
     file stays until the File is recorded (a refusal then, over quota say, loses nothing; the caller removes it
     after)."""
 
-    def __init__(self, path: Path, upload_id: str) -> None:
+    def __init__(self, path: Path, upload_id: str, sums: Checksums | None = None) -> None:
         self.tmp_path = path
         self.uuid = upload_id
         self.error: OSError | None = None
+        if sums is not None and sums.size == path.stat().st_size:      # hashed on the way in (take_running)
+            self._sums, self.size = sums, sums.size
+            return
         self._sums = BackgroundChecksums()
         size = 0
         with open(path, "rb", buffering=0) as fh:

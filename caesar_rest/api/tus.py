@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 
 from .. import API_PREFIX, multipart, resumable, s3store, storage
 from ..auth import current_owner
+from ..checksums import BackgroundChecksums, Checksums
 from ..errors import BadRequest, Conflict, InsufficientStorage, NotFound, PreconditionFailed, UnsupportedFormat
 from ..models import File, Upload, utcnow
 from . import docs, files as files_api
@@ -178,6 +179,7 @@ def terminate(upload_id: str) -> Response:
         upload = resumable.find(s, current_owner(), upload_id, cfg)
         resumable.remove(s, cfg, upload)
         s.commit()
+    resumable.drop_running(upload_id)
     return Response(status=204)
 
 
@@ -234,20 +236,34 @@ def _patch(cfg, owner: str, upload_id: str, offset: int, response: Response) -> 
             raise files_api.PayloadTooLarge(f"The chunk of {expected} bytes goes past the upload's length: "
                                             f"{room} bytes are left", left_bytes=room)
         body = multipart.body_stream(request.environ, lambda: request.stream)
-        written, _whole = resumable.append(fh, recorded, room, body.read, expected, checksum)
+        # S3 storage hashes the file as it copies it to the bucket (S3UploadSink): nothing to keep on the way in.
+        before = resumable.take_running(upload_id, recorded) if cfg.get("STORAGE") != "s3" else None
+        sums = BackgroundChecksums(start=before) if before is not None else None
+        try:
+            written, _whole = resumable.append(fh, recorded, room, body.read, expected, checksum, sums)
+        except BaseException:
+            if before is not None and recorded:
+                resumable.keep_running(upload_id, before)      # a refused chunk leaves the state before it whole
+            raise
+        finally:
+            if sums is not None:
+                sums.finish()
         with session() as s:
             upload = resumable.find(s, owner, upload_id, cfg)
             upload.offset = recorded + written
             upload.expires_at = resumable.new_expiry(cfg)
             s.commit()
             now_at = upload.offset
+        whole_so_far = sums if sums is not None and sums.size == now_at else None
         if now_at == length:
-            _complete(cfg, owner, upload_id, path)
+            _complete(cfg, owner, upload_id, path, whole_so_far)
+        elif whole_so_far is not None:
+            resumable.keep_running(upload_id, whole_so_far)
     with session() as s:
         _state_headers(resumable.find(s, owner, upload_id, cfg), response)
 
 
-def _complete(cfg, owner: str, upload_id: str, path) -> None:
+def _complete(cfg, owner: str, upload_id: str, path, sums: Checksums | None = None) -> None:
     """The whole part file becomes a File of the upload's uuid, as POST /upload would register it."""
     with session() as s:
         upload = resumable.find(s, owner, upload_id, cfg)
@@ -258,7 +274,7 @@ def _complete(cfg, owner: str, upload_id: str, path) -> None:
         for block in resumable.blocks(path):
             sink.write(block)
     else:
-        sink = resumable.PartSink(path, upload_id)
+        sink = resumable.PartSink(path, upload_id, sums)
     record = files_api._register(cfg, owner, name, fmt, sink, tag, upload_id=upload_id)
     if isinstance(sink, resumable.PartSink):
         os.chmod(record.path, 0o440)

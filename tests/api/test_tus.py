@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from caesar_rest import create_app
+from caesar_rest import create_app, resumable
 from caesar_rest.auth import hash_token
 from caesar_rest.db import session_scope
 from caesar_rest.models import File, Upload
@@ -278,3 +278,39 @@ def test_the_reaper_removes_a_part_file_no_upload_records(tmp_path):
     assert done["expired_uploads_removed"] == 1 and not orphan.exists() and young.exists()
     assert kept_part.exists() and client.head(kept, headers=TUS).status_code == 200
 
+
+
+class CountingChecksums(resumable.BackgroundChecksums):
+    made = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        type(self).made += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("chain", ["whole", "broken by another process", "broken by a refused chunk"])
+def test_the_last_chunk_makes_the_file_from_checksums_kept_on_the_way_in(tus, monkeypatch, chain):
+    """The chunks are hashed as they come; the last one makes the file without reading the part file again, unless
+    a chunk was served elsewhere (another process: nothing kept here), when the part file is hashed as before.
+    Either way the record's sha256 and CRC64NVME are the whole file's."""
+    from caesar_rest.checksums import Checksums
+
+    app, client = tus
+    CountingChecksums.made = 0
+    monkeypatch.setattr(resumable, "BackgroundChecksums", CountingChecksums)    # the part file's re-hashing
+    data = os.urandom(300_000)
+    url = create(client, len(data))
+    for start in range(0, len(data), 100_000):
+        if chain == "broken by another process" and start == 200_000:
+            resumable._RUNNING.clear()                    # as if the chunk before had gone to another process
+        if chain == "broken by a refused chunk" and start == 100_000:
+            bad = patch(client, url, start, data[start:start + 100_000], **{"Upload-Checksum": sha1_header(b"x")})
+            assert bad.status_code == 460
+        r = patch(client, url, start, data[start:start + 100_000])
+        assert r.status_code == 204, r.get_json()
+    [record] = files(app)
+    whole = Checksums()
+    whole.update(data)
+    assert (record.sha256, record.crc64nvme, record.size_bytes) == (whole.sha256, whole.crc64nvme, len(data))
+    assert CountingChecksums.made == (1 if chain == "broken by another process" else 0)
+    assert url.rsplit("/", 1)[1] not in resumable._RUNNING        # nothing kept once whole
