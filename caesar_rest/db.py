@@ -14,6 +14,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.functions import FunctionElement
 
+from . import clock
+
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
@@ -81,9 +83,22 @@ def engine_for(url: str) -> Engine:
                 engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=args)
                 event.listen(engine, "checkin", _note_checkin)
                 event.listen(engine, "checkout", _ping_when_idle(engine))
+                if url.startswith("postgresql"):
+                    event.listen(engine, "connect", lambda conn, _record: clock.learn(conn))
+                    _first_connection(engine)
             _engines[url] = engine
             _factories[url] = sessionmaker(engine, expire_on_commit=False)
         return engine
+
+
+def _first_connection(engine: Engine) -> None:
+    """Open the engine's first connection now, so this process has its clock's offset (clock.learn) before the
+    caller stamps a time with it; a database that does not answer is left to the caller's own statement."""
+    try:
+        with engine.connect():
+            pass
+    except exc.SQLAlchemyError:
+        pass
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """ORM models: files, jobs, their inputs and the state history. The database is the one source of truth."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from . import clock
+
 # The states are defined by the state machine (caesar_rest/states.py); re-exported for the modules that read them.
 from .states import (  # noqa: F401
     ABORTED,
@@ -40,7 +42,8 @@ from .states import (  # noqa: F401
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Naive UTC, on the database server's clock (caesar_rest/clock.py): every host stamps and judges alike."""
+    return clock.utcnow()
 
 
 class Base(DeclarativeBase):

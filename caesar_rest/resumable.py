@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,7 +45,7 @@ from .errors import (
     UnsupportedFormat,
 )
 from .jobs import UUID_HEX_RE
-from .models import UTC, Upload, utcnow
+from .models import Upload, utcnow
 from .sinks import WriteSink
 
 TUS_VERSION = "1.0.0"

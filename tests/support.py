@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,22 +123,23 @@ class Proc:
 
 
 def start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int = 2,
-                 beat: bool = False, name: str | None = None) -> Proc:
+                 beat: bool = False, name: str | None = None, wrap: Sequence[str] = ()) -> Proc:
     """A worker pool on queues; with beat, a second worker (one slot, its own process group) serves the control
     queue and schedules the reaper there, as caesar-rest run and production do: never behind the pool's jobs.
-    Killing the pool's process group leaves the reaper running, as a dead worker host's pool would."""
+    Killing the pool's process group leaves the reaper running, as a dead worker host's pool would. `wrap` goes
+    before the pool's command (faketime, say), not the control worker's."""
     control = _start_worker(settings, ["control"], log.with_suffix(".control.log"), 1, True,
                             f"control-{name}" if name else None) if beat else None
-    proc = _start_worker(settings, queues, log, concurrency, False, name)
+    proc = _start_worker(settings, queues, log, concurrency, False, name, wrap)
     if control is not None:
         proc.companions.append(control)
     return proc
 
 
 def _start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int, beat: bool,
-                  name: str | None) -> Proc:
+                  name: str | None, wrap: Sequence[str] = ()) -> Proc:
     prefix = settings.get("QUEUE_PREFIX", "")
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO", "-Q",
+    cmd = [*wrap, sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO", "-Q",
            ",".join(prefix + q for q in queues), "--concurrency", str(concurrency), "--without-gossip",
            "--without-mingle", "--hostname", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h"]
     if beat:
