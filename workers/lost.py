@@ -150,6 +150,29 @@ def _set_mark(s: Any, name: str, at: datetime) -> None:
         s.execute(update(Mark).where(Mark.name == name).values(at=at))
 
 
+def take_turn(settings: Mapping[str, Any], name: str, every: float) -> bool:
+    """Whether a scheduled run of `name` goes ahead: at most one every `every` seconds (less a fifth, the beats'
+    jitter) across every beat of the deployment, decided by the marks table's row for it. So celery beat can run
+    on every host (the caesar-beat unit on each, or --beat on each control worker): a host that dies takes no
+    schedule with it, and the others' beats do not multiply the runs. Two beats at the same instant: the row's lock
+    lets one UPDATE through, and the other, re-reading the row after it, finds the turn taken."""
+    now = utcnow()
+    cut = now - timedelta(seconds=0.8 * every)
+    key = f"turn:{name}"
+    with session_scope(settings["DATABASE_URL"]) as s:
+        if cast(CursorResult[Any], s.execute(update(Mark).where(Mark.name == key, Mark.at <= cut)
+                                             .values(at=now))).rowcount:
+            return True
+        if s.get(Mark, key) is not None:
+            return False
+        try:
+            with s.begin_nested():
+                s.execute(insert(Mark).values(name=key, at=now))
+        except IntegrityError:
+            return False
+        return True
+
+
 def broker_view() -> set[str] | None:
     """The workers the broker reaches now: the node names that answer a ping (Celery's broadcast, on RabbitMQ and
     on the filesystem broker alike), or None when there is no view (no Celery app of this service in this process,

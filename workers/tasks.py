@@ -21,7 +21,7 @@ from caesar_rest.db import dispose_all, session_scope
 from caesar_rest.models import Job
 from caesar_rest.states import PENDING
 
-from . import notify
+from . import lost, notify
 from .runner import Runner, reap
 
 log = logging.getLogger("caesar.tasks")
@@ -85,6 +85,9 @@ def _publish_again(app, job_id: str) -> None:
 
 @shared_task(name=REAP_TASK, bind=True, ignore_result=True)
 def reap_jobs(self) -> dict:
+    settings = _settings(self)
+    if not lost.take_turn(settings, "reap", float(settings["REAPER_INTERVAL"])):
+        return {"skipped": "another beat's reaper ran within REAPER_INTERVAL"}
     return _reap(self.app)
 
 
@@ -101,7 +104,10 @@ def send_notification(self, delivery_id: int) -> None:
 
 @shared_task(name=NOTIFY_SWEEP_TASK, bind=True, ignore_result=True)
 def sweep_notifications(self) -> int:
-    return notify.sweep(_settings(self), _notify_publisher(self.app))
+    settings = _settings(self)
+    if not lost.take_turn(settings, "notify-sweep", float(settings["NOTIFY_SWEEP_INTERVAL"])):
+        return 0
+    return notify.sweep(settings, _notify_publisher(self.app))
 
 
 @celeryd_after_setup.connect
