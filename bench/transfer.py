@@ -117,9 +117,10 @@ def _upload(server, base: str, src: Path, work: Path) -> tuple[float, int, dict]
 
 def _tus_upload(base: str, src: Path, chunk: int = 64 * MiB) -> tuple[float, float, float, dict]:
     """One resumable upload (tus 1.0, one keep-alive connection, `chunk` bytes a PATCH, as a tus client sends it):
-    (seconds in all, seconds of the last PATCH, median seconds of the others, the file's record)."""
+    (seconds in all, seconds of the last PATCH, seconds of the PATCH before it, the file's record). The one before
+    is the baseline: late chunks of a big file wait for the disk's writeback (here 80-110 ms early, 250-380 ms
+    past 800 MiB), which a median of all of them would hide."""
     import base64
-    import statistics
 
     import requests
 
@@ -146,7 +147,7 @@ def _tus_upload(base: str, src: Path, chunk: int = 64 * MiB) -> tuple[float, flo
         total = time.perf_counter() - t0
         record = http.get(url, headers=tus, timeout=60).json()["file"]
     Path(record["path"]).unlink(missing_ok=True)
-    return total, times[-1], statistics.median(times[:-1] or times), record
+    return total, times[-1], (times[:-1] or times)[-1], record
 
 
 def _warm_up(server, base: str, warm: Path, work: Path) -> None:
@@ -265,10 +266,10 @@ def measure_upload(stack, base: str, size: int, repeats: int) -> list[Figure]:
                throughput, "POST /upload of the same file", "(reported)", None,
                details={"total_s": [r[0] for r in tus_runs], "sha256_and_size_match": tus_correct}),
         Figure("upload_tus_last_chunk", "resumable upload: its last PATCH (makes the file)", tus_last, "ms",
-               tus_chunk, "the median of its other PATCHes", "≤ 1.5x baseline (no re-read of the file)",
+               tus_chunk, "the PATCH before it", "≤ 1.5x baseline (no re-read of the file)",
                bool(tus_correct and tus_last <= 1.5 * tus_chunk),
                details={"last_patch_ms": [round(r[1] * 1000, 1) for r in tus_runs],
-                        "other_patches_median_ms": [round(r[2] * 1000, 1) for r in tus_runs],
+                        "patch_before_ms": [round(r[2] * 1000, 1) for r in tus_runs],
                         "sha256_of_file_ms": [round(t * 1000, 1) for t in sha_times]}),
         Figure("upload_ceiling_gunicorn", "gunicorn's ceiling: curl -F to the discard app", g_ceiling_rate, "MiB/s",
                baseline, "cp, same disk", "(reported)", None),
