@@ -24,7 +24,7 @@ def record(runner: Runner, held: Claim | str, how: Ending) -> str:
     claim = held if isinstance(held, Claim) else None
     job_id = claim.id if claim else str(held)
     where = _workdir_and_owner(runner, job_id, claim)
-    relay = runner.stop_relay(job_id)      # its last copy is sent before the directory is archived
+    relay = runner.stop_relay(job_id, last_copy=False)      # stopped before the directory is archived
     stored = None
     if where is not None:
         workdir, owner = where
@@ -32,8 +32,11 @@ def record(runner: Runner, held: Claim | str, how: Ending) -> str:
         if runner.settings.get("STORAGE") == "s3" and runner.settings.get("S3_JOB_OUTPUTS", True):
             stored = job_dir.archive(runner.settings, job_id, owner, workdir, how.outputs)
     final = runner.retry_db(job_id, f"recording {how.state}", lambda: _end_once(runner, job_id, claim, how, stored))
-    if relay is not None and stored and stored.get("output_store") and final == how.state:
-        relay.remove()          # the end names the archive, which logs are read from now
+    if relay is not None:
+        if stored and stored.get("output_store") and final == how.state:
+            relay.remove()          # the end names the archive, which logs are read from now
+        else:
+            relay.push()            # no archive named (off, failed, or another end won): the copy gets the last lines
     return final
 
 

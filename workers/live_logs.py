@@ -27,6 +27,7 @@ class LogRelay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self.sent = 0              # copies sent so far (none: nothing to remove)
 
     def start(self) -> LogRelay:
         self._thread = threading.Thread(target=self._loop, name=f"log relay {self.job_id}", daemon=True)
@@ -61,19 +62,24 @@ class LogRelay:
                 continue
             self._seen[name] = mark
             sent += 1
+        self.sent += sent
         return sent
 
-    def stop(self) -> None:
-        """Stop relaying, after one last copy of what changed (idempotent)."""
+    def stop(self, last_copy: bool = True) -> None:
+        """Stop relaying (idempotent), after one last copy of what changed unless told not to: the end that archives
+        the directory asks for none (a short job then costs no S3 call for its live logs at all)."""
         if self._stop.is_set():
             return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.every + 30)
-        self.push()
+        if last_copy:
+            self.push()
 
     def remove(self) -> None:
         """The relayed copy goes (the job's end names its archived directory: logs are read from there)."""
+        if not self.sent:
+            return
         keys = [{"Key": f"{self.prefix}{name}.log"} for name in joblogs.NAMES]
         try:
             self.store.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})

@@ -316,11 +316,11 @@ class Runner:
         finally:
             self.stop_relay(held.id)
 
-    def stop_relay(self, job_id: str) -> LogRelay | None:
-        """Stop the job's log relay (after its last copy); returns it, or None when there was none."""
+    def stop_relay(self, job_id: str, last_copy: bool = True) -> LogRelay | None:
+        """Stop the job's log relay (after its last copy, unless told not to); returns it, or None."""
         relay = self._relays.pop(job_id, None)
         if relay is not None:
-            relay.stop()
+            relay.stop(last_copy)
         return relay
 
     def cancel_requested(self, job_id: str, default: bool | None = None) -> bool:

@@ -73,6 +73,14 @@ def test_the_relay_thread_follows_a_growing_log_and_sends_the_last_of_it_on_stop
     assert objects(cfg, job)["stdout.log"] == b"started\nended\n"
     relay.stop()                    # again: nothing more
     relay.remove()
+    assert objects(cfg, job) == {}
+    # The end that archives the directory stops the relay with no last copy: a job shorter than the interval
+    # costs no S3 call for its live logs, not even the removal.
+    quick = job_like(tmp_path / "elsewhere-too")
+    short = LogRelay(cfg, quick.id, quick.owner, tmp_path).start()
+    short.stop(last_copy=False)
+    assert short.sent == 0 and objects(cfg, quick) == {}
+    short.remove()
 
 
 def test_the_api_prefers_its_own_disk_and_the_archive(cfg, tmp_path):
