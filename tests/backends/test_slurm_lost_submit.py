@@ -55,6 +55,11 @@ def slurm_jobs_of(stack: SlurmStack, job_id: str) -> list[dict]:
         f"caesar-rest job {job_id}")]
 
 
+def state_of(stack: SlurmStack, job_id: str, slurm_id: int) -> str | None:
+    """The controller's state of one Slurm job of the caesar job, None while it is not listed."""
+    return next((r["job_state"] for r in slurm_jobs_of(stack, job_id) if r["job_id"] == slurm_id), None)
+
+
 def all_logs(stack: SlurmStack) -> str:
     return "".join(w.log() for w in stack.workers)
 
@@ -101,9 +106,12 @@ def test_the_next_attempt_cancels_a_copy_it_cannot_follow_and_runs_once_more(rel
     # (it cannot follow a job running elsewhere) and makes the one job that runs to the end.
     stack, relay = relayed
     relay.arm(submit_reply="hold", fail_listing=1)
-    job_id = submit(stack, "sleeper_retry", backend=RELAYED, seconds=20)
+    job_id = submit(stack, "sleeper_retry", backend=RELAYED, seconds=30)
     assert relay.submit_held.wait(120), explain(stack, job_id)
     orphan = relay.submits[0]["job_id"]
+    # Running before its worker dies: a copy still waiting when the retry sets its directory aside fails at its start
+    # (slurmd cannot open its output there), and would leave the cancel untried.
+    wait_until(lambda: state_of(stack, job_id, orphan) == "RUNNING", 60, "the orphan running")
     first = stack.workers[0]
     os.killpg(first.pid, signal.SIGKILL)
     first.stop()
@@ -115,9 +123,7 @@ def test_the_next_attempt_cancels_a_copy_it_cannot_follow_and_runs_once_more(rel
     assert lost["reason"] == "lost" and "looking for it on the slurm_relayed backend failed" in lost["status"], lost
     made = {r["job_id"]: r for r in slurm_jobs_of(stack, job_id)}
     assert len(made) == 2 and meta["handle"] == str(max(made)) and orphan == min(made), made
-    wait_until(lambda: slurm_jobs_of(stack, job_id) and {r["job_id"]: r["job_state"] for r in
-                                                         slurm_jobs_of(stack, job_id)}[orphan] == "CANCELLED",
-               30, "the orphan cancelled")
+    wait_until(lambda: state_of(stack, job_id, orphan) == "CANCELLED", 30, "the orphan cancelled")
     # Cancelled by the next attempt's submit, or by a second look of the reaper's at the lost attempt (the
     # redelivered message and the reaper both look): never followed, never left running.
     assert made[max(made)]["job_state"] == "COMPLETED", made
