@@ -128,16 +128,17 @@ def start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, 
     queue and schedules the reaper there, as caesar-rest run and production do: never behind the pool's jobs.
     Killing the pool's process group leaves the reaper running, as a dead worker host's pool would. `wrap` goes
     before the pool's command (faketime, say), not the control worker's."""
-    control = _start_worker(settings, ["control"], log.with_suffix(".control.log"), 1, True,
-                            f"control-{name}" if name else None) if beat else None
-    proc = _start_worker(settings, queues, log, concurrency, False, name, wrap)
+    control = start_celery_worker(settings, ["control"], log.with_suffix(".control.log"), 1, True,
+                                  f"control-{name}" if name else None) if beat else None
+    proc = start_celery_worker(settings, queues, log, concurrency, False, name, wrap)
     if control is not None:
         proc.companions.append(control)
     return proc
 
 
-def _start_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int, beat: bool,
-                  name: str | None, wrap: Sequence[str] = ()) -> Proc:
+def start_celery_worker(settings: Mapping[str, Any], queues: Iterable[str], log: Path, concurrency: int, beat: bool,
+                        name: str | None, wrap: Sequence[str] = ()) -> Proc:
+    """One celery worker process on queues (with beat: scheduling the reaper too), once it says it is ready."""
     prefix = settings.get("QUEUE_PREFIX", "")
     cmd = [*wrap, sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--loglevel", "INFO", "-Q",
            ",".join(prefix + q for q in queues), "--concurrency", str(concurrency), "--without-gossip",

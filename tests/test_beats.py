@@ -13,12 +13,12 @@ import requests
 
 from .support import (
     API,
-    _start_worker,
     create_pg_database,
     drop_pg_database,
     http_status,
     production_settings,
     start_api,
+    start_celery_worker,
     start_worker,
     wait_state,
 )
@@ -38,8 +38,8 @@ def test_two_beats_share_the_reaper_and_survive_one_host(tmp_path):
     host_a = start_worker(settings, ["local"], tmp_path / "a.log", concurrency=1, beat=True, name="hostA")
     # Host B: a control worker with its beat, and a ROOT of its own (its beat's schedule file is its own too).
     (tmp_path / "hostB").mkdir()
-    host_b = _start_worker({**settings, "ROOT": str(tmp_path / "hostB")}, ["control"], tmp_path / "b.control.log",
-                           1, True, "control-hostB")
+    host_b = start_celery_worker({**settings, "ROOT": str(tmp_path / "hostB")}, ["control"],
+                                 tmp_path / "b.control.log", 1, True, "control-hostB")
     try:
         t0 = time.monotonic()
         time.sleep(8)
