@@ -109,8 +109,9 @@ def test_the_next_attempt_cancels_a_copy_it_cannot_follow_and_runs_once_more(rel
     job_id = submit(stack, "sleeper_retry", backend=RELAYED, seconds=30)
     assert relay.submit_held.wait(120), explain(stack, job_id)
     orphan = relay.submits[0]["job_id"]
-    # Running before its worker dies: a copy still waiting when the retry sets its directory aside fails at its start
-    # (slurmd cannot open its output there), and would leave the cancel untried.
+    # Running before its worker dies: a copy still waiting when the retry sets its directory aside starts later in a
+    # directory that is gone and fails at once (seen here: FAILED, started and ended in the same second), which
+    # leaves the cancel this test is about untried.
     wait_until(lambda: state_of(stack, job_id, orphan) == "RUNNING", 60, "the orphan running")
     first = stack.workers[0]
     os.killpg(first.pid, signal.SIGKILL)
